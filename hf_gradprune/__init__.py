@@ -1,0 +1,30 @@
+"""hf_gradprune: gradient-based structured pruning of attention heads and FFN neurons for transformers v5."""
+
+from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, register_adapter, supported_model_types
+from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
+from .plan import PlanError, PruningPlan
+from .scores import Scores, ScoresError
+from .scoring import ImportanceScorer
+from .surgery import current_plan, prune_model, summarize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FamilyAdapter",
+    "FolderMismatchError",
+    "Geometry",
+    "ImportanceScorer",
+    "PlanError",
+    "PruningPlan",
+    "Scores",
+    "ScoresError",
+    "UnsupportedModelError",
+    "check_folder",
+    "current_plan",
+    "load_pruned",
+    "prune_model",
+    "register_adapter",
+    "save_pruned",
+    "summarize",
+    "supported_model_types",
+]

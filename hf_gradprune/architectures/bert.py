@@ -1,0 +1,74 @@
+"""BERT-family encoders: ``layer.attention.self.{query,key,value}``, ``layer.attention.output.dense``,
+``layer.intermediate.dense`` and ``layer.output.dense`` (all ``nn.Linear``, weight ``(out, in)``).
+
+transformers v5 reshapes with ``view(..., -1, head_dim)``, so updating ``num_attention_heads`` and
+``all_head_size`` is enough, and a layer with zero heads runs as is (the output dense adds its bias).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, slice_param_
+
+
+class BertFamilyAdapter(FamilyAdapter):
+    model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+    ffn_config_attr = "intermediate_size"
+
+    def geometry(self, config) -> Geometry:
+        return Geometry(
+            model_type=config.model_type,
+            num_layers=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            head_dim=config.hidden_size // config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+        )
+
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.base_model.encoder.layer)
+
+    def attention_output(self, layer):
+        return layer.attention.output.dense
+
+    def ffn_output(self, layer):
+        return layer.output.dense
+
+    def num_heads(self, layer) -> int:
+        return layer.attention.self.num_attention_heads
+
+    def ffn_width(self, layer) -> int:
+        return layer.intermediate.dense.out_features
+
+    def head_sq_norms(self, layer, head_dim: int) -> torch.Tensor:
+        attn, h = layer.attention.self, self.num_heads(layer)
+        total = grouped_sq_norm(layer.attention.output.dense.weight, 1, h)
+        for proj in (attn.query, attn.key, attn.value):
+            total = total + grouped_sq_norm(proj.weight, 0, h) + grouped_sq_norm(proj.bias, 0, h)
+        return total
+
+    def neuron_sq_norms(self, layer) -> torch.Tensor:
+        fc, out, n = layer.intermediate.dense, layer.output.dense, self.ffn_width(layer)
+        return grouped_sq_norm(fc.weight, 0, n) + grouped_sq_norm(fc.bias, 0, n) + grouped_sq_norm(out.weight, 1, n)
+
+    def keep_heads(self, layer, keep: torch.Tensor, head_dim: int) -> None:
+        attn, cols = layer.attention.self, head_columns(keep, head_dim)
+        for proj in (attn.query, attn.key, attn.value):
+            slice_param_(proj, "weight", 0, cols)
+            slice_param_(proj, "bias", 0, cols)
+            proj.out_features = len(cols)
+        dense = layer.attention.output.dense
+        slice_param_(dense, "weight", 1, cols)
+        dense.in_features = len(cols)
+        attn.num_attention_heads = len(keep)
+        attn.all_head_size = len(cols)
+
+    def keep_neurons(self, layer, keep: torch.Tensor) -> None:
+        fc, out = layer.intermediate.dense, layer.output.dense
+        slice_param_(fc, "weight", 0, keep)
+        slice_param_(fc, "bias", 0, keep)
+        fc.out_features = len(keep)
+        slice_param_(out, "weight", 1, keep)
+        out.in_features = len(keep)

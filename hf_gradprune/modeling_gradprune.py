@@ -1,0 +1,199 @@
+"""Rebuild the shapes of a model pruned by hf_gradprune, then load its weights.
+
+This file is copied verbatim into every saved pruned folder and referenced from ``config.json``'s
+``auto_map``, so ``AutoModelFor<Task>.from_pretrained(folder, trust_remote_code=True)`` works on a
+machine without hf_gradprune. It must therefore import only torch, transformers and the standard library.
+
+It knows nothing of model families: the pruned shapes are stored in ``config.gradprune["structure"]`` as
+a diff against the shapes that the config alone would build (parameter shapes and integer module
+attributes, keyed by module path relative to the base model). Surgery computes that diff with
+``structure_of``; loading re-applies it with ``apply_structure`` inside ``__init__``, before the weights load.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import torch
+import transformers
+from torch import nn
+
+CONFIG_KEY = "gradprune"
+FORMAT_VERSION = 1
+CLASS_PREFIX = "GradPrune"
+
+# Which auto class loads which head class (names in transformers.models.auto.modeling_auto).
+_AUTO_MAPPINGS = {
+    "AutoModel": "MODEL_MAPPING_NAMES",
+    "AutoModelForPreTraining": "MODEL_FOR_PRETRAINING_MAPPING_NAMES",
+    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "AutoModelForMultipleChoice": "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES",
+    "AutoModelForNextSentencePrediction": "MODEL_FOR_NEXT_SENTENCE_PREDICTION_MAPPING_NAMES",
+}
+
+
+def _auto_classes(model_type: str) -> dict[str, str]:
+    """``{auto class name: transformers head class name}`` for every auto class that knows ``model_type``."""
+    from transformers.models.auto import modeling_auto
+
+    found = {}
+    for auto_name, mapping_name in _AUTO_MAPPINGS.items():
+        cls_name = getattr(modeling_auto, mapping_name, {}).get(model_type)
+        if isinstance(cls_name, str):
+            found[auto_name] = cls_name
+    return found
+
+
+def auto_map_for(model_type: str) -> dict[str, str]:
+    """The ``auto_map`` a pruned folder carries: every head class of the family, through this file."""
+    return {auto: f"modeling_gradprune.{CLASS_PREFIX}{name}" for auto, name in _auto_classes(model_type).items()}
+
+
+# --------------------------------------------------------------------------- empty blocks
+def _empty_block_forward(self, hidden_states, *args, **kwargs):
+    """Forward of a block that lost all its units: only its output projection's bias remains.
+
+    Used where the stock forward cannot run at width 0 (GPT-2's ``Conv1D`` cannot reshape an empty
+    input, and its attention splits the fused projection by ``split_size``). An attention block still
+    gives a KV cache an empty update, so the cache's length stays right during generation.
+    """
+    spec = self._gradprune_empty
+    if spec.get("head_dim") is not None:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and getattr(self, "layer_idx", None) is not None and hasattr(cache, "update"):
+            b, t = hidden_states.shape[:2]
+            empty = hidden_states.new_zeros(b, 0, t, spec["head_dim"])
+            target = getattr(cache, "self_attention_cache", cache)
+            target.update(empty, empty.clone(), self.layer_idx)
+    bias = getattr(self, spec["proj"]).bias
+    out = bias.to(hidden_states.dtype).expand(*hidden_states.shape[:-1], bias.shape[-1])
+    if spec.get("dropout"):
+        out = getattr(self, spec["dropout"])(out)
+    return (out, None) if spec.get("tuple") else out
+
+
+def make_block_empty(module: nn.Module, spec: dict) -> None:
+    """Give ``module`` the width-0 forward; ``spec`` names its output projection, dropout and outputs."""
+    module._gradprune_empty = dict(spec)
+    module.forward = types.MethodType(_empty_block_forward, module)
+
+
+# --------------------------------------------------------------------------- structure diff
+def _unwrapped_class(cls: type) -> type:
+    """The transformers class under a pruned-model class (by name, so copies of this file agree)."""
+    for klass in cls.__mro__:
+        if not klass.__name__.startswith((CLASS_PREFIX, "_GradPrune")):
+            return klass
+    return cls
+
+
+def structure_of(model: nn.Module) -> dict:
+    """Diff of ``model``'s base model against a fresh one built (on the meta device) from its config.
+
+    Returns ``{module path: {"params": {name: shape}, "attrs": {name: int}, "empty": spec}}`` for every
+    module whose parameter shapes or integer attributes differ, or whose attention is empty.
+    """
+    base = model.base_model
+    base_cls = _unwrapped_class(type(base))
+    with torch.device("meta"):
+        reference = base_cls(copy.deepcopy(base.config))
+    ref_modules = dict(reference.named_modules())
+    structure: dict[str, dict] = {}
+    for path, module in base.named_modules():
+        ref = ref_modules.get(path)
+        if ref is None:
+            raise ValueError(f"module {path!r} is not in a freshly built {base_cls.__name__}; cannot describe it")
+        entry: dict = {}
+        params = {
+            name: list(p.shape)
+            for name, p in module.named_parameters(recurse=False)
+            if tuple(p.shape) != tuple(getattr(ref, name).shape)
+        }
+        attrs = {
+            k: v
+            for k, v in vars(module).items()
+            if type(v) is int and type(vars(ref).get(k)) is int and vars(ref)[k] != v
+        }
+        if params:
+            entry["params"] = params
+        if attrs:
+            entry["attrs"] = attrs
+        if getattr(module, "_gradprune_empty", None) is not None:
+            entry["empty"] = dict(module._gradprune_empty)
+        if entry:
+            structure[path] = entry
+    return structure
+
+
+@torch.no_grad()
+def apply_structure(model: nn.Module, structure: dict) -> None:
+    """Reshape ``model``'s base model in place to ``structure`` (values kept where shapes shrink)."""
+    base = model.base_model
+    for path, entry in structure.items():
+        module = base.get_submodule(path)
+        for name, shape in entry.get("params", {}).items():
+            old = getattr(module, name)
+            if len(shape) != old.dim() or any(s > o for s, o in zip(shape, old.shape)):
+                raise ValueError(
+                    f"structure asks {path}.{name} for shape {tuple(shape)}, which does not fit inside "
+                    f"{tuple(old.shape)}; the folder's config.json does not describe this model"
+                )
+            narrowed = old[tuple(slice(0, s) for s in shape)].clone()
+            setattr(module, name, nn.Parameter(narrowed, requires_grad=old.requires_grad))
+        for name, value in entry.get("attrs", {}).items():
+            setattr(module, name, value)
+        if "empty" in entry:
+            make_block_empty(module, entry["empty"])
+
+
+# --------------------------------------------------------------------------- pruned classes
+class _GradPruneMixin:
+    """Mixed in front of a transformers head class: applies the recorded structure at construction."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        record = getattr(config, CONFIG_KEY, None)
+        if record:
+            version = record.get("format_version", FORMAT_VERSION)
+            if version > FORMAT_VERSION:
+                raise ValueError(
+                    f"this folder was written by a newer hf_gradprune (format {version}); "
+                    f"this loader understands format {FORMAT_VERSION}"
+                )
+            apply_structure(self, record.get("structure", {}))
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def gradprune_class(base_cls: type) -> type:
+    """The pruned-model class for a transformers class (``BertModel`` -> ``GradPruneBertModel``), cached."""
+    base_cls = _unwrapped_class(base_cls)
+    name = CLASS_PREFIX + base_cls.__name__
+    if name not in _CLASSES:
+        auto = {cls: auto for auto, cls in _auto_classes(base_cls.config_class.model_type).items()}
+        _CLASSES[name] = type(
+            name,
+            (_GradPruneMixin, base_cls),
+            {
+                "__module__": __name__,
+                "__qualname__": name,
+                "__doc__": f"{base_cls.__name__} with the pruned shapes recorded in its config.",
+                "_auto_class": auto.get(base_cls.__name__),
+            },
+        )
+    return _CLASSES[name]
+
+
+def __getattr__(name: str):
+    # transformers resolves ``auto_map`` entries with getattr(module, class_name): build them on demand.
+    if name.startswith(CLASS_PREFIX):
+        base_cls = getattr(transformers, name[len(CLASS_PREFIX) :], None)
+        if isinstance(base_cls, type) and issubclass(base_cls, transformers.PreTrainedModel):
+            return gradprune_class(base_cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

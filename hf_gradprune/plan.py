@@ -1,0 +1,299 @@
+"""``PruningPlan``: which heads and FFN neurons each layer keeps. Pure data; knows no torch modules.
+
+Indices are always those of the *original* (unpruned) model, so plans compose: a plan made from the
+scores of an already pruned model keeps a subset of that model's units, still in original indices.
+Sparsity and budget targets are fractions of the original model too, which is what an iterative
+schedule needs (``head_sparsity=0.5`` means half of the original heads are gone, in total).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .architectures import Geometry
+from .scores import Scores
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made or does not fit the model."""
+
+
+@dataclass
+class PruningPlan:
+    geometry: Geometry
+    heads: list[list[int]]  # kept original head ids per layer, ascending
+    neurons: list[list[int]]  # kept original FFN neuron ids per layer, ascending
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.heads = [sorted(int(i) for i in h) for h in self.heads]
+        self.neurons = [sorted(int(i) for i in n) for n in self.neurons]
+        g = self.geometry
+        if len(self.heads) != g.num_layers or len(self.neurons) != g.num_layers:
+            raise PlanError(f"a plan for this model needs {g.num_layers} layers of heads and neurons")
+        for layer, (h, n) in enumerate(zip(self.heads, self.neurons)):
+            if len(set(h)) != len(h) or any(not 0 <= i < g.num_heads for i in h):
+                raise PlanError(f"layer {layer}: head ids must be distinct and in [0, {g.num_heads}), got {h}")
+            if len(set(n)) != len(n) or any(not 0 <= i < g.intermediate_size for i in n):
+                raise PlanError(f"layer {layer}: neuron ids must be distinct and in [0, {g.intermediate_size})")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def full(cls, geometry: Geometry) -> PruningPlan:
+        """Keep everything."""
+        return cls(
+            geometry,
+            [list(range(geometry.num_heads)) for _ in range(geometry.num_layers)],
+            [list(range(geometry.intermediate_size)) for _ in range(geometry.num_layers)],
+        )
+
+    @classmethod
+    def from_scores(
+        cls,
+        scores: Scores,
+        head_sparsity: float | None = None,
+        ffn_sparsity: float | None = None,
+        *,
+        flops_budget: float | None = None,
+        params_budget: float | None = None,
+        ranking: str = "global",
+        normalize_heads: bool = False,
+        min_heads_per_layer: int = 0,
+        ffn_multiple_of: int = 1,
+        seq_len: int = 128,
+    ) -> PruningPlan:
+        """Remove the least important units.
+
+        Targets (fractions of the *original* model, in [0, 1)): either ``head_sparsity`` and/or
+        ``ffn_sparsity`` (fraction of heads / neurons removed), or one of ``flops_budget`` /
+        ``params_budget`` (fraction of the transformer blocks' FLOPs / parameters removed, where heads
+        and neurons compete by importance per FLOP or per parameter).
+
+        ``ranking="global"`` compares units across layers; ``"per_layer"`` removes the same fraction from
+        every layer. ``normalize_heads`` divides each layer's head scores by their L2 norm (Michel et al.).
+        ``ffn_multiple_of`` rounds each layer's kept FFN width to a multiple (hardware-friendly shapes).
+        """
+        targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
+        budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
+        for name, value in {**targets, **budgets}.items():
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise PlanError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        given_budgets = [k for k, v in budgets.items() if v is not None]
+        if len(given_budgets) > 1 or (given_budgets and any(v is not None for v in targets.values())):
+            raise PlanError("give either head_sparsity/ffn_sparsity or one of flops_budget/params_budget, not both")
+        if not given_budgets and all(v is None for v in targets.values()):
+            raise PlanError("give a target: head_sparsity and/or ffn_sparsity, or flops_budget or params_budget")
+        if ranking not in ("global", "per_layer"):
+            raise PlanError(f"ranking must be 'global' or 'per_layer', not {ranking!r}")
+        if not isinstance(ffn_multiple_of, int) or ffn_multiple_of < 1:
+            raise PlanError(f"ffn_multiple_of must be a positive integer, got {ffn_multiple_of!r}")
+        g = scores.geometry
+        if not 0 <= min_heads_per_layer <= g.num_heads:
+            raise PlanError(f"min_heads_per_layer must be in [0, {g.num_heads}], got {min_heads_per_layer}")
+        scores.validate()
+
+        head_scores = [s.float().clone() for s in scores.heads]
+        if normalize_heads:
+            head_scores = [s / s.norm().clamp_min(1e-12) if s.numel() else s for s in head_scores]
+        units = []  # (layer, kind, original id, score)
+        for layer in range(g.num_layers):
+            units += [(layer, "h", i, float(v)) for i, v in zip(scores.head_ids[layer], head_scores[layer])]
+            units += [(layer, "n", i, float(v)) for i, v in zip(scores.neuron_ids[layer], scores.neurons[layer])]
+
+        cost = _unit_costs(g, seq_len, "flops" if flops_budget is not None else "params")
+        if given_budgets:
+            fraction = flops_budget if flops_budget is not None else params_budget
+            fixed = _fixed_params(g) if params_budget is not None else 0
+            removed = _remove_by_budget(units, g, cost, fixed, fraction, ranking, min_heads_per_layer)
+        else:
+            removed = set()
+            if head_sparsity is not None:
+                removed |= _remove_by_count(units, g, "h", head_sparsity, g.num_heads, ranking, min_heads_per_layer)
+            if ffn_sparsity is not None:
+                removed |= _remove_by_count(units, g, "n", ffn_sparsity, g.intermediate_size, ranking, 0)
+
+        heads = [[] for _ in range(g.num_layers)]
+        neurons = [[] for _ in range(g.num_layers)]
+        for layer, kind, i, _ in units:
+            if (layer, kind, i) not in removed:
+                (heads if kind == "h" else neurons)[layer].append(i)
+        if ffn_multiple_of > 1:
+            neurons = _round_ffn(units, neurons, g, ffn_multiple_of)
+        meta = {
+            "method": scores.method,
+            "num_examples": scores.num_examples,
+            "ranking": ranking,
+            "normalize_heads": normalize_heads,
+            "min_heads_per_layer": min_heads_per_layer,
+            "ffn_multiple_of": ffn_multiple_of,
+            "seq_len": seq_len,
+            **{k: v for k, v in {**targets, **budgets}.items() if v is not None},
+        }
+        return cls(g, heads, neurons, meta)
+
+    # ------------------------------------------------------------------ algebra
+    def intersect(self, other: PruningPlan) -> PruningPlan:
+        """Units kept by both plans (what applying one after the other keeps)."""
+        if self.geometry != other.geometry:
+            raise PlanError("cannot combine plans for different models")
+        return PruningPlan(
+            self.geometry,
+            [sorted(set(a) & set(b)) for a, b in zip(self.heads, other.heads)],
+            [sorted(set(a) & set(b)) for a, b in zip(self.neurons, other.neurons)],
+            {**other.meta},
+        )
+
+    def is_subset_of(self, other: PruningPlan) -> bool:
+        return all(set(a) <= set(b) for a, b in zip(self.heads, other.heads)) and all(
+            set(a) <= set(b) for a, b in zip(self.neurons, other.neurons)
+        )
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def num_heads(self) -> int:
+        return sum(len(h) for h in self.heads)
+
+    @property
+    def num_neurons(self) -> int:
+        return sum(len(n) for n in self.neurons)
+
+    def block_params(self) -> int:
+        """Parameters in the transformer blocks (attention + FFN + their norms) under this plan."""
+        g, cost = self.geometry, _unit_costs(self.geometry, 0, "params")
+        fixed = g.num_layers * _fixed_params(g)
+        return fixed + self.num_heads * cost["h"] + self.num_neurons * cost["n"]
+
+    def block_flops(self, seq_len: int = 128) -> int:
+        """Matmul FLOPs of the transformer blocks for one sequence of ``seq_len`` tokens."""
+        cost = _unit_costs(self.geometry, seq_len, "flops")
+        return int(seq_len * (self.num_heads * cost["h"] + self.num_neurons * cost["n"]))
+
+    def summary(self, seq_len: int = 128) -> str:
+        """A readable table: heads and neurons kept per layer, block parameters and FLOPs before/after."""
+        g, full = self.geometry, PruningPlan.full(self.geometry)
+        lines = [f"{'layer':>5} {'heads kept':>11} {'FFN neurons kept':>17}"]
+        for layer, (h, n) in enumerate(zip(self.heads, self.neurons)):
+            lines.append(f"{layer:>5} {len(h):>5} / {g.num_heads:<4} {len(n):>8} / {g.intermediate_size:<6}")
+        p0, p1 = full.block_params(), self.block_params()
+        f0, f1 = full.block_flops(seq_len), self.block_flops(seq_len)
+        lines.append(f"heads {full.num_heads} -> {self.num_heads}, FFN neurons {full.num_neurons} -> {self.num_neurons}")
+        lines.append(f"block parameters {p0:,} -> {p1:,} ({1 - p1 / p0:.1%} removed)")
+        lines.append(f"block GFLOPs per sequence of {seq_len} {f0 / 1e9:.3f} -> {f1 / 1e9:.3f} ({1 - f1 / f0:.1%} removed)")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        return {"geometry": self.geometry.to_dict(), "heads": self.heads, "neurons": self.neurons, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PruningPlan:
+        return cls(Geometry(**data["geometry"]), data["heads"], data["neurons"], dict(data.get("meta", {})))
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict())
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> PruningPlan:
+        text = os.fspath(path_or_text)
+        if not text.lstrip().startswith("{"):
+            with open(text) as f:
+                text = f.read()
+        return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------------- cost model
+def _unit_costs(g: Geometry, seq_len: int, kind: str) -> dict[str, float]:
+    """Cost of one head ("h") and one FFN neuron ("n"): parameters, or FLOPs per token."""
+    h, d = g.hidden_size, g.head_dim
+    if kind == "params":
+        return {"h": 4 * h * d + 3 * d, "n": 2 * h + 1}
+    # q, k, v and output projections (2 FLOPs per multiply-add), plus QK^T and AV over seq_len keys.
+    return {"h": 2 * 4 * h * d + 2 * 2 * seq_len * d, "n": 2 * 2 * h}
+
+
+def _fixed_params(g: Geometry) -> int:
+    # biases of the two output projections and two LayerNorms: nothing pruning removes.
+    return 2 * g.hidden_size + 4 * g.hidden_size
+
+
+def _order(units, kinds):
+    # Ascending importance; ties broken by position so plans are deterministic.
+    return sorted((u for u in units if u[1] in kinds), key=lambda u: (u[3], u[0], u[2]))
+
+
+def _remove_by_count(units, g, kind, sparsity, per_layer_total, ranking, min_keep):
+    live = [u for u in units if u[1] == kind]
+    removed = set()
+    if ranking == "per_layer":
+        keep_per_layer = per_layer_total - math.floor(sparsity * per_layer_total + 0.5)
+        for layer in range(g.num_layers):
+            ordered = _order([u for u in live if u[0] == layer], {kind})
+            excess = len(ordered) - max(keep_per_layer, min_keep)
+            removed |= {(u[0], u[1], u[2]) for u in ordered[: max(excess, 0)]}
+        return removed
+    keep_total = g.num_layers * per_layer_total - math.floor(sparsity * g.num_layers * per_layer_total + 0.5)
+    to_remove = len(live) - keep_total
+    left = {layer: sum(1 for u in live if u[0] == layer) for layer in range(g.num_layers)}
+    for u in _order(live, {kind}):
+        if to_remove <= 0:
+            break
+        if left[u[0]] <= min_keep:
+            continue
+        removed.add((u[0], u[1], u[2]))
+        left[u[0]] -= 1
+        to_remove -= 1
+    return removed
+
+
+def _remove_by_budget(units, g, cost, fixed, fraction, ranking, min_heads):
+    """Greedy by importance per unit of cost until ``fraction`` of the original block cost is gone.
+
+    ``fixed`` is each layer's cost that no pruning removes (biases, norms); it counts in the total.
+    """
+    full_cost = g.num_layers * (fixed + g.num_heads * cost["h"] + g.intermediate_size * cost["n"])
+    removed, heads_left = set(), {layer: 0 for layer in range(g.num_layers)}
+    for u in units:
+        heads_left[u[0]] += u[1] == "h"
+
+    def ratio(u):
+        return (u[3] / cost[u[1]], u[0], u[1], u[2])
+
+    groups = [units] if ranking == "global" else [[u for u in units if u[0] == i] for i in range(g.num_layers)]
+    for group in groups:
+        group_full = full_cost if ranking == "global" else full_cost / g.num_layers
+        layers = g.num_layers if ranking == "global" else 1
+        current = layers * fixed + sum(cost[u[1]] for u in group)
+        target = (1.0 - fraction) * group_full
+        for u in sorted(group, key=ratio):
+            if current <= target + 1e-9:
+                break
+            if u[1] == "h" and heads_left[u[0]] <= min_heads:
+                continue
+            removed.add((u[0], u[1], u[2]))
+            current -= cost[u[1]]
+            heads_left[u[0]] -= u[1] == "h"
+    return removed
+
+
+def _round_ffn(units, neurons, g, multiple):
+    """Round each layer's kept width to the nearest multiple (half up), re-adding or dropping by score."""
+    out = []
+    for layer, kept in enumerate(neurons):
+        live = _order([u for u in units if u[0] == layer], {"n"})  # ascending score
+        width = min(multiple * math.floor(len(kept) / multiple + 0.5), len(live))
+        width -= width % multiple if width == len(live) else 0
+        # Prefer the units the plan already kept: rank kept ones above removed ones, then by score.
+        kept_set = set(kept)
+        ranked = sorted(live, key=lambda u: (u[2] in kept_set, u[3], -u[2]), reverse=True)
+        keep = {u[2] for u in ranked[:width]}
+        out.append(sorted(keep))
+    return out

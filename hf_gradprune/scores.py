@@ -1,0 +1,182 @@
+"""``Scores``: per-layer importance of every live head and FFN neuron, as plain tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .architectures import Geometry
+
+GRADIENT_METHODS = ("taylor", "fisher")
+METHODS = (*GRADIENT_METHODS, "magnitude", "random")
+
+
+class ScoresError(ValueError):
+    """Scores that cannot be turned into a plan."""
+
+
+@dataclass
+class Scores:
+    """Importance of each live unit, with the unit's index in the *original* (unpruned) model.
+
+    ``heads[l]`` is a float32 tensor ``[H_l]`` and ``head_ids[l]`` the original head index of each entry;
+    ``neurons[l]`` / ``neuron_ids[l]`` likewise for FFN neurons. Higher means more important.
+    ``num_examples`` counts the examples whose gradients were accumulated (0 for weight-only methods).
+    """
+
+    method: str
+    geometry: Geometry
+    heads: list[torch.Tensor]
+    neurons: list[torch.Tensor]
+    head_ids: list[list[int]]
+    neuron_ids: list[list[int]]
+    num_examples: int = 0
+    skipped_batches: int = 0
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise ``ScoresError`` if these scores cannot rank units (no data, NaN/inf, ragged ids)."""
+        if self.method in GRADIENT_METHODS and self.num_examples <= 0:
+            raise ScoresError(
+                f"no examples were accumulated for {self.method!r} scores: run forward *and* backward "
+                "(loss.backward()) on at least one batch while the ImportanceScorer is active (inside `with scorer:`)"
+            )
+        n = self.geometry.num_layers
+        if not (len(self.heads) == len(self.neurons) == len(self.head_ids) == len(self.neuron_ids) == n):
+            raise ScoresError(f"scores must cover all {n} layers of the model")
+        for kind, values, ids in (("head", self.heads, self.head_ids), ("neuron", self.neurons, self.neuron_ids)):
+            for layer, (v, i) in enumerate(zip(values, ids)):
+                if v.numel() != len(i):
+                    raise ScoresError(f"layer {layer}: {v.numel()} {kind} scores for {len(i)} {kind} ids")
+                if not torch.isfinite(v).all():
+                    raise ScoresError(
+                        f"layer {layer} has NaN or inf {kind} scores; check the loss for NaN/inf and, under "
+                        "fp16, make sure overflowing steps are skipped (lower the learning rate or use bf16)"
+                    )
+
+    # ------------------------------------------------------------------ arithmetic
+    def __add__(self, other: Scores) -> Scores:
+        if (self.method, self.geometry, self.head_ids, self.neuron_ids) != (
+            other.method,
+            other.geometry,
+            other.head_ids,
+            other.neuron_ids,
+        ):
+            raise ScoresError("can only add scores of the same method, model and live units")
+        return Scores(
+            method=self.method,
+            geometry=self.geometry,
+            heads=[a + b for a, b in zip(self.heads, other.heads)],
+            neurons=[a + b for a, b in zip(self.neurons, other.neurons)],
+            head_ids=self.head_ids,
+            neuron_ids=self.neuron_ids,
+            num_examples=self.num_examples + other.num_examples,
+            skipped_batches=self.skipped_batches + other.skipped_batches,
+            meta=dict(self.meta),
+        )
+
+    def all_reduce(self, device: torch.device | str | None = None) -> Scores:
+        """Sum over all processes of ``torch.distributed`` (a no-op without one); returns new scores.
+
+        Every rank must call it. ``device`` is where the collective runs (CUDA for NCCL, CPU for gloo);
+        by default the current CUDA device under NCCL, else the CPU.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        if device is None:
+            device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+        flat = torch.cat(
+            [t.float().reshape(-1) for t in (*self.heads, *self.neurons)]
+            + [torch.tensor([float(self.num_examples), float(self.skipped_batches)])]
+        ).to(device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.cpu()
+        out, pos = [], 0
+        for t in (*self.heads, *self.neurons):
+            out.append(flat[pos : pos + t.numel()].reshape(t.shape))
+            pos += t.numel()
+        n = len(self.heads)
+        return Scores(
+            method=self.method,
+            geometry=self.geometry,
+            heads=out[:n],
+            neurons=out[n:],
+            head_ids=self.head_ids,
+            neuron_ids=self.neuron_ids,
+            num_examples=int(round(flat[pos].item())),
+            skipped_batches=int(round(flat[pos + 1].item())),
+            meta=dict(self.meta),
+        )
+
+    # ------------------------------------------------------------------ files
+    def _header(self) -> dict:
+        return {
+            "method": self.method,
+            "geometry": self.geometry.to_dict(),
+            "head_ids": self.head_ids,
+            "neuron_ids": self.neuron_ids,
+            "num_examples": self.num_examples,
+            "skipped_batches": self.skipped_batches,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``*.safetensors`` (tensors + JSON header in the metadata) or ``*.json``."""
+        path = os.fspath(path)
+        if path.endswith(".json"):
+            data = self._header()
+            data["heads"] = [t.tolist() for t in self.heads]
+            data["neurons"] = [t.tolist() for t in self.neurons]
+            with open(path, "w") as f:
+                json.dump(data, f)
+            return
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"save scores to a .safetensors or .json path, not {path!r}")
+        from safetensors.torch import save_file
+
+        tensors = {f"heads.{i}": t.float().contiguous().cpu() for i, t in enumerate(self.heads)}
+        tensors.update({f"neurons.{i}": t.float().contiguous().cpu() for i, t in enumerate(self.neurons)})
+        save_file(tensors, path, metadata={"hf_gradprune_scores": json.dumps(self._header())})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scores:
+        path = os.fspath(path)
+        if path.endswith(".json"):
+            with open(path) as f:
+                data = json.load(f)
+            heads = [torch.tensor(v, dtype=torch.float32) for v in data["heads"]]
+            neurons = [torch.tensor(v, dtype=torch.float32) for v in data["neurons"]]
+        else:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                data = json.loads(f.metadata()["hf_gradprune_scores"])
+                n = data["geometry"]["num_layers"]
+                heads = [f.get_tensor(f"heads.{i}") for i in range(n)]
+                neurons = [f.get_tensor(f"neurons.{i}") for i in range(n)]
+        return cls(
+            method=data["method"],
+            geometry=Geometry(**data["geometry"]),
+            heads=heads,
+            neurons=neurons,
+            head_ids=[list(map(int, ids)) for ids in data["head_ids"]],
+            neuron_ids=[list(map(int, ids)) for ids in data["neuron_ids"]],
+            num_examples=int(data["num_examples"]),
+            skipped_batches=int(data.get("skipped_batches", 0)),
+            meta=data.get("meta", {}),
+        )
+
+    def summary(self) -> str:
+        lines = [f"{self.method} scores over {self.num_examples} examples"]
+        for layer, (h, n) in enumerate(zip(self.heads, self.neurons)):
+            top = "-" if h.numel() == 0 else f"{h.max().item():.3g}"
+            mean = "-" if n.numel() == 0 else f"{n.mean().item():.3g}"
+            lines.append(f"  layer {layer}: {h.numel()} heads (max {top}), {n.numel()} neurons (mean {mean})")
+        return "\n".join(lines)
+
