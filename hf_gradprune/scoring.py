@@ -123,10 +123,10 @@ class ImportanceScorer:
         # float32 whatever the model's dtype: bf16 products summed over tokens lose most of their bits.
         prod = acts.float() * grad.float()
         batch = prod.shape[0]
-        prod = prod.reshape(*prod.shape[:-1], -1, group).sum(-1)  # [B, (T,) units]
+        prod = prod.reshape(*prod.shape[:-1], prod.shape[-1] // group, group).sum(-1)  # [B, (T,) units]
         if mask is not None and prod.dim() == 3 and tuple(mask.shape) == tuple(prod.shape[:2]):
             prod = prod * mask.to(prod.device, torch.float32)[..., None]  # padding tokens count for nothing
-        per_example = prod.reshape(batch, -1, prod.shape[-1]).sum(1)
+        per_example = prod.sum(dim=tuple(range(1, prod.dim() - 1))) if prod.dim() > 2 else prod
         scale = (batch if self.reduction == "mean" else 1.0) / self.loss_scale
         per_example = per_example * scale
         value = per_example.abs() if self.method == "taylor" else per_example.square()
