@@ -1,0 +1,161 @@
+import math
+
+import pytest
+import torch
+
+from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, ScoresError
+
+G = Geometry("bert", num_layers=4, num_heads=6, head_dim=8, hidden_size=48, intermediate_size=40)
+
+
+def scores(seed=0, method="taylor", geometry=G, examples=10):
+    gen = torch.Generator().manual_seed(seed)
+    return Scores(
+        method=method,
+        geometry=geometry,
+        heads=[torch.rand(geometry.num_heads, generator=gen) for _ in range(geometry.num_layers)],
+        neurons=[torch.rand(geometry.intermediate_size, generator=gen) * 0.01 for _ in range(geometry.num_layers)],
+        head_ids=[list(range(geometry.num_heads)) for _ in range(geometry.num_layers)],
+        neuron_ids=[list(range(geometry.intermediate_size)) for _ in range(geometry.num_layers)],
+        num_examples=examples,
+    )
+
+
+def test_global_sparsity_keeps_the_most_important():
+    s = scores()
+    plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.25)
+    assert plan.num_heads == 12 and plan.num_neurons == 120
+    all_heads = sorted(((v.item(), layer, i) for layer, t in enumerate(s.heads) for i, v in enumerate(t)), reverse=True)
+    assert {(layer, i) for _, layer, i in all_heads[:12]} == {(layer, i) for layer, h in enumerate(plan.heads) for i in h}
+
+
+def test_per_layer_is_uniform_and_picks_within_each_layer():
+    s = scores()
+    plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.5, ranking="per_layer")
+    assert [len(h) for h in plan.heads] == [3] * 4 and [len(n) for n in plan.neurons] == [20] * 4
+    for layer in range(4):
+        assert set(plan.heads[layer]) == set(s.heads[layer].topk(3).indices.tolist())
+
+
+def test_global_ranking_may_empty_a_layer_and_min_heads_prevents_it():
+    s = scores()
+    s.heads[2] = s.heads[2] * 1e-3  # layer 2 is useless
+    plan = PruningPlan.from_scores(s, head_sparsity=0.25)
+    assert plan.heads[2] == []
+    guarded = PruningPlan.from_scores(s, head_sparsity=0.25, min_heads_per_layer=2)
+    assert len(guarded.heads[2]) == 2 and guarded.num_heads == plan.num_heads
+
+
+def test_normalize_heads_rescales_each_layer():
+    s = scores()
+    s.heads[0] = s.heads[0] * 100
+    raw = PruningPlan.from_scores(s, head_sparsity=0.5)
+    norm = PruningPlan.from_scores(s, head_sparsity=0.5, normalize_heads=True)
+    assert len(raw.heads[0]) == 6 and len(norm.heads[0]) < 6
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.5, 0.7])
+def test_flops_budget_is_met_by_at_most_one_unit(budget):
+    plan = PruningPlan.from_scores(scores(), flops_budget=budget)
+    full = PruningPlan.full(G)
+    removed = 1 - plan.block_flops() / full.block_flops()
+    head_share = (full.block_flops() / (G.num_layers * G.num_heads)) / full.block_flops()
+    assert budget <= removed + 1e-9 < budget + head_share
+
+
+def test_params_budget_counts_fixed_parameters():
+    plan = PruningPlan.from_scores(scores(), params_budget=0.5)
+    removed = 1 - plan.block_params() / PruningPlan.full(G).block_params()
+    assert 0.5 <= removed < 0.5 + 0.05
+
+
+def test_budget_compares_heads_and_neurons_per_flop():
+    s = scores()
+    s.neurons = [t * 1e-6 for t in s.neurons]  # neurons nearly worthless: they go first
+    plan = PruningPlan.from_scores(s, flops_budget=0.1)  # FFN is ~15% of this geometry's FLOPs
+    assert plan.num_heads == G.num_layers * G.num_heads and plan.num_neurons < G.num_layers * G.intermediate_size
+    s.heads[1] = s.heads[1] * 1e-9  # now layer 1's heads are cheaper per FLOP than any neuron
+    plan = PruningPlan.from_scores(s, flops_budget=0.1)
+    assert len(plan.heads[1]) == 3 and plan.num_heads == 21 and plan.num_neurons == G.num_layers * G.intermediate_size
+
+
+def test_ffn_multiple_of_rounds_every_layer():
+    s = scores()
+    plan = PruningPlan.from_scores(s, ffn_sparsity=0.37, ffn_multiple_of=8)
+    assert all(len(n) % 8 == 0 for n in plan.neurons)
+    unrounded = PruningPlan.from_scores(s, ffn_sparsity=0.37)
+    for a, b in zip(plan.neurons, unrounded.neurons):
+        assert abs(len(a) - len(b)) <= 4
+        assert set(a) <= set(b) or set(b) <= set(a)  # rounding only adds or drops, by score
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_sparsity_outside_unit_interval_is_refused(bad):
+    with pytest.raises(PlanError, match=r"\[0, 1\)"):
+        PruningPlan.from_scores(scores(), head_sparsity=bad)
+    with pytest.raises(PlanError, match=r"\[0, 1\)"):
+        PruningPlan.from_scores(scores(), flops_budget=bad)
+
+
+def test_bad_target_combinations():
+    with pytest.raises(PlanError, match="either"):
+        PruningPlan.from_scores(scores(), head_sparsity=0.5, flops_budget=0.5)
+    with pytest.raises(PlanError, match="give a target"):
+        PruningPlan.from_scores(scores())
+    with pytest.raises(PlanError, match="ranking"):
+        PruningPlan.from_scores(scores(), head_sparsity=0.5, ranking="random")
+
+
+def test_nan_inf_and_empty_scores_are_refused():
+    for bad in (float("nan"), float("inf")):
+        s = scores()
+        s.neurons[1][3] = bad
+        with pytest.raises(ScoresError, match="NaN or inf"):
+            PruningPlan.from_scores(s, ffn_sparsity=0.5)
+    with pytest.raises(ScoresError, match="no examples"):
+        PruningPlan.from_scores(scores(examples=0), head_sparsity=0.5)
+    PruningPlan.from_scores(scores(examples=0, method="magnitude"), head_sparsity=0.5)  # no data needed
+
+
+def test_targets_are_fractions_of_the_original_model():
+    s = scores()
+    first = PruningPlan.from_scores(s, head_sparsity=0.25)
+    live = Scores(
+        "taylor", G,
+        [t[torch.tensor(h, dtype=torch.long)] for t, h in zip(s.heads, first.heads)], s.neurons,
+        first.heads, s.neuron_ids, 10,
+    )
+    second = PruningPlan.from_scores(live, head_sparsity=0.5)
+    assert second.num_heads == 12 and second.is_subset_of(first)
+    again = PruningPlan.from_scores(live, head_sparsity=0.1)  # already below: nothing more goes
+    assert again.num_heads == first.num_heads
+
+
+def test_json_roundtrip_and_summary(tmp_path):
+    plan = PruningPlan.from_scores(scores(), flops_budget=0.4, ffn_multiple_of=4)
+    plan.to_json(tmp_path / "plan.json")
+    back = PruningPlan.from_json(tmp_path / "plan.json")
+    assert back == plan and PruningPlan.from_json(plan.to_json()) == plan
+    text = plan.summary()
+    assert f"heads {G.num_layers * G.num_heads} -> {plan.num_heads}" in text
+    assert f"{PruningPlan.full(G).block_params():,} -> {plan.block_params():,}" in text
+    assert text.count("/ 6") == G.num_layers
+
+
+def test_intersect():
+    a = PruningPlan(G, [[0, 1, 2]] * 4, [list(range(10))] * 4)
+    b = PruningPlan(G, [[1, 2, 3]] * 4, [list(range(5, 20))] * 4)
+    c = a.intersect(b)
+    assert c.heads == [[1, 2]] * 4 and c.neurons == [list(range(5, 10))] * 4
+    with pytest.raises(PlanError):
+        a.intersect(PruningPlan.full(Geometry("bert", 4, 6, 8, 48, 41)))
+
+
+def test_flops_accounting_matches_hand_count():
+    full = PruningPlan.full(G)
+    t, h, d = 128, G.hidden_size, G.head_dim
+    per_layer = t * (2 * 4 * h * G.num_heads * d + 2 * 2 * t * G.num_heads * d + 2 * 2 * h * G.intermediate_size)
+    assert full.block_flops(t) == G.num_layers * per_layer
+    params = G.num_layers * (4 * h * h + 4 * h + 2 * h * G.intermediate_size + G.intermediate_size + h + 4 * h)
+    assert full.block_params() == params
+    assert math.isclose(PruningPlan(G, [[]] * 4, [[]] * 4).block_params(), G.num_layers * 6 * h)
