@@ -13,8 +13,6 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import torch
-
 from .architectures import Geometry
 from .scores import Scores
 
@@ -181,9 +179,13 @@ class PruningPlan:
             lines.append(f"{layer:>5} {len(h):>5} / {g.num_heads:<4} {len(n):>8} / {g.intermediate_size:<6}")
         p0, p1 = full.block_params(), self.block_params()
         f0, f1 = full.block_flops(seq_len), self.block_flops(seq_len)
-        lines.append(f"heads {full.num_heads} -> {self.num_heads}, FFN neurons {full.num_neurons} -> {self.num_neurons}")
+        lines.append(
+            f"heads {full.num_heads} -> {self.num_heads}, FFN neurons {full.num_neurons} -> {self.num_neurons}"
+        )
         lines.append(f"block parameters {p0:,} -> {p1:,} ({1 - p1 / p0:.1%} removed)")
-        lines.append(f"block GFLOPs per sequence of {seq_len} {f0 / 1e9:.3f} -> {f1 / 1e9:.3f} ({1 - f1 / f0:.1%} removed)")
+        lines.append(
+            f"block GFLOPs per sequence of {seq_len} {f0 / 1e9:.3f} -> {f1 / 1e9:.3f} ({1 - f1 / f0:.1%} removed)"
+        )
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ files

@@ -179,4 +179,3 @@ class Scores:
             mean = "-" if n.numel() == 0 else f"{n.mean().item():.3g}"
             lines.append(f"  layer {layer}: {h.numel()} heads (max {top}), {n.numel()} neurons (mean {mean})")
         return "\n".join(lines)
-

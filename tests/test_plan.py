@@ -26,7 +26,9 @@ def test_global_sparsity_keeps_the_most_important():
     plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.25)
     assert plan.num_heads == 12 and plan.num_neurons == 120
     all_heads = sorted(((v.item(), layer, i) for layer, t in enumerate(s.heads) for i, v in enumerate(t)), reverse=True)
-    assert {(layer, i) for _, layer, i in all_heads[:12]} == {(layer, i) for layer, h in enumerate(plan.heads) for i in h}
+    assert {(layer, i) for _, layer, i in all_heads[:12]} == {
+        (layer, i) for layer, h in enumerate(plan.heads) for i in h
+    }
 
 
 def test_per_layer_is_uniform_and_picks_within_each_layer():
@@ -121,9 +123,13 @@ def test_targets_are_fractions_of_the_original_model():
     s = scores()
     first = PruningPlan.from_scores(s, head_sparsity=0.25)
     live = Scores(
-        "taylor", G,
-        [t[torch.tensor(h, dtype=torch.long)] for t, h in zip(s.heads, first.heads)], s.neurons,
-        first.heads, s.neuron_ids, 10,
+        "taylor",
+        G,
+        [t[torch.tensor(h, dtype=torch.long)] for t, h in zip(s.heads, first.heads)],
+        s.neurons,
+        first.heads,
+        s.neuron_ids,
+        10,
     )
     second = PruningPlan.from_scores(live, head_sparsity=0.5)
     assert second.num_heads == 12 and second.is_subset_of(first)

@@ -193,15 +193,23 @@ def test_magnitude_is_l2_norm_of_unit_weights():
     lay, d = model.bert.encoder.layer[1], 16
     a = lay.attention
     h = 2
-    parts = [a.self.query.weight[h * d : (h + 1) * d], a.self.key.weight[h * d : (h + 1) * d],
-             a.self.value.weight[h * d : (h + 1) * d], a.output.dense.weight[:, h * d : (h + 1) * d].T,
-             a.self.query.bias[h * d : (h + 1) * d, None], a.self.key.bias[h * d : (h + 1) * d, None],
-             a.self.value.bias[h * d : (h + 1) * d, None]]
+    parts = [
+        a.self.query.weight[h * d : (h + 1) * d],
+        a.self.key.weight[h * d : (h + 1) * d],
+        a.self.value.weight[h * d : (h + 1) * d],
+        a.output.dense.weight[:, h * d : (h + 1) * d].T,
+        a.self.query.bias[h * d : (h + 1) * d, None],
+        a.self.key.bias[h * d : (h + 1) * d, None],
+        a.self.value.bias[h * d : (h + 1) * d, None],
+    ]
     expected = torch.sqrt(sum(p.pow(2).sum() for p in parts))
     torch.testing.assert_close(s.heads[1][h], expected.detach())
     j = 7
-    n = torch.sqrt(lay.intermediate.dense.weight[j].pow(2).sum() + lay.intermediate.dense.bias[j] ** 2
-                   + lay.output.dense.weight[:, j].pow(2).sum())
+    n = torch.sqrt(
+        lay.intermediate.dense.weight[j].pow(2).sum()
+        + lay.intermediate.dense.bias[j] ** 2
+        + lay.output.dense.weight[:, j].pow(2).sum()
+    )
     torch.testing.assert_close(s.neurons[1][j], n.detach())
 
 
@@ -218,7 +226,9 @@ def test_gpt2_magnitude_reads_fused_qkv():
 def test_random_is_seeded():
     model = make("bert")
     a, b, c = (ImportanceScorer(model, "random", seed=s).scores for s in (3, 3, 4))
-    assert torch.equal(torch.cat(a.heads), torch.cat(b.heads)) and not torch.equal(torch.cat(a.heads), torch.cat(c.heads))
+    assert torch.equal(torch.cat(a.heads), torch.cat(b.heads)) and not torch.equal(
+        torch.cat(a.heads), torch.cat(c.heads)
+    )
 
 
 def test_scores_of_a_pruned_model_use_original_ids(family):
@@ -247,7 +257,12 @@ def test_scores_save_load_and_sum(tmp_path, family, suffix):
     s.save(tmp_path / f"s{suffix}")
     t = Scores.load(tmp_path / f"s{suffix}")
     assert (t.method, t.geometry, t.head_ids, t.neuron_ids, t.num_examples) == (
-        s.method, s.geometry, s.head_ids, s.neuron_ids, s.num_examples)
+        s.method,
+        s.geometry,
+        s.head_ids,
+        s.neuron_ids,
+        s.num_examples,
+    )
     for x, y in zip(s.heads + s.neurons, t.heads + t.neurons):
         assert torch.equal(x, y)
     total = s + t
@@ -263,7 +278,15 @@ def test_unknown_method_and_unsupported_model():
 
     with pytest.raises(ValueError, match="unknown importance method"):
         ImportanceScorer(make("bert"), "gradnorm")
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     with pytest.raises(UnsupportedModelError, match="Supported model types: bert.*gpt2"):
         ImportanceScorer(llama, "taylor")

@@ -172,8 +172,14 @@ def test_roberta_family_is_supported():
     torch.manual_seed(0)
     model = RobertaForMaskedLM(
         RobertaConfig(
-            vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
-            max_position_embeddings=80, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            vocab_size=97,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=96,
+            max_position_embeddings=80,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         )
     ).eval()
     plan = uneven_plan(model)

@@ -1,0 +1,35 @@
+# Every target sets up its own environment: a virtual environment, torch first, then the project.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch 2.13.0 lies on this project's machines; a bare `torch` would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-all example lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install  ## the offline test suite (slow tests deselected)
+	$(BIN)/python -m pytest -q
+
+test-all: install  ## also the slow tests on real assets
+	$(BIN)/python -m pytest -q -m ""
+
+example: install  ## prune a small random BERT and print the before/after summary
+	$(BIN)/python examples/prune_random_bert.py --config recipes/random_bert.yaml
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info
