@@ -290,3 +290,31 @@ def test_unknown_method_and_unsupported_model():
     )
     with pytest.raises(UnsupportedModelError, match="Supported model types: bert.*gpt2"):
         ImportanceScorer(llama, "taylor")
+
+
+def test_scores_sum_across_two_processes():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        str(here / "dist_scores_script.py"),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DIST-OK" in result.stderr
