@@ -28,3 +28,8 @@ __all__ = [
     "summarize",
     "supported_model_types",
 ]
+
+from .gradprune_config import GradPruneConfig  # noqa: E402
+from .gradprune_trainer import GradPruneTrainer, distillation_loss  # noqa: E402
+
+__all__ += ["GradPruneConfig", "GradPruneTrainer", "distillation_loss"]

@@ -1,0 +1,383 @@
+"""``GradPruneTrainer``: score, prune and recover inside one ``trainer.train()``.
+
+A ``Trainer`` with small overrides only: ``train`` (restore a pruned checkpoint's shapes, and prune
+before training when a round is at step 0), ``training_step`` (turn the scorer on for the batches before
+a round; prune at the round's first micro-batch), ``compute_loss`` (distillation), ``log``, ``save_model``
+and ``create_model_card``. The training loop itself is transformers' own.
+
+After every prune the optimizer and LR scheduler are rebuilt for the new parameters. AdamW state is
+carried over for every parameter that the prune did not touch (embeddings, norms, heads, untouched
+layers); the sliced projections start with fresh moments. The LR schedule continues where it was.
+Under DDP the model is re-wrapped by Accelerate, so the wrapper never holds stale parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from .architectures import get_adapter
+from .gradprune_config import GradPruneConfig
+from .plan import PruningPlan
+from .reporting import write_model_card
+from .scores import Scores
+from .scoring import ImportanceScorer
+from .surgery import current_plan, prune_model
+
+logger = logging.get_logger(__name__)
+
+STATE_FILE = "gradprune_state.json"
+TEACHER_DIR = "gradprune_teacher"
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, mask=None) -> torch.Tensor:
+    """T^2 * KL(teacher || student) on softened logits; MSE for single-output regression heads.
+
+    Token-level logits ``[B, L, V]`` are averaged over the tokens where ``mask`` is 1.
+    """
+    teacher = teacher.detach().to(student.dtype)
+    if student.shape[-1] == 1:
+        return F.mse_loss(student, teacher)
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="none")
+    kl = kl.sum(-1) * t * t  # [B] or [B, L]
+    if kl.dim() == 2 and mask is not None and tuple(mask.shape) == tuple(kl.shape):
+        mask = mask.to(kl.dtype)
+        return (kl * mask).sum() / mask.sum().clamp_min(1.0)
+    return kl.mean()
+
+
+class GradPruneTrainer(Trainer):
+    """``Trainer`` that prunes attention heads and FFN neurons by gradient importance while it trains.
+
+    Args: everything ``Trainer`` takes, with ``args`` a [`GradPruneConfig`], plus ``teacher_model``:
+    the model to distil from (default: a frozen copy of the model just before its first prune).
+    """
+
+    def __init__(self, model=None, args: GradPruneConfig | None = None, *pos, teacher_model=None, **kwargs):
+        if not isinstance(args, GradPruneConfig):
+            raise TypeError("GradPruneTrainer needs args=GradPruneConfig(...) (a TrainingArguments subclass)")
+        if kwargs.get("optimizers", (None, None)) != (None, None):
+            raise ValueError(
+                "GradPruneTrainer rebuilds the optimizer and scheduler after every prune, so it cannot take "
+                "`optimizers=`; choose them through the config (optim, learning_rate, lr_scheduler_type, ...) "
+                "or override create_optimizer / create_scheduler"
+            )
+        if kwargs.get("model_init") is not None:
+            raise ValueError("GradPruneTrainer does not support model_init; pass the model")
+        get_adapter(model)  # unsupported families fail here, before anything else
+        super().__init__(model, args, *pos, **kwargs)
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                "GradPruneTrainer does not support FSDP: sharded parameters cannot be sliced per head. "
+                "Use DDP (`accelerate launch --multi_gpu`) or a single device."
+            )
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ValueError(
+                "GradPruneTrainer does not support DeepSpeed ZeRO-3 (partitioned parameters cannot be sliced). "
+                "Use ZeRO stage 0-2, DDP, or a single device."
+            )
+        self.teacher = None
+        if teacher_model is not None:
+            self.teacher = self._freeze(teacher_model)
+        self.dense_plan = current_plan(self.model)
+        self.dense_params = sum(p.numel() for p in self.model.parameters())
+        self.base_model_name = getattr(self.model.config, "_name_or_path", "") or None
+        self._scorer: ImportanceScorer | None = None
+        self._scoring_bar = None
+        self._rounds_done = 0
+        self._step_seen = -1
+        self._micro = 0
+        self._rewrapped = False
+        self._user_loss_scaled_for_ga = self.loss_is_scaled_for_ga
+        self._distill_sum, self._distill_count = 0.0, 0
+
+    # ------------------------------------------------------------------ schedule
+    def _rounds(self, max_steps: int) -> list[tuple[int, float]]:
+        rounds: dict[int, float] = {}
+        for step, fraction in self.args.round_schedule(max_steps):
+            rounds[step] = max(fraction, rounds.get(step, 0.0))
+        return sorted(rounds.items())
+
+    def _next_round(self):
+        rounds = self._rounds(self.state.max_steps)
+        return rounds[self._rounds_done] if self._rounds_done < len(rounds) else None
+
+    @property
+    def distilling(self) -> bool:
+        return self.teacher is not None and self.args.effective_distill_alpha > 0
+
+    # ------------------------------------------------------------------ train
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
+        if resume_from_checkpoint:
+            self._restore(resume_from_checkpoint)
+        elif self._rounds_done == 0 and self.state.global_step == 0:
+            step, fraction = self._rounds(0)[0]
+            if step == 0:
+                self._score_before_training()
+                self._prune(fraction)
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+        )
+
+    def _score_before_training(self) -> None:
+        """Score the model as given on ``scoring_steps`` batches, without updating it (eval mode)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        scorer = self._new_scorer()
+        loader = self.get_train_dataloader()
+        n = self.args.scoring_steps if scorer.method in ("taylor", "fisher") else 0
+        bar = tqdm(total=n, desc="scoring heads and neurons", disable=not self.is_local_process_zero())
+        with scorer:
+            for i, inputs in enumerate(loader):
+                if i >= n:
+                    break
+                inputs = self._prepare_inputs(inputs)
+                with self.compute_loss_context_manager():
+                    loss = self.compute_loss(model, inputs)
+                self.accelerator.backward(loss)
+                model.zero_grad(set_to_none=True)
+                bar.update(1)
+        bar.close()
+        model.train(was_training)
+        self._scorer = scorer
+
+    # ------------------------------------------------------------------ per step
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step
+        if step != self._step_seen:
+            self._step_seen, self._micro = step, 0
+        if self._micro == 0:
+            upcoming = self._next_round()
+            if upcoming is not None and upcoming[0] == step and step > 0:
+                self._prune(upcoming[1])
+        if self._rewrapped:
+            model = self.model_wrapped  # the loop's local reference still points at the old DDP wrapper
+        self._update_scorer(step)
+        scoring = self._scorer is not None and self._scorer._handles
+        if scoring or (self.distilling and model.training):
+            # Score and distil on per-micro-batch means, so the scale is known exactly: the Trainer
+            # then divides by the accumulation steps (transformers' num_items_in_batch path cannot say
+            # how the model reduced its loss).
+            self.loss_is_scaled_for_ga = False
+            num_items_in_batch = None
+        else:
+            self.loss_is_scaled_for_ga = self._user_loss_scaled_for_ga
+        if scoring:
+            scale = 1.0 / self.current_gradient_accumulation_steps
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None and scaler.is_enabled():
+                scale *= float(scaler.get_scale())
+            self._scorer.loss_scale = scale
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._micro += 1
+        if scoring and self._scoring_bar is not None:
+            self._scoring_bar.update(1)
+        return loss
+
+    def _update_scorer(self, step: int) -> None:
+        """Attach the scorer for the ``scoring_steps`` micro-batches just before the next round."""
+        upcoming = self._next_round()
+        if upcoming is None or self.args.importance not in ("taylor", "fisher"):
+            return
+        ga = self.args.gradient_accumulation_steps
+        micro = step * ga + self._micro
+        start = upcoming[0] * ga - self.args.scoring_steps
+        if micro < start or micro >= upcoming[0] * ga:
+            return
+        if self._scorer is None:
+            self._scorer = self._new_scorer()
+        if not self._scorer._handles:
+            self._scorer.attach()
+            left = upcoming[0] * ga - micro
+            self._scoring_bar = tqdm(
+                total=left, desc="scoring heads and neurons", leave=False, disable=not self.is_local_process_zero()
+            )
+
+    def _new_scorer(self) -> ImportanceScorer:
+        return ImportanceScorer(self.model, self.args.importance, seed=self.args.seed + self._rounds_done)
+
+    # ------------------------------------------------------------------ prune
+    def _prune(self, fraction: float) -> None:
+        args = self.args
+        scorer = self._scorer or self._new_scorer()
+        scorer.detach()
+        if self._scoring_bar is not None:
+            self._scoring_bar.close()
+            self._scoring_bar = None
+        scores = scorer.scores.all_reduce()
+        plan = PruningPlan.from_scores(
+            scores,
+            **args.plan_targets(fraction),
+            ranking=args.ranking,
+            normalize_heads=args.normalize_head_scores,
+            min_heads_per_layer=args.min_heads_per_layer,
+            ffn_multiple_of=args.ffn_multiple_of,
+            seq_len=args.flops_seq_len,
+        )
+        plan = plan.intersect(current_plan(self.model))
+        if self.teacher is None and args.effective_distill_alpha > 0:
+            self.teacher = self._freeze(self.model)
+            if self.state.global_step > 0 and args.should_save:
+                # Needed to resume: the checkpoints after this point hold only the pruned model.
+                self.teacher.save_pretrained(os.path.join(args.output_dir, TEACHER_DIR))
+        prune_model(self.model, plan)
+        self._scorer = None
+        self._rounds_done += 1
+        if self.optimizer is not None:
+            self._rebuild_optimizer()
+        if self.accelerator.num_processes > 1 and self.model_wrapped is not self.model:
+            self._rewrap()
+        self._report_round(scores, plan)
+
+    def _rebuild_optimizer(self) -> None:
+        old_opt, old_sched = self.optimizer, self.lr_scheduler
+        old_inner = getattr(old_opt, "optimizer", old_opt)
+        self.optimizer = None
+        self.create_optimizer()
+        new_inner = self.optimizer
+        for group in new_inner.param_groups:
+            for p in group["params"]:
+                if p in old_inner.state:  # untouched parameter: same tensor object, keep its moments
+                    new_inner.state[p] = old_inner.state[p]
+        self.accelerator._optimizers = [o for o in self.accelerator._optimizers if o is not old_opt]
+        self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
+        self.lr_scheduler = None
+        self.create_scheduler(num_training_steps=self.state.max_steps, optimizer=self.optimizer)
+        if old_sched is not None:
+            self.lr_scheduler.load_state_dict(old_sched.state_dict())
+            for group, lr in zip(self.optimizer.param_groups, old_sched.get_last_lr()):
+                group["lr"] = lr
+        self.callback_handler.optimizer = self.optimizer
+        self.callback_handler.lr_scheduler = self.lr_scheduler
+
+    def _rewrap(self) -> None:
+        old = self.model_wrapped
+        self.accelerator._models = [m for m in self.accelerator._models if m is not old]
+        self.model_wrapped = self.accelerator.prepare_model(self.model)
+        self._rewrapped = True
+
+    def _report_round(self, scores: Scores, plan: PruningPlan) -> None:
+        args, dense = self.args, self.dense_plan
+        seq = args.flops_seq_len
+        params = sum(p.numel() for p in self.model.parameters())
+        logs = {
+            "prune/round": self._rounds_done,
+            "prune/heads_kept": plan.num_heads,
+            "prune/heads_total": dense.num_heads,
+            "prune/neurons_kept": plan.num_neurons,
+            "prune/neurons_total": dense.num_neurons,
+            "prune/params": params,
+            "prune/params_dense": self.dense_params,
+            "prune/block_flops": plan.block_flops(seq),
+            "prune/block_flops_dense": dense.block_flops(seq),
+            "prune/examples_scored": scores.num_examples,
+        }
+        self.log(logs)
+        if args.should_save:
+            folder = os.path.join(args.output_dir, "pruning", f"round-{self._rounds_done}-step-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            scores.save(os.path.join(folder, "scores.safetensors"))
+            plan.to_json(os.path.join(folder, "plan.json"))
+            with open(os.path.join(folder, "summary.txt"), "w") as f:
+                f.write(plan.summary(seq) + "\n")
+        logger.info("hf_gradprune round %d at step %d:\n%s", self._rounds_done, self.state.global_step, plan.summary(seq))
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self.distilling and model.training):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = self.teacher(**teacher_inputs).logits
+        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        kd = distillation_loss(student_logits, teacher_logits, self.args.distill_temperature, inputs.get("attention_mask"))
+        alpha = self.args.effective_distill_alpha
+        self._distill_sum += kd.detach().float().item()
+        self._distill_count += 1
+        total = (1 - alpha) * loss + alpha * kd
+        return (total, outputs) if return_outputs else total
+
+    def _freeze(self, model):
+        teacher = copy.deepcopy(self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.to(self.args.device)
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._distill_count and "loss" in logs:
+            logs["distill_loss"] = round(self._distill_sum / self._distill_count, 6)
+            self._distill_sum, self._distill_count = 0.0, 0
+        super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ save / resume
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call:
+            self._save_state(output_dir)
+        elif self.args.should_save:
+            write_model_card(self, output_dir)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        # push_to_hub() calls this before uploading output_dir: write our card instead of the generic one.
+        if self.is_world_process_zero():
+            write_model_card(self, self.args.output_dir)
+
+    def _save_state(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        if self.args.should_save:
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump({"rounds_done": self._rounds_done}, f)
+        if self._scorer is not None and self._scorer.num_examples + self._scorer._pending_examples:
+            # Each rank keeps its own partial scores; the sum happens at the prune.
+            rank = self.args.process_index
+            self._scorer.scores.save(os.path.join(folder, f"gradprune_partial_scores_rank{rank}.safetensors"))
+
+    def _restore(self, checkpoint: str) -> None:
+        """Rebuild the checkpoint's pruned shapes (before Trainer loads its weights) and the schedule."""
+        with open(os.path.join(checkpoint, "config.json")) as f:
+            record = json.load(f).get("gradprune")
+        state_path = os.path.join(checkpoint, STATE_FILE)
+        rounds_done = 0
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                rounds_done = json.load(f)["rounds_done"]
+        if record and rounds_done and self.teacher is None and self.args.effective_distill_alpha > 0:
+            teacher_dir = os.path.join(self.args.output_dir, TEACHER_DIR)
+            if os.path.isdir(teacher_dir):
+                from .hub import load_pruned
+
+                self.teacher = self._freeze(load_pruned(teacher_dir))
+            else:  # the first prune was before training: the model given is the unpruned one
+                self.teacher = self._freeze(self.model)
+        if record:
+            target = PruningPlan.from_dict({"geometry": record["geometry"], **record["plan"]})
+            prune_model(self.model, target)
+        self._rounds_done = rounds_done
+        partial = os.path.join(checkpoint, f"gradprune_partial_scores_rank{self.args.process_index}.safetensors")
+        if os.path.exists(partial):
+            saved = Scores.load(partial)
+            scorer = self._new_scorer()
+            for kind, values in (("heads", saved.heads), ("neurons", saved.neurons)):
+                for total, value in zip(scorer._total[kind], values):
+                    total.copy_(value.to(total.device))
+            scorer.num_examples, scorer.skipped_batches = saved.num_examples, saved.skipped_batches
+            self._scorer = scorer
+
