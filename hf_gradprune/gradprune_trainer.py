@@ -35,7 +35,7 @@ from .surgery import current_plan, prune_model
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "gradprune_state.json"
-TEACHER_DIR = "gradprune_teacher"
+TEACHER_DIR = "_gradprune_teacher"  # "_*" is never uploaded by push_to_hub
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, mask=None) -> torch.Tensor:
@@ -99,6 +99,7 @@ class GradPruneTrainer(Trainer):
         self._rewrapped = False
         self._user_loss_scaled_for_ga = self.loss_is_scaled_for_ga
         self._distill_sum, self._distill_count = 0.0, 0
+        self._pending_logs: list[dict] = []  # a prune before training is logged once the Trainer's state exists
 
     # ------------------------------------------------------------------ schedule
     def _rounds(self, max_steps: int) -> list[tuple[int, float]]:
@@ -157,6 +158,8 @@ class GradPruneTrainer(Trainer):
 
     # ------------------------------------------------------------------ per step
     def training_step(self, model, inputs, num_items_in_batch=None):
+        while self._pending_logs:
+            self.log(self._pending_logs.pop(0))
         step = self.state.global_step
         if step != self._step_seen:
             self._step_seen, self._micro = step, 0
@@ -286,7 +289,10 @@ class GradPruneTrainer(Trainer):
             "prune/block_flops_dense": dense.block_flops(seq),
             "prune/examples_scored": scores.num_examples,
         }
-        self.log(logs)
+        if self.state.global_step == 0 and not self.is_in_train:
+            self._pending_logs.append(logs)
+        else:
+            self.log(logs)
         if args.should_save:
             folder = os.path.join(args.output_dir, "pruning", f"round-{self._rounds_done}-step-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)

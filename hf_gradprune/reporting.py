@@ -68,9 +68,9 @@ def model_card_text(trainer) -> str:
         datasets=[args.model_card_dataset] if args.model_card_dataset else None,
     )
     body = f"""
-# {os.path.basename(os.path.abspath(args.output_dir))}
+# {args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))}
 
-A structurally pruned `{arch}` made with [hf_gradprune](https://github.com/hf-gradprune/hf_gradprune):
+A structurally pruned `{arch}` made with hf_gradprune:
 attention heads and FFN neurons scored by gradient x activation and physically removed, then recovered by
 fine-tuning.
 

@@ -1,0 +1,354 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make
+from trainer_helpers import ParityData, make_trainer
+from transformers import TrainerCallback
+
+from hf_gradprune import GradPruneConfig, GradPruneTrainer, Scores, current_plan, load_pruned
+
+HERE = Path(__file__).parent
+
+
+def losses(trainer):
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+
+def prune_logs(trainer):
+    return [e for e in trainer.state.log_history if "prune/round" in e]
+
+
+def live_params(model):
+    return {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def optimizer_params(trainer):
+    return {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_one_shot_before_training_reaches_target_and_recovers(tmp_path, kind):
+    trainer = make_trainer(tmp_path, kind=kind, max_steps=40, learning_rate=1e-3 if kind == "bert" else 3e-3)
+    trainer.train()
+    plan = current_plan(trainer.model)
+    assert plan.num_heads == 6 and plan.num_neurons == 144
+    (event,) = prune_logs(trainer)
+    assert event["step"] == 0 and event["prune/heads_kept"] == 6 and event["prune/examples_scored"] == 64
+    curve = losses(trainer)
+    assert curve[-1] < curve[0]  # training after the prune lowers the loss
+    assert optimizer_params(trainer) == live_params(trainer.model)
+    round_dir = tmp_path / "pruning" / "round-1-step-0"
+    assert Scores.load(round_dir / "scores.safetensors").num_examples == 64
+    assert json.loads((round_dir / "plan.json").read_text())["heads"] == plan.heads
+
+
+def test_one_shot_mid_training_rebuilds_optimizer_and_keeps_untouched_state(tmp_path):
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 16:
+                trainer = seen["trainer"]
+                seen["live"] = optimizer_params(trainer) == live_params(trainer.model)
+                emb = trainer.model.bert.embeddings.word_embeddings.weight
+                seen["emb_steps"] = float(trainer.optimizer.optimizer.state[emb]["step"])
+                q = trainer.model.bert.encoder.layer[0].attention.self.query.weight
+                seen["q_steps"] = float(trainer.optimizer.optimizer.state[q]["step"])
+                seen["lr"] = trainer.lr_scheduler.get_last_lr()[0]
+
+    trainer = make_trainer(tmp_path, prune_step=12, scoring_steps=6, max_steps=20, callbacks=[Probe()], warmup_steps=4)
+    seen["trainer"] = trainer
+    lr_before = []
+    trainer.add_callback(
+        type(
+            "LR",
+            (TrainerCallback,),
+            {"on_step_end": lambda s, a, st, c, **k: lr_before.append(k["lr_scheduler"].get_last_lr()[0])},
+        )()
+    )
+    trainer.train()
+    (event,) = prune_logs(trainer)
+    assert event["step"] == 12 and event["prune/examples_scored"] == 6 * 16
+    assert seen["live"]
+    assert seen["emb_steps"] == 16  # untouched parameter: Adam state carried over
+    assert seen["q_steps"] == 4  # sliced parameter: fresh moments since the prune
+    # the LR schedule continued (linear decay after warmup): no restart at the prune
+    assert all(b <= a + 1e-12 for a, b in zip(lr_before[4:], lr_before[5:]))
+
+
+def test_iterative_schedule_follows_cubic_ramp(tmp_path):
+    trainer = make_trainer(
+        tmp_path, pruning_schedule="iterative", prune_start_step=5, prune_end_step=25, num_rounds=3, max_steps=40
+    )
+    trainer.train()
+    events = prune_logs(trainer)
+    assert [e["step"] for e in events] == [5, 15, 25]
+    fractions = [1 - (1 - r / 3) ** 3 for r in (1, 2, 3)]
+    assert [e["prune/heads_kept"] for e in events] == [12 - round(6 * f) for f in fractions]
+    assert events[-1]["prune/neurons_kept"] == 144
+    assert current_plan(trainer.model).num_heads == 6
+    assert losses(trainer)[-1] < losses(trainer)[0]
+
+
+def test_flops_budget_target(tmp_path):
+    trainer = make_trainer(tmp_path, head_sparsity=None, ffn_sparsity=None, flops_budget=0.4, max_steps=4)
+    trainer.train()
+    (event,) = prune_logs(trainer)
+    assert 0.4 <= 1 - event["prune/block_flops"] / event["prune/block_flops_dense"] < 0.45
+
+
+def test_distillation_is_on_by_default_and_teacher_stays_frozen(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=10)
+    trainer.train()
+    teacher = trainer.teacher
+    assert teacher is not None and not teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert not (live_params(teacher) | {id(p) for p in teacher.parameters()}) & optimizer_params(trainer)
+    dense = make("bert")
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), dense.state_dict().values()))
+    assert any("distill_loss" in e and e["distill_loss"] > 0 for e in trainer.state.log_history)
+
+
+def test_distillation_off(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=5, distill_alpha=0.0)
+    trainer.train()
+    assert trainer.teacher is None and not any("distill_loss" in e for e in trainer.state.log_history)
+
+
+def test_distillation_loss_values():
+    from hf_gradprune import distillation_loss
+
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    expected = (torch.softmax(t / 2, -1) * (torch.log_softmax(t / 2, -1) - torch.log_softmax(s / 2, -1))).sum(-1)
+    torch.testing.assert_close(distillation_loss(s, t, 2.0), 4 * expected.mean())
+    assert distillation_loss(t, t, 2.0).abs() < 1e-6
+    torch.testing.assert_close(distillation_loss(s[:, :1], t[:, :1], 2.0), torch.mean((s[:, :1] - t[:, :1]) ** 2))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    tok_s, tok_t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    per_tok = (torch.softmax(tok_t, -1) * (torch.log_softmax(tok_t, -1) - torch.log_softmax(tok_s, -1))).sum(-1)
+    torch.testing.assert_close(distillation_loss(tok_s, tok_t, 1.0, mask), per_tok[mask.bool()].mean())
+
+
+@pytest.mark.parametrize("batch,accum", [(4, 4), (8, 2)])
+def test_accumulation_and_batch_size_give_the_same_scores(tmp_path, batch, accum):
+    def scores_for(b, ga, out):
+        trainer = make_trainer(
+            out,
+            per_device_train_batch_size=b,
+            gradient_accumulation_steps=ga,
+            prune_step=2,
+            scoring_steps=32 // b,
+            max_steps=3,
+            learning_rate=0.0,
+            distill_alpha=0.0,
+            data=ParityData(n=64),
+        )
+        trainer.train()
+        return Scores.load(out / "pruning" / "round-1-step-2" / "scores.safetensors")
+
+    ref = scores_for(16, 1, tmp_path / "ref")
+    other = scores_for(batch, accum, tmp_path / "other")
+    assert ref.num_examples == other.num_examples == 32
+    for a, b in zip(ref.heads + ref.neurons, other.heads + other.neurons):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+
+
+def test_save_model_writes_hub_folder_with_card(tmp_path):
+    trainer = make_trainer(
+        tmp_path, max_steps=10, model_card_dataset="synthetic-parity", model_card_task="text-classification"
+    )
+    trainer.train()
+    trainer.evaluate(ParityData(n=32, seed=5))
+    trainer.save_model(tmp_path / "final")
+    files = set(os.listdir(tmp_path / "final"))
+    assert {"config.json", "model.safetensors", "modeling_gradprune.py", "README.md"} <= files
+    card = (tmp_path / "final" / "README.md").read_text()
+    for needle in (
+        "| attention heads | 12 | 6 |",
+        "| FFN neurons | 288 | 144 |",
+        "taylor",
+        "synthetic-parity",
+        "trust_remote_code=True",
+        "load_pruned",
+        "eval_loss",
+        "text-classification",
+        "one-shot before training",
+    ):
+        assert needle in card, needle
+    params = sum(p.numel() for p in trainer.model.parameters())
+    assert f"{params:,}" in card
+    reloaded = load_pruned(tmp_path / "final")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), trainer.model.state_dict().values()))
+
+
+def test_push_to_hub_uploads_the_pruned_folder(tmp_path, monkeypatch):
+    import transformers.trainer as trainer_module
+
+    uploaded = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=(), **kwargs):
+            uploaded["ignored"] = ignore_patterns
+            uploaded["repo"] = repo_id
+            uploaded["files"] = sorted(os.listdir(folder_path))
+            uploaded["card"] = Path(folder_path, "README.md").read_text()
+            return "fake-commit"
+
+    monkeypatch.setattr(trainer_module, "hf_api", lambda *a, **k: FakeApi())
+    trainer = make_trainer(
+        tmp_path / "run", max_steps=4, prune_step=2, scoring_steps=2, push_to_hub=True, hub_model_id="me/tiny-pruned", hub_strategy="end"
+    )
+    trainer.train()
+    uploaded.clear()
+    trainer.push_to_hub()
+    assert uploaded["repo"] == "me/tiny-pruned"
+    assert {"config.json", "model.safetensors", "modeling_gradprune.py", "README.md"} <= set(uploaded["files"])
+    assert "hf_gradprune" in uploaded["card"] and "# me/tiny-pruned" in uploaded["card"]
+    assert "pruning" in uploaded["files"]  # per-round scores and plans travel with the model
+    assert "_*" in uploaded["ignored"] and "_gradprune_teacher" in uploaded["files"]  # present, never uploaded
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_mid_schedule_ends_with_the_same_plan(tmp_path):
+    common = dict(
+        pruning_schedule="iterative",
+        prune_start_step=6,
+        prune_end_step=24,
+        num_rounds=3,
+        scoring_steps=8,
+        max_steps=30,
+        save_strategy="steps",
+        save_steps=10,
+    )
+    full = make_trainer(tmp_path / "full", **common)
+    full.train()
+    # interrupted at step 20: one round done (6), the round at step 15 done, checkpoint-20 is inside the
+    # scoring window of the round at step 24 (steps 16-23)
+    part = make_trainer(tmp_path / "part", callbacks=[StopAt(20)], **common)
+    part.train()
+    assert part.state.global_step == 20 and [e["step"] for e in prune_logs(part)] == [6, 15]
+    ckpt = tmp_path / "part" / "checkpoint-20"
+    assert (
+        json.loads((ckpt / "config.json").read_text())["gradprune"]["plan"]["heads"] == current_plan(part.model).heads
+    )
+    assert (ckpt / "gradprune_partial_scores_rank0.safetensors").exists()
+    resumed = make_trainer(tmp_path / "part", **common)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    # the checkpoint's log history comes back with it; the resumed run adds only the last round
+    assert [e["step"] for e in prune_logs(resumed)] == [6, 15, 24]
+    a, b = current_plan(full.model), current_plan(resumed.model)
+    assert a.heads == b.heads and a.neurons == b.neurons
+    ra = Scores.load(tmp_path / "full" / "pruning" / "round-3-step-24" / "scores.safetensors")
+    rb = Scores.load(tmp_path / "part" / "pruning" / "round-3-step-24" / "scores.safetensors")
+    assert ra.num_examples == rb.num_examples == 8 * 16
+    for x, y in zip(ra.heads + ra.neurons, rb.heads + rb.neurons):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-9)
+
+
+def test_bf16_on_cpu(tmp_path):
+    trainer = make_trainer(tmp_path, bf16=True, max_steps=6, prune_step=3, scoring_steps=3)
+    trainer.train()
+    scores = Scores.load(tmp_path / "pruning" / "round-1-step-3" / "scores.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in scores.heads + scores.neurons)
+    assert current_plan(trainer.model).num_heads == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_on_gpu(tmp_path, precision):
+    trainer = make_trainer(tmp_path, use_cpu=False, max_steps=12, prune_step=6, scoring_steps=4, **{precision: True})
+    trainer.train()
+    assert {p.device.type for p in trainer.model.parameters()} == {"cuda"}
+    assert current_plan(trainer.model).num_heads == 6
+    assert optimizer_params(trainer) == live_params(trainer.model)
+
+
+def test_two_processes_agree_with_each_other_and_with_one(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    script = str(HERE / "ddp_trainer_script.py")
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        port,
+        script,
+        str(tmp_path / "two"),
+        "4",
+    ]
+    result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    result = subprocess.run(
+        [sys.executable, script, str(tmp_path / "one"), "8"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    r0, r1 = (json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1))
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert r0["world"] == r1["world"] == 2 and one["world"] == 1
+    assert r0["wrapper"] == "DistributedDataParallel" and r0["wrapper_is_live"] and r1["wrapper_is_live"]
+    assert r0["optimizer_is_live"] and r1["optimizer_is_live"]
+    assert (r0["heads"], r0["neurons"]) == (r1["heads"], r1["neurons"]) == (one["heads"], one["neurons"])
+    for name in ("round-1-step-0", "round-2-step-4"):
+        a = Scores.load(tmp_path / "two" / "pruning" / name / "scores.safetensors")
+        b = Scores.load(tmp_path / "one" / "pruning" / name / "scores.safetensors")
+        assert a.num_examples == b.num_examples == 32
+        for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(), "give a target"),
+        (dict(head_sparsity=1.0), r"\[0, 1\)"),
+        (dict(flops_budget=0.5, head_sparsity=0.3), "cannot be combined"),
+        (dict(head_sparsity=0.5, importance="snip"), "importance"),
+        (dict(head_sparsity=0.5, pruning_schedule="gradual"), "pruning_schedule"),
+        (
+            dict(head_sparsity=0.5, pruning_schedule="iterative", prune_start_step=10, prune_end_step=5),
+            "prune_start_step",
+        ),
+        (dict(head_sparsity=0.5, max_steps=10, prune_step=20), "after max_steps"),
+        (dict(head_sparsity=0.5, distill_alpha=1.5), "distill_alpha"),
+        (dict(head_sparsity=0.5, ranking="local"), "ranking"),
+    ],
+)
+def test_invalid_configs_fail_at_construction(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GradPruneConfig(output_dir=str(tmp_path), report_to=[], **kwargs)
+
+
+def test_trainer_refuses_what_it_cannot_honour(tmp_path):
+    args = GradPruneConfig(output_dir=str(tmp_path), head_sparsity=0.5, report_to=[], use_cpu=True)
+    model = make("bert")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="rebuilds the optimizer"):
+        GradPruneTrainer(model=model, args=args, optimizers=(opt, None))
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="GradPruneConfig"):
+        GradPruneTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
