@@ -106,6 +106,21 @@ def test_gradient_accumulation_and_batch_size_give_same_scores():
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-8)
 
 
+def test_loss_scale_is_divided_out():
+    """An fp16 GradScaler multiplies the loss by its scale; the scorer divides it back out."""
+    model = make("bert")
+    inputs = batch("bert")
+    results = []
+    for factor in (1.0, 1024.0):
+        scorer = ImportanceScorer(model, "taylor")
+        scorer.loss_scale = factor
+        with scorer:
+            (model(**inputs).loss * factor).backward()
+        results.append(scorer.scores)
+    for a, b in zip(results[0].heads + results[0].neurons, results[1].heads + results[1].neurons):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
 def test_extra_padding_changes_nothing(family):
     model = make(family)
     inputs = batch(family, size=3, length=10)

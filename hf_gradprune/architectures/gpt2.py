@@ -72,6 +72,7 @@ class GPT2Adapter(FamilyAdapter):
         attn.num_heads = len(keep)
         if len(keep) == 0:
             make_block_empty(attn, {"proj": "c_proj", "dropout": "resid_dropout", "tuple": True, "head_dim": head_dim})
+            _freeze(layer.ln_1)
 
     def keep_neurons(self, layer, keep: torch.Tensor) -> None:
         fc, proj = layer.mlp.c_fc, layer.mlp.c_proj
@@ -82,3 +83,11 @@ class GPT2Adapter(FamilyAdapter):
         proj.nx = len(keep)
         if len(keep) == 0:
             make_block_empty(layer.mlp, {"proj": "c_proj", "dropout": "dropout", "tuple": False})
+            _freeze(layer.ln_2)
+
+
+def _freeze(norm: nn.Module) -> None:
+    # The pre-norm of an emptied block feeds nothing any more: no gradient will reach it, and DDP
+    # (without find_unused_parameters) would fail on a trainable parameter that gets none.
+    for p in norm.parameters():
+        p.requires_grad_(False)
