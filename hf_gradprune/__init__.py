@@ -6,6 +6,7 @@ from .plan import PlanError, PruningPlan
 from .scores import Scores, ScoresError
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model, summarize
+from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 
 __version__ = "0.1.0"
 
@@ -19,9 +20,12 @@ __all__ = [
     "Scores",
     "ScoresError",
     "UnsupportedModelError",
+    "V4CheckpointError",
     "check_folder",
+    "convert_v4_checkpoint",
     "current_plan",
     "load_pruned",
+    "prune_heads",
     "prune_model",
     "register_adapter",
     "save_pruned",

@@ -89,12 +89,17 @@ def load_pruned(folder: str | os.PathLike, model_class=None, **kwargs) -> nn.Mod
 
     ``model_class`` picks the head (default: the folder's ``architectures``), e.g. ``BertModel`` to get
     the encoder of a classifier. ``kwargs`` go to ``from_pretrained`` (``dtype``, ``device_map``...).
-    The folder is checked against its plan first; nothing is loaded if they disagree.
+    The folder is checked against its plan first; nothing is loaded if they disagree. A folder saved by
+    transformers v4 after ``prune_heads`` (``pruned_heads`` in config.json) loads too (``v4_compat``).
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder} is not a folder; load_pruned takes a directory saved by save_pretrained")
     config = transformers.AutoConfig.from_pretrained(folder)
+    if not getattr(config, CONFIG_KEY, None) and getattr(config, "pruned_heads", None):
+        from .v4_compat import load_v4_folder  # a transformers-v4 pruned folder (needs surgery: imported here)
+
+        return load_v4_folder(folder, model_class=model_class, config=config, **kwargs)
     cls = _model_class(config, model_class)
     if getattr(config, CONFIG_KEY, None):
         check_folder(folder, cls)
