@@ -20,9 +20,7 @@ class GradPruneConfig(TrainingArguments):
     training batches during which importance is accumulated.
     """
 
-    importance: str = field(
-        default="taylor", metadata={"help": f"Importance method: {' | '.join(METHODS)}."}
-    )
+    importance: str = field(default="taylor", metadata={"help": f"Importance method: {' | '.join(METHODS)}."})
     head_sparsity: float | None = field(
         default=None, metadata={"help": "Fraction of the original attention heads to remove, in [0, 1)."}
     )
@@ -70,7 +68,9 @@ class GradPruneConfig(TrainingArguments):
     prune_start_step: int = field(default=0, metadata={"help": "iterative: optimizer step of the first round."})
     prune_end_step: int | None = field(
         default=None,
-        metadata={"help": "iterative: optimizer step of the last round (reaching the full target). Default: half of max steps."},
+        metadata={
+            "help": "iterative: optimizer step of the last round (reaching the full target). Default: half of max steps."
+        },
     )
     distill_alpha: float | None = field(
         default=None,
@@ -80,9 +80,11 @@ class GradPruneConfig(TrainingArguments):
         },
     )
     distill_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T."})
-    model_card_dataset: str | None = field(
-        default=None, metadata={"help": "Dataset name written in the model card."}
+    evaluate_after_prune: bool = field(
+        default=False,
+        metadata={"help": "Evaluate right after each prune, before recovery (metrics prefixed 'pruned')."},
     )
+    model_card_dataset: str | None = field(default=None, metadata={"help": "Dataset name written in the model card."})
     model_card_task: str | None = field(default=None, metadata={"help": "Task name written in the model card."})
 
     def __post_init__(self):

@@ -99,6 +99,7 @@ class GradPruneTrainer(Trainer):
         self._rewrapped = False
         self._user_loss_scaled_for_ga = self.loss_is_scaled_for_ga
         self._distill_sum, self._distill_count = 0.0, 0
+        self.pruned_metrics: list[dict] = []  # evaluate_after_prune results, one entry per round
         self._pending_logs: list[dict] = []  # a prune before training is logged once the Trainer's state exists
 
     # ------------------------------------------------------------------ schedule
@@ -130,7 +131,10 @@ class GradPruneTrainer(Trainer):
                 self._score_before_training()
                 self._prune(fraction)
         return super().train(
-            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
         )
 
     def _score_before_training(self) -> None:
@@ -245,6 +249,9 @@ class GradPruneTrainer(Trainer):
         if self.accelerator.num_processes > 1 and self.model_wrapped is not self.model:
             self._rewrap()
         self._report_round(scores, plan)
+        if args.evaluate_after_prune and self.eval_dataset is not None:
+            metrics = self.evaluate(metric_key_prefix="pruned")
+            self.pruned_metrics.append({"round": self._rounds_done, "step": self.state.global_step, **metrics})
 
     def _rebuild_optimizer(self) -> None:
         old_opt, old_sched = self.optimizer, self.lr_scheduler
@@ -294,13 +301,17 @@ class GradPruneTrainer(Trainer):
         else:
             self.log(logs)
         if args.should_save:
-            folder = os.path.join(args.output_dir, "pruning", f"round-{self._rounds_done}-step-{self.state.global_step}")
+            folder = os.path.join(
+                args.output_dir, "pruning", f"round-{self._rounds_done}-step-{self.state.global_step}"
+            )
             os.makedirs(folder, exist_ok=True)
             scores.save(os.path.join(folder, "scores.safetensors"))
             plan.to_json(os.path.join(folder, "plan.json"))
             with open(os.path.join(folder, "summary.txt"), "w") as f:
                 f.write(plan.summary(seq) + "\n")
-        logger.info("hf_gradprune round %d at step %d:\n%s", self._rounds_done, self.state.global_step, plan.summary(seq))
+        logger.info(
+            "hf_gradprune round %d at step %d:\n%s", self._rounds_done, self.state.global_step, plan.summary(seq)
+        )
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -311,7 +322,9 @@ class GradPruneTrainer(Trainer):
         with torch.no_grad(), self.accelerator.autocast():
             teacher_logits = self.teacher(**teacher_inputs).logits
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
-        kd = distillation_loss(student_logits, teacher_logits, self.args.distill_temperature, inputs.get("attention_mask"))
+        kd = distillation_loss(
+            student_logits, teacher_logits, self.args.distill_temperature, inputs.get("attention_mask")
+        )
         alpha = self.args.effective_distill_alpha
         self._distill_sum += kd.detach().float().item()
         self._distill_count += 1
@@ -386,4 +399,3 @@ class GradPruneTrainer(Trainer):
                     total.copy_(value.to(total.device))
             scorer.num_examples, scorer.skipped_batches = saved.num_examples, saved.skipped_batches
             self._scorer = scorer
-

@@ -125,6 +125,8 @@ def structure_of(model: nn.Module) -> dict:
             entry["attrs"] = attrs
         if getattr(module, "_gradprune_empty", None) is not None:
             entry["empty"] = dict(module._gradprune_empty)
+        if getattr(module, "_gradprune_frozen", False):
+            entry["frozen"] = True
         if entry:
             structure[path] = entry
     return structure
@@ -149,6 +151,10 @@ def apply_structure(model: nn.Module, structure: dict) -> None:
             setattr(module, name, value)
         if "empty" in entry:
             make_block_empty(module, entry["empty"])
+        if entry.get("frozen"):  # feeds only emptied blocks: no gradient can reach it
+            module._gradprune_frozen = True
+            for p in module.parameters():
+                p.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- pruned classes
@@ -166,6 +172,17 @@ class _GradPruneMixin:
                     f"this loader understands format {FORMAT_VERSION}"
                 )
             apply_structure(self, record.get("structure", {}))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading replaces parameters after __init__: freeze again what feeds only emptied blocks.
+        for module in model.modules():
+            if getattr(module, "_gradprune_frozen", False):
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        return loaded
 
 
 _CLASSES: dict[str, type] = {}

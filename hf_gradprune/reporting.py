@@ -116,3 +116,134 @@ def write_model_card(trainer, folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     ModelCard(model_card_text(trainer)).save(path)
     return path
+
+
+# ---------------------------------------------------------------------- pruning report
+def measure_latency(model, batch_size: int, seq_len: int, repeats: int = 10, warmup: int = 2) -> float:
+    """Median milliseconds of one forward pass on random token ids, on the model's device."""
+    import time
+
+    import torch
+
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    ids = torch.randint(5, vocab, (batch_size, seq_len), device=device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(**inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(1000 * (time.perf_counter() - start))
+    model.train(was_training)
+    return float(sorted(times)[len(times) // 2])
+
+
+def latency_comparison(dense, pruned, batch_sizes=(1, 32), seq_len: int = 128, repeats: int = 10) -> list[dict]:
+    """Dense vs pruned latency rows, measured on this machine."""
+    import platform
+
+    import torch
+
+    rows = []
+    device = next(pruned.parameters()).device
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    )
+    for b in batch_sizes:
+        d = measure_latency(dense, b, seq_len, repeats)
+        p = measure_latency(pruned, b, seq_len, repeats)
+        rows.append(
+            {
+                "batch_size": b,
+                "seq_len": seq_len,
+                "dense_ms": round(d, 3),
+                "pruned_ms": round(p, 3),
+                "speedup": round(d / p, 3),
+                "device": str(device),
+                "device_name": where,
+                "torch_threads": torch.get_num_threads(),
+                "dtype": str(next(pruned.parameters()).dtype),
+            }
+        )
+    return rows
+
+
+def plot_plan(plan, folder: str) -> dict[str, str]:
+    """Heat map of heads kept per layer and bar chart of FFN neurons kept per layer (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    g = plan.geometry
+    grid = np.zeros((g.num_layers, g.num_heads))
+    for layer, heads in enumerate(plan.heads):
+        grid[layer, heads] = 1
+    paths = {"heads": os.path.join(folder, "heads_kept.png"), "ffn": os.path.join(folder, "ffn_kept.png")}
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * g.num_heads + 2), max(3, 0.4 * g.num_layers + 1.5)))
+    ax.imshow(grid, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(g.num_heads))
+    ax.set_yticks(range(g.num_layers))
+    ax.set_title(f"Attention heads kept: {plan.num_heads} of {g.num_layers * g.num_heads}")
+    for layer in range(g.num_layers):
+        ax.text(g.num_heads - 0.5, layer, f" {len(plan.heads[layer])}", va="center", ha="left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths["heads"], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * g.num_layers + 2), 3))
+    kept = [len(n) for n in plan.neurons]
+    ax.bar(range(g.num_layers), [g.intermediate_size] * g.num_layers, color="#ddd", label="original")
+    ax.bar(range(g.num_layers), kept, color="#2a7", label="kept")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("FFN neurons")
+    ax.set_xticks(range(g.num_layers))
+    ax.set_title(f"FFN neurons kept: {plan.num_neurons} of {g.num_layers * g.intermediate_size}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths["ffn"], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_pruning_report(folder: str, dense_plan, plan, metrics: dict, latency: list[dict], extra=None) -> dict:
+    """``pruning_report.json`` plus the two plots in ``folder``; returns the report."""
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    seq = (plan.meta or {}).get("seq_len", 128)
+    report = {
+        "heads": {"dense": dense_plan.num_heads, "pruned": plan.num_heads, "per_layer": [len(h) for h in plan.heads]},
+        "ffn_neurons": {
+            "dense": dense_plan.num_neurons,
+            "pruned": plan.num_neurons,
+            "per_layer": [len(n) for n in plan.neurons],
+        },
+        "block_params": {"dense": dense_plan.block_params(), "pruned": plan.block_params()},
+        "block_flops": {"seq_len": seq, "dense": dense_plan.block_flops(seq), "pruned": plan.block_flops(seq)},
+        "metrics": metrics,
+        "latency": latency,
+        "plots": plot_plan(plan, folder),
+        "plan": plan.to_dict(),
+        **(extra or {}),
+    }
+    with open(os.path.join(folder, "pruning_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def summary_table(rows: list[tuple[str, str, str]], headers=("", "dense", "pruned")) -> str:
+    """A small Markdown table (printed by the examples, pasted into READMEs)."""
+    lines = [f"| {' | '.join(headers)} |", "|" + "---|" * len(headers)]
+    lines += [f"| {' | '.join(map(str, r))} |" for r in rows]
+    return "\n".join(lines)

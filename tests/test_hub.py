@@ -58,6 +58,9 @@ def test_reload_is_bit_exact_both_ways(tmp_path, family, zero_layer):
         assert all_tensors_equal(loaded, model)
         assert (logits(loaded, inputs) - expected).abs().max().item() == 0.0
     assert type(remote).__module__.startswith("transformers_modules")
+    for loaded in (ours, remote):  # what surgery froze stays frozen after a reload
+        frozen = {n for n, p in loaded.named_parameters() if not p.requires_grad}
+        assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
 
 
 def test_remote_code_loads_without_hf_gradprune_installed(tmp_path, family):

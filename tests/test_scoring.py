@@ -309,11 +309,10 @@ def test_unknown_method_and_unsupported_model():
 
 def test_scores_sum_across_two_processes():
     import os
+    import socket
     import subprocess
     import sys
     from pathlib import Path
-
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

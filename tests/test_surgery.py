@@ -62,7 +62,9 @@ def test_layer_without_heads_or_neurons_runs_and_trains(family):
     assert not no_grad
     # The pre-norms that fed only the emptied GPT-2 blocks are frozen (nothing reaches them).
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    expected = {f"transformer.h.0.ln_{i}.{w}" for i in (1, 2) for w in ("weight", "bias")} if family == "gpt2" else set()
+    expected = (
+        {f"transformer.h.0.ln_{i}.{w}" for i in (1, 2) for w in ("weight", "bias")} if family == "gpt2" else set()
+    )
     assert frozen == expected
 
 

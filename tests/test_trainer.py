@@ -205,7 +205,13 @@ def test_push_to_hub_uploads_the_pruned_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "hf_api", lambda *a, **k: FakeApi())
     trainer = make_trainer(
-        tmp_path / "run", max_steps=4, prune_step=2, scoring_steps=2, push_to_hub=True, hub_model_id="me/tiny-pruned", hub_strategy="end"
+        tmp_path / "run",
+        max_steps=4,
+        prune_step=2,
+        scoring_steps=2,
+        push_to_hub=True,
+        hub_model_id="me/tiny-pruned",
+        hub_strategy="end",
     )
     trainer.train()
     uploaded.clear()

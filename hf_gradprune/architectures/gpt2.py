@@ -89,5 +89,7 @@ class GPT2Adapter(FamilyAdapter):
 def _freeze(norm: nn.Module) -> None:
     # The pre-norm of an emptied block feeds nothing any more: no gradient will reach it, and DDP
     # (without find_unused_parameters) would fail on a trainable parameter that gets none.
+    # Marked so the saved structure records it and every loader freezes it again.
+    norm._gradprune_frozen = True
     for p in norm.parameters():
         p.requires_grad_(False)
