@@ -57,6 +57,9 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloads are cached."})
     model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a classifier head whose label count differs from the data's."}
+    )
 
 
 @dataclass
@@ -140,6 +143,7 @@ def main(args: list[str] | None = None) -> dict:
         num_labels=num_labels,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -289,7 +293,8 @@ def format_summary(results: dict, dense_plan, plan, report: dict) -> str:
     for row in results.get("latency", []):
         rows.append(
             (
-                f"latency, batch {row['batch_size']} x {row['seq_len']} ({row['device']}, {row['torch_threads']} threads)",
+                f"latency, batch {row['batch_size']} x {row['seq_len']} "
+                f"({row['device']}, {row['torch_threads']} threads)",
                 f"{row['dense_ms']:.1f} ms",
                 f"{row['pruned_ms']:.1f} ms ({row['speedup']:.2f}x)",
             )

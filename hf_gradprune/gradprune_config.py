@@ -69,7 +69,8 @@ class GradPruneConfig(TrainingArguments):
     prune_end_step: int | None = field(
         default=None,
         metadata={
-            "help": "iterative: optimizer step of the last round (reaching the full target). Default: half of max steps."
+            "help": "iterative: optimizer step of the last round (reaching the full target). "
+            "Default: half of max steps."
         },
     )
     distill_alpha: float | None = field(
