@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A CPU build of torch 2.13.0 lies on this project's machines; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-all example lint format clean
+.PHONY: install test test-all demo example lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install  ## the offline test suite (slow tests deselected)
 
 test-all: install  ## also the slow tests on real assets
 	$(BIN)/python -m pytest -q -m ""
+
+demo: install  ## the main job: offline quickstart on all-MiniLM-L6-v2 + Rotten Tomatoes (assets from PyPI)
+	$(BIN)/python examples/quickstart.py
 
 example: install  ## prune a small random BERT and print the before/after summary
 	$(BIN)/python examples/prune_random_bert.py --config recipes/random_bert.yaml

@@ -1,0 +1,375 @@
+"""Prune a causal language model (GPT-2) on wikitext (or your text files) with GradPruneTrainer.
+
+Follows transformers' ``examples/pytorch/language-modeling/run_clm.py``: texts are tokenized, concatenated
+and cut into blocks of ``--block_size`` tokens with labels = input_ids. Reports perplexity of the dense
+model, of the pruned model before recovery and after recovery; writes ``all_results.json``, the Hub-ready
+pruned folder with its model card, and a pruning report (JSON, heat map of heads kept, bar chart of FFN
+neurons kept, measured dense-vs-pruned latency on this machine).
+
+    python examples/run_clm_prune.py --config recipes/gpt2/wikitext-2.yaml
+    python examples/run_clm_prune.py --model_name_or_path gpt2 --train_file train.txt \\
+        --validation_file valid.txt --block_size 512 --head_sparsity 0.4 --ffn_sparsity 0.4 --output_dir out/clm
+    accelerate launch --multi_gpu --num_processes 4 examples/run_clm_prune.py --config ...
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator, set_seed
+
+from hf_gradprune import GradPruneConfig, GradPruneTrainer, current_plan
+from hf_gradprune.architectures import get_adapter
+from hf_gradprune.cli import parse_args
+from hf_gradprune.reporting import latency_comparison, summary_table, write_pruning_report
+
+logger = logging.getLogger(__name__)
+
+# file extension -> `datasets` builder
+FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+STAGES = (("dense", "dense"), ("pruned_before_recovery", "pruned"), ("pruned_after_recovery", "eval"))
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Causal LM id on the Hub or local folder (e.g. gpt2)."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads and datasets are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str = field(
+        default="Salesforce/wikitext",
+        metadata={"help": "Dataset on the Hub (used unless --train_file is given)."},
+    )
+    dataset_config_name: str | None = field(
+        default="wikitext-2-raw-v1", metadata={"help": "Configuration of the dataset (e.g. wikitext-103-raw-v1)."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": f"Training file instead of the Hub dataset: {', '.join(FILE_FORMATS)}."},
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation file, same formats."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text (json, parquet, csv)."})
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={"help": "Percent of the train split used for validation when there is no validation split."},
+    )
+    keep_linebreaks: bool = field(default=True, metadata={"help": "Keep line breaks when reading .txt files."})
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per training block after concatenating the texts. "
+            "Default: min(1024, the tokenizer's model_max_length, the model's position embeddings)."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (blocks)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set (blocks)."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenizing."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Redo tokenizing instead of using the cache."})
+    dense_train_epochs: float = field(
+        default=0.0,
+        metadata={"help": "Fine-tune the dense model for this many epochs first (0: prune the model as given)."},
+    )
+    dense_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the dense fine-tuning (default: --learning_rate)."}
+    )
+    latency_batch_sizes: str = field(default="1,8", metadata={"help": "Batch sizes of the latency comparison."})
+    latency_seq_len: int | None = field(
+        default=None, metadata={"help": "Sequence length of the latency comparison (default: min(block_size, 128))."}
+    )
+    latency_repeats: int = field(default=10, metadata={"help": "Timed forward passes per latency measurement."})
+
+    def __post_init__(self):
+        if self.train_file is None and self.validation_file is not None:
+            raise ValueError("--validation_file needs --train_file too (or neither, to use --dataset_name)")
+        for path in (self.train_file, self.validation_file):
+            if path is None:
+                continue
+            ext = os.path.splitext(path)[1].lower()
+            if ext not in FILE_FORMATS:
+                raise ValueError(
+                    f"{path}: unsupported file type {ext or '(no extension)'!r}; "
+                    f"data files must be one of {', '.join(FILE_FORMATS)}"
+                )
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: no such data file; check --train_file / --validation_file")
+        if self.train_file and self.validation_file:
+            formats = {FILE_FORMATS[os.path.splitext(p)[1].lower()] for p in (self.train_file, self.validation_file)}
+            if len(formats) > 1:
+                raise ValueError("--train_file and --validation_file must have the same format")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError("--validation_split_percentage must be in [0, 100)")
+
+
+def load_raw(data: DataTrainingArguments, model_args: ModelArguments):
+    """``(train, validation or None, text column)``; validation carved off train when there is none."""
+    pct = data.validation_split_percentage
+    if data.train_file is None:
+        source, kwargs = data.dataset_name, {"name": data.dataset_config_name}
+    else:
+        files = {"train": data.train_file}
+        if data.validation_file:
+            files["validation"] = data.validation_file
+        source = FILE_FORMATS[os.path.splitext(data.train_file)[1].lower()]
+        kwargs = {"data_files": files}
+        if source == "text":
+            kwargs["keep_linebreaks"] = data.keep_linebreaks
+    raw = load_dataset(source, cache_dir=model_args.cache_dir, **kwargs)
+    column = "text" if source == "text" else data.text_column  # the text builder names its one column "text"
+    for name, split in raw.items():
+        if column not in split.column_names:
+            raise ValueError(
+                f"text column {column!r} is not in the {name} data (columns: {split.column_names}); set --text_column"
+            )
+    train, validation = raw["train"], raw.get("validation")
+    if validation is None and pct > 0:
+        # as run_clm.py (split="train[:pct%]"): the first pct% of train is validation, the rest is train
+        n = len(train)
+        k = n * pct // 100
+        if k == 0:
+            raise ValueError(
+                f"there is no validation split and {pct}% of the {n} training rows is none; "
+                "give --validation_file or a larger --validation_split_percentage"
+            )
+        train, validation = train.select(range(k, n)), train.select(range(k))
+    return train, validation, column
+
+
+def resolve_block_size(data: DataTrainingArguments, tokenizer, config) -> int:
+    """run_clm.py's rule, plus a clear error past the model's position embeddings."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if data.block_size is None:
+        block_size = min(1024, tokenizer.model_max_length, positions or 1024)
+    else:
+        if data.block_size > tokenizer.model_max_length:
+            logger.warning(
+                "block_size %d is more than the tokenizer's model_max_length %d; using %d",
+                data.block_size,
+                tokenizer.model_max_length,
+                tokenizer.model_max_length,
+            )
+        block_size = min(data.block_size, tokenizer.model_max_length)
+        if positions is not None and block_size > positions:
+            raise ValueError(f"--block_size {block_size} is longer than the model's {positions} position embeddings")
+    if block_size < 2:
+        raise ValueError("--block_size must be at least 2 (a next-token loss needs two tokens)")
+    return block_size
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+def preprocess_logits_for_metrics(logits, labels):
+    # keep only the argmax: full [N, L, vocab] logits would be gathered for the whole eval set
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def compute_metrics(p):
+    """Next-token accuracy, as run_clm.py reports next to perplexity."""
+    preds, labels = p.predictions, p.label_ids
+    labels = labels[:, 1:].reshape(-1)  # the model predicts token t+1 at position t
+    preds = preds[:, :-1].reshape(-1)
+    mask = labels != -100
+    return {"accuracy": float(np.mean(preds[mask] == labels[mask])) if mask.any() else 0.0}
+
+
+def main(args: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args((ModelArguments, DataTrainingArguments, GradPruneConfig), args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+
+    train_raw, eval_raw, text_column = load_raw(data_args, model_args)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision
+    )
+    get_adapter(model)  # an unsupported family fails now, not after tokenizing and dense training
+    if getattr(model, "loss_type", None) is None:
+        # transformers infers loss_type from the class name and "GPT2LMHeadModel" matches none, so Trainer
+        # would count tokens over all labels instead of labels[..., 1:] and report the loss (L-1)/L too low.
+        # The model's loss is ForCausalLM either way (its fallback); naming it fixes only the count.
+        model.loss_type = "ForCausalLM"
+    block_size = resolve_block_size(data_args, tokenizer, model.config)
+
+    def tokenize(batch):
+        return tokenizer(batch[text_column])
+
+    def group_texts(examples):
+        # Concatenate everything and cut into block_size chunks; the remainder is dropped (run_clm.py).
+        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        total = (len(concatenated[next(iter(examples))]) // block_size) * block_size
+        result = {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    def prepare(ds, limit, split):
+        map_kw = dict(batched=True, num_proc=data_args.preprocessing_num_workers)
+        map_kw["load_from_cache_file"] = not data_args.overwrite_cache
+        with training_args.main_process_first(desc="tokenizing and grouping"):
+            ds = ds.map(tokenize, remove_columns=ds.column_names, desc=f"tokenizing {split}", **map_kw)
+            ds = ds.map(group_texts, desc=f"grouping {split} into blocks of {block_size}", **map_kw)
+        if len(ds) == 0:
+            raise ValueError(
+                f"the {split} set is shorter than one block of {block_size} tokens; "
+                "give more text or a smaller --block_size"
+            )
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        return ds
+
+    train_ds = prepare(train_raw, data_args.max_train_samples, "train")
+    eval_ds = None if eval_raw is None else prepare(eval_raw, data_args.max_eval_samples, "validation")
+    common = dict(
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+    )
+
+    results: dict = {"block_size": block_size, "train_samples": len(train_ds)}
+    if eval_ds is not None:
+        results["eval_samples"] = len(eval_ds)
+    else:
+        logger.warning("no validation data (--validation_split_percentage 0): no perplexity will be reported")
+    if data_args.dense_train_epochs > 0:
+        dense_args = dataclasses.replace(
+            training_args,
+            output_dir=os.path.join(training_args.output_dir, "dense"),
+            num_train_epochs=data_args.dense_train_epochs,
+            max_steps=-1,
+            learning_rate=data_args.dense_learning_rate or training_args.learning_rate,
+            save_strategy="no",
+            push_to_hub=False,
+            load_best_model_at_end=False,
+            eval_strategy="no",
+        )
+        dense_trainer = Trainer(model=model, args=dense_args, **common)
+        dense_train = dense_trainer.train()
+        results["dense_train_loss"] = dense_train.training_loss
+
+    args = dataclasses.replace(training_args, evaluate_after_prune=True)
+    if args.model_card_dataset is None:
+        args.model_card_dataset = data_args.dataset_name if data_args.train_file is None else "local files"
+    if args.model_card_task is None:
+        args.model_card_task = "text-generation"
+    dense_model = copy.deepcopy(model).eval()  # for the latency comparison
+    trainer = GradPruneTrainer(model=model, args=args, **common)
+    trainer.base_model_name = model_args.model_name_or_path
+    if eval_ds is not None:
+        results["dense"] = trainer.evaluate(metric_key_prefix="dense")
+    train_result = trainer.train()
+    results["train"] = train_result.metrics
+    if trainer.pruned_metrics:
+        results["pruned_before_recovery"] = trainer.pruned_metrics[-1]
+    if eval_ds is not None:
+        results["pruned_after_recovery"] = trainer.evaluate()
+    ppl = {}
+    for stage, prefix in STAGES:
+        if stage in results:
+            ppl[f"{prefix}_perplexity"] = perplexity(results[stage].get(f"{prefix}_loss"))
+            results[stage][f"{prefix}_perplexity"] = ppl[f"{prefix}_perplexity"]
+    if ppl:
+        trainer.log(ppl)  # to report_to, and eval_perplexity into the model card's evaluation list
+    trainer.save_model()  # output_dir: config + weights + modeling_gradprune.py + tokenizer + README.md
+
+    plan = current_plan(trainer.model)
+    latency = []
+    if trainer.is_world_process_zero():
+        sizes = [int(b) for b in data_args.latency_batch_sizes.split(",") if b.strip()]
+        latency = latency_comparison(
+            dense_model.to(trainer.model.device),
+            trainer.model,
+            sizes,
+            data_args.latency_seq_len or min(block_size, 128),
+            data_args.latency_repeats,
+        )
+        results["latency"] = latency
+        results["params"] = {
+            "dense": sum(p.numel() for p in dense_model.parameters()),
+            "pruned": sum(p.numel() for p in trainer.model.parameters()),
+        }
+        report = write_pruning_report(
+            args.output_dir,
+            trainer.dense_plan,
+            plan,
+            {k: v for k, v in results.items() if k != "latency"},
+            latency,
+            extra={"params": results["params"]},
+        )
+        results["report"] = os.path.join(args.output_dir, "pruning_report.json")
+        flat = {k: results[k] for k in ("block_size", "train_samples", "eval_samples") if k in results}
+        for stage, _ in STAGES:
+            for k, v in (results.get(stage) or {}).items():
+                if isinstance(v, (int, float)):
+                    flat[f"{stage}/{k}"] = v
+        trainer.save_metrics("all", flat)
+        print(format_summary(results, trainer.dense_plan, plan, report))
+    if args.push_to_hub:
+        trainer.push_to_hub()
+    return results
+
+
+def format_summary(results: dict, dense_plan, plan, report: dict) -> str:
+    def value(stage, prefix, key):
+        v = (results.get(stage) or {}).get(f"{prefix}_{key}")
+        return None if v is None else f"{v:.2f}" if key == "perplexity" else f"{v:.4f}"
+
+    rows = []
+    for key, name in (("perplexity", "perplexity"), ("accuracy", "next-token accuracy")):
+        dense, before, after = (value(stage, prefix, key) for stage, prefix in STAGES)
+        if dense and after:
+            rows.append((f"{name} (dense / pruned)", dense, after))
+        if before:
+            rows.append((f"{name}, pruned before recovery", "", before))
+    rows.append(("attention heads", dense_plan.num_heads, plan.num_heads))
+    rows.append(("FFN neurons", dense_plan.num_neurons, plan.num_neurons))
+    rows.append(("parameters", f"{results['params']['dense']:,}", f"{results['params']['pruned']:,}"))
+    seq = report["block_flops"]["seq_len"]
+    rows.append(
+        (
+            f"block GFLOPs / {seq}-token sequence",
+            f"{report['block_flops']['dense'] / 1e9:.3f}",
+            f"{report['block_flops']['pruned'] / 1e9:.3f}",
+        )
+    )
+    for row in results.get("latency", []):
+        rows.append(
+            (
+                f"latency, batch {row['batch_size']} x {row['seq_len']} "
+                f"({row['device']}, {row['torch_threads']} threads)",
+                f"{row['dense_ms']:.1f} ms",
+                f"{row['pruned_ms']:.1f} ms ({row['speedup']:.2f}x)",
+            )
+        )
+    return summary_table(rows)
+
+
+if __name__ == "__main__":
+    out = main()
+    json.dump({k: v for k, v in out.items() if k != "latency"}, sys.stdout, indent=2, default=str)
+    print()
