@@ -55,7 +55,8 @@ class DataTrainingArguments:
         metadata={"help": "Dataset on the Hub (used unless --train_file is given)."},
     )
     dataset_config_name: str | None = field(
-        default="wikitext-2-raw-v1", metadata={"help": "Configuration of the dataset (e.g. wikitext-103-raw-v1)."}
+        default="wikitext-2-raw-v1",
+        metadata={"help": "Configuration of the dataset (e.g. wikitext-103-raw-v1; '' for a dataset without any)."},
     )
     train_file: str | None = field(
         default=None,
@@ -118,7 +119,7 @@ def load_raw(data: DataTrainingArguments, model_args: ModelArguments):
     """``(train, validation or None, text column)``; validation carved off train when there is none."""
     pct = data.validation_split_percentage
     if data.train_file is None:
-        source, kwargs = data.dataset_name, {"name": data.dataset_config_name}
+        source, kwargs = data.dataset_name, {"name": data.dataset_config_name or None}
     else:
         files = {"train": data.train_file}
         if data.validation_file:
@@ -127,7 +128,15 @@ def load_raw(data: DataTrainingArguments, model_args: ModelArguments):
         kwargs = {"data_files": files}
         if source == "text":
             kwargs["keep_linebreaks"] = data.keep_linebreaks
-    raw = load_dataset(source, cache_dir=model_args.cache_dir, **kwargs)
+    try:
+        raw = load_dataset(source, cache_dir=model_args.cache_dir, **kwargs)
+    except ConnectionError as e:
+        if data.train_file is not None:
+            raise
+        raise ConnectionError(
+            f"{e}. Loading {source} ({data.dataset_config_name}) needs the Hub or a cached copy; offline, give "
+            "local text with --train_file (and --validation_file): .txt, .json, .jsonl, .parquet or .csv"
+        ) from e
     column = "text" if source == "text" else data.text_column  # the text builder names its one column "text"
     for name, split in raw.items():
         if column not in split.column_names:
@@ -371,5 +380,7 @@ def format_summary(results: dict, dense_plan, plan, report: dict) -> str:
 
 if __name__ == "__main__":
     out = main()
+    if "report" not in out:  # not the main process (accelerate launch): it wrote and printed nothing
+        sys.exit(0)
     json.dump({k: v for k, v in out.items() if k != "latency"}, sys.stdout, indent=2, default=str)
     print()

@@ -23,8 +23,8 @@ def sentences(n, seed=0):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    # On a shared 2-core machine, OpenMP barriers wait on a busy core: every tiny op then costs ~8 ms with
-    # 2 threads against ~0.1 ms with 1 (measured), which would make these tests minutes long.
+    # On a shared 2-core machine, OpenMP barriers wait on a busy core: a forward of the tiny GPT-2 took
+    # ~125 ms with 2 threads against ~1 ms with 1 (measured), which would make these tests minutes long.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -147,6 +147,7 @@ def test_clm_script_jsonl_with_validation_file(tiny_setup):
     assert results["eval_samples"] == 8
     assert math.isfinite(results["pruned_after_recovery"]["eval_perplexity"])
     # Rebuild the first 8 validation blocks by hand; one eval batch of 8 makes the Trainer's loss the plain mean.
+    # (Without the script's loss_type fix, Trainer divides by 16 tokens per block, not 15, and this fails.)
     tok = AutoTokenizer.from_pretrained(out)
     ids = list(chain(*tok(dev)["input_ids"]))[: 8 * 16]
     blocks = torch.tensor(ids).view(8, 16)
@@ -185,6 +186,18 @@ def test_bad_data_arguments_are_clear(tiny_setup):
         load_raw(DataTrainingArguments(train_file=str(tiny_setup / "t.jsonl")), model)
     with pytest.raises(ValueError, match=r"5% of the 1 training rows is none; give --validation_file"):
         load_raw(DataTrainingArguments(train_file=str(tiny_setup / "t.jsonl"), text_column="body"), model)
+
+
+def test_unreachable_hub_dataset_says_to_use_local_files(tiny_setup, monkeypatch):
+    import run_clm_prune
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(run_clm_prune, "load_dataset", offline)
+    data = run_clm_prune.DataTrainingArguments()
+    with pytest.raises(ConnectionError, match=r"OfflineModeIsEnabled.*wikitext-2-raw-v1.*offline, give local text"):
+        run_clm_prune.load_raw(data, run_clm_prune.ModelArguments("unused"))
 
 
 def test_block_longer_than_positions_is_refused(tiny_setup):
