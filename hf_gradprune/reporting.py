@@ -11,7 +11,10 @@ from .surgery import current_plan
 
 def _schedule_text(args) -> str:
     targets = ", ".join(f"{k}={v}" for k, v in args.plan_targets().items())
-    if args.pruning_schedule == "one_shot":
+    if args.pruning_schedule == "none":
+        sched = "no pruning in this run (recovery of an already pruned model)"
+        targets = "-"
+    elif args.pruning_schedule == "one_shot":
         when = "before training" if args.prune_step == 0 else f"at step {args.prune_step}"
         sched = f"one-shot {when}"
     else:

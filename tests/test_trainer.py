@@ -121,6 +121,27 @@ def test_distillation_off(tmp_path):
     assert trainer.teacher is None and not any("distill_loss" in e for e in trainer.state.log_history)
 
 
+def test_recovery_only_schedule_distils_from_a_given_teacher(tmp_path):
+    from hf_gradprune import PruningPlan, prune_model
+    from hf_gradprune.state import pruning_state
+
+    teacher = make("bert")
+    student = make("bert")
+    g = pruning_state(student).geometry
+    prune_model(student, PruningPlan(g, [[0, 1], [2], [0, 3]], [list(range(40))] * 3))
+    before = current_plan(student)
+    trainer = make_trainer(
+        tmp_path, model=student, max_steps=10, head_sparsity=None, ffn_sparsity=None, pruning_schedule="none"
+    )
+    trainer.teacher = trainer._freeze(teacher)
+    trainer.train()
+    assert not prune_logs(trainer)
+    assert current_plan(trainer.model).heads == before.heads
+    assert any(e.get("distill_loss", 0) > 0 for e in trainer.state.log_history)
+    with pytest.raises(ValueError, match="prunes nothing"):
+        GradPruneConfig(output_dir=str(tmp_path), pruning_schedule="none", head_sparsity=0.5, report_to=[])
+
+
 def test_distillation_loss_values():
     from hf_gradprune import distillation_loss
 

@@ -1,0 +1,221 @@
+"""Shared pieces of the benchmarks: the quickstart's model and data (or tiny stand-ins with ``--quick``),
+the dense fine-tune (cached), scoring, evaluation and a fixed-budget recovery. Public API only."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from hf_gradprune import GradPruneConfig, GradPruneTrainer, ImportanceScorer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass
+class Task:
+    name: str
+    tokenizer: object
+    train: Dataset
+    dev: Dataset
+    collator: object
+    dense_dir: Path
+    max_len: int
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _tokenize(tokenizer, rows, max_len):
+    ds = Dataset.from_list(rows)
+
+    def fn(batch):
+        out = tokenizer(batch["sentence"], truncation=True, max_length=max_len)
+        out["labels"] = batch["label"]
+        return out
+
+    return ds.map(fn, batched=True, remove_columns=ds.column_names)
+
+
+def load_task(quick: bool, work: Path) -> Task:
+    """MiniLM + Rotten Tomatoes (as the quickstart), or a tiny BERT + synthetic sentences with ``quick``."""
+    work.mkdir(parents=True, exist_ok=True)
+    if quick:
+        from hf_gradprune.testing import WORDS, save_tiny_tokenizer, sentiment_rows
+
+        model_dir = work / "tiny-bert"
+        if not (model_dir / "config.json").exists():
+            tokenizer = save_tiny_tokenizer(model_dir)
+            torch.manual_seed(0)
+            config = BertConfig(
+                vocab_size=5 + len(WORDS),
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                max_position_embeddings=64,
+                num_labels=2,
+            )
+            BertForSequenceClassification(config).save_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        train, dev = sentiment_rows(256, 0), sentiment_rows(64, 1)
+        max_len = 16
+        name = "tiny-bert/synthetic"
+    else:
+        sys.path.insert(0, str(ROOT / "examples"))
+        import quickstart
+
+        cache = ROOT / ".cache" / "quickstart"
+        model_dir = quickstart.prepare_model(cache)
+        train_csv, dev_csv = quickstart.prepare_data(cache)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        import csv
+
+        def read(path):
+            with open(path, encoding="utf-8") as f:
+                return [{"sentence": r["sentence"], "label": int(r["label"])} for r in csv.DictReader(f)]
+
+        train, dev = read(train_csv), read(dev_csv)
+        max_len = 64
+        name = "all-MiniLM-L6-v2/rotten-tomatoes"
+    return Task(
+        name=name,
+        tokenizer=tokenizer,
+        train=_tokenize(tokenizer, train, max_len),
+        dev=_tokenize(tokenizer, dev, max_len),
+        collator=DataCollatorWithPadding(tokenizer),
+        dense_dir=model_dir,
+        max_len=max_len,
+    )
+
+
+def dense_model(task: Task, work: Path, quick: bool):
+    """The dense model fine-tuned once on the task (cached in ``work``)."""
+    out = work / "dense-finetuned"
+    if (out / "config.json").exists():
+        return AutoModelForSequenceClassification.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(task.dense_dir, num_labels=2)
+    args = TrainingArguments(
+        output_dir=str(work / "dense-run"),
+        num_train_epochs=8 if quick else 1,
+        learning_rate=3e-3 if quick else 5e-5,
+        per_device_train_batch_size=32,
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+        logging_steps=50,
+        disable_tqdm=False,
+    )
+    Trainer(model=model, args=args, train_dataset=task.train, data_collator=task.collator).train()
+    model.save_pretrained(out)
+    task.tokenizer.save_pretrained(out)
+    return model
+
+
+@torch.inference_mode()
+def accuracy(model, task: Task, batch_size: int = 128) -> float:
+    model.eval()
+    loader = torch.utils.data.DataLoader(task.dev, batch_size=batch_size, collate_fn=task.collator)
+    correct = total = 0
+    for batch in loader:
+        labels = batch.pop("labels")
+        pred = model(**batch).logits.argmax(-1)
+        correct += int((pred == labels).sum())
+        total += len(labels)
+    return correct / total
+
+
+def score(model, task: Task, methods, n_examples: int = 1024, batch_size: int = 32, seed: int = 0) -> dict:
+    """Scores of every method; the gradient methods share one pass over ``n_examples`` training sentences."""
+    model.eval()
+    scorers = {m: ImportanceScorer(model, m, seed=seed) for m in methods}
+    grad = [s for m, s in scorers.items() if m in ("taylor", "fisher")]
+    if grad:
+        loader = torch.utils.data.DataLoader(
+            task.train.shuffle(seed=seed).select(range(min(n_examples, len(task.train)))),
+            batch_size=batch_size,
+            collate_fn=task.collator,
+        )
+        for s in grad:
+            s.attach()
+        for batch in loader:
+            model(**batch).loss.backward()
+            model.zero_grad(set_to_none=True)
+        for s in grad:
+            s.detach()
+    return {m: s.scores for m, s in scorers.items()}
+
+
+def recover(pruned, teacher, task: Task, steps: int, work: Path, seed: int = 42, **overrides):
+    """A fixed recovery budget: ``steps`` optimizer steps of batch 32 with distillation from ``teacher``."""
+    config = dict(
+        output_dir=str(work),
+        max_steps=steps,
+        learning_rate=5e-5,
+        per_device_train_batch_size=32,
+        warmup_steps=0.1,
+        pruning_schedule="none",
+        distill_alpha=0.5,
+        distill_temperature=2.0,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        logging_steps=max(steps // 4, 1),
+        disable_tqdm=True,
+    )
+    config.update(overrides)
+    args = GradPruneConfig(**config)
+    trainer = GradPruneTrainer(
+        model=pruned,
+        args=args,
+        train_dataset=task.train,
+        data_collator=task.collator,
+        teacher_model=teacher if config.get("distill_alpha", 0.5) > 0 else None,
+    )
+    trainer.train()
+    return trainer.model
+
+
+def copy_model(model):
+    return copy.deepcopy(model)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)

@@ -1,0 +1,183 @@
+"""Quality: accuracy vs sparsity for each importance method, one-shot and after a fixed short recovery.
+
+Setup: the quickstart's model and data (all-MiniLM-L6-v2 fine-tuned once on Rotten Tomatoes sentences).
+Targets are fractions of the transformer blocks' FLOPs removed (heads and neurons compete per FLOP,
+global ranking). Recovery: the same budget for every method (``--recovery_steps`` steps of batch 32,
+distillation from the dense model, alpha 0.5, T 2). Also: global vs per-layer ranking and one-shot vs
+iterative (3 rounds) at 50%, and the Torch-Pruning peer when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS, ROOT, accuracy, copy_model, dense_model, load_task, machine, recover, score, write_json
+
+from hf_gradprune import GradPruneConfig, GradPruneTrainer, PruningPlan, current_plan, prune_model
+
+METHODS = ("taylor", "fisher", "magnitude", "random")
+TARGETS = (0.25, 0.4, 0.5, 0.6, 0.7)
+
+
+def removed_flops(plan, seq_len):
+    return 1 - plan.block_flops(seq_len) / PruningPlan.full(plan.geometry).block_flops(seq_len)
+
+
+def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
+    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
+    task = load_task(quick, work)
+    dense = dense_model(task, work, quick)
+    dense_acc = accuracy(dense, task)
+    print(f"dense accuracy {dense_acc:.4f}", flush=True)
+    t0 = time.perf_counter()
+    scores = score(dense, task, METHODS, n_examples=n_score)
+    score_seconds = time.perf_counter() - t0
+    seq = task.max_len
+    rows = []
+    targets = TARGETS if not quick else (0.5,)
+    for method in METHODS:
+        for target in targets:
+            plan = PruningPlan.from_scores(scores[method], flops_budget=target, seq_len=seq)
+            model = copy_model(dense)
+            prune_model(model, plan)
+            one_shot = accuracy(model, task)
+            recovered = accuracy(recover(model, dense, task, recovery_steps, work / "recovery"), task)
+            row = {
+                "method": method,
+                "target": target,
+                "flops_removed": round(removed_flops(plan, seq), 4),
+                "heads_kept": plan.num_heads,
+                "neurons_kept": plan.num_neurons,
+                "one_shot": one_shot,
+                "recovered": recovered,
+            }
+            rows.append(row)
+            print(row, flush=True)
+
+    # global vs per-layer ranking, one-shot vs iterative, at 50%
+    extra = {}
+    plan = PruningPlan.from_scores(scores["taylor"], flops_budget=0.5, seq_len=seq, ranking="per_layer")
+    model = copy_model(dense)
+    prune_model(model, plan)
+    extra["taylor_per_layer_50"] = {
+        "flops_removed": round(removed_flops(plan, seq), 4),
+        "one_shot": accuracy(model, task),
+        "recovered": accuracy(recover(model, dense, task, recovery_steps, work / "recovery"), task),
+    }
+    iterative = GradPruneTrainer(
+        model=copy_model(dense),
+        args=GradPruneConfig(
+            output_dir=str(work / "iterative"),
+            max_steps=recovery_steps,
+            learning_rate=5e-5,
+            per_device_train_batch_size=32,
+            warmup_steps=0.1,
+            importance="taylor",
+            flops_budget=0.5,
+            flops_seq_len=seq,
+            pruning_schedule="iterative",
+            num_rounds=3,
+            prune_start_step=0,
+            prune_end_step=recovery_steps // 2,
+            scoring_steps=max(n_score // 32 // 3, 1),
+            distill_alpha=0.5,
+            save_strategy="no",
+            report_to=[],
+            seed=42,
+            disable_tqdm=True,
+        ),
+        train_dataset=task.train,
+        data_collator=task.collator,
+        teacher_model=dense,
+    )
+    iterative.train()
+    extra["taylor_iterative3_50"] = {
+        "flops_removed": round(removed_flops(current_plan(iterative.model), seq), 4),
+        "recovered": accuracy(iterative.model, task),
+        "note": f"3 rounds at steps 0, {recovery_steps // 4}, {recovery_steps // 2}; same {recovery_steps}-step budget",
+    }
+    print(extra, flush=True)
+
+    peer = None
+    try:
+        from peer_torch_pruning import prune_with_torch_pruning
+    except ImportError as err:  # torch-pruning is a benchmark-only extra
+        peer = {"skipped": f"torch-pruning not importable ({err}); pip install torch-pruning==1.6.1 --no-deps"}
+    if peer is None:
+        loader = torch.utils.data.DataLoader(
+            task.train.shuffle(seed=0).select(range(min(n_score, len(task.train)))),
+            batch_size=32,
+            collate_fn=task.collator,
+        )
+        peer = {}
+        for target in (0.5,) if quick else (0.4, 0.5):
+            model = copy_model(dense)
+            model, info = prune_with_torch_pruning(model, list(loader), target, seq)
+            one_shot = accuracy(model, task)
+            recovered = accuracy(recover(model, dense, task, recovery_steps, work / "recovery"), task)
+            peer[str(target)] = {**info, "one_shot": one_shot, "recovered": recovered}
+            print({"peer": target, "one_shot": one_shot, "recovered": recovered}, flush=True)
+
+    result = {
+        "task": task.name,
+        "machine": machine(),
+        "dense_accuracy": dense_acc,
+        "recovery_steps": recovery_steps,
+        "scoring_examples": n_score,
+        "scoring_seconds_taylor_and_fisher": round(score_seconds, 2),
+        "flops_seq_len": seq,
+        "rows": rows,
+        "ranking_and_schedule": extra,
+        "torch_pruning": peer,
+    }
+    write_json(out / "quality.json", result)
+    plot(result, out / "quality.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = {"taylor": "#1b9e77", "fisher": "#d95f02", "magnitude": "#7570b3", "random": "#999999"}
+    for ax, key, title in zip(axes, ("one_shot", "recovered"), ("one-shot (no retraining)", "after recovery")):
+        for method in METHODS:
+            pts = [(r["flops_removed"], r[key]) for r in result["rows"] if r["method"] == method]
+            ax.plot(*zip(*pts), marker="o", color=colors[method], label=method)
+        ax.axhline(result["dense_accuracy"], color="black", linestyle="--", linewidth=1, label="dense")
+        peer = result.get("torch_pruning") or {}
+        pts = [(v.get("block_flops_removed"), v.get(key)) for k, v in peer.items() if isinstance(v, dict) and key in v]
+        if pts:
+            ax.plot(*zip(*pts), marker="s", linestyle=":", color="#e7298a", label="Torch-Pruning (Taylor)")
+        ax.set_title(title)
+        ax.set_xlabel("fraction of block FLOPs removed")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(result["task"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny model and data: a smoke run")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--recovery_steps", type=int, default=None)
+    parser.add_argument("--scoring_examples", type=int, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or (RESULTS / ("quick" if args.quick else "cpu"))
+    steps = args.recovery_steps or (6 if args.quick else 60)
+    n = args.scoring_examples or (64 if args.quick else 1024)
+    return run(args.quick, out, steps, n)
+
+
+if __name__ == "__main__":
+    main()
