@@ -34,7 +34,7 @@ from transformers import (
 from hf_gradprune import GradPruneConfig, GradPruneTrainer, current_plan
 from hf_gradprune.cli import parse_args
 from hf_gradprune.metrics import GlueMetric
-from hf_gradprune.reporting import latency_comparison, summary_table, write_pruning_report
+from hf_gradprune.reporting import latency_comparison, size_and_latency_rows, summary_table, write_pruning_report
 
 logger = logging.getLogger(__name__)
 
@@ -279,26 +279,7 @@ def format_summary(results: dict, dense_plan, plan, report: dict) -> str:
         rows.append((f"{name} (dense / pruned)", f"{dense_m[1]:.4f}", f"{after[1]:.4f}"))
         if before:
             rows.append((f"{name}, pruned before recovery", "", f"{before[1]:.4f}"))
-    rows.append(("attention heads", dense_plan.num_heads, plan.num_heads))
-    rows.append(("FFN neurons", dense_plan.num_neurons, plan.num_neurons))
-    rows.append(("parameters", f"{results['params']['dense']:,}", f"{results['params']['pruned']:,}"))
-    seq = report["block_flops"]["seq_len"]
-    rows.append(
-        (
-            f"block GFLOPs / {seq}-token sequence",
-            f"{report['block_flops']['dense'] / 1e9:.3f}",
-            f"{report['block_flops']['pruned'] / 1e9:.3f}",
-        )
-    )
-    for row in results.get("latency", []):
-        rows.append(
-            (
-                f"latency, batch {row['batch_size']} x {row['seq_len']} "
-                f"({row['device']}, {row['torch_threads']} threads)",
-                f"{row['dense_ms']:.1f} ms",
-                f"{row['pruned_ms']:.1f} ms ({row['speedup']:.2f}x)",
-            )
-        )
+    rows += size_and_latency_rows(results, dense_plan, plan, report)
     return summary_table(rows)
 
 

@@ -250,3 +250,30 @@ def summary_table(rows: list[tuple[str, str, str]], headers=("", "dense", "prune
     lines = [f"| {' | '.join(headers)} |", "|" + "---|" * len(headers)]
     lines += [f"| {' | '.join(map(str, r))} |" for r in rows]
     return "\n".join(lines)
+
+
+def size_and_latency_rows(results: dict, dense_plan, plan, report: dict) -> list[tuple]:
+    """The summary rows every example prints after its metrics: units, parameters, FLOPs, latency."""
+    rows = [
+        ("attention heads", dense_plan.num_heads, plan.num_heads),
+        ("FFN neurons", dense_plan.num_neurons, plan.num_neurons),
+        ("parameters", f"{results['params']['dense']:,}", f"{results['params']['pruned']:,}"),
+    ]
+    seq = report["block_flops"]["seq_len"]
+    rows.append(
+        (
+            f"block GFLOPs / {seq}-token sequence",
+            f"{report['block_flops']['dense'] / 1e9:.3f}",
+            f"{report['block_flops']['pruned'] / 1e9:.3f}",
+        )
+    )
+    for row in results.get("latency", []):
+        rows.append(
+            (
+                f"latency, batch {row['batch_size']} x {row['seq_len']} "
+                f"({row['device']}, {row['torch_threads']} threads)",
+                f"{row['dense_ms']:.1f} ms",
+                f"{row['pruned_ms']:.1f} ms ({row['speedup']:.2f}x)",
+            )
+        )
+    return rows
