@@ -102,6 +102,9 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
     }
     print(extra, flush=True)
 
+    extra["type_balanced_50"] = balanced_rows(dense, task, scores, recovery_steps, work, seq)
+    print(extra["type_balanced_50"], flush=True)
+
     peer = None
     if importlib.util.find_spec("torch_pruning") is None:  # a benchmark-only extra (make bench installs it)
         peer = {"skipped": "torch-pruning is not installed; pip install --no-deps torch-pruning==1.6.1"}
@@ -137,6 +140,23 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
     write_json(out / "quality.json", result)
     plot(result, out / "quality.png")
     return result
+
+
+def balanced_rows(dense, task, scores, recovery_steps, work, seq) -> dict:
+    """Heads and neurons each lose half (head_sparsity = ffn_sparsity = 0.5, i.e. 50% of block FLOPs) instead
+    of competing per FLOP: the FLOPs split is fixed, the ranking inside each type stays global."""
+    out = {}
+    for method in ("taylor", "fisher"):
+        plan = PruningPlan.from_scores(scores[method], head_sparsity=0.5, ffn_sparsity=0.5, seq_len=seq)
+        model = copy_model(dense)
+        prune_model(model, plan)
+        out[method] = {
+            "flops_removed": round(removed_flops(plan, seq), 4),
+            "heads_kept": plan.num_heads,
+            "one_shot": accuracy(model, task),
+            "recovered": accuracy(recover(model, dense, task, recovery_steps, work / "recovery"), task),
+        }
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
