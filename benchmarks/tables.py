@@ -47,8 +47,13 @@ def quality_tables(q: dict) -> str:
             f"| per-layer ranking, one-shot | {pl.get('one_shot', float('nan')):.4f} "
             f"| {pl.get('recovered', float('nan')):.4f} |",
             f"| global ranking, iterative (3 rounds) | — | {it.get('recovered', float('nan')):.4f} |",
-            "",
         ]
+        for method, r in extra.get("type_balanced_50", {}).items():
+            out.append(
+                f"| {method}, heads and FFN each cut 50% ({r['heads_kept']} heads kept) "
+                f"| {r['one_shot']:.4f} | {r['recovered']:.4f} |"
+            )
+        out.append("")
     return "\n".join(out)
 
 
