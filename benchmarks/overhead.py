@@ -46,6 +46,9 @@ def fake_batch(model, batch: int, seq: int):
 
 def child(name: str, hooks: bool, batch: int, seq: int, steps: int) -> dict:
     """One configuration, in its own process: step times and peak RSS."""
+    # AdamW on CPU drifts into denormal floats that slow kernels by up to ~8x at random moments; flushing them
+    # makes the with/without comparison measure the hooks, not the denormals.
+    torch.set_flush_denormal(True)
     model = build(name).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     data = fake_batch(model, batch, seq)
