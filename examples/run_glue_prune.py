@@ -27,12 +27,11 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    Trainer,
     set_seed,
 )
 
 from hf_gradprune import GradPruneConfig, GradPruneTrainer, current_plan
-from hf_gradprune.cli import parse_args
+from hf_gradprune.cli import finetune_dense, parse_args
 from hf_gradprune.metrics import GlueMetric
 from hf_gradprune.reporting import latency_comparison, size_and_latency_rows, summary_table, write_pruning_report
 
@@ -187,20 +186,9 @@ def main(args: list[str] | None = None) -> dict:
 
     results: dict = {"metric_source": metric.source}
     if data_args.dense_train_epochs > 0:
-        dense_args = dataclasses.replace(
-            training_args,
-            output_dir=os.path.join(training_args.output_dir, "dense"),
-            num_train_epochs=data_args.dense_train_epochs,
-            max_steps=-1,
-            learning_rate=data_args.dense_learning_rate or training_args.learning_rate,
-            save_strategy="no",
-            push_to_hub=False,
-            load_best_model_at_end=False,
-            eval_strategy="no",
+        results["dense_train_loss"] = finetune_dense(
+            model, training_args, data_args.dense_train_epochs, data_args.dense_learning_rate, **common
         )
-        dense_trainer = Trainer(model=model, args=dense_args, **common)
-        dense_train = dense_trainer.train()
-        results["dense_train_loss"] = dense_train.training_loss
 
     args = dataclasses.replace(training_args, evaluate_after_prune=True)
     if args.model_card_dataset is None:

@@ -1,5 +1,6 @@
-"""Command-line parsing shared by the example scripts: dataclasses through ``HfArgumentParser``, with an
-optional ``--config recipe.yaml`` whose values become defaults that command-line flags override."""
+"""What the example scripts share: command-line parsing (dataclasses through ``HfArgumentParser``, with an
+optional ``--config recipe.yaml`` whose values become defaults that command-line flags override) and the
+optional dense fine-tune before pruning."""
 
 from __future__ import annotations
 
@@ -35,3 +36,27 @@ def parse_args(dataclass_types, args: list[str] | None = None):
             if action.dest in values:
                 action.required = False
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def finetune_dense(model, training_args, epochs: float, learning_rate: float | None, **trainer_kwargs) -> float:
+    """Fine-tune the dense model first with a plain ``Trainer`` (no pruning, no saving); returns the train loss.
+
+    The example scripts call this for ``--dense_train_epochs``; their own args give every other setting.
+    """
+    import dataclasses
+    import os
+
+    from transformers import Trainer
+
+    args = dataclasses.replace(
+        training_args,
+        output_dir=os.path.join(training_args.output_dir, "dense"),
+        num_train_epochs=epochs,
+        max_steps=-1,
+        learning_rate=learning_rate or training_args.learning_rate,
+        save_strategy="no",
+        push_to_hub=False,
+        load_best_model_at_end=False,
+        eval_strategy="no",
+    )
+    return Trainer(model=model, args=args, **trainer_kwargs).train().training_loss
