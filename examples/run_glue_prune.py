@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ from transformers import (
 from hf_gradprune import GradPruneConfig, GradPruneTrainer, current_plan
 from hf_gradprune.cli import finetune_dense, parse_args
 from hf_gradprune.metrics import GlueMetric
-from hf_gradprune.reporting import latency_comparison, size_and_latency_rows, summary_table, write_pruning_report
+from hf_gradprune.reporting import size_and_latency_rows, summary_table, write_run_report
 
 logger = logging.getLogger(__name__)
 
@@ -211,36 +210,16 @@ def main(args: list[str] | None = None) -> dict:
     trainer.save_model()  # output_dir: config + weights + modeling_gradprune.py + tokenizer + README.md
 
     plan = current_plan(trainer.model)
-    latency = []
     if trainer.is_world_process_zero():
-        sizes = [int(b) for b in data_args.latency_batch_sizes.split(",") if b.strip()]
-        latency = latency_comparison(
-            dense_model.to(trainer.model.device),
-            trainer.model,
-            sizes,
+        report = write_run_report(
+            trainer,
+            dense_model,
+            results,
+            data_args.latency_batch_sizes,
             data_args.max_seq_length,
             data_args.latency_repeats,
+            None,
         )
-        results["latency"] = latency
-        results["params"] = {
-            "dense": sum(p.numel() for p in dense_model.parameters()),
-            "pruned": sum(p.numel() for p in trainer.model.parameters()),
-        }
-        report = write_pruning_report(
-            args.output_dir,
-            trainer.dense_plan,
-            plan,
-            {k: v for k, v in results.items() if k != "latency"},
-            latency,
-            extra={"params": results["params"]},
-        )
-        results["report"] = os.path.join(args.output_dir, "pruning_report.json")
-        flat = {}
-        for stage in ("dense", "pruned_before_recovery", "pruned_after_recovery"):
-            for k, v in (results.get(stage) or {}).items():
-                if isinstance(v, (int, float)):
-                    flat[f"{stage}/{k}"] = v
-        trainer.save_metrics("all", flat)
         print(format_summary(results, trainer.dense_plan, plan, report))
     if args.push_to_hub:
         trainer.push_to_hub()

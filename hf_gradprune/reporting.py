@@ -277,3 +277,40 @@ def size_and_latency_rows(results: dict, dense_plan, plan, report: dict) -> list
             )
         )
     return rows
+
+
+STAGES = ("dense", "pruned_before_recovery", "pruned_after_recovery")
+
+
+def write_run_report(
+    trainer, dense_model, results: dict, batch_sizes: str, seq_len: int, repeats: int, flat_extra: dict | None = None
+) -> dict:
+    """The example scripts' ending on the main process: latency dense vs pruned, ``pruning_report.json`` with the
+    plots, and ``all_results.json`` (the three stages' numeric metrics). Fills ``results``; returns the report."""
+    from .surgery import current_plan
+
+    plan = current_plan(trainer.model)
+    sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    latency = latency_comparison(dense_model.to(trainer.model.device), trainer.model, sizes, seq_len, repeats)
+    results["latency"] = latency
+    results["params"] = {
+        "dense": sum(p.numel() for p in dense_model.parameters()),
+        "pruned": sum(p.numel() for p in trainer.model.parameters()),
+    }
+    folder = trainer.args.output_dir
+    report = write_pruning_report(
+        folder,
+        trainer.dense_plan,
+        plan,
+        {k: v for k, v in results.items() if k != "latency"},
+        latency,
+        extra={"params": results["params"]},
+    )
+    results["report"] = os.path.join(folder, "pruning_report.json")
+    flat = dict(flat_extra or {})
+    for stage in STAGES:
+        for k, v in (results.get(stage) or {}).items():
+            if isinstance(v, (int, float)):
+                flat[f"{stage}/{k}"] = v
+    trainer.save_metrics("all", flat)
+    return report
