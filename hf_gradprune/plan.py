@@ -78,21 +78,16 @@ class PruningPlan:
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
-        for name, value in {**targets, **budgets}.items():
-            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                raise PlanError(f"{name} must be a fraction in [0, 1), got {value!r}")
+        validate_targets(**targets, **budgets)
         given_budgets = [k for k, v in budgets.items() if v is not None]
-        if len(given_budgets) > 1 or (given_budgets and any(v is not None for v in targets.values())):
-            raise PlanError("give either head_sparsity/ffn_sparsity or one of flops_budget/params_budget, not both")
-        if not given_budgets and all(v is None for v in targets.values()):
-            raise PlanError("give a target: head_sparsity and/or ffn_sparsity, or flops_budget or params_budget")
-        if ranking not in ("global", "per_layer"):
-            raise PlanError(f"ranking must be 'global' or 'per_layer', not {ranking!r}")
-        if not isinstance(ffn_multiple_of, int) or ffn_multiple_of < 1:
-            raise PlanError(f"ffn_multiple_of must be a positive integer, got {ffn_multiple_of!r}")
+        validate_options(
+            ranking=ranking,
+            min_heads_per_layer=min_heads_per_layer,
+            ffn_multiple_of=ffn_multiple_of,
+            seq_len=seq_len,
+            num_heads=scores.geometry.num_heads,
+        )
         g = scores.geometry
-        if not 0 <= min_heads_per_layer <= g.num_heads:
-            raise PlanError(f"min_heads_per_layer must be in [0, {g.num_heads}], got {min_heads_per_layer}")
         scores.validate()
 
         head_scores = [s.float().clone() for s in scores.heads]
@@ -136,14 +131,14 @@ class PruningPlan:
 
     # ------------------------------------------------------------------ algebra
     def intersect(self, other: PruningPlan) -> PruningPlan:
-        """Units kept by both plans (what applying one after the other keeps)."""
+        """Units kept by both plans (what applying this one to a model at ``other`` keeps); this plan's meta."""
         if self.geometry != other.geometry:
             raise PlanError("cannot combine plans for different models")
         return PruningPlan(
             self.geometry,
             [sorted(set(a) & set(b)) for a, b in zip(self.heads, other.heads)],
             [sorted(set(a) & set(b)) for a, b in zip(self.neurons, other.neurons)],
-            {**other.meta},
+            {**self.meta},  # the plan being applied describes how the result was made
         )
 
     def is_subset_of(self, other: PruningPlan) -> bool:
@@ -170,6 +165,15 @@ class PruningPlan:
         """Matmul FLOPs of the transformer blocks for one sequence of ``seq_len`` tokens."""
         cost = _unit_costs(self.geometry, seq_len, "flops")
         return int(seq_len * (self.num_heads * cost["h"] + self.num_neurons * cost["n"]))
+
+    def flops_removed(self, seq_len: int = 128) -> float:
+        """Fraction of the original model's block FLOPs (per ``seq_len``-token sequence) this plan removes."""
+        full = PruningPlan.full(self.geometry).block_flops(seq_len)
+        return 1.0 - self.block_flops(seq_len) / full
+
+    def params_removed(self) -> float:
+        """Fraction of the original model's block parameters this plan removes."""
+        return 1.0 - self.block_params() / PruningPlan.full(self.geometry).block_params()
 
     def summary(self, seq_len: int = 128) -> str:
         """A readable table: heads and neurons kept per layer, block parameters and FLOPs before/after."""
@@ -210,6 +214,69 @@ class PruningPlan:
             with open(text) as f:
                 text = f.read()
         return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------------- validation
+TARGET_NAMES = ("head_sparsity", "ffn_sparsity")
+BUDGET_NAMES = ("flops_budget", "params_budget")
+RANKINGS = ("global", "per_layer")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_targets(
+    head_sparsity=None, ffn_sparsity=None, flops_budget=None, params_budget=None, *, required: bool = True
+) -> None:
+    """The one check of pruning targets (``PruningPlan.from_scores`` and ``GradPruneConfig`` both call it).
+
+    Each target is a fraction of the original model in [0, 1). Give ``head_sparsity`` and/or
+    ``ffn_sparsity``, or exactly one of ``flops_budget`` / ``params_budget``; ``required`` asks for at
+    least one. Raises ``PlanError``.
+    """
+    given = {
+        "head_sparsity": head_sparsity,
+        "ffn_sparsity": ffn_sparsity,
+        "flops_budget": flops_budget,
+        "params_budget": params_budget,
+    }
+    for name, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise PlanError(f"{name} must be a fraction in [0, 1) of the original model, got {value!r}")
+    named = [k for k, v in given.items() if v is not None]
+    budgets = [k for k in named if k in BUDGET_NAMES]
+    if budgets and len(named) > 1:
+        others = ", ".join(k for k in named if k != budgets[0])
+        raise PlanError(
+            f"{budgets[0]} cannot be combined with {others}: give head_sparsity and/or ffn_sparsity, "
+            "or one budget alone"
+        )
+    if required and not named:
+        raise PlanError("give a target: head_sparsity and/or ffn_sparsity, or flops_budget or params_budget")
+
+
+def validate_options(
+    *,
+    ranking: str = "global",
+    min_heads_per_layer: int = 0,
+    ffn_multiple_of: int = 1,
+    seq_len: int = 128,
+    num_heads: int | None = None,
+) -> None:
+    """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known."""
+    if ranking not in RANKINGS:
+        raise PlanError(f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}")
+    if not _is_int(min_heads_per_layer) or min_heads_per_layer < 0:
+        raise PlanError(f"min_heads_per_layer must be an integer >= 0, got {min_heads_per_layer!r}")
+    if num_heads is not None and min_heads_per_layer > num_heads:
+        raise PlanError(f"min_heads_per_layer={min_heads_per_layer} is more than the {num_heads} heads each layer has")
+    if not _is_int(ffn_multiple_of) or ffn_multiple_of < 1:
+        raise PlanError(f"ffn_multiple_of must be an integer >= 1, got {ffn_multiple_of!r}")
+    if not _is_int(seq_len) or seq_len < 1:
+        raise PlanError(f"seq_len (the sequence length FLOPs are counted at) must be an integer >= 1, got {seq_len!r}")
 
 
 # ---------------------------------------------------------------------- cost model

@@ -6,6 +6,7 @@ import os
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .latency import latency_comparison
 from .surgery import current_plan
 
 
@@ -122,63 +123,6 @@ def write_model_card(trainer, folder: str) -> str:
 
 
 # ---------------------------------------------------------------------- pruning report
-def measure_latency(model, batch_size: int, seq_len: int, repeats: int = 10, warmup: int = 2) -> float:
-    """Median milliseconds of one forward pass on random token ids, on the model's device."""
-    import time
-
-    import torch
-
-    device = next(model.parameters()).device
-    vocab = model.config.vocab_size
-    ids = torch.randint(5, vocab, (batch_size, seq_len), device=device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    was_training = model.training
-    model.eval()
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(**inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(1000 * (time.perf_counter() - start))
-    model.train(was_training)
-    return float(sorted(times)[len(times) // 2])
-
-
-def latency_comparison(dense, pruned, batch_sizes=(1, 32), seq_len: int = 128, repeats: int = 10) -> list[dict]:
-    """Dense vs pruned latency rows, measured on this machine."""
-    import platform
-
-    import torch
-
-    rows = []
-    device = next(pruned.parameters()).device
-    where = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    )
-    for b in batch_sizes:
-        d = measure_latency(dense, b, seq_len, repeats)
-        p = measure_latency(pruned, b, seq_len, repeats)
-        rows.append(
-            {
-                "batch_size": b,
-                "seq_len": seq_len,
-                "dense_ms": round(d, 3),
-                "pruned_ms": round(p, 3),
-                "speedup": round(d / p, 3),
-                "device": str(device),
-                "device_name": where,
-                "torch_threads": torch.get_num_threads(),
-                "dtype": str(next(pruned.parameters()).dtype),
-            }
-        )
-    return rows
-
-
 def plot_plan(plan, folder: str) -> dict[str, str]:
     """Heat map of heads kept per layer and bar chart of FFN neurons kept per layer (PNG)."""
     import matplotlib

@@ -70,6 +70,52 @@ class ImportanceScorer:
         self.num_examples = 0
         self.skipped_batches = 0
 
+    @property
+    def is_attached(self) -> bool:
+        """True while the hooks are on (inside ``with scorer:`` or between ``attach()`` and ``detach()``)."""
+        return bool(self._handles)
+
+    def state_dict(self) -> dict:
+        """What has been accumulated so far (completed backward passes), to save and resume scoring.
+
+        ``{"method", "head_ids", "neuron_ids", "heads", "neurons", "num_examples", "skipped_batches"}``,
+        with tensors on the CPU; ``load_state_dict`` takes it back on a scorer of the same live units.
+        """
+        if self.method in GRADIENT_METHODS:
+            self._commit()
+        state = self._state
+        return {
+            "method": self.method,
+            "head_ids": [list(ids) for ids in state.head_ids],
+            "neuron_ids": [list(ids) for ids in state.neuron_ids],
+            "heads": [t.detach().cpu().clone() for t in self._total["heads"]],
+            "neurons": [t.detach().cpu().clone() for t in self._total["neurons"]],
+            "num_examples": self.num_examples,
+            "skipped_batches": self.skipped_batches,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue from ``state_dict()`` of a scorer with the same method on the same live units."""
+        state = self._state
+        if state_dict.get("method") != self.method:
+            raise ValueError(
+                f"these scores were accumulated with {state_dict.get('method')!r}, this scorer uses {self.method!r}"
+            )
+        if state_dict.get("head_ids") != state.head_ids or state_dict.get("neuron_ids") != state.neuron_ids:
+            raise ValueError(
+                "these scores are for other live units than the model has now (it was pruned in between, or "
+                "they come from another model); start a new scorer instead"
+            )
+        for kind in ("heads", "neurons"):
+            for total, value in zip(self._total[kind], state_dict[kind]):
+                total.copy_(value.to(total.device))
+        for pending in (*self._pending["heads"], *self._pending["neurons"]):
+            pending.zero_()
+        self._pending_examples = 0
+        self._pending_bad = False
+        self.num_examples = int(state_dict["num_examples"])
+        self.skipped_batches = int(state_dict.get("skipped_batches", 0))
+
     def attach(self) -> ImportanceScorer:
         if self._handles or self.method not in GRADIENT_METHODS:
             return self
