@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("src", help="the v4 folder (config.json with pruned_heads, and its weights)")
     parser.add_argument("dst", help="the folder to write; must not exist or be empty unless --overwrite")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into DST even if it is not empty: the model's files are replaced, other files are kept",
+    )
     parser.add_argument(
         "--model-class",
         default=None,
@@ -39,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"transformers has no class {args.model_class!r}")
     try:
         dst = convert_v4_checkpoint(args.src, args.dst, model_class=model_class, overwrite=args.overwrite)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        print("nothing was written", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input (CheckpointError is a ValueError): one line, no traceback
+        message = " ".join(str(err).split())
+        print(f"error: {message} (nothing was written)", file=sys.stderr)
         return 1
     print(f"wrote {dst}")
     return 0

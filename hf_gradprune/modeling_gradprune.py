@@ -13,7 +13,11 @@ attributes, keyed by module path relative to the base model). Surgery computes t
 from __future__ import annotations
 
 import copy
+import os
+import re
+import shutil
 import types
+import uuid
 
 import torch
 import transformers
@@ -157,6 +161,81 @@ def apply_structure(model: nn.Module, structure: dict) -> None:
                 p.requires_grad_(False)
 
 
+# --------------------------------------------------------------------------- saving
+# A weight file or index of a save, with its variant: model.safetensors, model-00001-of-00002.safetensors,
+# pytorch_model.bin, model.fp16.safetensors, model.safetensors.index.json, model.safetensors.index.fp16.json...
+_WEIGHT_FILE = re.compile(
+    r"(?:model|pytorch_model)(?:\.(?P<variant>\w+))?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)"
+    r"|(?:model\.safetensors|pytorch_model\.bin)\.index(?:\.(?P<index_variant>\w+))?\.json"
+)
+
+
+def _weights_variant(name: str) -> str | None:
+    """The variant of a weight file or index (``""`` for none); None for any other file."""
+    match = _WEIGHT_FILE.fullmatch(name)
+    return None if match is None else match["variant"] or match["index_variant"] or ""
+
+
+def _move_into(new: str, folder: str, replace_weights: bool) -> None:
+    names = os.listdir(new)
+    for name in names:  # a file where a folder is (or the reverse) would fail halfway: refuse it first
+        target = os.path.join(folder, name)
+        if os.path.lexists(target) and os.path.isdir(target) != os.path.isdir(os.path.join(new, name)):
+            kind = "folder" if os.path.isdir(target) else "file"
+            raise IsADirectoryError(f"cannot save {name} into {folder}: a {kind} of that name is in the way")
+    if replace_weights:
+        variants = {_weights_variant(name) for name in names} - {None}
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if name not in names and _weights_variant(name) in variants and os.path.isfile(path):
+                os.remove(path)
+    for name in sorted(names, key=lambda n: n == "config.json"):  # the config, naming the model, goes last
+        source, target = os.path.join(new, name), os.path.join(folder, name)
+        if os.path.isdir(source) and os.path.isdir(target):
+            _move_into(source, target, replace_weights=False)
+        else:
+            os.replace(source, target)
+
+
+def write_folder(folder: str | os.PathLike, write) -> None:
+    """Run ``write(tmp)`` on a new, empty folder, then make what it wrote the content of ``folder``.
+
+    Nothing in ``folder`` changes until ``write`` returns, so a save that fails (a full disk, an
+    exception) leaves the previous one whole; the temporary folder is removed either way. A new
+    ``folder`` appears complete, by one rename of a hidden sibling. An existing one may be a mount point
+    or hold files that are not the model's (a Trainer's optimizer state, a tokenizer, the user's own), so
+    it is not swapped: the files are written in a hidden folder inside it (same filesystem), then the
+    previous save's weight files and indexes (of the variants now written) are removed, so that no stale
+    shard, index or ``pytorch_model.bin`` remains beside the new weights, and the new files move in by
+    renames, ``config.json`` last. Every other file stays.
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    if os.path.isdir(folder):
+        parent = folder
+    elif os.path.lexists(folder):
+        raise NotADirectoryError(f"{folder} exists and is not a folder; give a folder to save into")
+    else:
+        parent = os.path.dirname(folder)
+        os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(folder)}.saving-{uuid.uuid4().hex[:12]}")
+    os.mkdir(tmp)  # not tempfile.mkdtemp: its mode 0o700 would become the new folder's
+    try:
+        write(tmp)
+        if parent == folder:
+            _move_into(tmp, folder, replace_weights=True)
+        else:
+            os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def push_kwargs(folder: str | os.PathLike, kwargs: dict) -> dict:
+    """``save_pretrained`` kwargs for a save through a temporary folder: ``push_to_hub`` keeps the real name."""
+    if kwargs.get("push_to_hub") and not kwargs.get("repo_id"):
+        return {**kwargs, "repo_id": os.path.basename(os.path.normpath(os.fspath(folder)))}
+    return kwargs
+
+
 # --------------------------------------------------------------------------- pruned classes
 class _GradPruneMixin:
     """Mixed in front of a transformers head class: applies the recorded structure at construction."""
@@ -183,6 +262,19 @@ class _GradPruneMixin:
                 for p in module.parameters():
                     p.requires_grad_(False)
         return loaded
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, made atomic by ``write_folder`` on the process that writes.
+
+        Other ranks, distributed checkpoints and a path that is a file go to transformers unchanged.
+        """
+        save = super().save_pretrained
+        should_save = getattr(self, "should_save_on_this_rank", lambda main: main)(is_main_process)
+        if not should_save or kwargs.get("distributed_checkpoint") or os.path.isfile(save_directory):
+            return save(save_directory, is_main_process, *args, **kwargs)
+        kwargs = push_kwargs(save_directory, kwargs)
+        write_folder(save_directory, lambda folder: save(folder, is_main_process, *args, **kwargs))
+
 
 
 _CLASSES: dict[str, type] = {}

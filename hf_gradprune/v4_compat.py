@@ -16,11 +16,9 @@ v5 dropped all of this: such a folder fails to load with a size mismatch, or, wi
 from __future__ import annotations
 
 import copy
-import json
 import operator
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 
 import torch
@@ -28,8 +26,8 @@ import transformers
 from torch import nn
 
 from .architectures import Geometry, get_adapter
-from .hub import _model_class
-from .modeling_gradprune import CONFIG_KEY, gradprune_class
+from .checkpoint import CheckpointError, checkpoint_shapes, compare_shapes, resolve_model_class
+from .modeling_gradprune import CONFIG_KEY, gradprune_class, write_folder
 from .plan import PlanError, PruningPlan
 from .surgery import current_plan, prune_model
 
@@ -52,7 +50,7 @@ TOKENIZER_FILES = (
 )
 
 
-class V4CheckpointError(ValueError):
+class V4CheckpointError(CheckpointError):
     """A transformers-v4 pruned folder that cannot be read: bad ``pruned_heads`` or weights that disagree."""
 
 
@@ -114,48 +112,6 @@ def is_v4_config(config) -> bool:
     return not getattr(config, CONFIG_KEY, None) and bool(getattr(config, V4_KEY, None))
 
 
-def _checkpoint_shapes(folder: str) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes in a folder's weights (safetensors or ``pytorch_model.bin``, sharded or not)."""
-    for index_name, single in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        index = os.path.join(folder, index_name)
-        if os.path.exists(index):
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        elif os.path.exists(os.path.join(folder, single)):
-            files = [single]
-        else:
-            continue
-        shapes = {}
-        for name in files:
-            path = os.path.join(folder, name)
-            if name.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                with safe_open(path, framework="pt") as f:
-                    for key in f.keys():
-                        shapes[key] = tuple(f.get_slice(key).get_shape())
-            else:
-                try:
-                    state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
-                except RuntimeError:  # the pre-zip serialization format cannot be memory-mapped
-                    state = torch.load(path, map_location="meta", weights_only=True)
-                shapes.update({k: tuple(v.shape) for k, v in state.items()})
-        return shapes
-    raise V4CheckpointError(
-        f"{folder} has no model.safetensors or pytorch_model.bin (nor a sharded index); nothing to load"
-    )
-
-
-def _find(shapes: dict, key: str, prefix: str):
-    found = shapes.get(key, shapes.get(f"{prefix}.{key}"))
-    if found is None and key.startswith(prefix + "."):
-        found = shapes.get(key[len(prefix) + 1 :])
-    return found
-
-
 def _v4_plan(folder: str, config) -> tuple[PruningPlan, dict[int, set[int]]]:
     g = get_adapter(config).geometry(config)
     pruned = _parse_heads(getattr(config, V4_KEY), g, f"{folder}/config.json 'pruned_heads'", V4CheckpointError)
@@ -177,19 +133,19 @@ def _v4_skeleton(folder: str, config, cls) -> nn.Module:
         skeleton = cls(clean)
     prune_model(skeleton, plan)
 
-    shapes = _checkpoint_shapes(folder)
-    prefix = skeleton.base_model_prefix
-    bad = []
-    for key, param in skeleton.state_dict().items():
-        found = _find(shapes, key, prefix)
-        if found is not None and found != tuple(param.shape):
-            bad.append(f"{key}: file {found}, expected {tuple(param.shape)}")
-    if bad:
+    missing, mismatched = compare_shapes(skeleton, checkpoint_shapes(folder))
+    if mismatched:
         listed = {str(layer): sorted(h) for layer, h in sorted(pruned.items())}
         raise V4CheckpointError(
             f"{folder}: the weights do not have the shapes that config.json's pruned_heads {listed} implies "
-            f"({len(bad)} tensors), e.g. " + "; ".join(bad[:3]) + ". The config and the weights come from "
-            "different models; restore the config.json that was saved with these weights."
+            f"({len(mismatched)} tensors), e.g. " + "; ".join(mismatched[:3]) + ". The config and the weights "
+            "come from different models; restore the config.json that was saved with these weights."
+        )
+    if missing:
+        raise V4CheckpointError(
+            f"{folder}: the weights lack {len(missing)} parameter(s) of the model, e.g. {missing[:3]}, which "
+            "would be re-initialised at random. The weight files are incomplete or belong to another model; "
+            "restore the files v4 saved together."
         )
     return skeleton
 
@@ -209,23 +165,22 @@ def load_v4_folder(folder: str | os.PathLike, model_class=None, config=None, **k
         config = transformers.AutoConfig.from_pretrained(folder)
     if not is_v4_config(config):
         raise V4CheckpointError(f"{folder} is not a transformers-v4 pruned folder (config.json has no pruned_heads)")
-    cls = _model_class(config, model_class)
+    cls = resolve_model_class(config, model_class)
     skeleton = _v4_skeleton(folder, config, cls)
-    kwargs.pop("output_loading_info", None)
-    model, info = gradprune_class(cls).from_pretrained(
-        folder, config=skeleton.config, output_loading_info=True, **kwargs
-    )
-    prefix = model.base_model_prefix
-    missing = [k for k in info.get("missing_keys", ()) if model.base_model is model or k.startswith(prefix + ".")]
-    if missing:
-        raise V4CheckpointError(
-            f"{folder}: the weights lack {len(missing)} parameter(s) of the model, e.g. {sorted(missing)[:3]}, "
-            "which would be re-initialised at random. The weight files are incomplete or belong to another "
-            "model; restore the files v4 saved together."
+    return gradprune_class(cls).from_pretrained(folder, config=skeleton.config, **kwargs)
+
+
+def _refuse_nested(src: str, dst: str) -> None:
+    """Refuse a destination that is, holds or lies inside the source (symlinks resolved)."""
+    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
+    if real_src == real_dst:
+        raise ValueError("give a destination other than the source folder; the source is left untouched")
+    common = os.path.commonpath([real_src, real_dst])
+    if common in (real_src, real_dst):
+        where = "inside the source folder" if common == real_src else "a folder that holds the source folder"
+        raise ValueError(
+            f"{dst} is {where} {src}; give a destination outside it, so that writing one cannot touch the other"
         )
-    if info.get("mismatched_keys"):  # the shape check above should have caught these
-        raise V4CheckpointError(f"{folder}: weights with unexpected shapes: {sorted(info['mismatched_keys'])[:3]}")
-    return model
 
 
 def convert_v4_checkpoint(
@@ -236,16 +191,21 @@ def convert_v4_checkpoint(
     ``dst`` gets ``config.json`` (with the plan and ``auto_map``), ``model.safetensors`` and
     ``modeling_gradprune.py``, so it loads anywhere with ``AutoModelFor...from_pretrained(dst,
     trust_remote_code=True)``, without hf_gradprune, and with ``load_pruned``. Tokenizer files in
-    ``src`` are copied. Everything is checked before anything is written, and the folder is written
-    under a temporary name and renamed at the end: on any error ``dst`` is left as it was. An existing,
-    non-empty ``dst`` is refused unless ``overwrite=True``.
+    ``src`` are copied. Everything is checked before anything is written, and the files are written
+    under a temporary name first (``modeling_gradprune.write_folder``): on any error ``dst`` is left as it was.
+
+    ``dst`` may not be ``src``, lie inside it or contain it. An existing, non-empty ``dst`` is refused
+    unless ``overwrite=True``; then the files the conversion writes replace theirs and the weight files
+    of a previous model there are removed, but nothing else in ``dst`` is deleted: the folder itself and
+    files of the user's stay. A ``dst`` that is a file is always refused.
     """
     src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
     if not os.path.isdir(src):
         raise FileNotFoundError(f"{src} is not a folder; give the folder that v4's save_pretrained wrote")
-    if os.path.abspath(src) == dst:
-        raise ValueError("give a destination other than the source folder; the source is left untouched")
-    if os.path.exists(dst) and not (os.path.isdir(dst) and not os.listdir(dst)) and not overwrite:
+    _refuse_nested(src, dst)
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise FileExistsError(f"{dst} exists and is not a folder; choose a folder to write")
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
         raise FileExistsError(f"{dst} exists and is not empty; choose a new folder or pass overwrite=True")
     config = transformers.AutoConfig.from_pretrained(src)
     if getattr(config, CONFIG_KEY, None):
@@ -256,19 +216,12 @@ def convert_v4_checkpoint(
         )
     model = load_v4_folder(src, model_class=model_class, config=config)
 
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.converting-", dir=parent)
-    try:
-        model.save_pretrained(tmp)
+    def write(folder: str) -> None:
+        model.save_pretrained(folder)
         for name in TOKENIZER_FILES:
             path = os.path.join(src, name)
-            if os.path.isfile(path) and not os.path.exists(os.path.join(tmp, name)):
-                shutil.copy2(path, os.path.join(tmp, name))
-        if os.path.exists(dst):
-            shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            if os.path.isfile(path) and not os.path.exists(os.path.join(folder, name)):
+                shutil.copy2(path, os.path.join(folder, name))
+
+    write_folder(dst, write)
     return dst

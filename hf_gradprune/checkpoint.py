@@ -1,0 +1,124 @@
+"""What a saved model folder holds, read without loading it: the class its config names, its tensors' shapes.
+
+Shared by ``hub`` (folders of ours) and ``v4_compat`` (folders of transformers v4), so that both read weight
+files the same way and refuse the same faults: no weights, an unreadable file, a missing tensor, a wrong shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import transformers
+from torch import nn
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+from .modeling_gradprune import CLASS_PREFIX
+
+# The order in which ``from_pretrained`` looks for weights in a folder: what it would load is what we read.
+_WEIGHTS_IN_LOAD_ORDER = (
+    (SAFE_WEIGHTS_NAME, False),
+    (SAFE_WEIGHTS_INDEX_NAME, True),
+    (WEIGHTS_NAME, False),
+    (WEIGHTS_INDEX_NAME, True),
+)
+
+
+class CheckpointError(ValueError):
+    """A folder's weights are absent, unreadable, or do not fit the model its config describes."""
+
+
+def resolve_model_class(config, model_class=None) -> type:
+    """``model_class`` if given, else the transformers class named by ``config.architectures``."""
+    if model_class is not None:
+        return model_class
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        raise ValueError("config.json names no architecture; pass model_class=... (e.g. BertForSequenceClassification)")
+    name = names[0].removeprefix(CLASS_PREFIX)
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"transformers has no class {name!r} (from config.json 'architectures'); pass model_class=...")
+    return cls
+
+
+def weight_files(folder: str | os.PathLike) -> list[str]:
+    """Paths of the weight files ``from_pretrained`` would read in ``folder`` (one, or an index's shards)."""
+    folder = os.fspath(folder)
+    for name, is_index in _WEIGHTS_IN_LOAD_ORDER:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        if not is_index:
+            return [path]
+        try:
+            with open(path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path} is not a valid weight index ({err!r}); re-save the model") from None
+        absent = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+        if absent:
+            raise CheckpointError(
+                f"{path} lists {len(absent)} shard(s) that the folder lacks, e.g. {absent[0]}; "
+                "the folder is incomplete (an interrupted copy or download?)"
+            )
+        return [os.path.join(folder, s) for s in shards]
+    raise CheckpointError(
+        f"{folder} has no weights: no {SAFE_WEIGHTS_NAME}, {WEIGHTS_NAME} or sharded index; nothing to load"
+    )
+
+
+def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    try:
+        state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except RuntimeError:  # the pre-zip serialization format cannot be memory-mapped
+        state = torch.load(path, map_location="meta", weights_only=True)
+    if not isinstance(state, dict):
+        raise TypeError(f"holds a {type(state).__name__}, not a state dict")
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def checkpoint_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` over the folder's weights (safetensors or ``pytorch_model.bin``, sharded or not).
+
+    Reads headers only (``.bin`` files are memory-mapped on the meta device). Raises ``CheckpointError``
+    for a folder without weights, an index naming absent shards, or a file that cannot be read.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in weight_files(folder):
+        try:
+            shapes.update(_file_shapes(path))
+        except Exception as err:  # safetensors, zip and pickle readers each raise their own types
+            raise CheckpointError(
+                f"{path} cannot be read ({type(err).__name__}: {err}); the file is truncated or corrupt: "
+                "copy or download it again, or re-save the model"
+            ) from err
+    return shapes
+
+
+def compare_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """``(missing, mismatched)``: the model's tensors that ``shapes`` lacks, and those it has at another shape.
+
+    Keys may carry the base-model prefix or not (a classifier's folder loaded as its encoder, or the
+    reverse), as ``from_pretrained`` allows. Only tensors of the base model count as missing: a task head
+    absent from the file is a new head, which transformers initialises on purpose (and says so).
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    whole_base = getattr(model, "base_model", model) is model
+    missing, mismatched = [], []
+    for key, tensor in model.state_dict().items():
+        found = shapes.get(key, shapes.get(f"{prefix}.{key}"))
+        if found is None and key.startswith(prefix + "."):
+            found = shapes.get(key[len(prefix) + 1 :])
+        if found is None:
+            if whole_base or key.startswith(prefix + "."):
+                missing.append(key)
+        elif found != tuple(tensor.shape):
+            mismatched.append(f"{key}: file {found}, expected {tuple(tensor.shape)}")
+    return missing, mismatched
