@@ -10,7 +10,6 @@ the logits bit for bit. It shows the API; accuracy needs real data (see the GLUE
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +18,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from hf_gradprune import ImportanceScorer, PruningPlan, load_pruned, prune_model
 from hf_gradprune.cli import parse_args
+from hf_gradprune.latency import measure_latency
 
 
 @dataclass
@@ -35,15 +35,6 @@ class ExampleArguments:
     num_heads: int = field(default=8, metadata={"help": "Heads per block."})
     intermediate_size: int = field(default=1024, metadata={"help": "FFN width."})
     seed: int = field(default=0, metadata={"help": "Seed for weights and data."})
-
-
-def latency_ms(model, inputs, repeats: int = 10) -> float:
-    with torch.inference_mode():
-        model(**inputs)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(**inputs)
-    return 1000 * (time.perf_counter() - start) / repeats
 
 
 def main(args: list[str] | None = None) -> dict:
@@ -75,11 +66,11 @@ def main(args: list[str] | None = None) -> dict:
 
     model.eval()
     probe = {k: v for k, v in synthetic_batch().items() if k != "labels"}
-    params_before = sum(p.numel() for p in model.parameters())
-    dense_ms = latency_ms(model, probe)
+    dense_params = sum(p.numel() for p in model.parameters())
+    dense_ms = measure_latency(model, ex.batch_size, ex.seq_len, inputs=probe)
     prune_model(model, plan)
-    params_after = sum(p.numel() for p in model.parameters())
-    pruned_ms = latency_ms(model, probe)
+    pruned_params = sum(p.numel() for p in model.parameters())
+    pruned_ms = measure_latency(model, ex.batch_size, ex.seq_len, inputs=probe)
 
     model.save_pretrained(ex.output_dir)
     reloaded = load_pruned(ex.output_dir).eval()
@@ -87,18 +78,18 @@ def main(args: list[str] | None = None) -> dict:
         diff = (reloaded(**probe).logits - model(**probe).logits).abs().max().item()
 
     print(plan.summary(ex.seq_len))
-    print(f"model parameters {params_before:,} -> {params_after:,}")
+    print(f"model parameters {dense_params:,} -> {pruned_params:,}")
     print(
         f"CPU latency, batch {ex.batch_size} x {ex.seq_len}, {torch.get_num_threads()} threads: "
         f"{dense_ms:.1f} ms -> {pruned_ms:.1f} ms ({dense_ms / pruned_ms:.2f}x)"
     )
     print(f"saved to {ex.output_dir}; reload max |diff| = {diff}")
     return {
-        "params_before": params_before,
-        "params_after": params_after,
-        "reload_max_diff": diff,
+        "dense_params": dense_params,
+        "pruned_params": pruned_params,
         "dense_ms": dense_ms,
         "pruned_ms": pruned_ms,
+        "reload_max_diff": diff,
     }
 
 

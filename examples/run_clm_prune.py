@@ -14,13 +14,9 @@ neurons kept, measured dense-vs-pruned latency on this machine).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -28,16 +24,14 @@ import numpy as np
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
 
-from hf_gradprune import GradPruneConfig, GradPruneTrainer, current_plan
+from hf_gradprune import GradPruneConfig
 from hf_gradprune.architectures import get_adapter
-from hf_gradprune.cli import finetune_dense, parse_args
-from hf_gradprune.reporting import size_and_latency_rows, summary_table, write_run_report
+from hf_gradprune.cli import finetune_dense, parse_args, prune_and_report
 
 logger = logging.getLogger(__name__)
 
 # file extension -> `datasets` builder
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-STAGES = (("dense", "dense"), ("pruned_before_recovery", "pruned"), ("pruned_after_recovery", "eval"))
 
 
 @dataclass
@@ -270,67 +264,20 @@ def main(args: list[str] | None = None) -> dict:
             model, training_args, data_args.dense_train_epochs, data_args.dense_learning_rate, **common
         )
 
-    args = dataclasses.replace(training_args, evaluate_after_prune=True)
-    if args.model_card_dataset is None:
-        args.model_card_dataset = data_args.dataset_name if data_args.train_file is None else "local files"
-    if args.model_card_task is None:
-        args.model_card_task = "text-generation"
-    dense_model = copy.deepcopy(model).eval()  # for the latency comparison
-    trainer = GradPruneTrainer(model=model, args=args, **common)
-    trainer.base_model_name = model_args.model_name_or_path
-    if eval_ds is not None:
-        results["dense"] = trainer.evaluate(metric_key_prefix="dense")
-    train_result = trainer.train()
-    results["train"] = train_result.metrics
-    if trainer.pruned_metrics:
-        results["pruned_before_recovery"] = trainer.pruned_metrics[-1]
-    if eval_ds is not None:
-        results["pruned_after_recovery"] = trainer.evaluate()
-    ppl = {}
-    for stage, prefix in STAGES:
-        if stage in results:
-            ppl[f"{prefix}_perplexity"] = perplexity(results[stage].get(f"{prefix}_loss"))
-            results[stage][f"{prefix}_perplexity"] = ppl[f"{prefix}_perplexity"]
-    if ppl:
-        trainer.log(ppl)  # to report_to, and eval_perplexity into the model card's evaluation list
-    trainer.save_model()  # output_dir: config + weights + modeling_gradprune.py + tokenizer + README.md
-
-    plan = current_plan(trainer.model)
-    if trainer.is_world_process_zero():
-        report = write_run_report(
-            trainer,
-            dense_model,
-            results,
-            data_args.latency_batch_sizes,
-            data_args.latency_seq_len or min(block_size, 128),
-            data_args.latency_repeats,
-            {k: results[k] for k in ("block_size", "train_samples", "eval_samples") if k in results},
-        )
-        print(format_summary(results, trainer.dense_plan, plan, report))
-    if args.push_to_hub:
-        trainer.push_to_hub()
-    return results
-
-
-def format_summary(results: dict, dense_plan, plan, report: dict) -> str:
-    def value(stage, prefix, key):
-        v = (results.get(stage) or {}).get(f"{prefix}_{key}")
-        return None if v is None else f"{v:.2f}" if key == "perplexity" else f"{v:.4f}"
-
-    rows = []
-    for key, name in (("perplexity", "perplexity"), ("accuracy", "next-token accuracy")):
-        dense, before, after = (value(stage, prefix, key) for stage, prefix in STAGES)
-        if dense and after:
-            rows.append((f"{name} (dense / pruned)", dense, after))
-        if before:
-            rows.append((f"{name}, pruned before recovery", "", before))
-    rows += size_and_latency_rows(results, dense_plan, plan, report)
-    return summary_table(rows)
+    return prune_and_report(
+        model,
+        training_args,
+        results,
+        base_model=model_args.model_name_or_path,
+        card_dataset=data_args.dataset_name if data_args.train_file is None else "local files",
+        card_task="text-generation",
+        latency_batch_sizes=data_args.latency_batch_sizes,
+        latency_seq_len=data_args.latency_seq_len or min(block_size, 128),
+        latency_repeats=data_args.latency_repeats,
+        stage_extras=lambda metrics, stage: {f"{stage}_perplexity": perplexity(metrics.get(f"{stage}_loss"))},
+        **common,
+    )
 
 
 if __name__ == "__main__":
-    out = main()
-    if "report" not in out:  # not the main process (accelerate launch): it wrote and printed nothing
-        sys.exit(0)
-    json.dump({k: v for k, v in out.items() if k != "latency"}, sys.stdout, indent=2, default=str)
-    print()
+    main()  # prints the summary tables; all_results.json holds every number

@@ -13,11 +13,7 @@ neurons kept, measured dense-vs-pruned latency on this machine).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +25,9 @@ from transformers import (
     set_seed,
 )
 
-from hf_gradprune import GradPruneConfig, GradPruneTrainer, current_plan
-from hf_gradprune.cli import finetune_dense, parse_args
+from hf_gradprune import GradPruneConfig
+from hf_gradprune.cli import finetune_dense, parse_args, prune_and_report
 from hf_gradprune.metrics import GlueMetric
-from hf_gradprune.reporting import size_and_latency_rows, summary_table, write_run_report
 
 logger = logging.getLogger(__name__)
 
@@ -189,68 +184,19 @@ def main(args: list[str] | None = None) -> dict:
             model, training_args, data_args.dense_train_epochs, data_args.dense_learning_rate, **common
         )
 
-    args = dataclasses.replace(training_args, evaluate_after_prune=True)
-    if args.model_card_dataset is None:
-        args.model_card_dataset = (
-            f"{data_args.dataset_name}/{data_args.task_name}" if data_args.task_name else "local files"
-        )
-    if args.model_card_task is None:
-        args.model_card_task = "text-classification"
-    dense_model = copy.deepcopy(model).eval()  # for the latency comparison
-    trainer = GradPruneTrainer(model=model, args=args, **common)
-    trainer.base_model_name = model_args.model_name_or_path
-    if eval_arg is not None:
-        results["dense"] = trainer.evaluate(metric_key_prefix="dense")
-    train_result = trainer.train()
-    results["train"] = train_result.metrics
-    if trainer.pruned_metrics:
-        results["pruned_before_recovery"] = trainer.pruned_metrics[-1]
-    if eval_arg is not None:
-        results["pruned_after_recovery"] = trainer.evaluate()
-    trainer.save_model()  # output_dir: config + weights + modeling_gradprune.py + tokenizer + README.md
-
-    plan = current_plan(trainer.model)
-    if trainer.is_world_process_zero():
-        report = write_run_report(
-            trainer,
-            dense_model,
-            results,
-            data_args.latency_batch_sizes,
-            data_args.max_seq_length,
-            data_args.latency_repeats,
-            None,
-        )
-        print(format_summary(results, trainer.dense_plan, plan, report))
-    if args.push_to_hub:
-        trainer.push_to_hub()
-    return results
-
-
-def _main_metric(metrics: dict | None, prefix: str) -> tuple[str, float] | None:
-    if not metrics:
-        return None
-    for key in ("accuracy", "matthews_correlation", "pearson", "f1"):
-        for k, v in metrics.items():
-            if k.endswith(key) and k.startswith(prefix):
-                return k[len(prefix) + 1 :], v
-    return None
-
-
-def format_summary(results: dict, dense_plan, plan, report: dict) -> str:
-    rows = []
-    dense_m = _main_metric(results.get("dense"), "dense")
-    before = _main_metric(results.get("pruned_before_recovery"), "pruned")
-    after = _main_metric(results.get("pruned_after_recovery"), "eval")
-    if dense_m and after:
-        name = dense_m[0]
-        rows.append((f"{name} (dense / pruned)", f"{dense_m[1]:.4f}", f"{after[1]:.4f}"))
-        if before:
-            rows.append((f"{name}, pruned before recovery", "", f"{before[1]:.4f}"))
-    rows += size_and_latency_rows(results, dense_plan, plan, report)
-    return summary_table(rows)
+    return prune_and_report(
+        model,
+        training_args,
+        results,
+        base_model=model_args.model_name_or_path,
+        card_dataset=f"{data_args.dataset_name}/{data_args.task_name}" if data_args.task_name else "local files",
+        card_task="text-classification",
+        latency_batch_sizes=data_args.latency_batch_sizes,
+        latency_seq_len=data_args.max_seq_length,
+        latency_repeats=data_args.latency_repeats,
+        **common,
+    )
 
 
 if __name__ == "__main__":
-    out = main()
-    json.dump({k: v for k, v in out.items() if k != "latency"}, sys.stdout, indent=2, default=str)
-    print()
+    main()  # prints the summary tables; all_results.json holds every number

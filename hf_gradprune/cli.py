@@ -1,6 +1,6 @@
 """What the example scripts share: command-line parsing (dataclasses through ``HfArgumentParser``, with an
-optional ``--config recipe.yaml`` whose values become defaults that command-line flags override) and the
-optional dense fine-tune before pruning."""
+optional ``--config recipe.yaml`` whose values become defaults that command-line flags override), the
+optional dense fine-tune before pruning, and the run itself (evaluate, prune and recover, save, report)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,41 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
+NONE_WORDS = ("none", "null")
+
+
+def _none_or(type_fn):
+    """``type_fn`` that reads ``none`` / ``null`` (any case) as ``None``."""
+
+    def parse(text):
+        return None if isinstance(text, str) and text.lower() in NONE_WORDS else type_fn(text)
+
+    parse.__name__ = getattr(type_fn, "__name__", "value")  # argparse's "invalid float value: ..." wording
+    return parse
+
+
+class _Parser(HfArgumentParser):
+    """``HfArgumentParser`` where an option whose default is ``None`` also takes ``none`` / ``null``, so a
+    recipe's value can be unset from the command line (``--head_sparsity null``). Options whose default is
+    a string keep "none" as a string (``--report_to none``)."""
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        HfArgumentParser._parse_dataclass_field(parser, field)
+        action = parser._option_string_actions[f"--{field.name}"]
+        if field.default is None and action.type is not None:
+            action.type = _none_or(action.type)
+            if action.choices is not None:
+                action.choices = [*action.choices, None]
+
 
 def parse_args(dataclass_types, args: list[str] | None = None):
     """Parse ``args`` (default ``sys.argv[1:]``) into ``dataclass_types``; see the module docstring.
 
-    Unknown YAML keys are an error that names them, as unknown flags are.
+    Unknown YAML keys are an error that names them, as unknown flags are. ``none`` / ``null`` unset an
+    optional value (one whose default is ``None``), as ``null`` does in YAML.
     """
-    parser = HfArgumentParser(dataclass_types)
+    parser = _Parser(dataclass_types)
     argv = list(sys.argv[1:] if args is None else args)
     if "--config" in argv:
         i = argv.index("--config")
@@ -60,3 +88,65 @@ def finetune_dense(model, training_args, epochs: float, learning_rate: float | N
         eval_strategy="no",
     )
     return Trainer(model=model, args=args, **trainer_kwargs).train().training_loss
+
+
+def prune_and_report(
+    model,
+    training_args,
+    results: dict,
+    *,
+    base_model: str,
+    card_dataset: str,
+    card_task: str,
+    latency_batch_sizes: str,
+    latency_seq_len: int,
+    latency_repeats: int,
+    stage_extras=None,
+    **trainer_kwargs,
+) -> dict:
+    """The example scripts' run after data and model are ready: evaluate the dense model, prune and recover
+    with ``GradPruneTrainer``, evaluate again, save the Hub folder, then (main process) measure latency,
+    write the reports and print the summary. Fills and returns ``results``, flat in the key scheme of
+    ``run_report`` (``dense_accuracy``, ``pruned_accuracy``, ``recovered_accuracy``, ``train_loss``, ...).
+
+    ``stage_extras(metrics, stage)`` returns more metrics of a stage from its evaluation (e.g. perplexity).
+    """
+    import copy
+    import dataclasses
+
+    from .gradprune_trainer import GradPruneTrainer
+    from .run_report import format_summary, stage_metrics, write_run_report
+    from .surgery import current_plan
+
+    args = dataclasses.replace(training_args, evaluate_after_prune=True)
+    args.model_card_dataset = args.model_card_dataset or card_dataset
+    args.model_card_task = args.model_card_task or card_task
+    dense_model = copy.deepcopy(model).eval()  # for the latency comparison
+    trainer = GradPruneTrainer(model=model, args=args, **trainer_kwargs)
+    trainer.base_model_name = base_model
+    stages = {}  # stage -> its evaluation (the metrics keep the stage as prefix)
+    if trainer.eval_dataset is not None:
+        stages["dense"] = trainer.evaluate(metric_key_prefix="dense")
+    results.update(stage_metrics(trainer.train().metrics, "train"))
+    if trainer.pruned_metrics:
+        stages["pruned"] = trainer.pruned_metrics[-1]  # GradPruneTrainer evaluates with the prefix "pruned"
+    if trainer.eval_dataset is not None:
+        stages["recovered"] = trainer.evaluate(metric_key_prefix="recovered")
+    if stage_extras is not None:
+        extras = {}
+        for stage, metrics in stages.items():
+            extra = stage_extras(metrics, stage)
+            metrics.update(extra)
+            extras.update(extra)
+        if extras:
+            trainer.log(extras)  # to report_to, and into the model card's evaluation list
+    for stage, metrics in stages.items():
+        results.update(stage_metrics(metrics, stage))
+    trainer.save_model()  # output_dir: config + weights + modeling_gradprune.py + tokenizer + README.md
+
+    if trainer.is_world_process_zero():
+        report = write_run_report(trainer, dense_model, results, latency_batch_sizes, latency_seq_len, latency_repeats)
+        print(format_summary(stages, results, trainer.dense_plan, current_plan(trainer.model), report))
+    if args.push_to_hub:
+        trainer.push_to_hub()
+    return results

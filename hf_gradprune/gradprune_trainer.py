@@ -27,7 +27,7 @@ from transformers.utils import logging
 from .architectures import get_adapter
 from .gradprune_config import GradPruneConfig
 from .plan import PruningPlan
-from .reporting import write_model_card
+from .model_card import write_model_card
 from .scores import Scores
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model

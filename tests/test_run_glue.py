@@ -78,18 +78,25 @@ def base_args(tmp, out):
     ]
 
 
-def test_glue_script_end_to_end_on_csv(tiny_setup):
+def test_glue_script_end_to_end_on_csv(tiny_setup, capsys):
     import run_glue_prune
 
     out = tiny_setup / "out"
     results = run_glue_prune.main(base_args(tiny_setup, out))
     assert results["metric_source"] == "local"
-    for stage, prefix in (("dense", "dense"), ("pruned_before_recovery", "pruned"), ("pruned_after_recovery", "eval")):
-        assert 0.0 <= results[stage][f"{prefix}_accuracy"] <= 1.0
-    assert results["dense"]["dense_accuracy"] > 0.6  # the dense fine-tune learned the task
-    assert results["params"]["pruned"] < results["params"]["dense"]
+    for stage in ("dense", "pruned", "recovered"):  # one prefix per stage, the metric as `evaluate` names it
+        assert 0.0 <= results[f"{stage}_accuracy"] <= 1.0
+    assert results["dense_accuracy"] > 0.6  # the dense fine-tune learned the task
+    assert results["pruned_params"] < results["dense_params"]
+    # all_results.json: flat, every key <stage>_<name>, the same numbers as returned
     all_results = json.loads((out / "all_results.json").read_text())
-    assert {"dense/dense_accuracy", "pruned_after_recovery/eval_accuracy"} <= set(all_results)
+    assert {"dense_accuracy", "pruned_accuracy", "recovered_accuracy", "dense_loss", "train_loss"} <= set(all_results)
+    assert all(isinstance(v, (int, float)) for v in all_results.values())
+    assert all(k.split("_")[0] in ("dense", "pruned", "recovered", "train") for k in all_results), sorted(all_results)
+    assert all(results[k] == v for k, v in all_results.items())
+    summary = capsys.readouterr().out
+    for row in ("| metric | dense | pruned | recovered |", "| accuracy | ", "| attention heads | 12 | 6 |"):
+        assert row in summary, row
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["heads"] == {"dense": 12, "pruned": 6, "per_layer": report["heads"]["per_layer"]}
     assert [r["batch_size"] for r in report["latency"]] == [1, 4] and report["latency"][0]["dense_ms"] > 0
@@ -123,7 +130,7 @@ def test_glue_script_sentence_pairs_and_regression(tiny_setup):
     args[args.index("--text_column") + 1] = "s1,s2"
     args += ["--label_column", "score", "--dense_train_epochs", "0", "--max_steps", "4", "--ignore_mismatched_sizes"]
     results = run_glue_prune.main(args)
-    assert {"eval_pearson", "eval_spearmanr"} <= set(results["pruned_after_recovery"])
+    assert {"recovered_pearson", "recovered_spearmanr", "pruned_pearson", "dense_spearmanr"} <= set(results)
 
 
 def test_recipe_gives_defaults_and_flags_override(tiny_setup):

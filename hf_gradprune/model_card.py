@@ -1,0 +1,125 @@
+"""The Hub model card of a pruned model (``huggingface_hub.ModelCard``), written by ``GradPruneTrainer``."""
+
+from __future__ import annotations
+
+import os
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .run_report import STAGES, stage_metrics
+from .surgery import current_plan
+
+
+def _schedule_text(args) -> str:
+    targets = ", ".join(f"{k}={v}" for k, v in args.plan_targets().items())
+    if args.pruning_schedule == "none":
+        sched = "no pruning in this run (recovery of an already pruned model)"
+        targets = "-"
+    elif args.pruning_schedule == "one_shot":
+        when = "before training" if args.prune_step == 0 else f"at step {args.prune_step}"
+        sched = f"one-shot {when}"
+    else:
+        end = args.prune_end_step if args.prune_end_step is not None else "half of training"
+        sched = f"iterative, {args.num_rounds} rounds from step {args.prune_start_step} to {end} (cubic ramp)"
+    distill = (
+        f"distillation from the unpruned model (alpha={args.effective_distill_alpha}, T={args.distill_temperature})"
+        if args.effective_distill_alpha > 0
+        else "no distillation"
+    )
+    return (
+        f"`{args.importance}` importance over {args.scoring_steps} batches per round, {args.ranking} ranking; "
+        f"target {targets}; {sched}; recovery with {distill}."
+    )
+
+
+def model_card_text(trainer) -> str:
+    """Markdown (with YAML metadata) describing the pruned model the trainer holds."""
+    args, model = trainer.args, trainer.model
+    before, after = trainer.dense_plan, current_plan(model)
+    seq = args.flops_seq_len
+    params = sum(p.numel() for p in model.parameters())
+    rows = [
+        ("attention heads", f"{before.num_heads:,}", f"{after.num_heads:,}"),
+        ("FFN neurons", f"{before.num_neurons:,}", f"{after.num_neurons:,}"),
+        ("parameters (whole model)", f"{trainer.dense_params:,}", f"{params:,}"),
+        (
+            f"block GFLOPs per {seq}-token sequence",
+            f"{before.block_flops(seq) / 1e9:.3f}",
+            f"{after.block_flops(seq) / 1e9:.3f}",
+        ),
+    ]
+    table = "| | before | after |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    per_layer = "\n".join(
+        f"| {i} | {len(h)} / {after.geometry.num_heads} | {len(n)} / {after.geometry.intermediate_size} |"
+        for i, (h, n) in enumerate(zip(after.heads, after.neurons))
+    )
+    metrics = {}  # the latest value of each metric, in stage order; "eval" is a plain trainer.evaluate()
+    for stage in (*STAGES, "eval"):
+        for entry in trainer.state.log_history:
+            metrics.update(stage_metrics(entry, stage, timings=False))
+    metric_text = (
+        "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items())
+        or "No evaluation was run."
+    )
+    arch = type(model).__name__.removeprefix("GradPrune")
+    auto_map = getattr(model.config, "auto_map", None) or {}  # a config has none until a prune sets it
+    auto = next((a for a, c in auto_map.items() if c.endswith("GradPrune" + arch)), "AutoModel")
+    base = trainer.base_model_name or "a model passed in code"
+    task = args.model_card_task or arch
+    dataset = args.model_card_dataset or "not recorded"
+    data = ModelCardData(
+        library_name="transformers",
+        tags=["hf_gradprune", "pruned", "structured-pruning", model.config.model_type],
+        base_model=trainer.base_model_name if trainer.base_model_name and "/" in trainer.base_model_name else None,
+        datasets=[args.model_card_dataset] if args.model_card_dataset else None,
+    )
+    body = f"""
+# {args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))}
+
+A structurally pruned `{arch}` made with hf_gradprune:
+attention heads and FFN neurons scored by gradient x activation and physically removed, then recovered by
+fine-tuning.
+
+- Base model: {base}
+- Task: {task}
+- Dataset: {dataset}
+- Pruning: {_schedule_text(args)}
+
+## Size
+
+{table}
+
+| layer | heads kept | FFN neurons kept |
+|---|---|---|
+{per_layer}
+
+## Evaluation
+
+{metric_text}
+
+## How to load
+
+Layers keep different numbers of heads and neurons, which stock transformers classes cannot build from a
+config. The folder carries `modeling_gradprune.py` (torch + transformers only), so:
+
+```python
+from transformers import {auto}
+model = {auto}.from_pretrained("path/or/repo", trust_remote_code=True)
+```
+
+Without remote code, with hf_gradprune installed:
+
+```python
+from hf_gradprune import load_pruned
+model = load_pruned("path/or/repo")
+```
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def write_model_card(trainer, folder: str) -> str:
+    """``README.md`` in ``folder``; returns its path."""
+    path = os.path.join(folder, "README.md")
+    os.makedirs(folder, exist_ok=True)
+    ModelCard(model_card_text(trainer)).save(path)
+    return path
