@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .scores import METHODS
+from .plan import BUDGET_NAMES, TARGET_NAMES, PlanError, validate_options, validate_targets
+from .scores import GRADIENT_METHODS, METHODS
 
 
 @dataclass
@@ -95,50 +96,89 @@ class GradPruneConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         self._validate_pruning()
+        if self.max_steps > 0:  # the run's length is known already: a schedule that cannot finish fails now
+            self.check_schedule(self.max_steps)
 
     def _validate_pruning(self) -> None:
-        def fail(msg):
-            raise ValueError(f"GradPruneConfig: {msg}")
-
         if self.importance not in METHODS:
-            fail(f"importance must be one of {', '.join(METHODS)}, not {self.importance!r}")
-        targets = {k: getattr(self, k) for k in ("head_sparsity", "ffn_sparsity", "flops_budget", "params_budget")}
-        for name, value in targets.items():
-            if value is not None and not 0.0 <= value < 1.0:
-                fail(f"{name} must be a fraction in [0, 1), got {value}")
-        given = [k for k, v in targets.items() if v is not None]
-        if self.pruning_schedule == "none":
-            if given:
-                fail(f"pruning_schedule='none' prunes nothing; drop {', '.join(given)} or choose a schedule")
-        elif not given:
-            fail("give a target: head_sparsity and/or ffn_sparsity, or flops_budget, or params_budget")
-        budgets = [k for k in given if k.endswith("budget")]
-        if budgets and len(given) > 1:
-            fail(f"{budgets[0]} cannot be combined with {', '.join(k for k in given if k != budgets[0])}")
-        if self.ranking not in ("global", "per_layer"):
-            fail(f"ranking must be 'global' or 'per_layer', not {self.ranking!r}")
-        if self.min_heads_per_layer < 0 or self.ffn_multiple_of < 1:
-            fail("min_heads_per_layer must be >= 0 and ffn_multiple_of >= 1")
-        if self.scoring_steps < 1 and self.importance in ("taylor", "fisher"):
-            fail("scoring_steps must be >= 1 for gradient-based importance")
-        if self.pruning_schedule not in ("one_shot", "iterative", "none"):
-            fail(f"pruning_schedule must be 'one_shot', 'iterative' or 'none', not {self.pruning_schedule!r}")
-        if self.pruning_schedule == "one_shot" and self.prune_step < 0:
-            fail("prune_step must be >= 0")
-        if self.pruning_schedule == "iterative":
-            if self.num_rounds < 1:
-                fail("num_rounds must be >= 1")
-            end = self.prune_end_step
-            if self.prune_start_step < 0 or (end is not None and end < self.prune_start_step):
-                fail("need 0 <= prune_start_step <= prune_end_step")
-            if end is not None and self.max_steps > 0 and end > self.max_steps:
-                fail(f"prune_end_step ({end}) is after max_steps ({self.max_steps})")
-        if self.pruning_schedule == "one_shot" and self.max_steps > 0 and self.prune_step > self.max_steps:
-            fail(f"prune_step ({self.prune_step}) is after max_steps ({self.max_steps})")
+            _fail(f"importance must be one of {', '.join(METHODS)}, not {self.importance!r}")
+        if self.pruning_schedule not in SCHEDULES:
+            _fail(f"pruning_schedule must be one of {', '.join(map(repr, SCHEDULES))}, not {self.pruning_schedule!r}")
+        targets = self._targets()
+        if self.pruning_schedule == "none" and targets:
+            _fail(f"pruning_schedule='none' prunes nothing; drop {', '.join(targets)} or choose a schedule")
+        try:  # the plan's own checks, so a config and a plan reject the same values in the same words
+            validate_targets(**targets, required=self.pruning_schedule != "none")
+            validate_options(
+                ranking=self.ranking,
+                min_heads_per_layer=self.min_heads_per_layer,
+                ffn_multiple_of=self.ffn_multiple_of,
+                seq_len=self.flops_seq_len,
+            )
+        except PlanError as e:
+            _fail(str(e))
+        if self.importance in GRADIENT_METHODS and not (
+            isinstance(self.scoring_steps, int) and self.scoring_steps >= 1
+        ):
+            _fail(f"scoring_steps must be an integer >= 1 for {self.importance} importance, got {self.scoring_steps!r}")
+        for name, least in (("prune_step", 0), ("num_rounds", 1), ("prune_start_step", 0), ("prune_end_step", 0)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= least):
+                _fail(f"{name} must be an integer >= {least}, got {value!r}")
+        end = self.prune_end_step
+        if self.pruning_schedule == "iterative" and end is not None and end < self.prune_start_step:
+            _fail(f"need prune_start_step <= prune_end_step, got {self.prune_start_step} and {end}")
         if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
-            fail(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+            _fail(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:
-            fail("distill_temperature must be > 0")
+            _fail("distill_temperature must be > 0")
+
+    def _targets(self) -> dict:
+        return {name: getattr(self, name) for name in (*TARGET_NAMES, *BUDGET_NAMES) if getattr(self, name) is not None}
+
+    def check_schedule(self, max_steps: int, batches_per_epoch: int | None = None) -> None:
+        """Raise ``PlanError`` unless every round runs, with all its scoring batches, in ``max_steps`` steps.
+
+        ``max_steps`` is the run's number of optimizer steps (``GradPruneTrainer.train`` computes it as
+        ``Trainer`` does, also from epochs). ``batches_per_epoch`` is the length of this process's training
+        loader, when known: scoring before training reads at most one pass of it.
+        """
+        rounds = self.round_schedule(max_steps)
+        if not rounds:
+            return
+        last = rounds[-1][0]
+        if last > 0 and last >= max_steps:  # a round runs at the start of its step, so step max_steps never comes
+            if self.pruning_schedule == "one_shot":
+                change = f"set prune_step below {max_steps} (0 prunes before training)"
+            else:
+                change = (
+                    f"make the rounds end before step {max_steps} (prune_start_step={self.prune_start_step}, "
+                    f"prune_end_step={self.prune_end_step})"
+                )
+            _fail(
+                f"the {self.pruning_schedule} schedule prunes at step {last}, but training stops after {max_steps} "
+                f"optimizer steps, so the model would never be pruned: {change}, or train longer "
+                "(max_steps, num_train_epochs)"
+            )
+        if self.importance not in GRADIENT_METHODS:
+            return
+        ga, previous = self.gradient_accumulation_steps, 0
+        for step, _ in rounds:
+            available = batches_per_epoch if step == 0 else (step - previous) * ga
+            if available is not None and available < self.scoring_steps:
+                if step == 0:
+                    _fail(
+                        f"scoring_steps={self.scoring_steps} asks for more batches than one pass over the training "
+                        f"set gives ({available}) to score before training: lower scoring_steps to {available} or "
+                        "fewer, or lower per_device_train_batch_size"
+                    )
+                since = f"the round at step {previous}" if previous else "the start"
+                _fail(
+                    f"the round at step {step} can score only {available} batches (those since {since}), but "
+                    f"scoring_steps={self.scoring_steps}: lower scoring_steps, or space the rounds further apart "
+                    "(prune_step; prune_start_step, prune_end_step, num_rounds)"
+                )
+            previous = step
 
     @property
     def effective_distill_alpha(self) -> float:
@@ -146,15 +186,11 @@ class GradPruneConfig(TrainingArguments):
 
     def plan_targets(self, fraction: float = 1.0) -> dict:
         """The plan keyword arguments at ``fraction`` of the final target (for iterative rounds)."""
-        out = {}
-        for name in ("head_sparsity", "ffn_sparsity", "flops_budget", "params_budget"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value * fraction
-        return out
+        return {name: value * fraction for name, value in self._targets().items()}
 
     def round_schedule(self, max_steps: int) -> list[tuple[int, float]]:
-        """``[(optimizer step, fraction of the final target)]`` for every round."""
+        """``[(optimizer step, fraction of the final target)]`` for every round, by step; rounds that fall on
+        the same step are one round (the larger fraction)."""
         if self.pruning_schedule == "none":
             return []
         if self.pruning_schedule == "one_shot":
@@ -164,4 +200,14 @@ class GradPruneConfig(TrainingArguments):
         n = self.num_rounds
         steps = [start] if n == 1 else [start + round(r * (end - start) / (n - 1)) for r in range(n)]
         # Zhu & Gupta's cubic ramp from 0 to the target, sampled at rounds 1..n.
-        return [(step, 1.0 - (1.0 - (r + 1) / n) ** 3) for r, step in enumerate(steps)]
+        rounds: dict[int, float] = {}
+        for r, step in enumerate(steps):
+            rounds[step] = max(1.0 - (1.0 - (r + 1) / n) ** 3, rounds.get(step, 0.0))
+        return sorted(rounds.items())
+
+
+SCHEDULES = ("one_shot", "iterative", "none")
+
+
+def _fail(message: str):
+    raise PlanError(f"GradPruneConfig: {message}") from None

@@ -21,20 +21,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, has_length
 from transformers.utils import logging
 
+from .accelerate_compat import forget_prepared
 from .architectures import get_adapter
 from .gradprune_config import GradPruneConfig
-from .plan import PruningPlan
 from .model_card import write_model_card
-from .scores import Scores
+from .modeling_gradprune import CONFIG_KEY
+from .plan import PruningPlan, validate_options
+from .scores import GRADIENT_METHODS, Scores
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model
 
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "gradprune_state.json"
+SCORER_FILE = "gradprune_scorer_rank{rank}.pt"  # one per process: each rank's partial sums, reduced at the prune
 TEACHER_DIR = "_gradprune_teacher"  # "_*" is never uploaded by push_to_hub
 
 
@@ -74,6 +77,14 @@ class GradPruneTrainer(Trainer):
         if kwargs.get("model_init") is not None:
             raise ValueError("GradPruneTrainer does not support model_init; pass the model")
         get_adapter(model)  # unsupported families fail here, before anything else
+        # The config could not know the model's head count; check min_heads_per_layer against it now.
+        validate_options(
+            ranking=args.ranking,
+            min_heads_per_layer=args.min_heads_per_layer,
+            ffn_multiple_of=args.ffn_multiple_of,
+            seq_len=args.flops_seq_len,
+            num_heads=current_plan(model).geometry.num_heads,
+        )
         super().__init__(model, args, *pos, **kwargs)
         if self.is_fsdp_enabled:
             raise ValueError(
@@ -111,15 +122,18 @@ class GradPruneTrainer(Trainer):
         self._pending_logs: list[dict] = []  # a prune before training is logged once the Trainer's state exists
 
     # ------------------------------------------------------------------ schedule
-    def _rounds(self, max_steps: int) -> list[tuple[int, float]]:
-        rounds: dict[int, float] = {}
-        for step, fraction in self.args.round_schedule(max_steps):
-            rounds[step] = max(fraction, rounds.get(step, 0.0))
-        return sorted(rounds.items())
-
-    def _next_round(self):
-        rounds = self._rounds(self.state.max_steps)
+    def _next_round(self, max_steps: int | None = None):
+        rounds = self.args.round_schedule(self.state.max_steps if max_steps is None else max_steps)
         return rounds[self._rounds_done] if self._rounds_done < len(rounds) else None
+
+    def _check_schedule(self) -> int:
+        """Fail unless every round runs in this run's optimizer steps; return that number of steps."""
+        loader = self.get_train_dataloader()
+        max_steps = self.set_initial_training_values(self.args, loader)[-1]  # Trainer's own count, from epochs too
+        batches = len(loader) if has_length(loader) else None
+        forget_prepared(self.accelerator, loader)  # only measured: the loop prepares its own
+        self.args.check_schedule(max_steps, batches)
+        return max_steps
 
     @property
     def distilling(self) -> bool:
@@ -131,13 +145,14 @@ class GradPruneTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
+        max_steps = self._check_schedule()  # before anything is scored or cut
         if resume_from_checkpoint:
             self._restore(resume_from_checkpoint)
-        elif self._rounds_done == 0 and self.state.global_step == 0 and self._rounds(0):
-            step, fraction = self._rounds(0)[0]
-            if step == 0:
+        elif self._rounds_done == 0 and self.state.global_step == 0:
+            upcoming = self._next_round(max_steps)
+            if upcoming is not None and upcoming[0] == 0:
                 self._score_before_training()
-                self._prune(fraction)
+                self._prune(upcoming[1])
         return super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
@@ -152,7 +167,7 @@ class GradPruneTrainer(Trainer):
         model.eval()
         scorer = self._new_scorer()
         loader = self.get_train_dataloader()
-        n = self.args.scoring_steps if scorer.method in ("taylor", "fisher") else 0
+        n = self.args.scoring_steps if scorer.method in GRADIENT_METHODS else 0
         bar = tqdm(total=n, desc="scoring heads and neurons", disable=not self.is_local_process_zero())
         with scorer:
             for i, inputs in enumerate(loader):
@@ -182,7 +197,7 @@ class GradPruneTrainer(Trainer):
         if self._rewrapped:
             model = self.model_wrapped  # the loop's local reference still points at the old DDP wrapper
         self._update_scorer(step)
-        scoring = self._scorer is not None and self._scorer._handles
+        scoring = self._scorer is not None and self._scorer.is_attached
         if scoring or (self.distilling and model.training):
             # Score and distil on per-micro-batch means, so the scale is known exactly: the Trainer
             # then divides by the accumulation steps (transformers' num_items_in_batch path cannot say
@@ -206,7 +221,7 @@ class GradPruneTrainer(Trainer):
     def _update_scorer(self, step: int) -> None:
         """Attach the scorer for the ``scoring_steps`` micro-batches just before the next round."""
         upcoming = self._next_round()
-        if upcoming is None or self.args.importance not in ("taylor", "fisher"):
+        if upcoming is None or self.args.importance not in GRADIENT_METHODS:
             return
         ga = self.args.gradient_accumulation_steps
         micro = step * ga + self._micro
@@ -215,7 +230,7 @@ class GradPruneTrainer(Trainer):
             return
         if self._scorer is None:
             self._scorer = self._new_scorer()
-        if not self._scorer._handles:
+        if not self._scorer.is_attached:
             self._scorer.attach()
             left = upcoming[0] * ga - micro
             self._scoring_bar = tqdm(
@@ -244,6 +259,8 @@ class GradPruneTrainer(Trainer):
             seq_len=args.flops_seq_len,
         )
         plan = plan.intersect(current_plan(self.model))
+        # Kept in config.gradprune["history"] and the round's plan.json: which round of the schedule this was.
+        plan.meta.update(round=self._rounds_done + 1, step=self.state.global_step, schedule=args.pruning_schedule)
         if self.teacher is None and args.effective_distill_alpha > 0:
             self.teacher = self._freeze(self.model)
             if self.state.global_step > 0 and args.should_save:
@@ -271,7 +288,7 @@ class GradPruneTrainer(Trainer):
             for p in group["params"]:
                 if p in old_inner.state:  # untouched parameter: same tensor object, keep its moments
                     new_inner.state[p] = old_inner.state[p]
-        self.accelerator._optimizers = [o for o in self.accelerator._optimizers if o is not old_opt]
+        forget_prepared(self.accelerator, old_opt)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
         self.lr_scheduler = None
         self.create_scheduler(num_training_steps=self.state.max_steps, optimizer=self.optimizer)
@@ -284,7 +301,7 @@ class GradPruneTrainer(Trainer):
 
     def _rewrap(self) -> None:
         old = self.model_wrapped
-        self.accelerator._models = [m for m in self.accelerator._models if m is not old]
+        forget_prepared(self.accelerator, old)
         self.model_wrapped = self.accelerator.prepare_model(self.model)
         self._rewrapped = True
 
@@ -354,17 +371,24 @@ class GradPruneTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ save / resume
+    @property
+    def is_pruned(self) -> bool:
+        """Whether the model carries a pruning record (pruned in this run, or given already pruned)."""
+        return bool(getattr(self.model.config, CONFIG_KEY, None))
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
         if _internal_call:
             self._save_state(output_dir)
-        elif self.args.should_save:
+        elif self.args.should_save and self.is_pruned:  # an unpruned model is a plain one: no pruning card
             write_model_card(self, output_dir)
 
     def create_model_card(self, *args, **kwargs) -> None:
         # push_to_hub() calls this before uploading output_dir: write our card instead of the generic one.
-        if self.is_world_process_zero():
+        if not self.is_pruned:
+            super().create_model_card(*args, **kwargs)
+        elif self.is_world_process_zero():
             write_model_card(self, self.args.output_dir)
 
     def _save_state(self, folder: str) -> None:
@@ -372,10 +396,9 @@ class GradPruneTrainer(Trainer):
         if self.args.should_save:
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump({"rounds_done": self._rounds_done}, f)
-        if self._scorer is not None and self._scorer.num_examples + self._scorer._pending_examples:
-            # Each rank keeps its own partial scores; the sum happens at the prune.
-            rank = self.args.process_index
-            self._scorer.scores.save(os.path.join(folder, f"gradprune_partial_scores_rank{rank}.safetensors"))
+        state = self._scorer.state_dict() if self._scorer is not None else None
+        if state and (state["num_examples"] or state["skipped_batches"]):
+            torch.save(state, os.path.join(folder, SCORER_FILE.format(rank=self.args.process_index)))
 
     def _restore(self, checkpoint: str) -> None:
         """Rebuild the checkpoint's pruned shapes (before Trainer loads its weights) and the schedule."""
@@ -398,12 +421,8 @@ class GradPruneTrainer(Trainer):
             target = PruningPlan.from_dict({"geometry": record["geometry"], **record["plan"]})
             prune_model(self.model, target)
         self._rounds_done = rounds_done
-        partial = os.path.join(checkpoint, f"gradprune_partial_scores_rank{self.args.process_index}.safetensors")
+        partial = os.path.join(checkpoint, SCORER_FILE.format(rank=self.args.process_index))
         if os.path.exists(partial):
-            saved = Scores.load(partial)
             scorer = self._new_scorer()
-            for kind, values in (("heads", saved.heads), ("neurons", saved.neurons)):
-                for total, value in zip(scorer._total[kind], values):
-                    total.copy_(value.to(total.device))
-            scorer.num_examples, scorer.skipped_batches = saved.num_examples, saved.skipped_batches
+            scorer.load_state_dict(torch.load(partial, weights_only=True))
             self._scorer = scorer

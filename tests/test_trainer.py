@@ -11,7 +11,7 @@ from conftest import make
 from trainer_helpers import ParityData, make_trainer
 from transformers import TrainerCallback
 
-from hf_gradprune import GradPruneConfig, GradPruneTrainer, Scores, current_plan, load_pruned
+from hf_gradprune import GradPruneConfig, GradPruneTrainer, PlanError, Scores, current_plan, load_pruned
 
 HERE = Path(__file__).parent
 
@@ -94,6 +94,78 @@ def test_iterative_schedule_follows_cubic_ramp(tmp_path):
     assert events[-1]["prune/neurons_kept"] == 144
     assert current_plan(trainer.model).num_heads == 6
     assert losses(trainer)[-1] < losses(trainer)[0]
+    # every round says how it was made: in the model's config and in the round's plan.json
+    history = trainer.model.config.gradprune["history"]
+    assert [(h["round"], h["step"]) for h in history] == [(1, 5), (2, 15), (3, 25)]
+    for entry, f in zip(history, fractions):
+        assert entry["method"] == "taylor" and entry["num_examples"] == 4 * 16 and entry["schedule"] == "iterative"
+        assert entry["head_sparsity"] == pytest.approx(0.5 * f) and entry["ffn_sparsity"] == pytest.approx(0.5 * f)
+    meta = json.loads((tmp_path / "pruning" / "round-2-step-15" / "plan.json").read_text())["meta"]
+    assert meta == history[1]
+
+
+def test_iterative_first_round_before_training_takes_its_share_of_the_target(tmp_path):
+    # prune_end_step defaults to half of the run: rounds at steps 0, 2, 4 of 8, not all three at step 0
+    trainer = make_trainer(tmp_path, pruning_schedule="iterative", num_rounds=3, max_steps=8, scoring_steps=2)
+    trainer.train()
+    events = prune_logs(trainer)
+    assert [e["step"] for e in events] == [0, 2, 4]
+    assert [e["prune/heads_kept"] for e in events] == [12 - round(6 * (1 - (1 - r / 3) ** 3)) for r in (1, 2, 3)]
+
+
+SMALL = dict(max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4, data=ParityData(n=16))  # 4 steps
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(prune_step=100), "prunes at step 100, but training stops after 4 optimizer steps.*prune_step below 4"),
+        (
+            dict(pruning_schedule="iterative", prune_end_step=40),
+            "prunes at step 40, but training stops after 4 .*make the rounds end before step 4",
+        ),
+        # epochs x batches / accumulation, as Trainer counts: 2 steps
+        (dict(prune_step=2, gradient_accumulation_steps=2), "training stops after 2 optimizer steps"),
+        (dict(prune_step=0, scoring_steps=32), "one pass over the training set gives \\(4\\).*scoring_steps to 4"),
+        (dict(prune_step=1, scoring_steps=3, gradient_accumulation_steps=2), "can score only 2 batches"),
+    ],
+)
+def test_schedule_that_cannot_complete_fails_at_train_start(tmp_path, overrides, match):
+    trainer = make_trainer(tmp_path, **{**SMALL, **overrides})
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(PlanError, match=match):
+        trainer.train()
+    # before anything was scored or cut, and before any step
+    assert current_plan(trainer.model).num_heads == 12 and not (tmp_path / "pruning").exists()
+    assert trainer._scorer is None and trainer.state.global_step == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_unpruned_model_saves_with_or_without_training(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    recovery_only = dict(head_sparsity=None, ffn_sparsity=None, pruning_schedule="none", max_steps=2)
+    trainer = make_trainer(tmp_path / "run", **recovery_only)
+    trainer.save_model(tmp_path / "before")  # before training
+    trainer.train()
+    trainer.save_model(tmp_path / "after")
+    for name in ("before", "after"):
+        reloaded = BertForSequenceClassification.from_pretrained(tmp_path / name)  # a plain folder: no remote code
+        assert not (tmp_path / name / "README.md").exists()  # no pruning card for a model that was not pruned
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), trainer.model.state_dict().values()))
+
+
+def test_min_heads_per_layer_above_the_models_heads_fails_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(PlanError, match="min_heads_per_layer=99 is more than the 4 heads"):
+        make_trainer(tmp_path, min_heads_per_layer=99)
+
+
+def test_trainer_uses_only_public_seams():
+    """The scorer and Accelerate are reached through public members (Accelerate's private lists only via
+    accelerate_compat, which has its own test)."""
+    source = (HERE.parent / "hf_gradprune" / "gradprune_trainer.py").read_text()
+    for private in ("._handles", "._pending_examples", "._total", "accelerator._", '("taylor", "fisher")'):
+        assert private not in source, private
 
 
 def test_flops_budget_target(tmp_path):
@@ -256,7 +328,7 @@ class StopAt(TrainerCallback):
 def test_resume_mid_schedule_ends_with_the_same_plan(tmp_path):
     common = dict(
         pruning_schedule="iterative",
-        prune_start_step=6,
+        prune_start_step=8,
         prune_end_step=24,
         num_rounds=3,
         scoring_steps=8,
@@ -266,20 +338,20 @@ def test_resume_mid_schedule_ends_with_the_same_plan(tmp_path):
     )
     full = make_trainer(tmp_path / "full", **common)
     full.train()
-    # interrupted at step 20: one round done (6), the round at step 15 done, checkpoint-20 is inside the
-    # scoring window of the round at step 24 (steps 16-23)
+    # interrupted at step 20: the rounds at steps 8 and 16 are done, checkpoint-20 is inside the scoring
+    # window of the round at step 24 (steps 16-23)
     part = make_trainer(tmp_path / "part", callbacks=[StopAt(20)], **common)
     part.train()
-    assert part.state.global_step == 20 and [e["step"] for e in prune_logs(part)] == [6, 15]
+    assert part.state.global_step == 20 and [e["step"] for e in prune_logs(part)] == [8, 16]
     ckpt = tmp_path / "part" / "checkpoint-20"
     assert (
         json.loads((ckpt / "config.json").read_text())["gradprune"]["plan"]["heads"] == current_plan(part.model).heads
     )
-    assert (ckpt / "gradprune_partial_scores_rank0.safetensors").exists()
+    assert (ckpt / "gradprune_scorer_rank0.pt").exists()
     resumed = make_trainer(tmp_path / "part", **common)
     resumed.train(resume_from_checkpoint=str(ckpt))
     # the checkpoint's log history comes back with it; the resumed run adds only the last round
-    assert [e["step"] for e in prune_logs(resumed)] == [6, 15, 24]
+    assert [e["step"] for e in prune_logs(resumed)] == [8, 16, 24]
     a, b = current_plan(full.model), current_plan(resumed.model)
     assert a.heads == b.heads and a.neurons == b.neurons
     ra = Scores.load(tmp_path / "full" / "pruning" / "round-3-step-24" / "scores.safetensors")
@@ -359,7 +431,18 @@ def test_two_processes_agree_with_each_other_and_with_one(tmp_path):
             dict(head_sparsity=0.5, pruning_schedule="iterative", prune_start_step=10, prune_end_step=5),
             "prune_start_step",
         ),
-        (dict(head_sparsity=0.5, max_steps=10, prune_step=20), "after max_steps"),
+        (dict(head_sparsity=0.5, max_steps=10, prune_step=20), "training stops after 10 optimizer steps"),
+        # a round runs at the start of its step: step max_steps never starts
+        (dict(head_sparsity=0.5, max_steps=10, prune_step=10), "set prune_step below 10"),
+        (
+            dict(head_sparsity=0.5, max_steps=10, pruning_schedule="iterative", prune_end_step=10),
+            "make the rounds end before step 10",
+        ),
+        (dict(head_sparsity=0.5, max_steps=10, prune_step=3, scoring_steps=4), "can score only 3 batches"),
+        (dict(head_sparsity=0.5, flops_seq_len=-5), "seq_len"),
+        (dict(head_sparsity=0.5, min_heads_per_layer="1"), "min_heads_per_layer must be an integer"),
+        (dict(head_sparsity=0.5, ffn_multiple_of=0), "ffn_multiple_of"),
+        (dict(head_sparsity="0.5"), r"head_sparsity must be a fraction"),
         (dict(head_sparsity=0.5, distill_alpha=1.5), "distill_alpha"),
         (dict(head_sparsity=0.5, ranking="local"), "ranking"),
     ],
