@@ -18,6 +18,7 @@ import re
 import shutil
 import types
 import uuid
+from dataclasses import asdict, dataclass
 
 import torch
 import transformers
@@ -59,31 +60,66 @@ def auto_map_for(model_type: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- empty blocks
-def _empty_block_forward(self, hidden_states, *args, **kwargs):
-    """Forward of a block that lost all its units: only its output projection's bias remains.
+@dataclass(frozen=True)
+class EmptyBlock:
+    """What a block that lost all its units still computes; its family's adapter fills this in.
 
-    Used where the stock forward cannot run at width 0 (GPT-2's ``Conv1D`` cannot reshape an empty
-    input, and its attention splits the fused projection by ``split_size``). An attention block still
-    gives a KV cache an empty update, so the cache's length stays right during generation.
+    At width 0 the block's output no longer depends on its input: it is the parameter named ``output``
+    (dotted, relative to the block: its output projection's bias) broadcast over the tokens, or zeros
+    shaped like the input when ``output`` is None (a residual block's output is as wide as its input),
+    then the module named ``dropout``, if any. ``extra_outputs`` Nones follow the tensor in a tuple (0:
+    the tensor alone). ``cache_head_dim`` marks an attention block: it gives a KV cache an empty update
+    of that head size, so the cache's length stays right during generation.
     """
-    spec = self._gradprune_empty
-    if spec.get("head_dim") is not None:
+
+    output: str | None
+    dropout: str | None = None
+    extra_outputs: int = 0
+    cache_head_dim: int | None = None
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> EmptyBlock:
+        if "proj" in spec:  # the first spelling (folders saved before this class): always a biased projection
+            return cls(f"{spec['proj']}.bias", spec.get("dropout"), 1 if spec.get("tuple") else 0, spec.get("head_dim"))
+        return cls(**spec)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _empty_block_forward(self, hidden_states, *args, **kwargs):
+    """Forward of a block that lost all its units (see ``EmptyBlock``).
+
+    Used where the stock forward cannot run at width 0 (e.g. GPT-2's ``Conv1D`` cannot reshape an empty
+    input, and its attention splits the fused projection by ``split_size``).
+    """
+    spec = EmptyBlock.from_dict(self._gradprune_empty)
+    if spec.cache_head_dim is not None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and getattr(self, "layer_idx", None) is not None and hasattr(cache, "update"):
             b, t = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros(b, 0, t, spec["head_dim"])
+            empty = hidden_states.new_zeros(b, 0, t, spec.cache_head_dim)
             target = getattr(cache, "self_attention_cache", cache)
             target.update(empty, empty.clone(), self.layer_idx)
-    bias = getattr(self, spec["proj"]).bias
-    out = bias.to(hidden_states.dtype).expand(*hidden_states.shape[:-1], bias.shape[-1])
-    if spec.get("dropout"):
-        out = getattr(self, spec["dropout"])(out)
-    return (out, None) if spec.get("tuple") else out
+    if spec.output is None:
+        out = torch.zeros_like(hidden_states)
+    else:
+        value = self.get_parameter(spec.output)
+        out = value.to(hidden_states.dtype).expand(*hidden_states.shape[:-1], value.shape[-1])
+    if spec.dropout:
+        out = self.get_submodule(spec.dropout)(out)
+    return (out, *[None] * spec.extra_outputs) if spec.extra_outputs else out
 
 
-def make_block_empty(module: nn.Module, spec: dict) -> None:
-    """Give ``module`` the width-0 forward; ``spec`` names its output projection, dropout and outputs."""
-    module._gradprune_empty = dict(spec)
+def make_block_empty(module: nn.Module, spec: EmptyBlock | dict) -> None:
+    """Give ``module`` the width-0 forward that ``spec`` (an ``EmptyBlock`` or its saved dict) describes."""
+    spec = spec if isinstance(spec, EmptyBlock) else EmptyBlock.from_dict(spec)
+    # Resolve the names now, so a wrong spec fails at surgery or load time rather than at the first forward.
+    if spec.output is not None:
+        module.get_parameter(spec.output)
+    if spec.dropout:
+        module.get_submodule(spec.dropout)
+    module._gradprune_empty = spec.to_dict()
     module.forward = types.MethodType(_empty_block_forward, module)
 
 
@@ -274,7 +310,6 @@ class _GradPruneMixin:
             return save(save_directory, is_main_process, *args, **kwargs)
         kwargs = push_kwargs(save_directory, kwargs)
         write_folder(save_directory, lambda folder: save(folder, is_main_process, *args, **kwargs))
-
 
 
 _CLASSES: dict[str, type] = {}

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 
-from .architectures import Geometry
+from .architectures import Geometry, get_adapter
 from .scores import Scores
+from .units import HEAD, NEURON, Unit, UnitCosts
 
 
 class PlanError(ValueError):
@@ -29,8 +31,8 @@ class PruningPlan:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.heads = [sorted(int(i) for i in h) for h in self.heads]
-        self.neurons = [sorted(int(i) for i in n) for n in self.neurons]
+        self.heads = [_unit_ids(h, HEAD, layer) for layer, h in enumerate(self.heads)]
+        self.neurons = [_unit_ids(n, NEURON, layer) for layer, n in enumerate(self.neurons)]
         g = self.geometry
         if len(self.heads) != g.num_layers or len(self.neurons) != g.num_layers:
             raise PlanError(f"a plan for this model needs {g.num_layers} layers of heads and neurons")
@@ -74,7 +76,8 @@ class PruningPlan:
 
         ``ranking="global"`` compares units across layers; ``"per_layer"`` removes the same fraction from
         every layer. ``normalize_heads`` divides each layer's head scores by their L2 norm (Michel et al.).
-        ``ffn_multiple_of`` rounds each layer's kept FFN width to a multiple (hardware-friendly shapes).
+        ``ffn_multiple_of`` rounds each layer's kept FFN width *up* to a multiple (hardware-friendly
+        shapes), capped at the layer's live width: rounding never removes more than the target asks.
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
@@ -93,30 +96,33 @@ class PruningPlan:
         head_scores = [s.float().clone() for s in scores.heads]
         if normalize_heads:
             head_scores = [s / s.norm().clamp_min(1e-12) if s.numel() else s for s in head_scores]
-        units = []  # (layer, kind, original id, score)
+        units = []
         for layer in range(g.num_layers):
-            units += [(layer, "h", i, float(v)) for i, v in zip(scores.head_ids[layer], head_scores[layer])]
-            units += [(layer, "n", i, float(v)) for i, v in zip(scores.neuron_ids[layer], scores.neurons[layer])]
+            units += [Unit(layer, HEAD, i, float(v)) for i, v in zip(scores.head_ids[layer], head_scores[layer])]
+            units += [Unit(layer, NEURON, i, float(v)) for i, v in zip(scores.neuron_ids[layer], scores.neurons[layer])]
 
-        cost = _unit_costs(g, seq_len, "flops" if flops_budget is not None else "params")
         if given_budgets:
-            fraction = flops_budget if flops_budget is not None else params_budget
-            fixed = _fixed_params(g) if params_budget is not None else 0
-            removed = _remove_by_budget(units, g, cost, fixed, fraction, ranking, min_heads_per_layer)
+            costs = _unit_costs(g, seq_len)
+            if flops_budget is not None:
+                removed = _remove_by_budget(units, g, costs.flops(), 0, flops_budget, ranking, min_heads_per_layer)
+            else:
+                removed = _remove_by_budget(
+                    units, g, costs.params(), costs.fixed_params, params_budget, ranking, min_heads_per_layer
+                )
         else:
             removed = set()
             if head_sparsity is not None:
-                removed |= _remove_by_count(units, g, "h", head_sparsity, g.num_heads, ranking, min_heads_per_layer)
+                removed |= _remove_by_count(units, g, HEAD, head_sparsity, g.num_heads, ranking, min_heads_per_layer)
             if ffn_sparsity is not None:
-                removed |= _remove_by_count(units, g, "n", ffn_sparsity, g.intermediate_size, ranking, 0)
+                removed |= _remove_by_count(units, g, NEURON, ffn_sparsity, g.intermediate_size, ranking, 0)
 
         heads = [[] for _ in range(g.num_layers)]
         neurons = [[] for _ in range(g.num_layers)]
-        for layer, kind, i, _ in units:
-            if (layer, kind, i) not in removed:
-                (heads if kind == "h" else neurons)[layer].append(i)
+        for u in units:
+            if u.key not in removed:
+                (heads if u.kind == HEAD else neurons)[u.layer].append(u.id)
         if ffn_multiple_of > 1:
-            neurons = _round_ffn(units, neurons, g, ffn_multiple_of)
+            neurons = _round_ffn(units, neurons, ffn_multiple_of)
         meta = {
             "method": scores.method,
             "num_examples": scores.num_examples,
@@ -157,14 +163,16 @@ class PruningPlan:
 
     def block_params(self) -> int:
         """Parameters in the transformer blocks (attention + FFN + their norms) under this plan."""
-        g, cost = self.geometry, _unit_costs(self.geometry, 0, "params")
-        fixed = g.num_layers * _fixed_params(g)
-        return fixed + self.num_heads * cost["h"] + self.num_neurons * cost["n"]
+        costs = _unit_costs(self.geometry, 1)
+        return self.geometry.num_layers * costs.fixed_params + self._cost(costs.params())
 
     def block_flops(self, seq_len: int = 128) -> int:
         """Matmul FLOPs of the transformer blocks for one sequence of ``seq_len`` tokens."""
-        cost = _unit_costs(self.geometry, seq_len, "flops")
-        return int(seq_len * (self.num_heads * cost["h"] + self.num_neurons * cost["n"]))
+        validate_options(seq_len=seq_len)
+        return int(seq_len * self._cost(_unit_costs(self.geometry, seq_len).flops()))
+
+    def _cost(self, per_unit: dict[str, float]) -> float:
+        return self.num_heads * per_unit[HEAD] + self.num_neurons * per_unit[NEURON]
 
     def flops_removed(self, seq_len: int = 128) -> float:
         """Fraction of the original model's block FLOPs (per ``seq_len``-token sequence) this plan removes."""
@@ -279,46 +287,49 @@ def validate_options(
         raise PlanError(f"seq_len (the sequence length FLOPs are counted at) must be an integer >= 1, got {seq_len!r}")
 
 
-# ---------------------------------------------------------------------- cost model
-def _unit_costs(g: Geometry, seq_len: int, kind: str) -> dict[str, float]:
-    """Cost of one head ("h") and one FFN neuron ("n"): parameters, or FLOPs per token."""
-    h, d = g.hidden_size, g.head_dim
-    if kind == "params":
-        return {"h": 4 * h * d + 3 * d, "n": 2 * h + 1}
-    # q, k, v and output projections (2 FLOPs per multiply-add), plus QK^T and AV over seq_len keys.
-    return {"h": 2 * 4 * h * d + 2 * 2 * seq_len * d, "n": 2 * 2 * h}
+# ---------------------------------------------------------------------- ids and costs
+def _unit_ids(ids, kind: str, layer: int) -> list[int]:
+    """One layer's kept ids, sorted: Python, NumPy or torch integers; anything else (e.g. 1.7) is refused
+    rather than truncated."""
+    try:
+        items = list(ids)
+        if any(isinstance(i, bool) for i in items):
+            raise TypeError
+        return sorted(operator.index(i) for i in items)
+    except TypeError:
+        raise PlanError(f"layer {layer}: {kind} ids must be a list of integers, got {ids!r}") from None
 
 
-def _fixed_params(g: Geometry) -> int:
-    # biases of the two output projections and two LayerNorms: nothing pruning removes.
-    return 2 * g.hidden_size + 4 * g.hidden_size
+def _unit_costs(g: Geometry, seq_len: int) -> UnitCosts:
+    # The family's adapter knows what a head and a neuron cost; the plan only does the arithmetic.
+    return get_adapter(g.model_type).unit_costs(g, seq_len)
 
 
-def _order(units, kinds):
+def _order(units):
     # Ascending importance; ties broken by position so plans are deterministic.
-    return sorted((u for u in units if u[1] in kinds), key=lambda u: (u[3], u[0], u[2]))
+    return sorted(units, key=lambda u: (u.score, u.layer, u.id))
 
 
 def _remove_by_count(units, g, kind, sparsity, per_layer_total, ranking, min_keep):
-    live = [u for u in units if u[1] == kind]
+    live = [u for u in units if u.kind == kind]
     removed = set()
     if ranking == "per_layer":
         keep_per_layer = per_layer_total - math.floor(sparsity * per_layer_total + 0.5)
         for layer in range(g.num_layers):
-            ordered = _order([u for u in live if u[0] == layer], {kind})
+            ordered = _order([u for u in live if u.layer == layer])
             excess = len(ordered) - max(keep_per_layer, min_keep)
-            removed |= {(u[0], u[1], u[2]) for u in ordered[: max(excess, 0)]}
+            removed |= {u.key for u in ordered[: max(excess, 0)]}
         return removed
     keep_total = g.num_layers * per_layer_total - math.floor(sparsity * g.num_layers * per_layer_total + 0.5)
     to_remove = len(live) - keep_total
-    left = {layer: sum(1 for u in live if u[0] == layer) for layer in range(g.num_layers)}
-    for u in _order(live, {kind}):
+    left = {layer: sum(1 for u in live if u.layer == layer) for layer in range(g.num_layers)}
+    for u in _order(live):
         if to_remove <= 0:
             break
-        if left[u[0]] <= min_keep:
+        if left[u.layer] <= min_keep:
             continue
-        removed.add((u[0], u[1], u[2]))
-        left[u[0]] -= 1
+        removed.add(u.key)
+        left[u.layer] -= 1
         to_remove -= 1
     return removed
 
@@ -328,41 +339,42 @@ def _remove_by_budget(units, g, cost, fixed, fraction, ranking, min_heads):
 
     ``fixed`` is each layer's cost that no pruning removes (biases, norms); it counts in the total.
     """
-    full_cost = g.num_layers * (fixed + g.num_heads * cost["h"] + g.intermediate_size * cost["n"])
+    full_cost = g.num_layers * (fixed + g.num_heads * cost[HEAD] + g.intermediate_size * cost[NEURON])
     removed, heads_left = set(), {layer: 0 for layer in range(g.num_layers)}
     for u in units:
-        heads_left[u[0]] += u[1] == "h"
+        heads_left[u.layer] += u.kind == HEAD
 
     def ratio(u):
-        return (u[3] / cost[u[1]], u[0], u[1], u[2])
+        return (u.score / cost[u.kind], u.layer, u.kind, u.id)
 
-    groups = [units] if ranking == "global" else [[u for u in units if u[0] == i] for i in range(g.num_layers)]
+    groups = [units] if ranking == "global" else [[u for u in units if u.layer == i] for i in range(g.num_layers)]
     for group in groups:
         group_full = full_cost if ranking == "global" else full_cost / g.num_layers
         layers = g.num_layers if ranking == "global" else 1
-        current = layers * fixed + sum(cost[u[1]] for u in group)
+        current = layers * fixed + sum(cost[u.kind] for u in group)
         target = (1.0 - fraction) * group_full
         for u in sorted(group, key=ratio):
             if current <= target + 1e-9:
                 break
-            if u[1] == "h" and heads_left[u[0]] <= min_heads:
+            if u.kind == HEAD and heads_left[u.layer] <= min_heads:
                 continue
-            removed.add((u[0], u[1], u[2]))
-            current -= cost[u[1]]
-            heads_left[u[0]] -= u[1] == "h"
+            removed.add(u.key)
+            current -= cost[u.kind]
+            heads_left[u.layer] -= u.kind == HEAD
     return removed
 
 
-def _round_ffn(units, neurons, g, multiple):
-    """Round each layer's kept width to the nearest multiple (half up), re-adding or dropping by score."""
+def _round_ffn(units, neurons, multiple):
+    """Round each layer's kept FFN width *up* to a multiple, capped at the layer's live width.
+
+    Up, so rounding never removes more than the target asked; capped, so a layer narrower than the
+    multiple (or whose live width is no multiple) keeps what it has. Re-added neurons go by score.
+    """
     out = []
     for layer, kept in enumerate(neurons):
-        live = _order([u for u in units if u[0] == layer], {"n"})  # ascending score
-        width = min(multiple * math.floor(len(kept) / multiple + 0.5), len(live))
-        width -= width % multiple if width == len(live) else 0
-        # Prefer the units the plan already kept: rank kept ones above removed ones, then by score.
+        live = [u for u in units if u.layer == layer and u.kind == NEURON]
+        width = min(multiple * math.ceil(len(kept) / multiple), len(live))
         kept_set = set(kept)
-        ranked = sorted(live, key=lambda u: (u[2] in kept_set, u[3], -u[2]), reverse=True)
-        keep = {u[2] for u in ranked[:width]}
-        out.append(sorted(keep))
+        ranked = sorted(live, key=lambda u: (u.id in kept_set, u.score, -u.id), reverse=True)
+        out.append(sorted(u.id for u in ranked[:width]))
     return out

@@ -21,3 +21,22 @@ class Unit(NamedTuple):
     def key(self) -> tuple[int, str, int]:
         """What identifies the unit, whatever its score."""
         return (self.layer, self.kind, self.id)
+
+
+class UnitCosts(NamedTuple):
+    """What one unit of each kind costs, as plain numbers; a family's adapter says (``unit_costs``).
+
+    The budget split in ``plan.py`` reads only these, so it knows no family.
+    """
+
+    head_params: int
+    neuron_params: int
+    fixed_params: int  # per layer, what no pruning removes (output biases, norms)
+    head_flops: float  # per token, including the attention-score term at the sequence length asked for
+    neuron_flops: float  # per token
+
+    def params(self) -> dict[str, int]:
+        return {HEAD: self.head_params, NEURON: self.neuron_params}
+
+    def flops(self) -> dict[str, float]:
+        return {HEAD: self.head_flops, NEURON: self.neuron_flops}

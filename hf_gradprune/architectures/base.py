@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from ..units import UnitCosts
 
 
 @dataclass(frozen=True)
@@ -23,50 +26,88 @@ class Geometry:
         return asdict(self)
 
 
-class FamilyAdapter:
-    """Knows one family's module and attribute names; nothing else in the package does.
+class FamilyAdapter(abc.ABC):
+    """Knows one family's module and attribute names and costs; nothing else in the package does.
 
-    Subclasses set ``model_types`` and ``ffn_config_attr`` and implement the accessors below. Cutting
-    works in place on the existing modules (see ``slice_param_``), so hooks and references survive.
+    Subclasses set ``model_types`` and ``ffn_config_attr`` and implement every abstract method below.
+    Cutting works in place on the existing modules (see ``slice_param_``), so hooks and references survive.
     """
 
     model_types: tuple[str, ...] = ()
     ffn_config_attr: str = "intermediate_size"
 
     # --- geometry -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def geometry(self, config) -> Geometry:
-        raise NotImplementedError
+        """The unpruned shape, from the config alone."""
 
+    @abc.abstractmethod
     def layers(self, model: nn.Module) -> list[nn.Module]:
-        raise NotImplementedError
+        """The transformer blocks, in order."""
+
+    # --- costs: plain numbers, so plans need no model ---------------------------------------------
+    @abc.abstractmethod
+    def unit_costs(self, geometry: Geometry, seq_len: int) -> UnitCosts:
+        """Parameters and per-token FLOPs (attention scores over ``seq_len`` keys) of one head and one
+        neuron, and the parameters per layer that no pruning removes."""
 
     # --- hook points: their *inputs* are the head contexts / FFN activations -------------------
+    @abc.abstractmethod
     def attention_output(self, layer: nn.Module) -> nn.Module:
-        raise NotImplementedError
+        """The attention's output projection."""
 
+    @abc.abstractmethod
     def ffn_output(self, layer: nn.Module) -> nn.Module:
-        raise NotImplementedError
+        """The FFN's output projection."""
 
     # --- live sizes ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def num_heads(self, layer: nn.Module) -> int:
-        raise NotImplementedError
+        """Heads the layer has now."""
 
+    @abc.abstractmethod
     def ffn_width(self, layer: nn.Module) -> int:
-        raise NotImplementedError
+        """FFN neurons the layer has now."""
 
     # --- magnitude baseline ----------------------------------------------------------------------
+    @abc.abstractmethod
     def head_sq_norms(self, layer: nn.Module, head_dim: int) -> torch.Tensor:
-        raise NotImplementedError
+        """Sum of squares of each live head's weights, ``[heads]``."""
 
+    @abc.abstractmethod
     def neuron_sq_norms(self, layer: nn.Module) -> torch.Tensor:
-        raise NotImplementedError
+        """Sum of squares of each live neuron's weights, ``[neurons]``."""
 
     # --- surgery (positions are indices into the layer's current units) ------------------------
+    @abc.abstractmethod
     def keep_heads(self, layer: nn.Module, keep: torch.Tensor, head_dim: int) -> None:
-        raise NotImplementedError
+        """Keep the heads at positions ``keep``, in place; a layer left with none must still run."""
 
+    @abc.abstractmethod
     def keep_neurons(self, layer: nn.Module, keep: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Keep the FFN neurons at positions ``keep``, in place; a layer left with none must still run."""
+
+
+def mha_ffn_costs(
+    geometry: Geometry, seq_len: int, *, bias: bool, norm_params: int, ffn_matrices: int = 2
+) -> UnitCosts:
+    """Unit costs of the common block: multi-head attention (q, k, v, output projections of equal width)
+    and an FFN of ``ffn_matrices`` hidden-sized matrices (2 plain, 3 gated), with or without biases.
+
+    ``norm_params``: the layer's norm parameters. FLOPs count 2 per multiply-add, matmuls only.
+    """
+    h, d = geometry.hidden_size, geometry.head_dim
+    return UnitCosts(
+        # a head owns d columns of q, k, v (and their biases) and d rows of the output projection
+        head_params=4 * h * d + (3 * d if bias else 0),
+        # a neuron owns one hidden-sized vector per FFN matrix, and a bias in each input projection
+        neuron_params=ffn_matrices * h + (ffn_matrices - 1 if bias else 0),
+        # the two output projections' biases stay, whatever is cut
+        fixed_params=(2 * h if bias else 0) + norm_params,
+        # projections, plus QK^T and AV over seq_len keys
+        head_flops=2 * 4 * h * d + 2 * 2 * seq_len * d,
+        neuron_flops=2 * ffn_matrices * h,
+    )
 
 
 def head_columns(keep: torch.Tensor, head_dim: int) -> torch.Tensor:

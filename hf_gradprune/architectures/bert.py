@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, slice_param_
+from ..units import UnitCosts
+from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, mha_ffn_costs, slice_param_
 
 
 class BertFamilyAdapter(FamilyAdapter):
@@ -29,6 +30,10 @@ class BertFamilyAdapter(FamilyAdapter):
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.encoder.layer)
+
+    def unit_costs(self, geometry: Geometry, seq_len: int) -> UnitCosts:
+        # biases everywhere; the attention and FFN LayerNorms (weight and bias each) stay
+        return mha_ffn_costs(geometry, seq_len, bias=True, norm_params=2 * 2 * geometry.hidden_size)
 
     def attention_output(self, layer):
         return layer.attention.output.dense

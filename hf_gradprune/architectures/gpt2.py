@@ -3,8 +3,8 @@
 
 ``GPT2Attention.forward`` splits ``c_attn``'s output by ``split_size`` and reshapes with
 ``view(..., -1, head_dim)``: surgery updates ``split_size`` and ``num_heads``. With zero heads the split
-fails, and ``Conv1D`` cannot take an empty input, so such a
-block gets the empty-block forward from the shipped modeling file.
+fails, and ``Conv1D`` cannot take an empty input, so such a block gets the shipped modeling file's
+empty-block forward, with an ``EmptyBlock`` that says what GPT-2's block returns at width 0.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..modeling_gradprune import make_block_empty
-from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, slice_param_
+from ..modeling_gradprune import EmptyBlock, make_block_empty
+from ..units import UnitCosts
+from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, mha_ffn_costs, slice_param_
 
 
 class GPT2Adapter(FamilyAdapter):
@@ -32,6 +33,10 @@ class GPT2Adapter(FamilyAdapter):
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.h)
+
+    def unit_costs(self, geometry: Geometry, seq_len: int) -> UnitCosts:
+        # biases everywhere; ln_1 and ln_2 (weight and bias each) stay
+        return mha_ffn_costs(geometry, seq_len, bias=True, norm_params=2 * 2 * geometry.hidden_size)
 
     def attention_output(self, layer):
         return layer.attn.c_proj
@@ -71,7 +76,8 @@ class GPT2Adapter(FamilyAdapter):
         attn.split_size = len(cols)
         attn.num_heads = len(keep)
         if len(keep) == 0:
-            make_block_empty(attn, {"proj": "c_proj", "dropout": "resid_dropout", "tuple": True, "head_dim": head_dim})
+            # GPT2Attention returns (output, attention weights) and updates the KV cache
+            make_block_empty(attn, _empty_output(attn, "resid_dropout", extra_outputs=1, cache_head_dim=head_dim))
             _freeze(layer.ln_1)
 
     def keep_neurons(self, layer, keep: torch.Tensor) -> None:
@@ -82,8 +88,13 @@ class GPT2Adapter(FamilyAdapter):
         slice_param_(proj, "weight", 0, keep)
         proj.nx = len(keep)
         if len(keep) == 0:
-            make_block_empty(layer.mlp, {"proj": "c_proj", "dropout": "dropout", "tuple": False})
+            make_block_empty(layer.mlp, _empty_output(layer.mlp, "dropout"))
             _freeze(layer.ln_2)
+
+
+def _empty_output(block: nn.Module, dropout: str, **kw) -> EmptyBlock:
+    # At width 0 the block's output is c_proj's bias (zeros if the Conv1D had none), then its dropout.
+    return EmptyBlock("c_proj.bias" if block.c_proj.bias is not None else None, dropout, **kw)
 
 
 def _freeze(norm: nn.Module) -> None:
