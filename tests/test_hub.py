@@ -1,12 +1,16 @@
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from conftest import batch, make, uneven_plan
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -16,7 +20,8 @@ from transformers import (
     BertTokenizerFast,
 )
 
-from hf_gradprune import FolderMismatchError, PruningPlan, load_pruned, prune_model, save_pruned
+from hf_gradprune import FolderMismatchError, PruningPlan, check_folder, load_pruned, prune_model, save_pruned
+from hf_gradprune.checkpoint import CheckpointError
 from hf_gradprune.state import pruning_state
 
 AUTO = {"bert": AutoModelForSequenceClassification, "gpt2": AutoModelForCausalLM}
@@ -194,3 +199,208 @@ def test_unpruned_folder_loads_through_load_pruned(tmp_path):
     model.save_pretrained(tmp_path / "out")
     loaded = load_pruned(tmp_path / "out")
     assert type(loaded) is BertForSequenceClassification and all_tensors_equal(loaded, model)
+
+
+# ---------------------------------------------------------------------- folders that must not load
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def saved(tmp_path, family, name="out", zero_layer=0, seed=0):
+    model = make(family, seed=seed)
+    prune_model(model, uneven_plan(model, zero_layer=zero_layer))
+    model.save_pretrained(tmp_path / name)
+    return model, tmp_path / name
+
+
+def test_a_missing_base_model_tensor_is_refused(tmp_path, family):
+    model, out = saved(tmp_path, family)
+    state = load_file(out / "model.safetensors")
+    gone = {"bert": "bert.encoder.layer.1.attention.self.query.weight", "gpt2": "transformer.h.1.attn.c_attn.weight"}
+    del state[gone[family]]
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    for call in (check_folder, load_pruned):
+        with pytest.raises(
+            FolderMismatchError, match=r"lack 1 tensor\(s\) of the model.*" + gone[family].split(".", 1)[1]
+        ):
+            call(out)
+
+
+def test_a_folder_without_weights_is_refused(tmp_path):
+    _, out = saved(tmp_path, "bert")
+    (out / "model.safetensors").unlink()
+    for call in (check_folder, load_pruned):
+        with pytest.raises(CheckpointError, match="has no weights"):
+            call(out)
+
+
+def test_pytorch_bin_weights_are_read_and_checked(tmp_path, family):
+    model, out = saved(tmp_path, family)
+    other, _ = saved(tmp_path, family, name="other", zero_layer=1)
+    (out / "model.safetensors").unlink()
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    check_folder(out)
+    assert all_tensors_equal(load_pruned(out), model)
+    torch.save(other.state_dict(), out / "pytorch_model.bin")
+    for call in (check_folder, load_pruned):
+        with pytest.raises(FolderMismatchError, match="do not match the pruning plan"):
+            call(out)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda out: _truncate(out / "model.safetensors"), "model.safetensors cannot be read.*truncated or corrupt"),
+        (
+            lambda out: (
+                torch.save(load_file(out / "model.safetensors"), out / "pytorch_model.bin"),
+                (out / "model.safetensors").unlink(),
+                _truncate(out / "pytorch_model.bin"),
+            ),
+            "pytorch_model.bin cannot be read.*truncated or corrupt",
+        ),
+        (
+            lambda out: (
+                (out / "model.safetensors.index.json").write_text(
+                    json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}})
+                )
+                and (out / "model.safetensors").unlink()
+            ),
+            "lists 1 shard\\(s\\) that the folder lacks, e.g. model-00001-of-00002.safetensors",
+        ),
+        (
+            lambda out: (
+                (out / "model.safetensors.index.json").write_text("{not json") and (out / "model.safetensors").unlink()
+            ),
+            "model.safetensors.index.json is not a valid weight index",
+        ),
+    ],
+    ids=["truncated-safetensors", "truncated-bin", "index-without-shard", "index-not-json"],
+)
+def test_unreadable_weights_are_a_clear_error(tmp_path, damage, message):
+    _, out = saved(tmp_path, "bert")
+    damage(out)
+    for call in (check_folder, load_pruned):
+        with pytest.raises(CheckpointError, match=message):
+            call(out)
+
+
+# ---------------------------------------------------------------------- atomic saves
+SAVES = {
+    "save_pretrained": lambda model, folder, **kw: model.save_pretrained(folder, **kw),
+    "save_pruned": lambda model, folder, **kw: save_pruned(model, folder, **kw),
+}
+# What a Trainer checkpoint or a user keeps beside the model; no save may touch them.
+OTHER_FILES = {
+    "optimizer.pt": b"adam state",
+    "scheduler.pt": b"schedule",
+    "rng_state.pth": b"rng",
+    "trainer_state.json": b"{}",
+    "training_args.bin": b"args",
+    "gradprune_partial_scores_rank0.safetensors": b"partial",
+    "model.fp16.safetensors": b"a variant the user keeps",
+    "notes/README.md": b"mine",
+}
+
+
+def put_other_files(folder):
+    for name, data in OTHER_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def no_temporary_folders(*folders):
+    return not [p for folder in folders for p in folder.iterdir() if ".saving-" in p.name]
+
+
+@pytest.mark.parametrize("save", list(SAVES))
+@pytest.mark.parametrize(
+    "first, second", [("20KB", "50GB"), ("50GB", "20KB")], ids=["sharded-to-single", "single-to-sharded"]
+)
+def test_a_save_over_a_previous_one_replaces_its_weights_and_keeps_other_files(tmp_path, family, save, first, second):
+    old, out = make(family, seed=1), tmp_path / "out"
+    prune_model(old, uneven_plan(old, zero_layer=1))
+    SAVES[save](old, out, max_shard_size=first)
+    torch.save(old.state_dict(), out / "pytorch_model.bin")  # an old .bin too: it must not outlive the save
+    put_other_files(out)
+    new, _ = saved(tmp_path, family, name="reference")
+    SAVES[save](new, out, max_shard_size=second)
+
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    weights = {f for f in files if f.endswith((".safetensors", ".bin", ".index.json"))} - set(OTHER_FILES)
+    if second == "50GB":
+        assert weights == {"model.safetensors"}
+    else:
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        assert weights == {"model.safetensors.index.json", *index["weight_map"].values()} and len(weights) > 2
+    assert {k: v for k, v in snapshot(out).items() if k in OTHER_FILES} == OTHER_FILES
+    assert no_temporary_folders(tmp_path, out)
+    check_folder(out)
+    for loaded in (load_pruned(out), AUTO[family].from_pretrained(out, trust_remote_code=True)):
+        assert all_tensors_equal(loaded, new)
+
+
+class DiskFull(OSError):
+    pass
+
+
+def fail_after_half(monkeypatch):
+    """Make every safetensors write leave half a file, then fail as a full disk would."""
+
+    def write(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        _truncate(Path(filename))
+        raise DiskFull(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", write)
+
+
+real_save_file = save_file
+
+
+@pytest.mark.parametrize("save", list(SAVES))
+def test_a_save_that_fails_midway_leaves_the_previous_folder_whole(tmp_path, family, monkeypatch, save):
+    old, out = saved(tmp_path, family, zero_layer=1)
+    put_other_files(out)
+    before = snapshot(out)
+    new = make(family, seed=3)
+    prune_model(new, uneven_plan(new, zero_layer=2))
+    fail_after_half(monkeypatch)
+    with pytest.raises(DiskFull):
+        SAVES[save](new, out)
+    with pytest.raises(DiskFull):
+        SAVES[save](new, tmp_path / "fresh")
+    assert snapshot(out) == before
+    assert not (tmp_path / "fresh").exists() and no_temporary_folders(tmp_path, out)
+    monkeypatch.undo()
+    assert all_tensors_equal(load_pruned(out), old)
+
+
+def test_save_pruned_with_a_failing_tokenizer_leaves_the_previous_folder_whole(tmp_path):
+    _, out = saved(tmp_path, "bert", zero_layer=1)
+    before = snapshot(out)
+
+    class BrokenTokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{")
+            raise OSError("disk full")
+
+    model = make("bert", seed=2)
+    prune_model(model, uneven_plan(model))
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(model, out, tokenizer=BrokenTokenizer())
+    assert snapshot(out) == before and no_temporary_folders(tmp_path, out)
+
+
+def test_a_new_folder_appears_whole_with_the_usual_permissions(tmp_path):
+    model, out = saved(tmp_path, "bert", name="a/b/out")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert no_temporary_folders(tmp_path / "a" / "b")
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        save_pruned(model, out / "config.json")
