@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_colla
 
 from hf_gradprune import GradPruneConfig
 from hf_gradprune.architectures import get_adapter
-from hf_gradprune.cli import finetune_dense, parse_args, prune_and_report
+from hf_gradprune.cli import ModelArguments, RunArguments, parse_args, prune_and_report
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,7 @@ FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Causal LM id on the Hub or local folder (e.g. gpt2)."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads and datasets are cached."})
-    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
-
-
-@dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(RunArguments):
     dataset_name: str = field(
         default="Salesforce/wikitext",
         metadata={"help": "Dataset on the Hub (used unless --train_file is given)."},
@@ -74,18 +66,10 @@ class DataTrainingArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set (blocks)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenizing."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Redo tokenizing instead of using the cache."})
-    dense_train_epochs: float = field(
-        default=0.0,
-        metadata={"help": "Fine-tune the dense model for this many epochs first (0: prune the model as given)."},
-    )
-    dense_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the dense fine-tuning (default: --learning_rate)."}
-    )
     latency_batch_sizes: str = field(default="1,8", metadata={"help": "Batch sizes of the latency comparison."})
     latency_seq_len: int | None = field(
         default=None, metadata={"help": "Sequence length of the latency comparison (default: min(block_size, 128))."}
     )
-    latency_repeats: int = field(default=10, metadata={"help": "Timed forward passes per latency measurement."})
 
     def __post_init__(self):
         if self.train_file is None and self.validation_file is not None:
@@ -245,37 +229,28 @@ def main(args: list[str] | None = None) -> dict:
 
     train_ds = prepare(train_raw, data_args.max_train_samples, "train")
     eval_ds = None if eval_raw is None else prepare(eval_raw, data_args.max_eval_samples, "validation")
-    common = dict(
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=default_data_collator,
-        compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-    )
 
     results: dict = {"block_size": block_size, "train_samples": len(train_ds)}
     if eval_ds is not None:
         results["eval_samples"] = len(eval_ds)
     else:
         logger.warning("no validation data (--validation_split_percentage 0): no perplexity will be reported")
-    if data_args.dense_train_epochs > 0:
-        results["dense_train_loss"] = finetune_dense(
-            model, training_args, data_args.dense_train_epochs, data_args.dense_learning_rate, **common
-        )
-
     return prune_and_report(
         model,
         training_args,
+        data_args,
         results,
         base_model=model_args.model_name_or_path,
         card_dataset=data_args.dataset_name if data_args.train_file is None else "local files",
         card_task="text-generation",
-        latency_batch_sizes=data_args.latency_batch_sizes,
         latency_seq_len=data_args.latency_seq_len or min(block_size, 128),
-        latency_repeats=data_args.latency_repeats,
         stage_extras=lambda metrics, stage: {f"{stage}_perplexity": perplexity(metrics.get(f"{stage}_loss"))},
-        **common,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
     )
 
 

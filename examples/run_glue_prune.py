@@ -25,8 +25,8 @@ from transformers import (
     set_seed,
 )
 
-from hf_gradprune import GradPruneConfig
-from hf_gradprune.cli import finetune_dense, parse_args, prune_and_report
+from hf_gradprune import GradPruneConfig, cli
+from hf_gradprune.cli import parse_args, prune_and_report
 from hf_gradprune.metrics import GlueMetric
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,14 @@ TASK_KEYS = {
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Model id on the Hub or local folder."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads are cached."})
-    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+class ModelArguments(cli.ModelArguments):
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialise a classifier head whose label count differs from the data's."}
     )
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(cli.RunArguments):
     task_name: str | None = field(default=None, metadata={"help": f"GLUE task: {', '.join(TASK_KEYS)}."})
     dataset_name: str = field(default="nyu-mll/glue", metadata={"help": "Dataset holding the GLUE tasks."})
     train_file: str | None = field(default=None, metadata={"help": "CSV or JSON training file (instead of GLUE)."})
@@ -70,15 +66,6 @@ class DataTrainingArguments:
     pad_to_max_length: bool = field(default=False, metadata={"help": "Pad every example to max_seq_length."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate each evaluation set."})
-    dense_train_epochs: float = field(
-        default=0.0,
-        metadata={"help": "Fine-tune the dense model for this many epochs first (0: the model is already fine-tuned)."},
-    )
-    dense_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the dense fine-tuning (default: --learning_rate)."}
-    )
-    latency_batch_sizes: str = field(default="1,32", metadata={"help": "Batch sizes of the latency comparison."})
-    latency_repeats: int = field(default=10, metadata={"help": "Timed forward passes per latency measurement."})
 
     def __post_init__(self):
         if self.task_name is None and self.train_file is None:
@@ -170,31 +157,22 @@ def main(args: list[str] | None = None) -> dict:
         return metric(preds, p.label_ids)
 
     collator = None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
-    common = dict(
+
+    results: dict = {"metric_source": metric.source}
+    return prune_and_report(
+        model,
+        training_args,
+        data_args,
+        results,
+        base_model=model_args.model_name_or_path,
+        card_dataset=f"{data_args.dataset_name}/{data_args.task_name}" if data_args.task_name else "local files",
+        card_task="text-classification",
+        latency_seq_len=data_args.max_seq_length,
         train_dataset=train_ds,
         eval_dataset=eval_arg,
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
-    )
-
-    results: dict = {"metric_source": metric.source}
-    if data_args.dense_train_epochs > 0:
-        results["dense_train_loss"] = finetune_dense(
-            model, training_args, data_args.dense_train_epochs, data_args.dense_learning_rate, **common
-        )
-
-    return prune_and_report(
-        model,
-        training_args,
-        results,
-        base_model=model_args.model_name_or_path,
-        card_dataset=f"{data_args.dataset_name}/{data_args.task_name}" if data_args.task_name else "local files",
-        card_task="text-classification",
-        latency_batch_sizes=data_args.latency_batch_sizes,
-        latency_seq_len=data_args.max_seq_length,
-        latency_repeats=data_args.latency_repeats,
-        **common,
     )
 
 

@@ -5,9 +5,36 @@ optional dense fine-tune before pruning, and the run itself (evaluate, prune and
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import yaml
 from transformers import HfArgumentParser
+
+
+@dataclass
+class ModelArguments:
+    """The model the example scripts prune."""
+
+    model_name_or_path: str = field(metadata={"help": "Model id on the Hub or local folder."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads and datasets are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+
+
+@dataclass
+class RunArguments:
+    """What ``prune_and_report`` reads besides the training arguments; the scripts' data arguments extend it."""
+
+    dense_train_epochs: float = field(
+        default=0.0,
+        metadata={"help": "Fine-tune the dense model for this many epochs first (0: prune the model as given)."},
+    )
+    dense_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the dense fine-tuning (default: --learning_rate)."}
+    )
+    latency_batch_sizes: str = field(default="1,32", metadata={"help": "Batch sizes of the latency comparison."})
+    latency_repeats: int = field(default=10, metadata={"help": "Timed forward passes per latency measurement."})
+
 
 NONE_WORDS = ("none", "null")
 
@@ -93,23 +120,23 @@ def finetune_dense(model, training_args, epochs: float, learning_rate: float | N
 def prune_and_report(
     model,
     training_args,
+    run_args: RunArguments,
     results: dict,
     *,
     base_model: str,
     card_dataset: str,
     card_task: str,
-    latency_batch_sizes: str,
     latency_seq_len: int,
-    latency_repeats: int,
     stage_extras=None,
     **trainer_kwargs,
 ) -> dict:
-    """The example scripts' run after data and model are ready: evaluate the dense model, prune and recover
-    with ``GradPruneTrainer``, evaluate again, save the Hub folder, then (main process) measure latency,
-    write the reports and print the summary. Fills and returns ``results``, flat in the key scheme of
-    ``run_report`` (``dense_accuracy``, ``pruned_accuracy``, ``recovered_accuracy``, ``train_loss``, ...).
+    """The example scripts' run once data and model are ready: the optional dense fine-tune, evaluate the
+    dense model, prune and recover with ``GradPruneTrainer``, evaluate again, save the Hub folder, then (main
+    process) measure latency, write the reports and print the summary. Fills and returns ``results``, flat
+    in the key scheme of ``run_report`` (``dense_accuracy``, ``pruned_accuracy``, ``recovered_accuracy``, ...).
 
-    ``stage_extras(metrics, stage)`` returns more metrics of a stage from its evaluation (e.g. perplexity).
+    ``stage_extras(metrics, stage)`` returns more metrics of a stage from its evaluation (e.g. perplexity
+    from the loss).
     """
     import copy
     import dataclasses
@@ -118,6 +145,10 @@ def prune_and_report(
     from .run_report import format_summary, stage_metrics, write_run_report
     from .surgery import current_plan
 
+    if run_args.dense_train_epochs > 0:
+        results["dense_train_loss"] = finetune_dense(
+            model, training_args, run_args.dense_train_epochs, run_args.dense_learning_rate, **trainer_kwargs
+        )
     args = dataclasses.replace(training_args, evaluate_after_prune=True)
     args.model_card_dataset = args.model_card_dataset or card_dataset
     args.model_card_task = args.model_card_task or card_task
@@ -145,7 +176,9 @@ def prune_and_report(
     trainer.save_model()  # output_dir: config + weights + modeling_gradprune.py + tokenizer + README.md
 
     if trainer.is_world_process_zero():
-        report = write_run_report(trainer, dense_model, results, latency_batch_sizes, latency_seq_len, latency_repeats)
+        report = write_run_report(
+            trainer, dense_model, results, run_args.latency_batch_sizes, latency_seq_len, run_args.latency_repeats
+        )
         print(format_summary(stages, results, trainer.dense_plan, current_plan(trainer.model), report))
     if args.push_to_hub:
         trainer.push_to_hub()
