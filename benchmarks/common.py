@@ -3,6 +3,7 @@ the dense fine-tune (cached), scoring, evaluation and a fixed-budget recovery. P
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from hf_gradprune import GradPruneConfig, GradPruneTrainer, ImportanceScorer
+from hf_gradprune.scores import GRADIENT_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -33,8 +34,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 class Task:
     name: str
     tokenizer: object
-    train: Dataset
-    dev: Dataset
+    train: object  # datasets.Dataset
+    dev: object
     collator: object
     dense_dir: Path
     max_len: int
@@ -62,6 +63,8 @@ def machine() -> dict:
 
 
 def _tokenize(tokenizer, rows, max_len):
+    from datasets import Dataset  # here, not at the top: the GPU check imports this module without datasets
+
     ds = Dataset.from_list(rows)
 
     def fn(batch):
@@ -164,7 +167,7 @@ def score(model, task: Task, methods, n_examples: int = 1024, batch_size: int = 
     """Scores of every method; the gradient methods share one pass over ``n_examples`` training sentences."""
     model.eval()
     scorers = {m: ImportanceScorer(model, m, seed=seed) for m in methods}
-    grad = [s for m, s in scorers.items() if m in ("taylor", "fisher")]
+    grad = [s for m, s in scorers.items() if m in GRADIENT_METHODS]
     if grad:
         loader = torch.utils.data.DataLoader(
             task.train.shuffle(seed=seed).select(range(min(n_examples, len(task.train)))),
@@ -181,8 +184,9 @@ def score(model, task: Task, methods, n_examples: int = 1024, batch_size: int = 
     return {m: s.scores for m, s in scorers.items()}
 
 
-def recover(pruned, teacher, task: Task, steps: int, work: Path, seed: int = 42, **overrides):
-    """A fixed recovery budget: ``steps`` optimizer steps of batch 32 with distillation from ``teacher``."""
+def recovery_trainer(model, teacher, task: Task, steps: int, work: Path, seed: int = 42, **overrides):
+    """A ``GradPruneTrainer`` for a fixed budget: ``steps`` optimizer steps of batch 32, distilling from ``teacher``
+    (recovery only unless ``overrides`` choose a pruning schedule)."""
     config = dict(
         output_dir=str(work),
         max_steps=steps,
@@ -199,20 +203,37 @@ def recover(pruned, teacher, task: Task, steps: int, work: Path, seed: int = 42,
         disable_tqdm=True,
     )
     config.update(overrides)
-    args = GradPruneConfig(**config)
-    trainer = GradPruneTrainer(
-        model=pruned,
-        args=args,
+    return GradPruneTrainer(
+        model=model,
+        args=GradPruneConfig(**config),
         train_dataset=task.train,
         data_collator=task.collator,
-        teacher_model=teacher if config.get("distill_alpha", 0.5) > 0 else None,
+        teacher_model=teacher if config["distill_alpha"] > 0 else None,
     )
+
+
+def recover(pruned, teacher, task: Task, steps: int, work: Path, seed: int = 42, **overrides):
+    """Train ``pruned`` for the fixed recovery budget (``recovery_trainer``); returns the recovered model."""
+    trainer = recovery_trainer(pruned, teacher, task, steps, work, seed, **overrides)
     trainer.train()
     return trainer.model
 
 
 def copy_model(model):
     return copy.deepcopy(model)
+
+
+def bench_args(argv, doc: str, add=None) -> argparse.Namespace:
+    """The command line every benchmark takes (``--quick``, ``--out``; ``add(parser)`` adds more). ``out`` defaults
+    to ``results/quick`` or ``results/cpu``."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help="tiny model and data: a smoke run")
+    parser.add_argument("--out", type=Path, default=None)
+    if add is not None:
+        add(parser)
+    args = parser.parse_args(argv)
+    args.out = args.out or (RESULTS / ("quick" if args.quick else "cpu"))
+    return args
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -7,7 +7,6 @@ do not mix. Time is the median of the timed steps after a warm-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, machine, write_json
+from common import ROOT, bench_args, machine, write_json
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from hf_gradprune import ImportanceScorer, PruningPlan, prune_model
@@ -144,11 +143,8 @@ def main(argv=None):
         name, hooks, batch, seq, steps = argv[1], bool(int(argv[2])), int(argv[3]), int(argv[4]), int(argv[5])
         print(json.dumps(child(name, hooks, batch, seq, steps)))
         return None
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    return run(args.quick, args.out or (RESULTS / ("quick" if args.quick else "cpu")))
+    args = bench_args(argv, __doc__)
+    return run(args.quick, args.out)
 
 
 if __name__ == "__main__":

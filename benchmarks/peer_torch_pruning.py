@@ -46,8 +46,7 @@ from importlib import metadata
 import torch
 from torch import nn
 
-from hf_gradprune import PruningPlan, prune_model
-from hf_gradprune.state import pruning_state
+from hf_gradprune import PruningPlan, current_plan, prune_model
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _MAX_RATIO = 0.99
@@ -93,11 +92,10 @@ def prune_with_torch_pruning(
         raise ValueError(f"flops_budget must be a fraction in [0, 1), got {flops_budget!r}")
     if not batches:
         raise ValueError("give at least one batch to accumulate Taylor gradients on")
-    state = pruning_state(model)
-    geometry = state.geometry
-    if any(len(h) != geometry.num_heads for h in state.head_ids) or any(
-        len(n) != geometry.intermediate_size for n in state.neuron_ids
-    ):
+    start = current_plan(model)
+    geometry = start.geometry
+    full = PruningPlan.full(geometry)
+    if (start.heads, start.neurons) != (full.heads, full.neurons):
         raise ValueError("prune_with_torch_pruning expects a dense (unpruned) model")
 
     was_training = model.training
@@ -154,8 +152,8 @@ def prune_with_torch_pruning(
         )
 
     plan = PruningPlan(geometry, kept[0], kept[1], {"method": "torch_pruning_taylor", "seq_len": seq_len})
-    removed = 1.0 - plan.block_flops(seq_len) / PruningPlan.full(geometry).block_flops(seq_len)
-    layers = state.adapter.layers(model)
+    removed = plan.flops_removed(seq_len)
+    layers = list(model.base_model.encoder.layer)
     heads_kept = [layer.attention.self.query.out_features // geometry.head_dim for layer in layers]
     ffn_kept = [layer.intermediate.dense.out_features for layer in layers]
     if heads_kept != [len(h) for h in kept[0]] or ffn_kept != [len(n) for n in kept[1]]:
@@ -347,13 +345,12 @@ def _adopt_record(model, reference) -> None:
     model.__class__ = type(reference)
     if config.to_dict() != ref.to_dict():
         raise PeerPruningError("could not record the plan in the model's config")
-    pruning_state(model)  # raises if the record does not describe the live modules
+    current_plan(model)  # raises if the record does not describe the live modules
 
 
 # ---------------------------------------------------------------------- FLOPs search
 def _removed_fraction(geometry, kept, seq_len) -> float:
-    plan = PruningPlan(geometry, kept[0], kept[1])
-    return 1.0 - plan.block_flops(seq_len) / PruningPlan.full(geometry).block_flops(seq_len)
+    return PruningPlan(geometry, kept[0], kept[1]).flops_removed(seq_len)
 
 
 def _search(model, example, geometry, target, seq_len, heads: bool):

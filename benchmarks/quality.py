@@ -9,22 +9,32 @@ iterative (3 rounds) at 50%, and the Torch-Pruning peer when it is installed.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, accuracy, copy_model, dense_model, load_task, machine, recover, score, write_json
+from common import (
+    ROOT,
+    accuracy,
+    bench_args,
+    copy_model,
+    dense_model,
+    load_task,
+    machine,
+    recover,
+    recovery_trainer,
+    score,
+    write_json,
+)
 
-from hf_gradprune import GradPruneConfig, GradPruneTrainer, PruningPlan, current_plan, prune_model
+from hf_gradprune import PruningPlan, current_plan, prune_model
+from hf_gradprune.scores import GRADIENT_METHODS, METHODS
 
-METHODS = ("taylor", "fisher", "magnitude", "random")
 TARGETS = (0.25, 0.4, 0.5, 0.6, 0.7)
-
-
-def removed_flops(plan, seq_len):
-    return 1 - plan.block_flops(seq_len) / PruningPlan.full(plan.geometry).block_flops(seq_len)
+QUICK_TARGETS = (0.5,)
+PEER_TARGETS = (0.4, 0.5)
+QUICK_PEER_TARGETS = (0.5,)
 
 
 def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
@@ -38,7 +48,7 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
     score_seconds = time.perf_counter() - t0
     seq = task.max_len
     rows = []
-    targets = TARGETS if not quick else (0.5,)
+    targets = TARGETS if not quick else QUICK_TARGETS
     for method in METHODS:
         for target in targets:
             plan = PruningPlan.from_scores(scores[method], flops_budget=target, seq_len=seq)
@@ -49,9 +59,11 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
             row = {
                 "method": method,
                 "target": target,
-                "flops_removed": round(removed_flops(plan, seq), 4),
+                "flops_removed": round(plan.flops_removed(seq), 4),
                 "heads_kept": plan.num_heads,
                 "neurons_kept": plan.num_neurons,
+                "heads_per_layer": [len(h) for h in plan.heads],
+                "ffn_per_layer": [len(n) for n in plan.neurons],
                 "one_shot": one_shot,
                 "recovered": recovered,
             }
@@ -64,39 +76,28 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
     model = copy_model(dense)
     prune_model(model, plan)
     extra["taylor_per_layer_50"] = {
-        "flops_removed": round(removed_flops(plan, seq), 4),
+        "flops_removed": round(plan.flops_removed(seq), 4),
         "one_shot": accuracy(model, task),
         "recovered": accuracy(recover(model, dense, task, recovery_steps, work / "recovery"), task),
     }
-    iterative = GradPruneTrainer(
-        model=copy_model(dense),
-        args=GradPruneConfig(
-            output_dir=str(work / "iterative"),
-            max_steps=recovery_steps,
-            learning_rate=5e-5,
-            per_device_train_batch_size=32,
-            warmup_steps=0.1,
-            importance="taylor",
-            flops_budget=0.5,
-            flops_seq_len=seq,
-            pruning_schedule="iterative",
-            num_rounds=3,
-            prune_start_step=0,
-            prune_end_step=recovery_steps // 2,
-            scoring_steps=max(n_score // 32 // 3, 1),
-            distill_alpha=0.5,
-            save_strategy="no",
-            report_to=[],
-            seed=42,
-            disable_tqdm=True,
-        ),
-        train_dataset=task.train,
-        data_collator=task.collator,
-        teacher_model=dense,
+    iterative = recovery_trainer(
+        copy_model(dense),
+        dense,
+        task,
+        recovery_steps,
+        work / "iterative",
+        importance="taylor",
+        flops_budget=0.5,
+        flops_seq_len=seq,
+        pruning_schedule="iterative",
+        num_rounds=3,
+        prune_start_step=0,
+        prune_end_step=recovery_steps // 2,
+        scoring_steps=max(n_score // 32 // 3, 1),
     )
     iterative.train()
     extra["taylor_iterative3_50"] = {
-        "flops_removed": round(removed_flops(current_plan(iterative.model), seq), 4),
+        "flops_removed": round(current_plan(iterative.model).flops_removed(seq), 4),
         "recovered": accuracy(iterative.model, task),
         "note": f"3 rounds at steps 0, {recovery_steps // 4}, {recovery_steps // 2}; same {recovery_steps}-step budget",
     }
@@ -117,7 +118,7 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
             collate_fn=task.collator,
         )
         peer = {}
-        for target in (0.5,) if quick else (0.4, 0.5):
+        for target in QUICK_PEER_TARGETS if quick else PEER_TARGETS:
             model = copy_model(dense)
             model, info = prune_with_torch_pruning(model, list(loader), target, seq)
             one_shot = accuracy(model, task)
@@ -133,6 +134,7 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
         "scoring_examples": n_score,
         "scoring_seconds_taylor_and_fisher": round(score_seconds, 2),
         "flops_seq_len": seq,
+        "geometry": current_plan(dense).geometry.to_dict(),
         "rows": rows,
         "ranking_and_schedule": extra,
         "torch_pruning": peer,
@@ -146,12 +148,12 @@ def balanced_rows(dense, task, scores, recovery_steps, work, seq) -> dict:
     """Heads and neurons each lose half (head_sparsity = ffn_sparsity = 0.5, i.e. 50% of block FLOPs) instead
     of competing per FLOP: the FLOPs split is fixed, the ranking inside each type stays global."""
     out = {}
-    for method in ("taylor", "fisher"):
+    for method in GRADIENT_METHODS:
         plan = PruningPlan.from_scores(scores[method], head_sparsity=0.5, ffn_sparsity=0.5, seq_len=seq)
         model = copy_model(dense)
         prune_model(model, plan)
         out[method] = {
-            "flops_removed": round(removed_flops(plan, seq), 4),
+            "flops_removed": round(plan.flops_removed(seq), 4),
             "heads_kept": plan.num_heads,
             "one_shot": accuracy(model, task),
             "recovered": accuracy(recover(model, dense, task, recovery_steps, work / "recovery"), task),
@@ -188,16 +190,14 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny model and data: a smoke run")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--recovery_steps", type=int, default=None)
-    parser.add_argument("--scoring_examples", type=int, default=None)
-    args = parser.parse_args(argv)
-    out = args.out or (RESULTS / ("quick" if args.quick else "cpu"))
+    def extra(parser):
+        parser.add_argument("--recovery_steps", type=int, default=None)
+        parser.add_argument("--scoring_examples", type=int, default=None)
+
+    args = bench_args(argv, __doc__, extra)
     steps = args.recovery_steps or (6 if args.quick else 60)
     n = args.scoring_examples or (64 if args.quick else 1024)
-    return run(args.quick, out, steps, n)
+    return run(args.quick, args.out, steps, n)
 
 
 if __name__ == "__main__":

@@ -7,43 +7,28 @@ weights (the body: ``BertModel`` / ``GPT2Model``; embeddings included, task head
 - ``uneven``: the per-layer shape of a plan made from real Taylor scores (MiniLM fine-tuned on the
   quickstart task, global ranking, FLOPs budget); 12-layer models take layer ``l // 2`` of MiniLM's 6;
 - ``uneven+r64``: the same, with each layer's FFN width rounded to a multiple of 64 (the remedy).
-CPU fp32 at batch 1, 8 and 32, sequence 128; on a GPU (when present) bf16 at batch 64 and 256, eager and
-``torch.compile``.
+CPU fp32 at batch 1, 8 and 32, sequence 128. The GPU rows (bf16 at batch 64 and 256, eager and
+``torch.compile``) are made by ``benchmarks/gpu_check.py`` with the same functions (``time_rows``).
+Every latency is ``hf_gradprune.latency.measure_latency``.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import json
 import math
 import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, dense_model, load_task, machine, score, write_json
+from common import ROOT, bench_args, machine, write_json
 from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2Model
 
-from hf_gradprune import Geometry, PruningPlan, prune_model
-from hf_gradprune.state import pruning_state
+from hf_gradprune import Geometry, PruningPlan, current_plan, prune_model
+from hf_gradprune.latency import measure_latency
 
 FRACTIONS = (0.25, 0.5, 0.75)
-
-
-def timed(model, batch: int, seq: int, repeats: int, device, dtype=None) -> float:
-    """Median seconds per forward pass on random ids."""
-    ids = torch.randint(5, min(model.config.vocab_size, 1000), (batch, seq), device=device)
-    mask = torch.ones_like(ids)
-    times = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first pass warms up
-                times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+PLAN_KINDS = ("uniform", "uneven", "uneven+r64")
 
 
 def uniform_plan(g: Geometry, fraction: float) -> PruningPlan:
@@ -69,16 +54,30 @@ def shaped_plan(g: Geometry, template: PruningPlan, multiple: int = 1) -> Prunin
     return PruningPlan(g, heads, neurons)
 
 
+def plan_variants(g: Geometry, template: PruningPlan, fraction: float) -> dict[str, PruningPlan]:
+    """The three plans of one target: uniform, uneven (``template``'s shape) and uneven rounded to 64."""
+    return {
+        "uniform": uniform_plan(g, fraction),
+        "uneven": shaped_plan(g, template),
+        "uneven+r64": shaped_plan(g, template, 64),
+    }
+
+
+def recorded_plans(g: Geometry, results: Path, model: str) -> dict[tuple[str, float], PruningPlan]:
+    """The plans of ``model``'s rows in an earlier ``speed.json`` (per-layer widths; the first units kept), so
+    another machine times exactly the plans of the committed rows: ``{(plan kind, target): plan}``."""
+    plans = {}
+    for row in json.loads(Path(results).read_text())["rows"]:
+        if row["model"] == model:
+            heads = [list(range(h)) for h in row["heads_per_layer"]]
+            neurons = [list(range(n)) for n in row["ffn_per_layer"]]
+            plans[(row["plan"], row["target"])] = PruningPlan(g, heads, neurons)
+    return plans
+
+
 def models(quick: bool):
     if quick:
-        yield (
-            "tiny-bert",
-            lambda: BertModel(
-                BertConfig(
-                    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=100
-                )
-            ),
-        )
+        yield "tiny-bert", tiny_bert
         return
     minilm = ROOT / ".cache" / "quickstart" / "all-MiniLM-L6-v2"
     yield "all-MiniLM-L6-v2", lambda: AutoModel.from_pretrained(minilm)
@@ -86,75 +85,122 @@ def models(quick: bool):
     yield "gpt2-small (random)", lambda: GPT2Model(GPT2Config())
 
 
+def tiny_bert():
+    return BertModel(
+        BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=100)
+    )
+
+
+def tiny_gpt2():
+    return GPT2Model(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=256, vocab_size=100, n_positions=64))
+
+
+def speed_row(name: str, precision: str, batch: int, seq: int, target: float, kind: str, plan, dense_ms, pruned_ms):
+    """One result row; ``flops_removed`` and the ideal speedup come from the plan (``PruningPlan.flops_removed``)."""
+    removed = plan.flops_removed(seq)
+    return {
+        "model": name,
+        "precision": precision,
+        "batch": batch,
+        "seq": seq,
+        "target": target,
+        "plan": kind,
+        "flops_removed": round(removed, 4),
+        "dense_ms": round(dense_ms, 2),
+        "pruned_ms": round(pruned_ms, 2),
+        "speedup": round(dense_ms / pruned_ms, 3),
+        "ideal_speedup": round(1 / max(1 - removed, 1e-12), 3),
+        "throughput_dense": round(1000 * batch / dense_ms, 1),
+        "throughput_pruned": round(1000 * batch / pruned_ms, 1),
+        "heads_per_layer": [len(h) for h in plan.heads],
+        "ffn_per_layer": [len(n) for n in plan.neurons],
+    }
+
+
+def time_rows(
+    name: str,
+    base,
+    plans: dict[tuple[str, float], PruningPlan],
+    *,
+    precision: str,
+    batch: int,
+    seq: int,
+    repeats: int,
+    warmup: int = 1,
+    dtype: torch.dtype | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    compile_backend: str | None = None,
+    device: torch.device | str = "cpu",
+    deadline: float | None = None,
+    on_row=None,
+) -> list[dict]:
+    """Dense vs pruned latency of ``base`` (an unpruned model, left unchanged) for each plan of ``plans``.
+
+    Every model is a copy of ``base`` moved to ``device`` (and cast to ``dtype`` when given), optionally
+    wrapped in ``torch.compile(backend=compile_backend)``; each time is ``measure_latency``'s median. Rows stop
+    being started once ``time.monotonic()`` passes ``deadline`` (the rows not made are simply absent).
+    """
+
+    def ready(model):
+        model = model.to(device=device, dtype=dtype).eval()
+        return torch.compile(model, backend=compile_backend) if compile_backend else model
+
+    def latency(model):
+        return measure_latency(model, batch, seq, repeats, warmup, autocast_dtype=autocast_dtype)
+
+    rows = []
+    if deadline is not None and time.monotonic() > deadline:
+        return rows
+    dense = ready(copy.deepcopy(base))
+    dense_ms = latency(dense)
+    del dense
+    for (kind, target), plan in plans.items():
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        pruned = ready(prune_model(copy.deepcopy(base), plan))
+        row = speed_row(name, precision, batch, seq, target, kind, plan, dense_ms, latency(pruned))
+        del pruned
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    print(
+        {k: row[k] for k in ("model", "precision", "batch", "target", "plan", "speedup", "ideal_speedup")}, flush=True
+    )
+
+
 def run(quick: bool, out: Path) -> dict:
+    from common import dense_model, load_task, score
+
     torch.manual_seed(0)
     work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
     task = load_task(quick, work)
     dense = dense_model(task, work, quick)
     taylor = score(dense, task, ("taylor",), n_examples=64 if quick else 1024)["taylor"]
     templates = {f: PruningPlan.from_scores(taylor, flops_budget=f, seq_len=128) for f in FRACTIONS}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seq = 16 if quick else 128
-    rows = []
+    rows, geometries = [], {}
     for name, build in models(quick):
         base = build().eval()
-        g = pruning_state(base).geometry
-        settings = [("fp32", None, b) for b in ((1, 4) if quick else (1, 8, 32))]
-        if device.type == "cuda":
-            settings = [(f"bf16{c}", torch.bfloat16, b) for c in ("", "+compile") for b in (64, 256)]
-        base.to(device)
-        for precision, dtype, batch in settings:
-            compile_ = precision.endswith("+compile")
-            run_dense = torch.compile(base) if compile_ else base
+        g = current_plan(base).geometry
+        geometries[name] = g.to_dict()
+        plans = {(k, f): p for f in FRACTIONS for k, p in plan_variants(g, templates[f], f).items()}
+        for batch in (1, 4) if quick else (1, 8, 32):
             repeats = 3 if batch >= 8 and not name.startswith(("all-MiniLM", "tiny")) else 10
-            dense_s = timed(run_dense, batch, seq, repeats, device, dtype)
-            for fraction in FRACTIONS:
-                variants = {
-                    "uniform": uniform_plan(g, fraction),
-                    "uneven": shaped_plan(g, templates[fraction]),
-                    "uneven+r64": shaped_plan(g, templates[fraction], 64),
-                }
-                for kind, plan in variants.items():
-                    pruned = build().eval()
-                    prune_model(pruned, plan)
-                    pruned.to(device)
-                    s = timed(torch.compile(pruned) if compile_ else pruned, batch, seq, repeats, device, dtype)
-                    full = PruningPlan.full(g)
-                    ideal = full.block_flops(seq) / max(plan.block_flops(seq), 1)
-                    row = {
-                        "model": name,
-                        "precision": precision,
-                        "batch": batch,
-                        "seq": seq,
-                        "target": fraction,
-                        "plan": kind,
-                        "flops_removed": round(1 - plan.block_flops(seq) / full.block_flops(seq), 4),
-                        "dense_ms": round(1000 * dense_s, 2),
-                        "pruned_ms": round(1000 * s, 2),
-                        "speedup": round(dense_s / s, 3),
-                        "ideal_speedup": round(ideal, 3),
-                        "throughput_dense": round(batch / dense_s, 1),
-                        "throughput_pruned": round(batch / s, 1),
-                        "heads_per_layer": [len(h) for h in plan.heads],
-                        "ffn_per_layer": [len(n) for n in plan.neurons],
-                    }
-                    rows.append(row)
-                    print(
-                        {k: row[k] for k in ("model", "batch", "target", "plan", "speedup", "ideal_speedup")},
-                        flush=True,
-                    )
-                    del pruned
-    result = {"machine": machine(), "device": str(device), "rows": rows}
+            rows += time_rows(
+                name, base, plans, precision="fp32", batch=batch, seq=seq, repeats=repeats, on_row=print_row
+            )
+    result = {"machine": machine(), "device": "cpu", "geometries": geometries, "rows": rows}
     write_json(out / "speed.json", result)
     return result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    return run(args.quick, args.out or (RESULTS / ("quick" if args.quick else "cpu")))
+    args = bench_args(argv, __doc__)
+    return run(args.quick, args.out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-METHODS = ("taylor", "fisher", "magnitude", "random")
+from hf_gradprune.scores import METHODS  # display order: the gradient methods, then the baselines
+
+PLANS = ("uniform", "uneven", "uneven+r64")
 
 
 def quality_tables(q: dict) -> str:
@@ -58,20 +60,23 @@ def quality_tables(q: dict) -> str:
 
 
 def speed_tables(s: dict) -> str:
+    """One table per model and precision (CPU fp32; on a GPU bf16 and bf16+compile)."""
     out = []
-    models = list(dict.fromkeys(r["model"] for r in s["rows"]))
-    for model in models:
-        rows = [r for r in s["rows"] if r["model"] == model]
-        out.append(f"**{model}** ({rows[0]['precision']}, sequence {rows[0]['seq']}) — speedup (ideal from FLOPs)")
+    groups = list(dict.fromkeys((r["model"], r["precision"]) for r in s["rows"]))
+    for model, precision in groups:
+        rows = [r for r in s["rows"] if (r["model"], r["precision"]) == (model, precision)]
+        targets = sorted({r["target"] for r in rows})
+        plans = [p for p in PLANS if any(r["plan"] == p for r in rows)]
+        out.append(f"**{model}** ({precision}, sequence {rows[0]['seq']}) — speedup (ideal from FLOPs)")
         out.append("")
-        out.append("| batch | plan | 25% | 50% | 75% |")
-        out.append("|---|---|---|---|---|")
+        out.append("| batch | plan | " + " | ".join(f"{t:.0%}" for t in targets) + " |")
+        out.append("|---|---|" + "---|" * len(targets))
         for batch in sorted({r["batch"] for r in rows}):
-            for plan in ("uniform", "uneven", "uneven+r64"):
+            for plan in plans:
                 cells = {r["target"]: r for r in rows if r["batch"] == batch and r["plan"] == plan}
                 txt = [
                     f"{cells[t]['speedup']:.2f}× ({cells[t]['ideal_speedup']:.2f}×)" if t in cells else ""
-                    for t in (0.25, 0.5, 0.75)
+                    for t in targets
                 ]
                 out.append(f"| {batch} | {plan} | " + " | ".join(txt) + " |")
         dense = {r["batch"]: r["dense_ms"] for r in rows}

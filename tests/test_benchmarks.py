@@ -1,26 +1,173 @@
-"""`make bench --quick` on tiny models: every benchmark runs and writes its results (no timing asserted)."""
+"""`make bench-quick` on tiny models: every benchmark runs, and its results are complete and self-consistent.
+
+No timing is asserted: only that every (method x target), (model x batch x target x plan) and configuration is
+there exactly once, that every derived number agrees with what it is derived from (the plan recorded in the row,
+the times in the row), and that ``tables.py`` renders every row.
+"""
 
 import json
+import re
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from hf_gradprune import Geometry, PruningPlan  # noqa: E402
+from hf_gradprune.scores import GRADIENT_METHODS, METHODS  # noqa: E402
 
-def test_quick_benchmarks_run(tmp_path, monkeypatch):
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
     import run_all
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    results = run_all.main(["--quick", "--out", str(tmp_path)])
-    quality = json.loads((tmp_path / "quality.json").read_text())
-    assert {r["method"] for r in quality["rows"]} == {"taylor", "fisher", "magnitude", "random"}
-    assert all(0 <= r["one_shot"] <= 1 and 0 <= r["recovered"] <= 1 for r in quality["rows"])
-    assert all(abs(r["flops_removed"] - r["target"]) < 0.1 for r in quality["rows"])
-    assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
-    speed = json.loads((tmp_path / "speed.json").read_text())
-    assert {r["plan"] for r in speed["rows"]} == {"uniform", "uneven", "uneven+r64"}
-    assert all(r["ideal_speedup"] >= 1 and r["pruned_ms"] > 0 for r in speed["rows"])
-    overhead = json.loads((tmp_path / "overhead.json").read_text())
-    assert overhead["training_step"][0]["step_ms_with"] > 0 and overhead["pruning_step"][0]["total_s"] > 0
+    out = tmp_path_factory.mktemp("bench-quick")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        results = run_all.main(["--quick", "--out", str(out)])
+    files = {name: json.loads((out / f"{name}.json").read_text()) for name in ("quality", "speed", "overhead")}
+    return results, files, out
+
+
+def _plan(geometry: dict, row: dict) -> PruningPlan:
+    """A plan with the row's per-layer widths (FLOPs and parameters depend on the widths only)."""
+    heads = [list(range(h)) for h in row["heads_per_layer"]]
+    neurons = [list(range(n)) for n in row["ffn_per_layer"]]
+    return PruningPlan(Geometry(**geometry), heads, neurons)
+
+
+def _table(markdown: str, title_start: str) -> list[list[str]]:
+    """The body rows (lists of cells) of the markdown table after the line starting with ``title_start``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title_start))
+    body = []
+    for line in lines[start + 1 :]:
+        if not line.strip() and body:
+            break
+        if line.startswith("|") and not line.startswith("|---"):
+            body.append([c.strip() for c in line.strip("|").split("|")])
+    return body[1:]  # without the header
+
+
+def test_all_three_ran_and_wrote_their_files(quick):
+    results, files, out = quick
     assert set(results) == {"quality", "speed", "overhead"}
+    for name, data in files.items():
+        assert data == json.loads(json.dumps(results[name])), name  # the file is what run() returned
+        assert data["machine"]["torch"] and data["machine"]["cpu_count"] >= 1
+    assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_rows_are_complete_and_match_their_plans(quick):
+    import quality
+
+    q = quick[1]["quality"]
+    seq = q["flops_seq_len"]
+    keys = [(r["method"], r["target"]) for r in q["rows"]]
+    assert sorted(keys) == sorted((m, t) for m in METHODS for t in quality.QUICK_TARGETS)  # each exactly once
+    for r in q["rows"]:
+        plan = _plan(q["geometry"], r)
+        assert r["flops_removed"] == round(plan.flops_removed(seq), 4)
+        assert abs(r["flops_removed"] - r["target"]) < 0.1
+        assert (r["heads_kept"], r["neurons_kept"]) == (plan.num_heads, plan.num_neurons)
+        assert 0 <= r["one_shot"] <= 1 and 0 <= r["recovered"] <= 1
+    assert 0 <= q["dense_accuracy"] <= 1 and q["recovery_steps"] == 6
+    extra = q["ranking_and_schedule"]
+    assert set(extra) == {"taylor_per_layer_50", "taylor_iterative3_50", "type_balanced_50"}
+    assert set(extra["type_balanced_50"]) == set(GRADIENT_METHODS)
+    g = Geometry(**q["geometry"])
+    for r in extra["type_balanced_50"].values():  # half of the heads and half of the neurons: half the FLOPs
+        assert r["heads_kept"] == g.num_layers * g.num_heads // 2 and r["flops_removed"] == 0.5
+    for r in (extra["taylor_per_layer_50"], extra["taylor_iterative3_50"]):
+        assert abs(r["flops_removed"] - 0.5) < 0.1 and 0 <= r["recovered"] <= 1
+    peer = q["torch_pruning"]
+    if "skipped" not in peer:
+        assert set(peer) == {str(t) for t in quality.QUICK_PEER_TARGETS}
+        for v in peer.values():
+            assert v["block_flops_removed"] == pytest.approx(PruningPlan.from_dict(v["plan"]).flops_removed(seq))
+
+
+def test_speed_rows_are_complete_and_self_consistent(quick):
+    import speed
+
+    s = quick[1]["speed"]
+    names = [name for name, _ in speed.models(quick=True)]
+    assert set(s["geometries"]) == set(names)
+    keys = sorted((r["model"], r["batch"], r["target"], r["plan"]) for r in s["rows"])
+    expected = [(m, b, t, p) for m in names for b in (1, 4) for t in speed.FRACTIONS for p in speed.PLAN_KINDS]
+    assert keys == sorted(expected)  # every model x batch x target x plan, once
+    for r in s["rows"]:
+        plan = _plan(s["geometries"][r["model"]], r)
+        removed = plan.flops_removed(r["seq"])
+        assert r["flops_removed"] == round(removed, 4)
+        assert r["ideal_speedup"] == round(1 / (1 - removed), 3) >= 1
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["pruned_ms"], rel=0.01)
+        assert r["throughput_pruned"] == pytest.approx(1000 * r["batch"] / r["pruned_ms"], rel=0.01)
+        assert r["throughput_dense"] == pytest.approx(1000 * r["batch"] / r["dense_ms"], rel=0.01)
+        if r["plan"] == "uniform":
+            assert abs(removed - r["target"]) < 0.05
+        if r["plan"] == "uneven+r64":
+            assert all(n % 64 == 0 or n == plan.geometry.intermediate_size for n in r["ffn_per_layer"])
+    for model, batch in {(r["model"], r["batch"]) for r in s["rows"]}:  # one dense time per (model, batch)
+        assert len({r["dense_ms"] for r in s["rows"] if (r["model"], r["batch"]) == (model, batch)}) == 1
+
+
+def test_overhead_rows_are_self_consistent(quick):
+    o = quick[1]["overhead"]
+    (row,) = o["training_step"]
+    assert row["model"] == "tiny" and row["step_ms_with"] > 0 and row["step_ms_without"] > 0
+    assert row["time_overhead"] == pytest.approx(row["step_ms_with"] / row["step_ms_without"] - 1, abs=2e-3)
+    assert row["memory_overhead"] == pytest.approx(row["peak_rss_mb_with"] / row["peak_rss_mb_without"] - 1, abs=2e-3)
+    (wall,) = o["pruning_step"]
+    assert wall["examples"] == 64
+    parts = wall["score_s"] + wall["plan_s"] + wall["surgery_s"]
+    assert wall["total_s"] == pytest.approx(parts, abs=0.02)
+
+
+def test_tables_render_every_row(quick):
+    import tables
+
+    _, files, _ = quick
+    q = files["quality"]
+    for key, title in (("one_shot", "**One-shot"), ("recovered", "**After")):
+        table = {cells[0]: cells[1:] for cells in _table(tables.quality_tables(q), title)}
+        assert set(table) >= set(METHODS)
+        for r in q["rows"]:
+            column = sorted({x["target"] for x in q["rows"]}).index(r["target"])
+            assert table[r["method"]][column] == f"{r[key]:.4f}"
+    s = files["speed"]
+    text = tables.speed_tables(s)
+    for model in s["geometries"]:
+        rows = [r for r in s["rows"] if r["model"] == model]
+        cells = {(int(c[0]), c[1]): c[2:] for c in _table(text, f"**{model}**")}
+        assert len(cells) == len({(r["batch"], r["plan"]) for r in rows})
+        for r in rows:
+            assert cells[(r["batch"], r["plan"])][(0.25, 0.5, 0.75).index(r["target"])] == (
+                f"{r['speedup']:.2f}× ({r['ideal_speedup']:.2f}×)"
+            )
+        dense = re.search(rf"\*\*{re.escape(model)}\*\*.*?Dense latency: (.*?)\.\n", text, re.S).group(1)
+        assert dense.count("batch ") == len({r["batch"] for r in rows})
+    o = files["overhead"]
+    text = tables.overhead_tables(o)
+    for r in o["training_step"]:
+        assert f"| {r['model']} | {r['batch']} × {r['seq']} | {r['step_ms_without']:.0f} ms" in text
+    for w in o["pruning_step"]:
+        assert f"| {w['model']} | {w['examples']} × {w['seq']} tokens |" in text
+
+
+def test_readme_tables_are_the_committed_results():
+    """benchmarks/README.md shows exactly what tables.py makes of the committed CPU results."""
+    import tables
+
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    folder = ROOT / "benchmarks" / "results" / "cpu"
+    for name, render in (
+        ("quality", tables.quality_tables),
+        ("speed", tables.speed_tables),
+        ("overhead", tables.overhead_tables),
+    ):
+        rendered = render(json.loads((folder / f"{name}.json").read_text()))
+        missing = [line for line in rendered.splitlines() if line.strip() and line not in readme]
+        assert not missing, f"{name}: README lines out of date, e.g. {missing[:2]}"
