@@ -35,6 +35,7 @@ from hf_gradprune import (
     prune_heads,
     prune_model,
 )
+from hf_gradprune.checkpoint import CheckpointError
 from hf_gradprune.convert_v4 import main as convert_main
 from hf_gradprune.state import pruning_state
 
@@ -319,6 +320,71 @@ def test_conversion_refuses_what_is_not_a_v4_pruned_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         convert_v4_checkpoint(tmp_path / "nope", tmp_path / "c")
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_conversion_refuses_a_destination_that_holds_or_lies_inside_the_source(tmp_path):
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    src = Path(shutil.copytree(FIXTURES / "v4_bert", outer / "v4_bert"))
+    (tmp_path / "alias").symlink_to(outer, target_is_directory=True)
+    before = snapshot(outer)
+    for dst, where in (
+        (outer, "holds the source"),
+        (tmp_path / "alias", "holds the source"),  # the same folder through a symlink
+        (src / "converted", "inside the source"),
+        (tmp_path / "alias" / "v4_bert" / "converted", "inside the source"),
+    ):
+        with pytest.raises(ValueError, match=where):
+            convert_v4_checkpoint(src, dst, overwrite=True)
+        assert convert_main([str(src), str(dst), "--overwrite"]) == 1
+    assert snapshot(outer) == before and not (src / "converted").exists()
+
+
+def test_overwrite_replaces_the_model_and_keeps_everything_else(tmp_path):
+    dst = tmp_path / "dst"
+    convert_v4_checkpoint(FIXTURES / "v4_gpt2", dst)
+    old = load_pruned(dst)
+    torch.save(old.state_dict(), dst / "pytorch_model.bin")  # an older model's weights, in two formats
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model.safetensors"}}))
+    (dst / "keep.txt").write_text("mine")
+    (dst / "runs").mkdir()
+    (dst / "runs" / "events").write_bytes(b"log")
+    convert_v4_checkpoint(FIXTURES / "v4_bert", dst, overwrite=True)
+    assert (dst / "keep.txt").read_text() == "mine" and (dst / "runs" / "events").read_bytes() == b"log"
+    assert not (dst / "pytorch_model.bin").exists() and not (dst / "model.safetensors.index.json").exists()
+    assert all_tensors_equal(load_pruned(dst), load_pruned(FIXTURES / "v4_bert"))
+    assert [p.name for p in tmp_path.iterdir() if ".saving-" in p.name or ".converting-" in p.name] == []
+
+
+def test_conversion_never_replaces_a_file(tmp_path):
+    dst = tmp_path / "dst"
+    dst.write_text("not a folder")
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        convert_v4_checkpoint(FIXTURES / "v4_bert", dst, overwrite=True)
+    assert dst.read_text() == "not a folder"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_command_line_on_a_truncated_weights_file(tmp_path, weights):
+    src = copy_fixture("bert", tmp_path)
+    if weights == "pytorch_model.bin":
+        torch.save(load_file(src / "model.safetensors"), src / weights)
+        (src / "model.safetensors").unlink()
+    _truncate(src / weights)
+    for call in (lambda: convert_v4_checkpoint(src, tmp_path / "dst"), lambda: load_pruned(src)):
+        with pytest.raises(CheckpointError, match=f"{weights} cannot be read.*truncated or corrupt"):
+            call()
+    cmd = [sys.executable, "-m", "hf_gradprune.convert_v4", str(src), str(tmp_path / "dst")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("(nothing was written)"), lines
+    assert f"{weights} cannot be read" in lines[0] and "Traceback" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name != "hf_home"] == ["v4_bert"]  # nothing was written
 
 
 # ---------------------------------------------------------------------- prune_heads
