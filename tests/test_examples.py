@@ -79,6 +79,9 @@ def test_none_or_null_unsets_an_optional_value(tmp_path, word):
         ["--config", str(recipe), "--max_train_samples", word, "--dense_learning_rate", word],
     )
     assert data.max_train_samples is None and data.dense_learning_rate is None
+    recipe.write_text(f"model_name_or_path: m\ntrain_file: t.csv\nmax_train_samples: {word}\nmax_eval_samples: null\n")
+    _, data = parse_args((ModelArguments, DataTrainingArguments), ["--config", str(recipe)])
+    assert data.max_train_samples is None and data.max_eval_samples is None  # in a recipe too
     # an option with a non-None default has no "unset": none is not a float there
     with pytest.raises(SystemExit):
         parse_args(ExampleArguments, ["--head_sparsity", word])
