@@ -54,11 +54,13 @@ class _Parser(HfArgumentParser):
     recipe's value can be unset from the command line (``--head_sparsity null``). Options whose default is
     a string keep "none" as a string (``--report_to none``)."""
 
+    # HfArgumentParser adds one option per dataclass field here (a private hook; tests/test_examples.py and
+    # tests/test_recipes.py fail if transformers changes it); we only wrap the type it chose.
     @staticmethod
-    def _parse_dataclass_field(parser, field):
-        HfArgumentParser._parse_dataclass_field(parser, field)
-        action = parser._option_string_actions[f"--{field.name}"]
-        if field.default is None and action.type is not None:
+    def _parse_dataclass_field(parser, dataclass_field):
+        HfArgumentParser._parse_dataclass_field(parser, dataclass_field)
+        action = parser._option_string_actions[f"--{dataclass_field.name}"]
+        if dataclass_field.default is None and action.type is not None:
             action.type = _none_or(action.type)
             if action.choices is not None:
                 action.choices = [*action.choices, None]
