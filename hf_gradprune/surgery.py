@@ -7,18 +7,23 @@ from torch import nn
 
 from .modeling_gradprune import CONFIG_KEY, FORMAT_VERSION, auto_map_for, gradprune_class, structure_of
 from .plan import PlanError, PruningPlan
-from .state import pruning_state
+from .state import pruning_state, unwrap_model
+from .units import HEAD, NEURON
 
 
 def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Cut ``model`` down to ``plan`` (indices of the original model) and record the plan in its config.
 
     Everything is validated before the first cut, so after an error the model is unchanged. Works on
-    any device and dtype. The model's class becomes ``GradPrune<Class>`` (a thin subclass) so that
-    ``save_pretrained`` writes a folder that reloads with ``trust_remote_code=True`` anywhere. Returns
-    the same model object.
+    any device and dtype, and through ``torch.compile`` (the compiled module is cut; DDP/FSDP-style
+    wrappers are refused: prune before wrapping). The model's class becomes ``GradPrune<Class>`` (a thin
+    subclass) so that ``save_pretrained`` writes a folder that reloads with ``trust_remote_code=True``
+    anywhere. Returns the same model object.
     """
-    state = pruning_state(model)
+    target = unwrap_model(model, allow_distributed=False)
+    if not isinstance(plan, PruningPlan):
+        raise TypeError(f"prune_model needs a PruningPlan, got {type(plan).__name__} (see PruningPlan.from_scores)")
+    state = pruning_state(target)
     g = state.geometry
     if plan.geometry != g:
         raise PlanError(
@@ -29,8 +34,8 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     for layer in range(g.num_layers):
         entry = []
         for kind, new, live in (
-            ("head", plan.heads[layer], state.head_ids[layer]),
-            ("neuron", plan.neurons[layer], state.neuron_ids[layer]),
+            (HEAD, plan.heads[layer], state.head_ids[layer]),
+            (NEURON, plan.neurons[layer], state.neuron_ids[layer]),
         ):
             index = {unit: pos for pos, unit in enumerate(live)}
             gone = [u for u in new if u not in index]
@@ -42,15 +47,21 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
             entry.append(None if len(new) == len(live) else [index[u] for u in new])
         positions.append(entry)
 
+    # The rest that can fail, also before the first cut: the pruned class, its auto_map, and the
+    # structure diff (which refuses modules a fresh model lacks; cutting adds or removes none).
+    pruned_class = gradprune_class(type(target))
+    auto_map = auto_map_for(target.config.model_type)
+    structure_of(target)
+
     adapter = state.adapter
-    device = next(model.parameters()).device
-    for layer_module, (heads, neurons) in zip(adapter.layers(model), positions):
+    device = next(target.parameters()).device
+    for layer_module, (heads, neurons) in zip(state.layers, positions):
         if heads is not None:
             adapter.keep_heads(layer_module, torch.tensor(heads, dtype=torch.long, device=device), g.head_dim)
         if neurons is not None:
             adapter.keep_neurons(layer_module, torch.tensor(neurons, dtype=torch.long, device=device))
 
-    config = model.config
+    config = target.config
     widths = {len(n) for n in plan.neurons}
     if len(widths) == 1:
         # Uniform FFN: say so in the config, so the FFN needs no structure entry and a uniform
@@ -70,14 +81,15 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
             "structure": {},
         },
     )
-    model.__class__ = gradprune_class(type(model))
-    config.auto_map = auto_map_for(config.model_type)
-    getattr(config, CONFIG_KEY)["structure"] = structure_of(model)
+    target.__class__ = pruned_class
+    config.auto_map = auto_map
+    getattr(config, CONFIG_KEY)["structure"] = structure_of(target)
     return model
 
 
 def current_plan(model: nn.Module) -> PruningPlan:
-    """The plan a model is at now (everything kept for an unpruned model)."""
+    """The plan a model is at now (everything kept for an unpruned model); through any wrapper."""
+    model = unwrap_model(model)
     state = pruning_state(model)
     record = getattr(model.config, CONFIG_KEY, None) or {}
     meta = (record.get("history") or [{}])[-1]

@@ -86,9 +86,13 @@ def test_ffn_multiple_of_rounds_every_layer():
     plan = PruningPlan.from_scores(s, ffn_sparsity=0.37, ffn_multiple_of=8)
     assert all(len(n) % 8 == 0 for n in plan.neurons)
     unrounded = PruningPlan.from_scores(s, ffn_sparsity=0.37)
-    for a, b in zip(plan.neurons, unrounded.neurons):
-        assert abs(len(a) - len(b)) <= 4
-        assert set(a) <= set(b) or set(b) <= set(a)  # rounding only adds or drops, by score
+    for layer, (a, b) in enumerate(zip(plan.neurons, unrounded.neurons)):
+        assert 0 <= len(a) - len(b) < 8
+        assert set(b) <= set(a)  # rounding only adds back, the best-scored first
+        added = set(a) - set(b)
+        if added:
+            dropped = set(range(G.intermediate_size)) - set(a)
+            assert min(s.neurons[layer][i] for i in added) >= max((s.neurons[layer][i] for i in dropped), default=0)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
@@ -165,3 +169,96 @@ def test_flops_accounting_matches_hand_count():
     params = G.num_layers * (4 * h * h + 4 * h + 2 * h * G.intermediate_size + G.intermediate_size + h + 4 * h)
     assert full.block_params() == params
     assert math.isclose(PruningPlan(G, [[]] * 4, [[]] * 4).block_params(), G.num_layers * 6 * h)
+
+
+# ---------------------------------------------------------------------- FFN rounding (issue 10, item 7)
+def _live_scores(neuron_ids):
+    """Scores of a model whose layers have ``neuron_ids`` live (e.g. after an earlier prune)."""
+    s = scores()
+    s.neurons = [t[torch.tensor(ids, dtype=torch.long)] for t, ids in zip(s.neurons, neuron_ids)]
+    s.neuron_ids = [list(ids) for ids in neuron_ids]
+    return s
+
+
+@pytest.mark.parametrize("multiple", [16, 41, 64])
+def test_ffn_rounding_never_removes_neurons_when_none_are_asked(multiple):
+    # 40 neurons per layer: narrower than 41 and 64, and no multiple of 16 (it used to round to 0 or 32).
+    plan = PruningPlan.from_scores(scores(), ffn_sparsity=0.0, ffn_multiple_of=multiple)
+    assert plan.neurons == PruningPlan.full(G).neurons
+
+
+def test_ffn_rounding_on_an_already_pruned_layer_keeps_its_live_width():
+    live = [list(range(37)), list(range(3, 40)), list(range(0, 40, 2)), list(range(40))]
+    plan = PruningPlan.from_scores(_live_scores(live), ffn_sparsity=0.0, ffn_multiple_of=8)
+    assert plan.neurons == live
+
+
+@pytest.mark.parametrize("ranking", ["global", "per_layer"])
+@pytest.mark.parametrize("multiple", [3, 16, 64])
+@pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.9])
+def test_ffn_rounding_only_adds_back_up_to_a_multiple_or_the_live_width(ranking, multiple, sparsity):
+    s = _live_scores([list(range(40)), list(range(37)), list(range(5, 30)), list(range(40))])
+    rounded = PruningPlan.from_scores(s, ffn_sparsity=sparsity, ffn_multiple_of=multiple, ranking=ranking)
+    plain = PruningPlan.from_scores(s, ffn_sparsity=sparsity, ranking=ranking)
+    for kept, asked, live in zip(rounded.neurons, plain.neurons, s.neuron_ids):
+        assert set(asked) <= set(kept) <= set(live)  # never removes more than asked
+        assert len(kept) % multiple == 0 or len(kept) == len(live)
+        assert len(kept) - len(asked) < multiple
+
+
+# ---------------------------------------------------------------------- ids and options (issue 10, item 9)
+@pytest.mark.parametrize("bad", [1.7, 2.0, True, "1", None])
+def test_non_integer_ids_are_refused_not_truncated(bad):
+    with pytest.raises(PlanError, match="integers"):
+        PruningPlan(G, [[0, bad]] + [[0]] * 3, [[0]] * 4)
+    with pytest.raises(PlanError, match="integers"):
+        PruningPlan(G, [[0]] * 4, [[0]] * 3 + [[5, bad]])
+    with pytest.raises(PlanError, match="integers"):
+        PruningPlan.from_dict({**PruningPlan.full(G).to_dict(), "heads": [[0.0, 1.0]] * 4})
+    with pytest.raises(PlanError, match="integers"):
+        PruningPlan(G, [3] * 4, [[0]] * 4)  # a layer must be a list of ids
+
+
+def test_integer_ids_of_numpy_and_torch_are_accepted():
+    import numpy as np
+
+    plan = PruningPlan(G, [np.array([2, 0]), torch.tensor([1]), [np.int64(5)], range(3)], [torch.arange(4)] * 4)
+    assert plan.heads == [[0, 2], [1], [5], [0, 1, 2]] and plan.neurons == [[0, 1, 2, 3]] * 4
+    assert all(type(i) is int for h in plan.heads + plan.neurons for i in h)
+
+
+@pytest.mark.parametrize(
+    "option, match",
+    [
+        ({"min_heads_per_layer": "1"}, "min_heads_per_layer"),
+        ({"min_heads_per_layer": 1.0}, "min_heads_per_layer"),
+        ({"min_heads_per_layer": 7}, "more than the 6 heads"),
+        ({"ffn_multiple_of": 0}, "ffn_multiple_of"),
+        ({"ffn_multiple_of": "64"}, "ffn_multiple_of"),
+    ],
+)
+def test_bad_options_are_refused_clearly(option, match):
+    with pytest.raises(PlanError, match=match):
+        PruningPlan.from_scores(scores(), head_sparsity=0.5, **option)
+
+
+@pytest.mark.parametrize("seq_len", [0, -5, 1.5])
+def test_flops_at_a_non_positive_sequence_length_are_refused(seq_len):
+    with pytest.raises(PlanError, match="seq_len"):
+        PruningPlan.from_scores(scores(), flops_budget=0.5, seq_len=seq_len)
+    plan = PruningPlan.full(G)
+    with pytest.raises(PlanError, match="seq_len"):
+        plan.block_flops(seq_len)
+    with pytest.raises(PlanError, match="seq_len"):
+        plan.flops_removed(seq_len)
+
+
+def test_budgets_cost_units_through_the_family_adapter():
+    # The geometry's family answers; an unknown family cannot be costed, but still makes count-based plans.
+    from hf_gradprune import UnsupportedModelError
+
+    toy = Geometry("toy", num_layers=4, num_heads=6, head_dim=8, hidden_size=48, intermediate_size=40)
+    s = scores(geometry=toy)
+    assert PruningPlan.from_scores(s, head_sparsity=0.5).num_heads == 12
+    with pytest.raises(UnsupportedModelError, match="toy"):
+        PruningPlan.from_scores(s, flops_budget=0.5)

@@ -32,9 +32,11 @@ def logits(model, inputs):
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("zero_layer", [0, 1])
-def test_pruned_equals_zeroed_reference(family, zero_layer):
-    model = make(family)
+def test_pruned_equals_zeroed_reference(family, zero_layer, attn):
+    model = make(family, attn_implementation=attn)
+    assert model.config._attn_implementation == attn
     plan = uneven_plan(model, zero_layer=zero_layer)
     ref = zeroed_reference(model, plan)
     inputs = batch(family)
@@ -200,3 +202,50 @@ def test_roberta_family_is_supported():
         assert len(ref_layers) == 3
         prune_model(model, plan)
         torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------- wrappers and late failures (issue 10, item 2)
+def test_prune_through_torch_compile():
+    model = make("bert")
+    compiled = torch.compile(model, backend="eager")
+    plan = uneven_plan(model)
+    ref = zeroed_reference(model, plan)
+    inputs = batch("bert")
+    assert prune_model(compiled, plan) is compiled
+    assert current_plan(compiled).heads == plan.heads and current_plan(model).neurons == plan.neurons
+    assert type(model).__name__ == "GradPruneBertForSequenceClassification"
+    torch.testing.assert_close(logits(compiled, inputs), logits(ref, inputs), atol=1e-5, rtol=0)
+
+
+def test_distributed_style_wrappers_are_refused_before_any_cut():
+    model = make("bert")
+    wrapped = torch.nn.DataParallel(model)  # a `.module` wrapper, like DDP and FSDP
+    snap = _snapshot(model)
+    with pytest.raises(TypeError, match="Prune the model inside it"):
+        prune_model(wrapped, uneven_plan(model))
+    _unchanged(model, snap)
+    assert current_plan(wrapped).num_heads == 12  # reading through a wrapper is fine
+
+
+def test_not_a_model_or_not_a_plan_is_a_type_error():
+    model = make("bert")
+    plan = uneven_plan(model)
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        prune_model({"config": model.config}, plan)
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        current_plan(model.state_dict())
+    snap = _snapshot(model)
+    with pytest.raises(TypeError, match="PruningPlan"):
+        prune_model(model, plan.to_dict())
+    _unchanged(model, snap)
+
+
+def test_a_model_that_cannot_be_described_is_refused_before_any_cut(family):
+    # A module a fresh model lacks (e.g. injected by another library) makes the saved structure impossible:
+    # that must be found before the weights are cut, not after.
+    model = make(family)
+    pruning_state(model).layers[0].add_module("injected", torch.nn.Linear(2, 2))
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="injected"):
+        prune_model(model, uneven_plan(model))
+    _unchanged(model, snap)
