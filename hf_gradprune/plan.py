@@ -103,12 +103,10 @@ class PruningPlan:
 
         if given_budgets:
             costs = _unit_costs(g, seq_len)
-            if flops_budget is not None:
-                removed = _remove_by_budget(units, g, costs.flops(), 0, flops_budget, ranking, min_heads_per_layer)
-            else:
-                removed = _remove_by_budget(
-                    units, g, costs.params(), costs.fixed_params, params_budget, ranking, min_heads_per_layer
-                )
+            # All block FLOPs are in the units; parameters also count each layer's fixed ones (biases, norms).
+            per_unit, fixed = (costs.flops(), 0) if flops_budget is not None else (costs.params(), costs.fixed_params)
+            fraction = flops_budget if flops_budget is not None else params_budget
+            removed = _remove_by_budget(units, g, per_unit, fixed, fraction, ranking, min_heads_per_layer)
         else:
             removed = set()
             if head_sparsity is not None:
