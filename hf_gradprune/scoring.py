@@ -9,17 +9,43 @@ which is ``dL_e/dg_u`` for a gate ``g_u = 1`` multiplying the unit's slice: the 
 estimate of the loss change when ``u`` is removed. ``taylor`` accumulates ``|s|`` (Michel et al. 2019),
 ``fisher`` accumulates ``s**2`` (Kwon et al. 2022), both summed over examples.
 
-Only hooks are used (a forward pre-hook on each output projection, a tensor hook on its input), so the
-scorer works inside any training step, including ``Trainer``'s.
+Only hooks are used (forward pre-hooks on the output projections, a tensor hook on their inputs, and
+pre/post-hooks on the model and its base model that read the padding mask), so the scorer works inside
+any training step, including ``Trainer``'s, whichever module the forward enters.
 """
 
 from __future__ import annotations
+
+import inspect
+import math
 
 import torch
 from torch import nn
 
 from .scores import GRADIENT_METHODS, METHODS, Scores
 from .state import pruning_state
+from .units import HEAD, NEURON, UNIT_KINDS
+
+# state_dict() keys, kept as they were before units.py (saved scorer states use them)
+_STATE_KEYS = {HEAD: "heads", NEURON: "neurons"}
+
+
+class _Pass:
+    """What one forward pass contributes; committed once its backward has reached the pass's first layer.
+
+    Every scored activation depends on those of the first layer the forward went through, so their
+    gradients are the last to arrive: the backward is then complete for this pass.
+    """
+
+    def __init__(self, examples: int, mask: torch.Tensor | None):
+        self.examples = examples
+        self.mask = mask
+        self.seen: set = set()
+        self.first_layer: int | None = None
+        self.first_count = 0  # activations registered in the first layer
+        self.first_left = 0  # of those, still waiting for their gradient in this backward
+        self.pending: dict = {}
+        self.bad = False
 
 
 class ImportanceScorer:
@@ -33,10 +59,19 @@ class ImportanceScorer:
             so scores are per example whatever the batch size.
         seed: seed of the ``random`` baseline.
 
+    Scoring happens inside ``with scorer:`` (or between ``attach()`` and ``detach()``). These nest like a
+    re-entrant lock: the hooks go on at the first ``attach()`` and come off at the matching last
+    ``detach()``, so an inner ``with scorer:`` does not end an outer one; ``detach()`` on a detached
+    scorer does nothing. Each backward is committed on its own, with its examples, whether the forward
+    entered the model, its base model (``model.bert``) or a layer.
+
     ``loss_scale`` is the factor the backward loss carries on top of that reduction, e.g. ``1 / k`` under
     ``k`` steps of gradient accumulation or the GradScaler's scale under fp16; gradients are divided by
     it. A backward whose gradients hold NaN/inf (an fp16 overflow) is skipped as a whole and counted in
     ``skipped_batches``.
+
+    After ``prune_model`` call ``reset()``. A scorer that holds no scores follows the pruned model by
+    itself; one that does raises when it would score the pruned model, rather than mix the two.
     """
 
     def __init__(self, model: nn.Module, method: str = "taylor", *, reduction: str = "mean", seed: int = 0):
@@ -49,26 +84,64 @@ class ImportanceScorer:
         self.reduction = reduction
         self.seed = seed
         self.loss_scale = 1.0
+        self._depth = 0  # attach() calls not yet matched by detach()
         self._handles: list = []
-        self.reset()
+        self._mask: torch.Tensor | None = None
+        self._reset_data()
+
+    @property
+    def loss_scale(self) -> float:
+        return self._loss_scale
+
+    @loss_scale.setter
+    def loss_scale(self, value: float) -> None:
+        # Checked here, where the mistake is made, rather than as a ZeroDivisionError deep in a backward.
+        try:
+            scale = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"loss_scale must be a number, not {type(value).__name__}") from None
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"loss_scale must be finite and > 0 (the factor the backward loss was multiplied by), not {value!r}"
+            )
+        self._loss_scale = scale
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
         """Forget everything accumulated; re-read the live units (call after pruning)."""
+        self._reset_data()
+        if self._handles:  # put the hooks on the model's current layers
+            self._remove_hooks()
+            self._add_hooks()
+
+    def _reset_data(self) -> None:
         state = pruning_state(self.model)
         self._state = state
         self._layers = state.adapter.layers(self.model)
+        self._sizes = [(len(h), len(n)) for h, n in zip(state.head_ids, state.neuron_ids)]
         device = next(self.model.parameters()).device
-        self._total = {
-            "heads": [torch.zeros(len(ids), device=device) for ids in state.head_ids],
-            "neurons": [torch.zeros(len(ids), device=device) for ids in state.neuron_ids],
-        }
-        self._pending = {k: [torch.zeros_like(t) for t in v] for k, v in self._total.items()}
-        self._pending_examples = 0
-        self._pending_bad = False
-        self._mask = None
+        ids = {HEAD: state.head_ids, NEURON: state.neuron_ids}
+        self._total = {kind: [torch.zeros(len(i), device=device) for i in ids[kind]] for kind in UNIT_KINDS}
+        self._pass: _Pass | None = None
         self.num_examples = 0
         self.skipped_batches = 0
+
+    def _model_changed(self) -> bool:
+        adapter = self._state.adapter
+        return [(adapter.num_heads(x), adapter.ffn_width(x)) for x in adapter.layers(self.model)] != self._sizes
+
+    def _follow_model(self, *, refuse: bool) -> None:
+        """If the model was pruned since the last reset: reset when that loses nothing; else raise if ``refuse``."""
+        if not self._model_changed():
+            return
+        if not (self.num_examples or self.skipped_batches):
+            self._reset_data()
+        elif refuse:
+            raise RuntimeError(
+                f"the model was pruned after this ImportanceScorer last read it, and the scorer holds scores of "
+                f"{self.num_examples} examples for the units it had then: read scorer.scores if you need them, "
+                "then call scorer.reset() before scoring the pruned model"
+            )
 
     @property
     def is_attached(self) -> bool:
@@ -81,57 +154,53 @@ class ImportanceScorer:
         ``{"method", "head_ids", "neuron_ids", "heads", "neurons", "num_examples", "skipped_batches"}``,
         with tensors on the CPU; ``load_state_dict`` takes it back on a scorer of the same live units.
         """
-        if self.method in GRADIENT_METHODS:
-            self._commit()
+        self._follow_model(refuse=False)
         state = self._state
-        return {
+        out = {
             "method": self.method,
             "head_ids": [list(ids) for ids in state.head_ids],
             "neuron_ids": [list(ids) for ids in state.neuron_ids],
-            "heads": [t.detach().cpu().clone() for t in self._total["heads"]],
-            "neurons": [t.detach().cpu().clone() for t in self._total["neurons"]],
             "num_examples": self.num_examples,
             "skipped_batches": self.skipped_batches,
         }
+        for kind in UNIT_KINDS:
+            out[_STATE_KEYS[kind]] = [t.detach().cpu().clone() for t in self._total[kind]]
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue from ``state_dict()`` of a scorer with the same method on the same live units."""
-        state = self._state
         if state_dict.get("method") != self.method:
             raise ValueError(
                 f"these scores were accumulated with {state_dict.get('method')!r}, this scorer uses {self.method!r}"
             )
-        if state_dict.get("head_ids") != state.head_ids or state_dict.get("neuron_ids") != state.neuron_ids:
+        live = pruning_state(self.model)
+        if state_dict.get("head_ids") != live.head_ids or state_dict.get("neuron_ids") != live.neuron_ids:
             raise ValueError(
                 "these scores are for other live units than the model has now (it was pruned in between, or "
                 "they come from another model); start a new scorer instead"
             )
-        for kind in ("heads", "neurons"):
-            for total, value in zip(self._total[kind], state_dict[kind]):
+        self._reset_data()  # replaced wholesale below, and now sized for the live units
+        for kind in UNIT_KINDS:
+            for total, value in zip(self._total[kind], state_dict[_STATE_KEYS[kind]]):
                 total.copy_(value.to(total.device))
-        for pending in (*self._pending["heads"], *self._pending["neurons"]):
-            pending.zero_()
-        self._pending_examples = 0
-        self._pending_bad = False
         self.num_examples = int(state_dict["num_examples"])
         self.skipped_batches = int(state_dict.get("skipped_batches", 0))
 
     def attach(self) -> ImportanceScorer:
-        if self._handles or self.method not in GRADIENT_METHODS:
-            return self
-        self._handles.append(self.model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
-        adapter = self._state.adapter
-        for i, layer in enumerate(self._layers):
-            for kind, module in (("heads", adapter.attention_output(layer)), ("neurons", adapter.ffn_output(layer))):
-                self._handles.append(module.register_forward_pre_hook(self._activation_hook(kind, i)))
+        """Start scoring (re-entrant: each call needs its own ``detach()``)."""
+        if self._depth == 0 and self.method in GRADIENT_METHODS:
+            self._follow_model(refuse=True)
+            self._add_hooks()
+        self._depth += 1
         return self
 
     def detach(self) -> None:
-        self._commit()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._mask = None
+        """End one ``attach()``; the hooks come off with the outermost one."""
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self._remove_hooks()
 
     def __enter__(self) -> ImportanceScorer:
         return self.attach()
@@ -140,73 +209,123 @@ class ImportanceScorer:
         self.detach()
 
     # ------------------------------------------------------------------ hooks
-    def _on_model_forward(self, module, args, kwargs):
-        self._commit()  # the previous backward is complete by the time the next forward starts
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
-            mask = args[1]
-        self._mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    def _add_hooks(self) -> None:
+        # The forward may enter the full model or its base model (a custom head on ``model.bert``): both
+        # read the padding mask and start a new pass.
+        base = getattr(self.model, "base_model", None)
+        entries = [self.model] + ([base] if isinstance(base, nn.Module) and base is not self.model else [])
+        for module in entries:
+            hook = self._entry_hook(_mask_position(module))
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._exit_hook, always_call=True))
+        adapter = self._state.adapter
+        for i, layer in enumerate(self._layers):
+            for kind, module in ((HEAD, adapter.attention_output(layer)), (NEURON, adapter.ffn_output(layer))):
+                self._handles.append(module.register_forward_pre_hook(self._activation_hook(kind, i)))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._mask = None
+        self._pass = None
+
+    def _entry_hook(self, mask_position: int | None):
+        def hook(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            if mask is None and mask_position is not None and len(args) > mask_position:
+                mask = args[mask_position]
+            self._mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+            self._pass = None
+
+        return hook
+
+    def _exit_hook(self, module, args, output) -> None:
+        # A later forward that enters below the hooked modules must not reuse this one's mask or pass.
+        self._mask = None
+        self._pass = None
 
     def _activation_hook(self, kind: str, layer: int):
-        head_dim = self._state.geometry.head_dim
+        group = self._state.geometry.head_dim if kind == HEAD else 1
 
         def hook(module, args):
             a = args[0]
             if not (torch.is_grad_enabled() and isinstance(a, torch.Tensor) and a.requires_grad):
                 return
-            mask, acts = self._mask, a.detach()
-            group = head_dim if kind == "heads" else 1
+            if a.shape[-1] != self._total[kind][layer].numel() * group:
+                self._follow_model(refuse=True)
+            if a.shape[-1] == 0:  # no units left here, nothing to score
+                return
+            p = self._pass
+            if p is None or (kind, layer) in p.seen:  # a unit scored twice: this is another forward
+                p = self._pass = _Pass(a.shape[0], self._mask)
+            p.seen.add((kind, layer))
+            if p.first_layer is None:
+                p.first_layer = layer
+            if layer == p.first_layer:
+                p.first_count += 1
+                p.first_left += 1
+            acts = a.detach()
 
             def on_grad(grad):
-                self._accumulate(kind, layer, acts, grad, mask, group)
+                self._accumulate(p, kind, layer, group, acts, grad)
 
             a.register_hook(on_grad)
 
         return hook
 
     @torch.no_grad()
-    def _accumulate(self, kind, layer, acts, grad, mask, group) -> None:
+    def _accumulate(self, p: _Pass, kind: str, layer: int, group: int, acts, grad) -> None:
         # float32 whatever the model's dtype: bf16 products summed over tokens lose most of their bits.
         prod = acts.float() * grad.float()
         batch = prod.shape[0]
         prod = prod.reshape(*prod.shape[:-1], prod.shape[-1] // group, group).sum(-1)  # [B, (T,) units]
+        mask = p.mask
         if mask is not None and prod.dim() == 3 and tuple(mask.shape) == tuple(prod.shape[:2]):
             prod = prod * mask.to(prod.device, torch.float32)[..., None]  # padding tokens count for nothing
         per_example = prod.sum(dim=tuple(range(1, prod.dim() - 1))) if prod.dim() > 2 else prod
-        scale = (batch if self.reduction == "mean" else 1.0) / self.loss_scale
-        per_example = per_example * scale
-        value = per_example.abs() if self.method == "taylor" else per_example.square()
-        value = value.sum(0)
+        per_example = per_example * ((batch if self.reduction == "mean" else 1.0) / self._loss_scale)
+        value = (per_example.abs() if self.method == "taylor" else per_example.square()).sum(0)
         if not torch.isfinite(value).all():
-            self._pending_bad = True
-        self._pending[kind][layer] += value.to(self._pending[kind][layer].device)
-        self._pending_examples = batch
+            p.bad = True
+        previous = p.pending.get((kind, layer))
+        p.pending[(kind, layer)] = value if previous is None else previous + value
+        if layer == p.first_layer:
+            p.first_left -= 1
+            if p.first_left == 0:
+                self._commit(p)
+                p.first_left = p.first_count  # a second backward through the same graph (retain_graph)
 
-    def _commit(self) -> None:
-        """Fold the last backward's contributions into the totals (or drop them if any was NaN/inf)."""
-        if not self._pending_examples:
-            return
-        if self._pending_bad:
+    def _commit(self, p: _Pass) -> None:
+        """Fold one completed backward into the totals, or drop it whole if any gradient was NaN/inf."""
+        pending, bad = p.pending, p.bad
+        p.pending, p.bad = {}, False
+        if bad:
             self.skipped_batches += 1
-        else:
-            for kind in self._total:
-                for total, pending in zip(self._total[kind], self._pending[kind]):
-                    total += pending
-            self.num_examples += self._pending_examples
-        for pending in (*self._pending["heads"], *self._pending["neurons"]):
-            pending.zero_()
-        self._pending_examples = 0
-        self._pending_bad = False
+            return
+        self._follow_model(refuse=True)
+        for (kind, layer), value in pending.items():
+            total = self._total[kind][layer]
+            if value.shape != total.shape:  # never broadcast a pruned layer's scores onto the old units
+                raise RuntimeError(
+                    f"layer {layer} has {value.numel()} {kind}s but this scorer has {total.numel()}: the model "
+                    "changed during this step; call scorer.reset() after pruning"
+                )
+            total += value.to(total.device)
+        self.num_examples += p.examples
 
     # ------------------------------------------------------------------ results
     @property
     def scores(self) -> Scores:
-        """The accumulated (or, for baselines, computed) ``Scores``, on the CPU."""
+        """The accumulated (or, for baselines, computed) ``Scores``, on the CPU.
+
+        Accumulated scores are for the units that were live while they were accumulated.
+        """
+        self._follow_model(refuse=False)
         state = self._state
         if self.method in GRADIENT_METHODS:
-            self._commit()
-            heads = [t.detach().cpu().clone() for t in self._total["heads"]]
-            neurons = [t.detach().cpu().clone() for t in self._total["neurons"]]
+            heads = [t.detach().cpu().clone() for t in self._total[HEAD]]
+            neurons = [t.detach().cpu().clone() for t in self._total[NEURON]]
         elif self.method == "magnitude":
             adapter, d = state.adapter, state.geometry.head_dim
             heads = [adapter.head_sq_norms(layer, d).sqrt().cpu() for layer in self._layers]
@@ -225,3 +344,12 @@ class ImportanceScorer:
             num_examples=self.num_examples if self.method in GRADIENT_METHODS else 0,
             skipped_batches=self.skipped_batches,
         )
+
+
+def _mask_position(module: nn.Module) -> int | None:
+    """Where ``attention_mask`` sits among ``module.forward``'s positional parameters (GPT-2 has it third)."""
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("attention_mask") if "attention_mask" in names else None

@@ -149,7 +149,8 @@ def test_bf16_model_accumulates_in_float32(family):
         with scorer:
             for _ in range(3):
                 model(**inputs).loss.backward()
-        assert all(t.dtype == torch.float32 for t in scorer._total["heads"] + scorer._total["neurons"])
+        state = scorer.state_dict()
+        assert all(t.dtype == torch.float32 for t in state["heads"] + state["neurons"])
         out.append(scorer.scores)
     assert all(t.dtype == torch.float32 for t in out[1].heads + out[1].neurons)
     ref, low = torch.cat(out[0].heads), torch.cat(out[1].heads)
