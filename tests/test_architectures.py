@@ -63,6 +63,20 @@ def test_plan_asks_the_adapter_for_costs(monkeypatch):
     assert plan.block_flops(5) == 5 * (12 * 7 + 3 * 96 * 5)
 
 
+def test_cost_helper_counts_a_gated_block_without_biases():
+    # The knobs a future family would use (here Llama's shape: no biases, gated FFN, RMSNorms).
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from hf_gradprune.architectures import Geometry, mha_ffn_costs
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=4)
+    layer = LlamaDecoderLayer(config, 0)
+    costs = mha_ffn_costs(Geometry("llama", 1, 4, 16, 64, 96), 8, bias=False, norm_params=2 * 64, ffn_matrices=3)
+    real = sum(p.numel() for p in layer.parameters())
+    assert real == costs.fixed_params + 4 * costs.head_params + 96 * costs.neuron_params
+
+
 # ---------------------------------------------------------------------- abstract base and registry
 def test_family_adapter_is_abstract():
     with pytest.raises(TypeError):

@@ -81,7 +81,8 @@ class FamilyAdapter(abc.ABC):
     # --- surgery (positions are indices into the layer's current units) ------------------------
     @abc.abstractmethod
     def keep_heads(self, layer: nn.Module, keep: torch.Tensor, head_dim: int) -> None:
-        """Keep the heads at positions ``keep``, in place; a layer left with none must still run."""
+        """Keep the heads at positions ``keep``, in place. A layer left with none must still run: where the
+        stock forward cannot, give the block ``modeling_gradprune.make_block_empty`` with an ``EmptyBlock``."""
 
     @abc.abstractmethod
     def keep_neurons(self, layer: nn.Module, keep: torch.Tensor) -> None:
