@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hf_gradprune import FamilyAdapter, PruningPlan, current_plan, prune_model, register_adapter
 from hf_gradprune.architectures import get_adapter, supported_model_types
-from hf_gradprune.modeling_gradprune import EmptyBlock, make_block_empty
+from hf_gradprune.modeling_gradprune import EmptyBlock, make_block_empty, structure_of
 from hf_gradprune.state import pruning_state
 from hf_gradprune.units import UnitCosts
 
@@ -120,21 +120,24 @@ def test_register_adapter_refuses_bad_adapters():
 
 # ---------------------------------------------------------------------- empty blocks
 def test_empty_block_without_a_bias_outputs_zeros():
-    mlp = make("gpt2").transformer.h[0].mlp
+    model = make("gpt2")
+    mlp = model.transformer.h[0].mlp
     make_block_empty(mlp, EmptyBlock(None, "dropout"))
     x = torch.randn(2, 5, 64)
     assert torch.equal(mlp(x), torch.zeros_like(x))
-    assert mlp._gradprune_empty == {"output": None, "dropout": "dropout", "extra_outputs": 0, "cache_head_dim": None}
+    spec = {"output": None, "dropout": "dropout", "extra_outputs": 0, "cache_head_dim": None}
+    assert structure_of(model)["h.0.mlp"]["empty"] == spec
 
 
 def test_empty_block_spec_names_are_checked_when_made():
-    mlp = make("gpt2").transformer.h[0].mlp
+    model = make("gpt2")
+    mlp = model.transformer.h[0].mlp
     forward = mlp.forward
     with pytest.raises(AttributeError):
         make_block_empty(mlp, EmptyBlock("c_proj.no_such_bias"))
     with pytest.raises(AttributeError):
         make_block_empty(mlp, EmptyBlock("c_proj.bias", dropout="no_such_dropout"))
-    assert mlp.forward == forward and not hasattr(mlp, "_gradprune_empty")
+    assert mlp.forward == forward and structure_of(model) == {}
 
 
 def test_structure_records_the_adapters_empty_spec_and_old_specs_still_load():
@@ -170,4 +173,4 @@ def test_structure_records_the_adapters_empty_spec_and_old_specs_still_load():
         torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(reloaded.generate(inputs["input_ids"], **kw), model.generate(inputs["input_ids"], **kw))
-    assert reloaded.transformer.h[0].attn._gradprune_empty == structure["h.0.attn"]["empty"]
+    assert structure_of(reloaded) == structure  # a re-save writes the current spelling
