@@ -19,7 +19,7 @@ from .surgery import current_plan
 
 STAGES = ("dense", "pruned", "recovered")
 # Trainer.evaluate adds these to every evaluation: all_results.json keeps them, the card and summary do not
-TIMINGS = ("runtime", "samples_per_second", "steps_per_second")
+TIMINGS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
 
 
 def _is_number(value) -> bool:

@@ -31,7 +31,7 @@ def test_stages_and_keys():
 
 def stages():
     return {
-        "dense": {"dense_loss": 0.3, "dense_accuracy": 0.9, "dense_runtime": 1.0, "epoch": 0.0},
+        "dense": {"dense_loss": 0.3, "dense_accuracy": 0.9, "dense_runtime": 1.0, "dense_model_preparation_time": 0.1},
         "pruned": {"round": 1, "step": 0, "pruned_accuracy": 0.7, "pruned_perplexity": 12.3456},
         "recovered": {"recovered_accuracy": 0.85, "recovered_f1": 0.8, "recovered_samples_per_second": 9.0},
     }
