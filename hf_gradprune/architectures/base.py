@@ -89,6 +89,19 @@ class FamilyAdapter(abc.ABC):
         """Keep the FFN neurons at positions ``keep``, in place; a layer left with none must still run."""
 
 
+def geometry_from_config(config, intermediate_size: int) -> Geometry:
+    """A geometry from the config's standard names (each family's ``attribute_map`` translates its own,
+    e.g. GPT-2's ``n_layer``); the FFN width is the family's to say."""
+    return Geometry(
+        model_type=config.model_type,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        intermediate_size=intermediate_size,
+    )
+
+
 def mha_ffn_costs(
     geometry: Geometry, seq_len: int, *, bias: bool, norm_params: int, ffn_matrices: int = 2
 ) -> UnitCosts:

@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from ..units import UnitCosts
-from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, mha_ffn_costs, slice_param_
+from .base import (
+    FamilyAdapter,
+    Geometry,
+    geometry_from_config,
+    grouped_sq_norm,
+    head_columns,
+    mha_ffn_costs,
+    slice_param_,
+)
 
 
 class BertFamilyAdapter(FamilyAdapter):
@@ -19,14 +27,7 @@ class BertFamilyAdapter(FamilyAdapter):
     ffn_config_attr = "intermediate_size"
 
     def geometry(self, config) -> Geometry:
-        return Geometry(
-            model_type=config.model_type,
-            num_layers=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            head_dim=config.hidden_size // config.num_attention_heads,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-        )
+        return geometry_from_config(config, config.intermediate_size)
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.encoder.layer)

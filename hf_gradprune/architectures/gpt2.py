@@ -14,7 +14,15 @@ from torch import nn
 
 from ..modeling_gradprune import EmptyBlock, make_block_empty
 from ..units import UnitCosts
-from .base import FamilyAdapter, Geometry, grouped_sq_norm, head_columns, mha_ffn_costs, slice_param_
+from .base import (
+    FamilyAdapter,
+    Geometry,
+    geometry_from_config,
+    grouped_sq_norm,
+    head_columns,
+    mha_ffn_costs,
+    slice_param_,
+)
 
 
 class GPT2Adapter(FamilyAdapter):
@@ -22,14 +30,8 @@ class GPT2Adapter(FamilyAdapter):
     ffn_config_attr = "n_inner"
 
     def geometry(self, config) -> Geometry:
-        return Geometry(
-            model_type=config.model_type,
-            num_layers=config.n_layer,
-            num_heads=config.n_head,
-            head_dim=config.n_embd // config.n_head,
-            hidden_size=config.n_embd,
-            intermediate_size=config.n_inner if config.n_inner is not None else 4 * config.n_embd,
-        )
+        # n_inner=None means GPT-2's default FFN width, four times the hidden size
+        return geometry_from_config(config, config.n_inner if config.n_inner is not None else 4 * config.n_embd)
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.h)
