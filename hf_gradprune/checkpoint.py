@@ -94,7 +94,9 @@ def checkpoint_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     for path in weight_files(folder):
         try:
             shapes.update(_file_shapes(path))
-        except Exception as err:  # safetensors, zip and pickle readers each raise their own types
+        except (PermissionError, FileNotFoundError):
+            raise  # clear as they are, and not a fault of the file's content
+        except Exception as err:  # safetensors, zip, mmap and pickle readers each raise their own types
             raise CheckpointError(
                 f"{path} cannot be read ({type(err).__name__}: {err}); the file is truncated or corrupt: "
                 "copy or download it again, or re-save the model"

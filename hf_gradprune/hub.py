@@ -69,9 +69,9 @@ def load_pruned(folder: str | os.PathLike, model_class=None, **kwargs) -> nn.Mod
 
     ``model_class`` picks the head (default: the folder's ``architectures``), e.g. ``BertModel`` to get
     the encoder of a classifier. ``kwargs`` go to ``from_pretrained`` (``dtype``, ``device_map``...).
-    The folder is checked first (``check_folder``); nothing is loaded if its weights are absent,
+    A pruned folder is checked first (``check_folder``): nothing is loaded if its weights are absent,
     unreadable, incomplete or of other shapes than its plan. A folder saved by transformers v4 after
-    ``prune_heads`` (``pruned_heads`` in config.json) loads too (``v4_compat``).
+    ``prune_heads`` (``pruned_heads`` in config.json) loads too (``v4_compat``), checked the same way.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
