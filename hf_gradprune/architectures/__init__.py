@@ -35,14 +35,14 @@ def supported_model_types() -> list[str]:
 def get_adapter(model_or_config) -> FamilyAdapter:
     """The adapter for a model, a config or a ``model_type`` string; a clear error for an unsupported one."""
     if isinstance(model_or_config, str):
-        model_type = model_or_config
+        model_type, what = model_or_config, ""
     else:
         config = getattr(model_or_config, "config", model_or_config)
-        model_type = getattr(config, "model_type", None)
+        model_type, what = getattr(config, "model_type", None), f" ({type(model_or_config).__name__})"
     if model_type not in _REGISTRY:
         raise UnsupportedModelError(
-            f"hf_gradprune does not support model_type {model_type!r} "
-            f"({type(model_or_config).__name__}). Supported model types: {', '.join(supported_model_types())}. "
+            f"hf_gradprune does not support model_type {model_type!r}{what}. "
+            f"Supported model types: {', '.join(supported_model_types())}. "
             "To add a family, write an adapter in hf_gradprune/architectures/ and register it."
         )
     return _REGISTRY[model_type]
