@@ -69,7 +69,7 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
         setattr(config, adapter.ffn_config_attr, widths.pop())
     record = getattr(config, CONFIG_KEY, None) or {}
     history = list(record.get("history", []))
-    history.append(plan.meta)
+    history.append(dict(plan.meta))  # a copy: the caller may reuse the plan
     setattr(
         config,
         CONFIG_KEY,
