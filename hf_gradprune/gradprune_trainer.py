@@ -1,9 +1,10 @@
 """``GradPruneTrainer``: score, prune and recover inside one ``trainer.train()``.
 
-A ``Trainer`` with small overrides only: ``train`` (restore a pruned checkpoint's shapes, and prune
-before training when a round is at step 0), ``training_step`` (turn the scorer on for the batches before
-a round; prune at the round's first micro-batch), ``compute_loss`` (distillation), ``log``, ``save_model``
-and ``create_model_card``. The training loop itself is transformers' own.
+A ``Trainer`` with small overrides only: ``train`` (check that every round fits in the run, restore a
+pruned checkpoint's shapes, and prune before training when a round is at step 0), ``training_step``
+(turn the scorer on for the batches before a round; prune at the round's first micro-batch),
+``compute_loss`` (distillation), ``log``, ``save_model`` and ``create_model_card``. The training loop
+itself is transformers' own.
 
 After every prune the optimizer and LR scheduler are rebuilt for the new parameters. AdamW state is
 carried over for every parameter that the prune did not touch (embeddings, norms, heads, untouched
@@ -131,7 +132,7 @@ class GradPruneTrainer(Trainer):
         loader = self.get_train_dataloader()
         max_steps = self.set_initial_training_values(self.args, loader)[-1]  # Trainer's own count, from epochs too
         batches = len(loader) if has_length(loader) else None
-        forget_prepared(self.accelerator, loader)  # only measured: the loop prepares its own
+        forget_prepared(self.accelerator, loader)  # only measured: the training loop prepares its own loader
         self.args.check_schedule(max_steps, batches)
         return max_steps
 
@@ -180,6 +181,7 @@ class GradPruneTrainer(Trainer):
                 model.zero_grad(set_to_none=True)
                 bar.update(1)
         bar.close()
+        forget_prepared(self.accelerator, loader)  # a one-off pass: the training loop prepares its own loader
         model.train(was_training)
         self._scorer = scorer
 
