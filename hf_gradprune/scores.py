@@ -9,13 +9,32 @@ from dataclasses import dataclass, field
 import torch
 
 from .architectures import Geometry
+from .units import HEAD, NEURON
 
 GRADIENT_METHODS = ("taylor", "fisher")
 METHODS = (*GRADIENT_METHODS, "magnitude", "random")
 
 
 class ScoresError(ValueError):
-    """Scores that cannot be turned into a plan."""
+    """Scores that cannot be turned into a plan, or a file that holds none."""
+
+
+_METADATA_KEY = "hf_gradprune_scores"
+_HEADER_KEYS = ("method", "geometry", "head_ids", "neuron_ids", "num_examples")
+_WRITE_WITH_SAVE = "score files are written by Scores.save (e.g. scorer.scores.save('scores.safetensors'))"
+
+
+def _require(data: dict, keys, path: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ScoresError(
+            f"{path!r} is not a scores file: it lacks {', '.join(map(repr, missing))}; {_WRITE_WITH_SAVE}"
+        )
+
+
+def _tensor_names(num_layers: int) -> list[str]:
+    """The safetensors keys of the heads' then the neurons' scores, layer by layer."""
+    return [f"{kind}.{i}" for kind in ("heads", "neurons") for i in range(num_layers)]
 
 
 @dataclass
@@ -48,7 +67,7 @@ class Scores:
         n = self.geometry.num_layers
         if not (len(self.heads) == len(self.neurons) == len(self.head_ids) == len(self.neuron_ids) == n):
             raise ScoresError(f"scores must cover all {n} layers of the model")
-        for kind, values, ids in (("head", self.heads, self.head_ids), ("neuron", self.neurons, self.neuron_ids)):
+        for kind, values, ids in ((HEAD, self.heads, self.head_ids), (NEURON, self.neurons, self.neuron_ids)):
             for layer, (v, i) in enumerate(zip(values, ids)):
                 if v.numel() != len(i):
                     raise ScoresError(f"layer {layer}: {v.numel()} {kind} scores for {len(i)} {kind} ids")
@@ -140,37 +159,62 @@ class Scores:
             raise ValueError(f"save scores to a .safetensors or .json path, not {path!r}")
         from safetensors.torch import save_file
 
-        tensors = {f"heads.{i}": t.float().contiguous().cpu() for i, t in enumerate(self.heads)}
-        tensors.update({f"neurons.{i}": t.float().contiguous().cpu() for i, t in enumerate(self.neurons)})
-        save_file(tensors, path, metadata={"hf_gradprune_scores": json.dumps(self._header())})
+        values = [t.float().contiguous().cpu() for t in (*self.heads, *self.neurons)]
+        tensors = dict(zip(_tensor_names(len(self.heads)), values))
+        save_file(tensors, path, metadata={_METADATA_KEY: json.dumps(self._header())})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scores:
+        """Read what ``save`` wrote; ``ScoresError`` for a missing file or one that ``save`` did not write."""
         path = os.fspath(path)
-        if path.endswith(".json"):
-            with open(path) as f:
-                data = json.load(f)
-            heads = [torch.tensor(v, dtype=torch.float32) for v in data["heads"]]
-            neurons = [torch.tensor(v, dtype=torch.float32) for v in data["neurons"]]
-        else:
-            from safetensors import safe_open
+        if not os.path.isfile(path):
+            raise ScoresError(f"no scores file at {path!r}")
+        try:
+            if path.endswith(".json"):
+                with open(path) as f:
+                    data = json.load(f)
+                if not isinstance(data, dict):
+                    raise ScoresError(f"{path!r} holds JSON but not an object; {_WRITE_WITH_SAVE}")
+                _require(data, (*_HEADER_KEYS, "heads", "neurons"), path)
+                heads = [torch.tensor(v, dtype=torch.float32) for v in data["heads"]]
+                neurons = [torch.tensor(v, dtype=torch.float32) for v in data["neurons"]]
+            else:
+                from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as f:
-                data = json.loads(f.metadata()["hf_gradprune_scores"])
-                n = data["geometry"]["num_layers"]
-                heads = [f.get_tensor(f"heads.{i}") for i in range(n)]
-                neurons = [f.get_tensor(f"neurons.{i}") for i in range(n)]
-        return cls(
-            method=data["method"],
-            geometry=Geometry(**data["geometry"]),
-            heads=heads,
-            neurons=neurons,
-            head_ids=[list(map(int, ids)) for ids in data["head_ids"]],
-            neuron_ids=[list(map(int, ids)) for ids in data["neuron_ids"]],
-            num_examples=int(data["num_examples"]),
-            skipped_batches=int(data.get("skipped_batches", 0)),
-            meta=data.get("meta", {}),
-        )
+                with safe_open(path, framework="pt") as f:
+                    header = (f.metadata() or {}).get(_METADATA_KEY)
+                    if header is None:
+                        raise ScoresError(
+                            f"{path!r} is a safetensors file without the {_METADATA_KEY!r} metadata that "
+                            f"Scores.save writes (is it a model's weights?); {_WRITE_WITH_SAVE}"
+                        )
+                    data = json.loads(header)
+                    _require(data, _HEADER_KEYS, path)
+                    n = data["geometry"]["num_layers"]
+                    names, present = _tensor_names(n), set(f.keys())
+                    missing = [k for k in names if k not in present]
+                    if missing:
+                        raise ScoresError(f"{path!r} lacks the score tensors {missing[:4]}; {_WRITE_WITH_SAVE}")
+                    values = [f.get_tensor(k) for k in names]
+                    heads, neurons = values[:n], values[n:]
+            scores = cls(
+                method=data["method"],
+                geometry=Geometry(**data["geometry"]),
+                heads=heads,
+                neurons=neurons,
+                head_ids=[list(map(int, ids)) for ids in data["head_ids"]],
+                neuron_ids=[list(map(int, ids)) for ids in data["neuron_ids"]],
+                num_examples=int(data["num_examples"]),
+                skipped_batches=int(data.get("skipped_batches", 0)),
+                meta=data.get("meta", {}),
+            )
+        except ScoresError:
+            raise
+        except Exception as e:  # a truncated or hand-edited file: say which, not where it broke
+            raise ScoresError(f"cannot read scores from {path!r} ({type(e).__name__}: {e}); {_WRITE_WITH_SAVE}") from e
+        if scores.method not in METHODS:
+            raise ScoresError(f"{path!r} has scores of an unknown method {scores.method!r}")
+        return scores
 
     def summary(self) -> str:
         lines = [f"{self.method} scores over {self.num_examples} examples"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -96,10 +97,9 @@ class ImportanceScorer:
     @loss_scale.setter
     def loss_scale(self, value: float) -> None:
         # Checked here, where the mistake is made, rather than as a ZeroDivisionError deep in a backward.
-        try:
-            scale = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"loss_scale must be a number, not {type(value).__name__}") from None
+        if not isinstance(value, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"loss_scale must be a number, not {type(value).__name__}")
+        scale = float(value)
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(
                 f"loss_scale must be finite and > 0 (the factor the backward loss was multiplied by), not {value!r}"

@@ -3,7 +3,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, make
+from conftest import batch, make, uneven_plan
 
 from hf_gradprune import ImportanceScorer, PruningPlan, Scores, ScoresError, prune_model
 from hf_gradprune.state import pruning_state
@@ -333,3 +333,148 @@ def test_scores_sum_across_two_processes():
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DIST-OK" in result.stderr
+
+
+# ---------------------------------------------------------------- lifecycle (issue 10, item 8)
+def hooks_left(model):
+    return [m for m in model.modules() if m._forward_pre_hooks or m._forward_hooks]
+
+
+def test_nested_with_keeps_scoring_until_the_outer_block_ends():
+    model = make("bert")
+    scorer = ImportanceScorer(model, "taylor")
+    with scorer:
+        with scorer:
+            model(**batch("bert")).loss.backward()
+        assert scorer.is_attached
+        model(**batch("bert", seed=2)).loss.backward()  # the inner exit must not end scoring
+    assert not scorer.is_attached and not hooks_left(model)
+    assert scorer.scores.num_examples == 8
+    scorer.attach()
+    scorer.attach()
+    scorer.detach()
+    assert scorer.is_attached
+    scorer.detach()
+    scorer.detach()  # unmatched: nothing to do
+    assert not scorer.is_attached and not hooks_left(model)
+
+
+def one_unit_plan(model):
+    g = pruning_state(model).geometry
+    return PruningPlan(g, [[1]] * g.num_layers, [[3]] * g.num_layers)
+
+
+@pytest.mark.parametrize("attached", [False, True])
+def test_scorer_with_scores_refuses_a_pruned_model_until_reset(family, attached):
+    """Down to one unit per layer, old code broadcast the new scores onto every old unit without a word."""
+    model = make(family)
+    scorer = ImportanceScorer(model, "taylor")
+    scorer.attach()
+    model(**batch(family)).loss.backward()
+    if not attached:
+        scorer.detach()
+    prune_model(model, one_unit_plan(model))
+    with pytest.raises(RuntimeError, match=r"call scorer\.reset\(\)"):
+        with scorer:
+            model(**batch(family)).loss.backward()
+    assert scorer.scores.num_examples == 4 and scorer.scores.head_ids[0] == [0, 1, 2, 3]  # still readable
+    scorer.reset()
+    with scorer:
+        model(**batch(family)).loss.backward()
+    s = scorer.scores
+    assert s.num_examples == 4 and s.head_ids == [[1]] * 3 and s.neuron_ids == [[3]] * 3
+    scorer.detach()
+    assert not hooks_left(model)
+
+
+@pytest.mark.parametrize("method", ["taylor", "magnitude"])
+def test_scorer_without_scores_follows_a_pruned_model(method):
+    model = make("bert")
+    scorer = ImportanceScorer(model, method)
+    prune_model(model, uneven_plan(model))
+    with scorer:
+        model(**batch("bert")).loss.backward()
+    s = scorer.scores
+    assert s.head_ids == uneven_plan(model).heads
+    assert [t.numel() for t in s.heads] == [len(ids) for ids in s.head_ids]
+    PruningPlan.from_scores(s, head_sparsity=0.5)
+
+
+def test_forward_through_the_base_model_is_masked_and_committed_per_backward(family):
+    """A custom head on ``model.bert`` / ``model.transformer``: each backward counts its own examples, the
+    padding mask still applies, and a NaN batch costs only itself."""
+    model = make(family)
+    head = torch.nn.Linear(64, 3)
+
+    def custom(m, x):
+        ids, mask = x["input_ids"], x["attention_mask"]
+        # BERT takes the mask positionally (second), GPT-2 only by name (its second parameter is the cache)
+        out = m.base_model(ids, mask) if family == "bert" else m.base_model(input_ids=ids, attention_mask=mask)
+        logits = head(out.last_hidden_state)  # every token, pads included: only the mask keeps them out
+        target = (torch.arange(ids.shape[0]) % 3)[:, None].expand(ids.shape)
+        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(1).sum()
+
+    batches = [batch(family, seed=seed, size=3) for seed in (1, 2)]
+    ref = [gated_scores(model, x, custom) for x in batches]
+    scorer = ImportanceScorer(model, "taylor", reduction="sum")
+    with scorer:
+        custom(model, batches[0]).backward()
+        (custom(model, batches[1]) * float("nan")).backward()
+        custom(model, batches[1]).backward()
+    s = scorer.scores
+    assert (s.num_examples, s.skipped_batches) == (6, 1)
+    for layer in range(3):
+        for got, k in ((s.heads, 0), (s.neurons, 1)):
+            expected = sum(r[k][layer].abs().sum(0) for r in ref)
+            torch.testing.assert_close(got[layer], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_checkpointing_gives_the_same_scores():
+    model = make("bert")
+    inputs = batch("bert")
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()  # transformers checkpoints only in training mode; dropout is 0 in these models
+        scorer = ImportanceScorer(model, "fisher")
+        with scorer:
+            model(**inputs).loss.backward()
+        results.append(scorer.scores)
+    a, b = results
+    assert a.num_examples == b.num_examples == 4
+    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
+def test_loss_scale_must_be_finite_and_positive(value):
+    scorer = ImportanceScorer(make("bert"), "taylor")
+    with pytest.raises(ValueError, match="loss_scale must be finite and > 0"):
+        scorer.loss_scale = value
+    with pytest.raises(TypeError, match="loss_scale must be a number"):
+        scorer.loss_scale = "1"
+    assert scorer.loss_scale == 1.0
+
+
+# ---------------------------------------------------------------- Scores.load (issue 10, item 9)
+def test_scores_load_says_what_a_foreign_or_missing_file_lacks(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(ScoresError, match="no scores file"):
+        Scores.load(tmp_path / "absent.safetensors")
+    save_file({"bert.pooler.dense.bias": torch.zeros(4)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ScoresError, match="without the 'hf_gradprune_scores' metadata.*Scores.save"):
+        Scores.load(tmp_path / "model.safetensors")
+    (tmp_path / "other.json").write_text('{"heads": [[1.0]], "method": "taylor"}')
+    with pytest.raises(ScoresError, match="lacks 'geometry', 'head_ids', 'neuron_ids', 'num_examples'"):
+        Scores.load(tmp_path / "other.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ScoresError, match="not an object"):
+        Scores.load(tmp_path / "list.json")
+    good = ImportanceScorer(make("bert"), "random").scores
+    good.save(tmp_path / "s.safetensors")
+    data = (tmp_path / "s.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 20])
+    with pytest.raises(ScoresError, match="cannot read scores"):
+        Scores.load(tmp_path / "cut.safetensors")
