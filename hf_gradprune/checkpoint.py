@@ -124,3 +124,23 @@ def compare_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> tupl
         elif found != tuple(tensor.shape):
             mismatched.append(f"{key}: file {found}, expected {tuple(tensor.shape)}")
     return missing, mismatched
+
+
+def weight_faults(folder: str | os.PathLike, model: nn.Module, config) -> tuple[list[str], list[str]]:
+    """``(missing, mismatched)`` of ``model`` (a meta-device skeleton) against the weights in ``folder``.
+
+    Only a tensor of the class that wrote the folder (``config.architectures``) can be missing: read as
+    another class (a masked-LM folder as a classifier or an encoder), the parts that class adds, such as
+    a pooler, are new, and transformers initialises them as it always does.
+    """
+    shapes = checkpoint_shapes(folder)
+    missing, mismatched = compare_shapes(model, shapes)
+    if missing and getattr(config, "architectures", None):
+        try:
+            saved_cls = resolve_model_class(config)
+        except ValueError:  # a class this transformers lacks: the requested one is all there is to go by
+            return missing, mismatched
+        if saved_cls.__name__ != type(model).__name__.removeprefix(CLASS_PREFIX):
+            with torch.device("meta"):
+                missing = compare_shapes(saved_cls(config), shapes)[0]
+    return missing, mismatched

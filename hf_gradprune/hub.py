@@ -12,7 +12,7 @@ import torch
 import transformers
 from torch import nn
 
-from .checkpoint import CheckpointError, checkpoint_shapes, compare_shapes, resolve_model_class
+from .checkpoint import CheckpointError, resolve_model_class, weight_faults
 from .modeling_gradprune import CONFIG_KEY, gradprune_class, push_kwargs, write_folder
 
 
@@ -49,7 +49,7 @@ def check_folder(folder: str | os.PathLike, model_class=None) -> None:
     cls = gradprune_class(resolve_model_class(config, model_class))
     with torch.device("meta"):
         skeleton = cls(config)
-    missing, mismatched = compare_shapes(skeleton, checkpoint_shapes(folder))
+    missing, mismatched = weight_faults(folder, skeleton, config)
     if mismatched:
         raise FolderMismatchError(
             f"{folder}: the weights do not match the pruning plan in config.json ({len(mismatched)} tensors), "

@@ -26,7 +26,7 @@ import transformers
 from torch import nn
 
 from .architectures import Geometry, get_adapter
-from .checkpoint import CheckpointError, checkpoint_shapes, compare_shapes, resolve_model_class
+from .checkpoint import CheckpointError, resolve_model_class, weight_faults
 from .modeling_gradprune import CONFIG_KEY, gradprune_class, write_folder
 from .plan import PlanError, PruningPlan
 from .surgery import current_plan, prune_model
@@ -133,7 +133,7 @@ def _v4_skeleton(folder: str, config, cls) -> nn.Module:
         skeleton = cls(clean)
     prune_model(skeleton, plan)
 
-    missing, mismatched = compare_shapes(skeleton, checkpoint_shapes(folder))
+    missing, mismatched = weight_faults(folder, skeleton, config)
     if mismatched:
         listed = {str(layer): sorted(h) for layer, h in sorted(pruned.items())}
         raise V4CheckpointError(

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import batch, make, uneven_plan
+from conftest import batch, make, tiny_bert_config, uneven_plan
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
     BertTokenizerFast,
@@ -404,3 +405,22 @@ def test_a_new_folder_appears_whole_with_the_usual_permissions(tmp_path):
     assert no_temporary_folders(tmp_path / "a" / "b")
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         save_pruned(model, out / "config.json")
+
+
+def test_a_masked_lm_folder_reads_as_another_head_with_new_parts_initialised(tmp_path):
+    # the pooler and classifier a classifier adds are new, not missing; the encoder's tensors must all be there
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(tiny_bert_config())
+    prune_model(mlm, uneven_plan(mlm))
+    mlm.save_pretrained(tmp_path / "mlm")
+    for cls in (BertForSequenceClassification, BertModel):
+        check_folder(tmp_path / "mlm", cls)
+        loaded = load_pruned(tmp_path / "mlm", model_class=cls)
+        encoder = loaded if cls is BertModel else loaded.bert
+        state = mlm.bert.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in encoder.state_dict().items() if not k.startswith("pooler"))
+    state = load_file(tmp_path / "mlm" / "model.safetensors")
+    del state["bert.encoder.layer.2.output.dense.weight"]
+    save_file(state, tmp_path / "mlm" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(FolderMismatchError, match=r"lack 1 tensor\(s\).*layer.2.output.dense.weight"):
+        load_pruned(tmp_path / "mlm", model_class=BertForSequenceClassification)
