@@ -162,9 +162,13 @@ class GradPruneConfig(TrainingArguments):
             )
         if self.importance not in GRADIENT_METHODS:
             return
-        ga, previous = self.gradient_accumulation_steps, 0
+        previous = 0
         for step, _ in rounds:
-            available = batches_per_epoch if step == 0 else (step - previous) * ga
+            if step == 0:  # scored before training, on one pass at most
+                available = batches_per_epoch
+            else:  # the scorer starts afresh after each prune
+                available = self.micro_batches_before(step, batches_per_epoch)
+                available -= self.micro_batches_before(previous, batches_per_epoch)
             if available is not None and available < self.scoring_steps:
                 if step == 0:
                     _fail(
@@ -179,6 +183,18 @@ class GradPruneConfig(TrainingArguments):
                     "(prune_step; prune_start_step, prune_end_step, num_rounds)"
                 )
             previous = step
+
+    def micro_batches_before(self, step: int, batches_per_epoch: int | None = None) -> int:
+        """Micro-batches (forward and backward passes) the training loop runs before optimizer step ``step``.
+
+        ``gradient_accumulation_steps`` per step, except that ``Trainer`` gives the last step of an epoch
+        only the batches left in it (``batches_per_epoch``, when the training loader has a length).
+        """
+        ga = self.gradient_accumulation_steps
+        if not batches_per_epoch:
+            return step * ga
+        epochs, within = divmod(step, -(-batches_per_epoch // ga))
+        return epochs * batches_per_epoch + within * ga
 
     @property
     def effective_distill_alpha(self) -> float:

@@ -116,6 +116,7 @@ class GradPruneTrainer(Trainer):
         self._rounds_done = 0
         self._step_seen = -1
         self._micro = 0
+        self._batches_per_epoch: int | None = None  # of this process's training loader, measured by train()
         self._rewrapped = False
         self._user_loss_scaled_for_ga = self.loss_is_scaled_for_ga
         self._distill_sum, self._distill_count = 0.0, 0
@@ -131,9 +132,9 @@ class GradPruneTrainer(Trainer):
         """Fail unless every round runs in this run's optimizer steps; return that number of steps."""
         loader = self.get_train_dataloader()
         max_steps = self.set_initial_training_values(self.args, loader)[-1]  # Trainer's own count, from epochs too
-        batches = len(loader) if has_length(loader) else None
+        self._batches_per_epoch = len(loader) if has_length(loader) else None
         forget_prepared(self.accelerator, loader)  # only measured: the training loop prepares its own loader
-        self.args.check_schedule(max_steps, batches)
+        self.args.check_schedule(max_steps, self._batches_per_epoch)
         return max_steps
 
     @property
@@ -225,16 +226,15 @@ class GradPruneTrainer(Trainer):
         upcoming = self._next_round()
         if upcoming is None or self.args.importance not in GRADIENT_METHODS:
             return
-        ga = self.args.gradient_accumulation_steps
-        micro = step * ga + self._micro
-        start = upcoming[0] * ga - self.args.scoring_steps
-        if micro < start or micro >= upcoming[0] * ga:
+        micro = self.args.micro_batches_before(step, self._batches_per_epoch) + self._micro
+        end = self.args.micro_batches_before(upcoming[0], self._batches_per_epoch)
+        if not end - self.args.scoring_steps <= micro < end:
             return
         if self._scorer is None:
             self._scorer = self._new_scorer()
         if not self._scorer.is_attached:
             self._scorer.attach()
-            left = upcoming[0] * ga - micro
+            left = end - micro
             self._scoring_bar = tqdm(
                 total=left, desc="scoring heads and neurons", leave=False, disable=not self.is_local_process_zero()
             )

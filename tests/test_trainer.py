@@ -141,6 +141,22 @@ def test_schedule_that_cannot_complete_fails_at_train_start(tmp_path, overrides,
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
+def test_scoring_window_counts_the_short_last_step_of_an_epoch(tmp_path):
+    # 10 batches per epoch under accumulation 4: steps of 4, 4 and 2 batches. The round at step 3 scores the
+    # 4 batches before it (the last 2 of step 1 and the 2 of step 2), not only those of step 2.
+    trainer = make_trainer(
+        tmp_path,
+        **{**SMALL, "num_train_epochs": 2, "data": ParityData(n=40)},
+        gradient_accumulation_steps=4,
+        prune_step=3,
+        scoring_steps=4,
+        distill_alpha=0.0,
+    )
+    trainer.train()
+    (event,) = prune_logs(trainer)
+    assert event["step"] == 3 and event["prune/examples_scored"] == 4 * 4
+
+
 def test_unpruned_model_saves_with_or_without_training(tmp_path):
     from transformers import BertForSequenceClassification
 
