@@ -11,6 +11,7 @@ import os
 
 import torch
 import transformers
+from safetensors import safe_open
 from torch import nn
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
@@ -71,8 +72,6 @@ def weight_files(folder: str | os.PathLike) -> list[str]:
 
 def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     try:
