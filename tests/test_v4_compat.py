@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from conftest import batch, make
 from safetensors.torch import load_file, save_file
 from test_surgery import zeroed_reference
@@ -354,6 +355,22 @@ def test_overwrite_replaces_the_model_and_keeps_everything_else(tmp_path):
     assert not (dst / "pytorch_model.bin").exists() and not (dst / "model.safetensors.index.json").exists()
     assert all_tensors_equal(load_pruned(dst), load_pruned(FIXTURES / "v4_bert"))
     assert [p.name for p in tmp_path.iterdir() if ".saving-" in p.name or ".converting-" in p.name] == []
+
+
+def test_a_conversion_that_fails_midway_leaves_dst_as_it_was(tmp_path, monkeypatch):
+    dst = tmp_path / "dst"
+    convert_v4_checkpoint(FIXTURES / "v4_gpt2", dst)
+    (dst / "keep.txt").write_text("mine")
+    before = snapshot(dst)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert_v4_checkpoint(FIXTURES / "v4_bert", dst, overwrite=True)
+    assert snapshot(dst) == before
+    assert [p.name for p in tmp_path.iterdir() if ".saving-" in p.name] == []
 
 
 def test_conversion_never_replaces_a_file(tmp_path):
