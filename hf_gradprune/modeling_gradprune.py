@@ -236,8 +236,8 @@ def _move_into(new: str, folder: str, replace_weights: bool) -> None:
 def write_folder(folder: str | os.PathLike, write) -> None:
     """Run ``write(tmp)`` on a new, empty folder, then make what it wrote the content of ``folder``.
 
-    Nothing in ``folder`` changes until ``write`` returns, so a save that fails (a full disk, an
-    exception) leaves the previous one whole; the temporary folder is removed either way. A new
+    No file already in ``folder`` changes until ``write`` returns, so a save that fails (a full disk,
+    an exception) leaves the previous one whole; the temporary folder is removed either way. A new
     ``folder`` appears complete, by one rename of a hidden sibling. An existing one may be a mount point
     or hold files that are not the model's (a Trainer's optimizer state, a tokenizer, the user's own), so
     it is not swapped: the files are written in a hidden folder inside it (same filesystem), then the
