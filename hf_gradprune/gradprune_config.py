@@ -18,7 +18,9 @@ class GradPruneConfig(TrainingArguments):
     ``params_budget``; all are fractions of the original model. The schedule is one-shot (a single
     prune at ``prune_step``) or iterative (``num_rounds`` prunes between ``prune_start_step`` and
     ``prune_end_step`` on a cubic sparsity ramp, Zhu & Gupta 2017), each preceded by ``scoring_steps``
-    training batches during which importance is accumulated.
+    training batches during which importance is accumulated. A schedule that cannot run in full (a round
+    after the last step, too few batches to score) is an error, here when ``max_steps`` is given, else at
+    the start of ``GradPruneTrainer.train``.
     """
 
     importance: str = field(default="taylor", metadata={"help": f"Importance method: {' | '.join(METHODS)}."})
@@ -160,6 +162,13 @@ class GradPruneConfig(TrainingArguments):
                 f"optimizer steps, so the model would never be pruned: {change}, or train longer "
                 "(max_steps, num_train_epochs)"
             )
+        if self.pruning_schedule == "iterative" and len(rounds) < self.num_rounds:
+            start, end = self.prune_start_step, self._end_step(max_steps)
+            _fail(
+                f"num_rounds={self.num_rounds} rounds between steps {start} and {end} fall on only {len(rounds)} "
+                f"distinct steps: lower num_rounds, or widen the range (prune_start_step, prune_end_step"
+                f"{'' if self.prune_end_step is not None else ', which defaults to half of the run'})"
+            )
         if self.importance not in GRADIENT_METHODS:
             return
         previous = 0
@@ -183,6 +192,10 @@ class GradPruneConfig(TrainingArguments):
                     "(prune_step; prune_start_step, prune_end_step, num_rounds)"
                 )
             previous = step
+
+    def _end_step(self, max_steps: int) -> int:
+        """Step of the iterative schedule's last round (default: half of the run)."""
+        return self.prune_end_step if self.prune_end_step is not None else max(self.prune_start_step, max_steps // 2)
 
     def micro_batches_before(self, step: int, batches_per_epoch: int | None = None) -> int:
         """Micro-batches (forward and backward passes) the training loop runs before optimizer step ``step``.
@@ -211,9 +224,7 @@ class GradPruneConfig(TrainingArguments):
             return []
         if self.pruning_schedule == "one_shot":
             return [(self.prune_step, 1.0)]
-        start = self.prune_start_step
-        end = self.prune_end_step if self.prune_end_step is not None else max(start, max_steps // 2)
-        n = self.num_rounds
+        start, end, n = self.prune_start_step, self._end_step(max_steps), self.num_rounds
         steps = [start] if n == 1 else [start + round(r * (end - start) / (n - 1)) for r in range(n)]
         # Zhu & Gupta's cubic ramp from 0 to the target, sampled at rounds 1..n.
         rounds: dict[int, float] = {}

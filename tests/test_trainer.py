@@ -455,6 +455,10 @@ def test_two_processes_agree_with_each_other_and_with_one(tmp_path):
             "make the rounds end before step 10",
         ),
         (dict(head_sparsity=0.5, max_steps=10, prune_step=3, scoring_steps=4), "can score only 3 batches"),
+        (
+            dict(head_sparsity=0.5, max_steps=10, pruning_schedule="iterative", prune_start_step=6, scoring_steps=1),
+            "num_rounds=3 rounds between steps 6 and 6 fall on only 1 distinct steps",
+        ),
         (dict(head_sparsity=0.5, flops_seq_len=-5), "seq_len"),
         (dict(head_sparsity=0.5, min_heads_per_layer="1"), "min_heads_per_layer must be an integer"),
         (dict(head_sparsity=0.5, ffn_multiple_of=0), "ffn_multiple_of"),
