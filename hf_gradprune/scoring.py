@@ -88,6 +88,7 @@ class ImportanceScorer:
         self._depth = 0  # attach() calls not yet matched by detach()
         self._handles: list = []
         self._mask: torch.Tensor | None = None
+        self._pass: _Pass | None = None  # the forward in progress
         self._reset_data()
 
     @property
@@ -120,9 +121,10 @@ class ImportanceScorer:
         self._layers = state.adapter.layers(self.model)
         self._sizes = [(len(h), len(n)) for h, n in zip(state.head_ids, state.neuron_ids)]
         device = next(self.model.parameters()).device
-        ids = {HEAD: state.head_ids, NEURON: state.neuron_ids}
+        ids = _unit_ids(state)
+        # The pass in progress is kept: a reset in the middle of a forward (the model was pruned while the
+        # scorer was empty) must not split that forward into two passes that would each count its examples.
         self._total = {kind: [torch.zeros(len(i), device=device) for i in ids[kind]] for kind in UNIT_KINDS}
-        self._pass: _Pass | None = None
         self.num_examples = 0
         self.skipped_batches = 0
 
@@ -145,7 +147,10 @@ class ImportanceScorer:
 
     @property
     def is_attached(self) -> bool:
-        """True while the hooks are on (inside ``with scorer:`` or between ``attach()`` and ``detach()``)."""
+        """True while the hooks are on (inside ``with scorer:`` or between ``attach()`` and ``detach()``).
+
+        Never for ``magnitude`` / ``random``, which read the weights and need no hooks.
+        """
         return bool(self._handles)
 
     def state_dict(self) -> dict:
@@ -179,9 +184,13 @@ class ImportanceScorer:
                 "these scores are for other live units than the model has now (it was pruned in between, or "
                 "they come from another model); start a new scorer instead"
             )
+        values = {kind: list(state_dict[_STATE_KEYS[kind]]) for kind in UNIT_KINDS}
+        ids = _unit_ids(live)
+        if any([tuple(v.shape) for v in values[k]] != [(len(i),) for i in ids[k]] for k in UNIT_KINDS):
+            raise ValueError("these scores' tensors do not match their unit ids: the state dict is damaged")
         self._reset_data()  # replaced wholesale below, and now sized for the live units
         for kind in UNIT_KINDS:
-            for total, value in zip(self._total[kind], state_dict[_STATE_KEYS[kind]]):
+            for total, value in zip(self._total[kind], values[kind]):
                 total.copy_(value.to(total.device))
         self.num_examples = int(state_dict["num_examples"])
         self.skipped_batches = int(state_dict.get("skipped_batches", 0))
@@ -344,6 +353,10 @@ class ImportanceScorer:
             num_examples=self.num_examples if self.method in GRADIENT_METHODS else 0,
             skipped_batches=self.skipped_batches,
         )
+
+
+def _unit_ids(state) -> dict[str, list[list[int]]]:
+    return {HEAD: state.head_ids, NEURON: state.neuron_ids}
 
 
 def _mask_position(module: nn.Module) -> int | None:

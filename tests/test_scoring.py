@@ -400,6 +400,48 @@ def test_scorer_without_scores_follows_a_pruned_model(method):
     PruningPlan.from_scores(s, head_sparsity=0.5)
 
 
+def test_scorer_without_scores_follows_a_prune_made_while_attached():
+    """Layer 0 keeps everything, so the scorer only notices at layer 1, mid-forward: still one pass."""
+    model = make("bert")
+    scorer = ImportanceScorer(model, "taylor")
+    g = pruning_state(model).geometry
+    plan = PruningPlan(g, [[0, 1, 2, 3], [1], [0, 2]], [list(range(96)), list(range(40)), list(range(50))])
+    with scorer:
+        prune_model(model, plan)
+        model(**batch("bert")).loss.backward()
+    s = scorer.scores
+    assert s.num_examples == 4 and s.head_ids == plan.heads and [t.numel() for t in s.neurons] == [96, 40, 50]
+
+
+def test_state_dict_resumes_scoring_and_refuses_what_does_not_fit():
+    model = make("bert")
+    whole = ImportanceScorer(model, "fisher")
+    with whole:
+        for seed in (1, 2):
+            model(**batch("bert", seed=seed)).loss.backward()
+    first = ImportanceScorer(model, "fisher")
+    with first:
+        model(**batch("bert", seed=1)).loss.backward()
+    resumed = ImportanceScorer(model, "fisher")
+    resumed.load_state_dict(first.state_dict())
+    with resumed:
+        model(**batch("bert", seed=2)).loss.backward()
+    a, b = whole.scores, resumed.scores
+    assert a.num_examples == b.num_examples == 8
+    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="accumulated with 'fisher'"):
+        ImportanceScorer(model, "taylor").load_state_dict(first.state_dict())
+    damaged = first.state_dict()
+    damaged["heads"][0] = torch.ones(1)  # would broadcast onto the layer's four heads
+    with pytest.raises(ValueError, match="do not match their unit ids"):
+        resumed.load_state_dict(damaged)
+    assert resumed.scores.num_examples == 8  # left as it was
+    prune_model(model, uneven_plan(model))
+    with pytest.raises(ValueError, match="other live units"):
+        ImportanceScorer(model, "fisher").load_state_dict(first.state_dict())
+
+
 def test_forward_through_the_base_model_is_masked_and_committed_per_backward(family):
     """A custom head on ``model.bert`` / ``model.transformer``: each backward counts its own examples, the
     padding mask still applies, and a NaN batch costs only itself."""
