@@ -179,8 +179,9 @@ def test_min_heads_per_layer_above_the_models_heads_fails_when_the_trainer_is_bu
 def test_trainer_uses_only_public_seams():
     """The scorer and Accelerate are reached through public members (Accelerate's private lists only via
     accelerate_compat, which has its own test)."""
-    source = (HERE.parent / "hf_gradprune" / "gradprune_trainer.py").read_text()
-    for private in ("._handles", "._pending_examples", "._total", "accelerator._", '("taylor", "fisher")'):
+    package = HERE.parent / "hf_gradprune"
+    source = "".join((package / name).read_text() for name in ("gradprune_trainer.py", "gradprune_config.py"))
+    for private in ("._handles", "._pending_examples", "._total", "accelerator._", '"taylor", "fisher"'):
         assert private not in source, private
 
 
