@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import threading
 
 import torch
 from torch import nn
@@ -47,6 +48,13 @@ class _Pass:
         self.first_left = 0  # of those, still waiting for their gradient in this backward
         self.pending: dict = {}
         self.bad = False
+
+
+class _Forward(threading.local):
+    """The forward in progress, per thread: ``nn.DataParallel`` runs its replicas' forwards in threads."""
+
+    mask: torch.Tensor | None = None
+    current: _Pass | None = None
 
 
 class ImportanceScorer:
@@ -87,8 +95,8 @@ class ImportanceScorer:
         self.loss_scale = 1.0
         self._depth = 0  # attach() calls not yet matched by detach()
         self._handles: list = []
-        self._mask: torch.Tensor | None = None
-        self._pass: _Pass | None = None  # the forward in progress
+        self._forward = _Forward()
+        self._lock = threading.Lock()  # commits may come from several devices' autograd threads
         self._reset_data()
 
     @property
@@ -140,9 +148,10 @@ class ImportanceScorer:
             self._reset_data()
         elif refuse:
             raise RuntimeError(
-                f"the model was pruned after this ImportanceScorer last read it, and the scorer holds scores of "
-                f"{self.num_examples} examples for the units it had then: read scorer.scores if you need them, "
-                "then call scorer.reset() before scoring the pruned model"
+                f"the model was pruned after this ImportanceScorer last read it, and the scorer holds what it "
+                f"accumulated for the units it had then ({self.num_examples} examples, {self.skipped_batches} "
+                "skipped batches): read scorer.scores if you need them, then call scorer.reset() before scoring "
+                "the pruned model"
             )
 
     @property
@@ -236,23 +245,21 @@ class ImportanceScorer:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._mask = None
-        self._pass = None
+        self._forward.mask = self._forward.current = None
 
     def _entry_hook(self, mask_position: int | None):
         def hook(module, args, kwargs):
             mask = kwargs.get("attention_mask")
             if mask is None and mask_position is not None and len(args) > mask_position:
                 mask = args[mask_position]
-            self._mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-            self._pass = None
+            self._forward.mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+            self._forward.current = None
 
         return hook
 
     def _exit_hook(self, module, args, output) -> None:
         # A later forward that enters below the hooked modules must not reuse this one's mask or pass.
-        self._mask = None
-        self._pass = None
+        self._forward.mask = self._forward.current = None
 
     def _activation_hook(self, kind: str, layer: int):
         group = self._state.geometry.head_dim if kind == HEAD else 1
@@ -265,9 +272,10 @@ class ImportanceScorer:
                 self._follow_model(refuse=True)
             if a.shape[-1] == 0:  # no units left here, nothing to score
                 return
-            p = self._pass
+            forward = self._forward
+            p = forward.current
             if p is None or (kind, layer) in p.seen:  # a unit scored twice: this is another forward
-                p = self._pass = _Pass(a.shape[0], self._mask)
+                p = forward.current = _Pass(a.shape[0], forward.mask)
             p.seen.add((kind, layer))
             if p.first_layer is None:
                 p.first_layer = layer
@@ -309,19 +317,20 @@ class ImportanceScorer:
         """Fold one completed backward into the totals, or drop it whole if any gradient was NaN/inf."""
         pending, bad = p.pending, p.bad
         p.pending, p.bad = {}, False
-        if bad:
-            self.skipped_batches += 1
-            return
-        self._follow_model(refuse=True)
-        for (kind, layer), value in pending.items():
-            total = self._total[kind][layer]
-            if value.shape != total.shape:  # never broadcast a pruned layer's scores onto the old units
-                raise RuntimeError(
-                    f"layer {layer} has {value.numel()} {kind}s but this scorer has {total.numel()}: the model "
-                    "changed during this step; call scorer.reset() after pruning"
-                )
-            total += value.to(total.device)
-        self.num_examples += p.examples
+        with self._lock:
+            if bad:
+                self.skipped_batches += 1
+                return
+            self._follow_model(refuse=True)
+            for (kind, layer), value in pending.items():
+                total = self._total[kind][layer]
+                if value.shape != total.shape:  # never broadcast a pruned layer's scores onto the old units
+                    raise RuntimeError(
+                        f"layer {layer} has {value.numel()} {kind}s but this scorer has {total.numel()}: the model "
+                        "changed during this step; call scorer.reset() after pruning"
+                    )
+                total += value.to(total.device)
+            self.num_examples += p.examples
 
     # ------------------------------------------------------------------ results
     @property

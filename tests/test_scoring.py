@@ -471,6 +471,46 @@ def test_forward_through_the_base_model_is_masked_and_committed_per_backward(fam
             torch.testing.assert_close(got[layer], expected, rtol=1e-4, atol=1e-7)
 
 
+def test_forwards_in_threads_keep_their_own_mask_and_count(family):
+    """``nn.DataParallel`` runs its replicas' forwards in threads through the same hooks; here two forwards of
+    different batches are held mid-model at once, then backpropagated together."""
+    import threading
+
+    model = make(family)
+    parts = [batch(family, seed=1, size=3), batch(family, seed=2, size=5, length=9)]
+    ref = ImportanceScorer(model, "taylor", reduction="sum")
+    with ref:
+        for x in parts:
+            summed_loss(model, x).backward()
+    barrier = threading.Barrier(2)
+    layers = model.transformer.h if family == "gpt2" else model.bert.encoder.layer
+
+    def meet(module, args):
+        barrier.wait(timeout=60)  # both forwards are past layer 0 before either goes on
+
+    handle = layers[1].register_forward_pre_hook(meet)
+    losses = [None, None]
+
+    def run(i):
+        losses[i] = summed_loss(model, parts[i])
+
+    scorer = ImportanceScorer(model, "taylor", reduction="sum")
+    try:
+        with scorer:
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            (losses[0] + losses[1]).backward()
+    finally:
+        handle.remove()
+    a, b = ref.scores, scorer.scores
+    assert a.num_examples == b.num_examples == 8
+    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
+
+
 def test_gradient_checkpointing_gives_the_same_scores():
     model = make("bert")
     inputs = batch("bert")
