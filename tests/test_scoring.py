@@ -53,6 +53,13 @@ def summed_loss(model, inputs):
     return F.cross_entropy(out.logits, inputs["labels"], reduction="sum")
 
 
+def assert_same_scores(a, b, rtol=1e-4, atol=1e-7):
+    """The same example count and, unit by unit, the same scores."""
+    assert a.num_examples == b.num_examples
+    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("method", ["taylor", "fisher"])
 def test_scores_equal_gradient_of_explicit_gates(family, method):
     model = make(family)
@@ -101,9 +108,8 @@ def test_gradient_accumulation_and_batch_size_give_same_scores():
             part = {k: v[2 * i : 2 * i + 2] for k, v in inputs.items()}
             (model(**part).loss / 3).backward()
     a, b = full.scores, accum.scores
-    assert a.num_examples == b.num_examples == 6
-    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-8)
+    assert a.num_examples == 6
+    assert_same_scores(a, b, rtol=1e-4, atol=1e-8)
 
 
 def test_loss_scale_is_divided_out():
@@ -117,8 +123,7 @@ def test_loss_scale_is_divided_out():
         with scorer:
             (model(**inputs).loss * factor).backward()
         results.append(scorer.scores)
-    for a, b in zip(results[0].heads + results[0].neurons, results[1].heads + results[1].neurons):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    assert_same_scores(*results, rtol=1e-5, atol=1e-9)
 
 
 def test_extra_padding_changes_nothing(family):
@@ -135,8 +140,7 @@ def test_extra_padding_changes_nothing(family):
         with scorer:
             model(**x).loss.backward()
         results.append(scorer.scores)
-    for x, y in zip(results[0].heads + results[0].neurons, results[1].heads + results[1].neurons):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-8)
+    assert_same_scores(*results, rtol=1e-4, atol=1e-8)
 
 
 def test_bf16_model_accumulates_in_float32(family):
@@ -427,9 +431,8 @@ def test_state_dict_resumes_scoring_and_refuses_what_does_not_fit():
     with resumed:
         model(**batch("bert", seed=2)).loss.backward()
     a, b = whole.scores, resumed.scores
-    assert a.num_examples == b.num_examples == 8
-    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+    assert a.num_examples == 8
+    assert_same_scores(a, b, rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match="accumulated with 'fisher'"):
         ImportanceScorer(model, "taylor").load_state_dict(first.state_dict())
     damaged = first.state_dict()
@@ -506,9 +509,8 @@ def test_forwards_in_threads_keep_their_own_mask_and_count(family):
     finally:
         handle.remove()
     a, b = ref.scores, scorer.scores
-    assert a.num_examples == b.num_examples == 8
-    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
+    assert a.num_examples == 8
+    assert_same_scores(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_gradient_checkpointing_gives_the_same_scores():
@@ -524,9 +526,8 @@ def test_gradient_checkpointing_gives_the_same_scores():
             model(**inputs).loss.backward()
         results.append(scorer.scores)
     a, b = results
-    assert a.num_examples == b.num_examples == 4
-    for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+    assert a.num_examples == 4
+    assert_same_scores(a, b, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
