@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A CPU build of torch 2.13.0 lies on this project's machines; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-all demo example bench bench-quick lint format clean
+.PHONY: install test test-all demo example bench bench-quick gpu-check lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ bench: install  ## quality, speed and overhead benchmarks (results in benchmarks
 
 bench-quick: install  ## the same benchmarks on tiny models: a smoke run
 	$(BIN)/python benchmarks/run_all.py --quick --out outputs/bench-quick
+
+# The GPU check runs with the machine's own python and its CUDA build of torch (never `install`, which would put the
+# CPU build there); DRY_RUN=1 runs the same code on the CPU, with this project's venv when there is one.
+GPU_PYTHON ?= $(if $(DRY_RUN),$(if $(wildcard $(BIN)/python),$(BIN)/python,python3),python3)
+
+gpu-check:  ## every GPU check in one run (results in $$OUT or outputs/gpu-check); DRY_RUN=1: the same on CPU
+	@$(GPU_PYTHON) benchmarks/gpu_check.py --install $(if $(DRY_RUN),--dry-run)
 
 example: install  ## prune a small random BERT and print the before/after summary
 	$(BIN)/python examples/prune_random_bert.py --config recipes/random_bert.yaml

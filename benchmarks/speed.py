@@ -131,19 +131,24 @@ def time_rows(
     autocast_dtype: torch.dtype | None = None,
     compile_backend: str | None = None,
     device: torch.device | str = "cpu",
+    dense_ms: float | None = None,
     deadline: float | None = None,
     on_row=None,
 ) -> list[dict]:
     """Dense vs pruned latency of ``base`` (an unpruned model, left unchanged) for each plan of ``plans``.
 
     Every model is a copy of ``base`` moved to ``device`` (and cast to ``dtype`` when given), optionally
-    wrapped in ``torch.compile(backend=compile_backend)``; each time is ``measure_latency``'s median. Rows stop
-    being started once ``time.monotonic()`` passes ``deadline`` (the rows not made are simply absent).
+    wrapped in ``torch.compile(backend=compile_backend)``; each time is ``measure_latency``'s median. ``dense_ms``
+    reuses a dense time measured before. Rows stop being started once ``time.monotonic()`` passes ``deadline``
+    (the rows not made are simply absent).
     """
 
     def ready(model):
         model = model.to(device=device, dtype=dtype).eval()
-        return torch.compile(model, backend=compile_backend) if compile_backend else model
+        if not compile_backend:
+            return model
+        torch._dynamo.reset()  # a fresh cache per model: never the recompile limit, never a shape-generic graph
+        return torch.compile(model, backend=compile_backend)
 
     def latency(model):
         return measure_latency(model, batch, seq, repeats, warmup, autocast_dtype=autocast_dtype)
@@ -151,9 +156,10 @@ def time_rows(
     rows = []
     if deadline is not None and time.monotonic() > deadline:
         return rows
-    dense = ready(copy.deepcopy(base))
-    dense_ms = latency(dense)
-    del dense
+    if dense_ms is None:
+        dense = ready(copy.deepcopy(base))
+        dense_ms = latency(dense)
+        del dense
     for (kind, target), plan in plans.items():
         if deadline is not None and time.monotonic() > deadline:
             break

@@ -72,24 +72,21 @@ def _score(model, family, autocast_dtype=None, n=2):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=["bf16", "fp16"])
-@pytest.mark.parametrize("how", ["weights", "autocast"])
-def test_scoring_in_low_precision_accumulates_in_float32(family, dtype, how):
-    reference = _score(make(family).to(DEVICE), family)
-    model = make(family).to(DEVICE)
-    if how == "weights":
-        scorer = _score(model.to(dtype), family)
-    else:
-        scorer = _score(model, family, autocast_dtype=dtype)
-    state = scorer.state_dict()
-    assert all(t.dtype == torch.float32 for t in state["heads"] + state["neurons"])  # the accumulators
-    scores = scorer.scores
-    assert scores.num_examples == reference.scores.num_examples == 8 and scores.skipped_batches == 0
-    got = torch.cat([t.flatten() for t in scores.heads + scores.neurons])
-    want = torch.cat([t.flatten() for t in reference.scores.heads + reference.scores.neurons])
-    assert got.dtype == torch.float32 and torch.isfinite(got).all()
-    # Low-precision scores rank units like float32 ones (the sums themselves are float32).
-    assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.95
-    assert (got.sum() / want.sum()).item() == pytest.approx(1.0, abs=0.15)
+def test_scoring_in_low_precision_accumulates_in_float32(family, dtype):
+    reference = _score(make(family).to(DEVICE), family).scores
+    want = torch.cat([t.flatten() for t in reference.heads + reference.neurons])
+    for how in ("weights", "autocast"):  # a model cast to dtype, and a float32 model under autocast (the Trainer's)
+        model = make(family).to(DEVICE)
+        scorer = _score(model.to(dtype), family) if how == "weights" else _score(model, family, autocast_dtype=dtype)
+        state = scorer.state_dict()
+        assert all(t.dtype == torch.float32 for t in state["heads"] + state["neurons"]), how  # the accumulators
+        scores = scorer.scores
+        assert scores.num_examples == reference.num_examples == 8 and scores.skipped_batches == 0, how
+        got = torch.cat([t.flatten() for t in scores.heads + scores.neurons])
+        assert got.dtype == torch.float32 and torch.isfinite(got).all(), how
+        # Low-precision scores rank units like float32 ones (the sums themselves are float32).
+        assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.95, how
+        assert (got.sum() / want.sum()).item() == pytest.approx(1.0, abs=0.15), how
 
 
 def test_fp16_gradscaler_overflow_step_is_skipped(family):

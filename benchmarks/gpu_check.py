@@ -1,0 +1,431 @@
+"""`make gpu-check`: every GPU check of this project in one command, for the rare, short hours on a GPU machine.
+
+Parts, each in its own process with its own time box (one failing part is reported and the rest still run):
+1. ``tests``: every ``@pytest.mark.gpu`` test (tests/test_gpu.py and the others) on BERT and GPT-2;
+2. ``trainer-bf16``: a real ``GradPruneTrainer`` pass in bf16 on a BERT-base-shaped random model;
+3. ``trainer-fp16``: the same in fp16 with the GradScaler;
+4. ``speed``: the GPU speed rows (BERT-base, GPT-2-small; bf16 at batch 64 and 256 x 128; eager and
+   ``torch.compile``; uniform and uneven plans at 25/50/75%) against the probe's limits;
+5. ``retraining-free`` and 6. ``onnx-cuda``: reported as not landed (skipped) until those features exist.
+
+It uses the machine's own Python and torch and never installs torch (``--install`` installs only this project,
+``pip install --no-deps -e .``, plus any missing dependency the check needs, with torch pinned to the version
+there). Results: ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.log`` under ``$OUT`` when set, else under
+``outputs/gpu-check/``. Exit 0 only if every part passed. Without CUDA it stops at once with one line;
+``--dry-run`` runs the same code on the CPU on tiny models (``make gpu-check DRY_RUN=1``; tests/test_gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DRY_ENV = "HF_GRADPRUNE_GPU_DRY_RUN"  # tests/test_gpu.py runs on the CPU when this is "1"
+# The project's dependencies that the check imports, installed by --install when missing (with torch pinned) ...
+CHECK_NEEDS = {
+    "transformers": "transformers>=5.0",
+    "accelerate": "accelerate>=1.0",
+    "safetensors": "safetensors>=0.4",
+    "huggingface_hub": "huggingface_hub>=1.0",
+    "yaml": "pyyaml>=6",
+    "pytest": "pytest>=8",
+}
+# ... and those it never installs: torch is the machine's own; the others serve the examples and reports only.
+NOT_NEEDED = {"torch", "datasets", "evaluate", "matplotlib"}
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    what: str
+    box_gpu: int  # seconds; the boxes of a GPU run add up to 7.5 minutes
+    box_dry: int
+    not_landed: str | None = None
+
+
+PARTS = (
+    Part("tests", "gpu-marked tests: surgery, scoring in bf16/fp16, GradScaler overflow, save/reload", 90, 240),
+    Part("trainer-bf16", "GradPruneTrainer pass in bf16: prune at step 0, distil, second round", 80, 180),
+    Part("trainer-fp16", "the same pass in fp16 with the GradScaler", 80, 180),
+    Part("speed", "GPU speed rows: bf16 b64/b256 x 128, eager and torch.compile, 25/50/75%", 200, 180),
+    Part("retraining-free", "retraining-free pruning timing (BERT-base)", 0, 0, "retraining-free pruning"),
+    Part("onnx-cuda", "ONNX Runtime CUDA provider on an exported pruned model", 0, 0, "ONNX export"),
+)
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def no_cuda_line() -> str | None:
+    """None when CUDA is usable, else the one line to stop with."""
+    try:
+        import torch
+    except ImportError:
+        return (
+            f"gpu-check: {sys.executable} has no torch: run it with the Python that holds the machine's CUDA build "
+            "of torch (make gpu-check GPU_PYTHON=/path/to/python)"
+        )
+
+    if torch.cuda.is_available():
+        return None
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+    return (
+        f"gpu-check: no CUDA device (torch {torch.__version__}, {build}): run it on a GPU machine, "
+        "or `make gpu-check DRY_RUN=1` for the CPU dry run"
+    )
+
+
+def environment(dry: bool) -> dict:
+    """GPU name, driver, torch and CUDA versions, and what else the numbers depend on."""
+    import torch
+    import transformers
+
+    info = {
+        "dry_run": dry,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "transformers": transformers.__version__,
+        "git_commit": _run_text(["git", "rev-parse", "--short", "HEAD"]),
+    }
+    try:
+        import hf_gradprune
+
+        info["hf_gradprune"] = f"{hf_gradprune.__version__} ({Path(hf_gradprune.__file__).parent})"
+    except ImportError as err:  # pragma: no cover - reported, the parts will fail on it
+        info["hf_gradprune"] = f"not importable: {err}"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_count=torch.cuda.device_count(),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            compute_capability=f"{props.major}.{props.minor}",
+            driver=_run_text(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+        )
+        if info["driver"] is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+            except Exception:  # noqa: BLE001 - the driver version is nice to have
+                pass
+    else:
+        info["gpu"] = None
+    return info
+
+
+def _run_text(cmd) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip().splitlines()
+    return text[0].strip() if out.returncode == 0 and text else None
+
+
+# ---------------------------------------------------------------------------------------------- install
+def install_commands(python: str, torch_version: str, missing: list[str], constraints: Path) -> list[list[str]]:
+    """The pip commands of ``--install``: the project without its dependencies, then the missing ones that the
+    check needs with torch pinned to the machine's own version (pip then fails rather than replace torch)."""
+    quiet = ["--quiet", "--disable-pip-version-check", "--retries", "0", "--timeout", "10"]
+    commands = [[python, "-m", "pip", "install", *quiet, "--no-deps", "--no-build-isolation", "-e", str(ROOT)]]
+    if missing:
+        commands.append([python, "-m", "pip", "install", *quiet, "--constraint", str(constraints), *missing])
+    constraints.write_text(f"torch=={torch_version}\n")
+    return commands
+
+
+def missing_requirements() -> list[str]:
+    import importlib.util
+
+    return [spec for module, spec in CHECK_NEEDS.items() if importlib.util.find_spec(module) is None]
+
+
+def project_installed_here() -> bool:
+    """Whether this Python imports hf_gradprune from this tree without help (run from /, no PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import hf_gradprune, os; print(os.path.dirname(hf_gradprune.__file__))"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+    )
+    return out.returncode == 0 and Path(out.stdout.strip()).resolve() == (ROOT / "hf_gradprune").resolve()
+
+
+def install(log) -> dict:
+    """Install the project (never torch). Failures are reported, not fatal: the parts run from the source tree."""
+    import torch
+
+    before = torch.__version__
+    missing = missing_requirements()
+    done = {"torch_before": before, "missing": missing, "commands": [], "problems": []}
+    if project_installed_here() and not missing:
+        done["skipped"] = "hf_gradprune is installed from this tree and nothing the check needs is missing"
+        return done
+    with tempfile.TemporaryDirectory() as tmp:
+        for cmd in install_commands(sys.executable, before, missing, Path(tmp) / "torch-pin.txt"):
+            done["commands"].append(" ".join(cmd))
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}\n")
+            if out.returncode:
+                done["problems"].append(f"exit {out.returncode}: {' '.join(cmd[3:6])}... {out.stderr.strip()[-300:]}")
+    after = _run_text([sys.executable, "-c", "import torch; print(torch.__version__)"])
+    done["torch_after"] = after
+    if after != before:
+        done["problems"].append(f"torch changed from {before} to {after}: that must never happen")
+    return done
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def gpu_test_files() -> list[str]:
+    return sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "pytest.mark.gpu" in p.read_text()
+    )
+
+
+def run_tests_part(dry: bool, box: int, work: Path, log) -> dict:
+    junit = work / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    cmd += ["-o", "addopts=", *gpu_test_files()]
+    rc, seconds, timed_out = _spawn(cmd, box, log, {DRY_ENV: "1"} if dry else {})
+    result = {"command": " ".join(cmd[1:]), "returncode": rc, "timed_out": timed_out, "seconds": seconds}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failed, skipped = [], []
+    if junit.exists():
+        root = ET.parse(junit).getroot()
+        suites = [root] if root.tag == "testsuite" else list(root)
+        for suite in suites:
+            for key in counts:
+                counts[key] += int(suite.get(key, 0))
+            for case in suite.iter("testcase"):
+                name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+                for tag in ("failure", "error"):
+                    node = case.find(tag)
+                    if node is not None:
+                        failed.append(f"{name}: {(node.get('message') or '')[:300]}")
+                node = case.find("skipped")
+                if node is not None:
+                    skipped.append(f"{name}: {(node.get('message') or '')[:200]}")
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    result.update(counts, passed=passed, failed=failed, skipped_tests=skipped)
+    problems = [f"failed {f}" for f in failed]
+    if timed_out:
+        problems.append(f"timed out after {box} s")
+    elif rc not in (0,) and not failed:
+        problems.append(f"pytest exited {rc} (collection error? see gpu_check.log)")
+    if passed == 0:
+        problems.append("no test passed")
+    if not dry and skipped:
+        problems.append(f"{len(skipped)} gpu test(s) skipped on a GPU machine: {skipped[:3]}")
+    if dry:
+        result["notes"] = [
+            "CPU dry run: tests/test_gpu.py runs on the CPU (bf16/fp16 CPU kernels, torch's CPU GradScaler); "
+            "the CUDA-only gpu tests of other files skip"
+        ]
+    result.update(ok=not problems, problems=problems)
+    result["summary"] = f"{passed} passed, {counts['failures'] + counts['errors']} failed, {counts['skipped']} skipped"
+    return result
+
+
+def run_child_part(part: Part, dry: bool, box: int, work: Path, log) -> dict:
+    result_path = work / f"{part.name}.json"
+    cmd = [sys.executable, str(Path(__file__)), "--part", part.name, "--result", str(result_path)]
+    cmd += ["--box", str(box)] + (["--dry-run"] if dry else [])
+    rc, seconds, timed_out = _spawn(cmd, box, log)
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    problems = list(result.get("problems", []))
+    if timed_out:
+        problems.append(f"timed out after {box} s (results so far are kept)")
+    elif rc != 0:
+        problems.append(f"the part's process exited {rc} (its traceback is in gpu_check.log)")
+    if not result:
+        problems.append("no result was written")
+    result.update(returncode=rc, timed_out=timed_out, seconds=seconds, problems=problems)
+    result["ok"] = bool(result.get("ok")) and not problems
+    result["summary"] = summarize(part.name, result)
+    return result
+
+
+def _spawn(cmd, box: int, log, extra_env=None) -> tuple[int | None, float, bool]:
+    """Run ``cmd`` in its own process group, output to ``log``; kill the whole group at ``box`` seconds."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(HERE), os.environ.get("PYTHONPATH")]))
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=box)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        rc, timed_out = proc.wait(), True
+    return rc, round(time.monotonic() - start, 1), timed_out
+
+
+def child(name: str, dry: bool, box: int, result_path: Path) -> int:
+    """One part, inside its own process: writes its result JSON (the speed part after every group of rows)."""
+    import gpu_parts
+    import torch
+
+    torch.manual_seed(0)
+    if name in ("trainer-bf16", "trainer-fp16"):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = gpu_parts.trainer_pass(name.split("-")[1], dry, Path(tmp))
+    elif name == "speed":
+        deadline = time.monotonic() + box - (15 if dry else 25)  # leave time to write the result
+
+        def partial(rows):
+            result_path.write_text(json.dumps({"rows": rows, "partial": True, "ok": False, "problems": []}))
+
+        result = gpu_parts.speed_part(dry, deadline, on_rows=partial)
+    else:
+        raise SystemExit(f"unknown part {name!r}")
+    result_path.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def summarize(name: str, r: dict) -> str:
+    if name.startswith("trainer") and "loss_after_round_1" in r:
+        bits = [f"{r['steps_per_second']} steps/s"]
+        if r.get("peak_memory_mb") is not None:
+            bits.append(f"peak {r['peak_memory_mb'] / 1024:.1f} GiB")
+        if r.get("scoring_memory_overhead") is not None:
+            bits.append(f"scoring memory {r['scoring_memory_overhead']:+.1%}")
+        for k in (1, 2):
+            w = r[f"loss_after_round_{k}"]
+            bits.append(f"loss after round {k} {w['first']:.3f}→{w['last']:.3f}")
+        if r.get("optimizer_steps_skipped_by_gradscaler") is not None:
+            bits.append(f"{r['optimizer_steps_skipped_by_gradscaler']} overflow steps")
+        bits.append(f"{r['flops_removed']:.0%} FLOPs removed")
+        return ", ".join(bits)
+    if name == "speed" and "rows" in r:
+        text = f"{len(r['rows'])} rows"
+        for p in r.get("probe_comparison", []):
+            if p["target"] == 0.5:
+                text += f"; BERT-base b256 {p['precision']} 50%: {p['speedup']:.2f}× (probe {p['probe']:.2f}×)"
+        if r.get("not_reached"):
+            text += f"; {len(r['not_reached'])} group(s) not reached"
+        return text
+    return r.get("summary", "")
+
+
+# ---------------------------------------------------------------------------------------------- report
+def markdown(report: dict) -> str:
+    import tables
+
+    env = report["environment"]
+    title = "GPU check (CPU dry run)" if env["dry_run"] else f"GPU check on {env.get('gpu')}"
+    out = [f"# {title}", "", f"Verdict: **{'all parts passed' if report['ok'] else 'FAILED'}**", ""]
+    out += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()]
+    out += ["", f"Wall time: {report['wall_seconds']:.0f} s", "", "| part | status | seconds | result |"]
+    out.append("|---|---|---|---|")
+    for p in report["parts"]:
+        out.append(f"| {p['name']} | {p['status']} | {p.get('seconds', '')} | {p.get('summary', '')} |")
+    for p in report["parts"]:
+        if p.get("problems"):
+            out += ["", f"**{p['name']}: problems**", ""] + [f"- {x}" for x in p["problems"]]
+        if p.get("notes"):
+            out += ["", f"**{p['name']}: notes**", ""] + [f"- {x}" for x in p["notes"]]
+    speed = next((p for p in report["parts"] if p["name"] == "speed"), {})
+    if speed.get("rows"):
+        out += ["", "## Speed rows", "", tables.speed_tables({"rows": speed["rows"]})]
+    if speed.get("probe_comparison"):
+        out += ["", "BERT-base, bf16, batch 256 x 128, uniform plans, against the probe's limits:", ""]
+        out += ["| precision | target | speedup | ideal | probe |", "|---|---|---|---|---|"]
+        for p in speed["probe_comparison"]:
+            out.append(
+                f"| {p['precision']} | {p['target']:.0%} | {p['speedup']:.2f}× | {p['ideal_speedup']:.2f}× "
+                f"| {p['probe']:.2f}× |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="the same code on the CPU on tiny models")
+    parser.add_argument("--out", type=Path, default=None, help="default: $OUT, else outputs/gpu-check")
+    parser.add_argument("--install", action="store_true", help="first install the project (never torch)")
+    parser.add_argument("--parts", nargs="+", choices=[p.name for p in PARTS], default=None)
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # a child process running one part
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--box", type=int, default=60, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sys.path[:0] = [str(ROOT), str(HERE)]
+    if args.part:
+        return child(args.part, args.dry_run, args.box, args.result)
+
+    start = time.monotonic()
+    if not args.dry_run:
+        line = no_cuda_line()
+        if line:
+            print(line, flush=True)
+            return 2
+    out = args.out or Path(os.environ.get("OUT") or ROOT / "outputs" / "gpu-check")
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"environment": None, "install": None, "parts": []}
+    with open(out / "gpu_check.log", "w") as log, tempfile.TemporaryDirectory() as tmp:
+        if args.install:
+            report["install"] = install(log)
+            for problem in report["install"]["problems"]:
+                print(f"gpu-check: install: {problem}", flush=True)
+        report["environment"] = env = environment(args.dry_run)
+        where = "CPU dry run" if args.dry_run else f"{env['gpu']}, driver {env.get('driver')}"
+        print(f"gpu-check: {where}; torch {env['torch']} (CUDA {env['torch_cuda']}); results in {out}", flush=True)
+        print(f"| {'part':<15} | {'status':<7} | {'s':>5} | result", flush=True)
+        for part in PARTS:
+            if args.parts and part.name not in args.parts:
+                continue
+            box = part.box_dry if args.dry_run else part.box_gpu
+            if part.not_landed:
+                result = {"ok": True, "problems": [], "summary": f"not landed: hf_gradprune has no {part.not_landed}"}
+                status = "skipped"
+            else:
+                print(f"| {part.name:<15} | running | box {box} s: {part.what}", flush=True)
+                try:
+                    work = Path(tmp) / part.name
+                    work.mkdir()
+                    if part.name == "tests":
+                        result = run_tests_part(args.dry_run, box, work, log)
+                    else:
+                        result = run_child_part(part, args.dry_run, box, work, log)
+                except Exception as err:  # noqa: BLE001 - one part failing must not stop the others
+                    result = {"ok": False, "problems": [f"{type(err).__name__}: {err}"], "summary": "error"}
+                status = "passed" if result["ok"] else "FAILED"
+            result = {"name": part.name, "what": part.what, "status": status, "box_seconds": box, **result}
+            report["parts"].append(result)
+            seconds = result.get("seconds", 0)
+            print(f"| {part.name:<15} | {status:<7} | {seconds:>5} | {result.get('summary', '')}", flush=True)
+            for problem in result.get("problems", [])[:5]:
+                print(f"|   {problem[:300]}", flush=True)
+            log.flush()
+    report["ok"] = all(p["status"] != "FAILED" for p in report["parts"]) and not (report["install"] or {}).get(
+        "problems"
+    )
+    report["wall_seconds"] = round(time.monotonic() - start, 1)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    (out / "gpu_check.md").write_text(markdown(report))
+    verdict = "all parts passed" if report["ok"] else "FAILED"
+    print(f"gpu-check: {verdict} in {report['wall_seconds']:.0f} s; {out / 'gpu_check.md'}", flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""The parts of ``benchmarks/gpu_check.py`` that are more than a test run: a real ``GradPruneTrainer`` pass (bf16,
+and fp16 with the GradScaler) and the GPU speed rows. Each returns a JSON-able dict with ``ok`` (bool) and
+``problems`` (what failed). ``dry=True`` runs the same code on the CPU on tiny models.
+
+Imports only torch, transformers and hf_gradprune's public API (no ``datasets``: the GPU machine may lack it).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    GPT2Config,
+    GPT2Model,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hf_gradprune import Geometry, GradPruneConfig, GradPruneTrainer, Scores, current_plan
+
+HERE = Path(__file__).resolve().parent
+CPU_SPEED = HERE / "results" / "cpu" / "speed.json"  # the committed CPU rows: their uneven plans are reused
+BERT_BASE = Geometry("bert", num_layers=12, num_heads=12, head_dim=64, hidden_size=768, intermediate_size=3072)
+COMPILE_MARGIN_S = 45  # a compiled row is not started with less than this left: one compile can take that long
+PROBE_LIMITS = {0.25: 1.23, 0.5: 1.58, 0.75: 2.21}  # the probe: H200, BERT-base, bf16, batch 256 x 128, uniform
+
+
+def device_of(dry: bool) -> torch.device:
+    return torch.device("cpu" if dry else "cuda")
+
+
+# ---------------------------------------------------------------------------------------------- trainer pass
+class SyntheticTask(torch.utils.data.Dataset):
+    """The label is a fixed random function of the first token, one of ``keys`` ids; the rest is noise. A dense
+    model learns it within its short fine-tune; pruning disturbs the path that carries it, recovery restores it."""
+
+    def __init__(self, n: int, seq: int, vocab: int, keys: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        table = torch.randint(0, 2, (keys,), generator=gen)
+        key = torch.randint(0, keys, (n,), generator=gen)
+        self.ids = torch.randint(5 + keys, vocab, (n, seq), generator=gen)
+        self.ids[:, 0] = 5 + key
+        self.labels = table[key]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        ids = self.ids[i]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.labels[i]}
+
+
+def trainer_sizes(dry: bool) -> dict:
+    """Steps and shapes: a few hundred steps of BERT-base at 32 x 128 on the GPU; tiny on the CPU."""
+    if dry:
+        config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        sizes = dict(vocab=64, keys=8, seq=8, batch=16, dense_steps=30, steps=24, round2=12, scoring=2, lr=3e-3)
+        return dict(config=config, n=512, **sizes)
+    sizes = dict(vocab=30522, keys=64, seq=128, batch=32, dense_steps=120, steps=300, round2=150, scoring=16, lr=1e-4)
+    return dict(config={}, n=8192, **sizes)
+
+
+class StepProbe(TrainerCallback):
+    """Per optimizer step: wall time, peak device memory (CUDA), whether the GradScaler skipped the step."""
+
+    def __init__(self, trainer_ref: list, cuda: bool):
+        self.trainer_ref, self.cuda = trainer_ref, cuda
+        self.steps: list[dict] = []
+        self.peak_before_training_mb = None
+        self._t = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        if self.cuda:  # the peak so far: scoring before training (eval mode, dense model) and the first prune
+            self.peak_before_training_mb = torch.cuda.max_memory_allocated() / 2**20
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.cuda:
+            torch.cuda.synchronize()
+        accelerator = self.trainer_ref[0].accelerator
+        scaler = getattr(accelerator, "scaler", None)
+        self.steps.append(
+            {
+                "step": state.global_step,
+                "seconds": time.perf_counter() - self._t,
+                "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None,
+                "skipped": bool(accelerator.optimizer_step_was_skipped) if scaler is not None else None,
+                "scale": float(scaler.get_scale()) if scaler is not None else None,
+            }
+        )
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 4) if values else None
+
+
+def _falls(losses: list[float], converged: float = 0.05) -> dict:
+    """Mean loss over the first and the last fifth of a window of logged losses. It falls when the last is lower,
+    or, if the model was never set back (the first fifth already under ``converged``), stays under it."""
+    k = max(len(losses) // 5, 1)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    falls = last < first or (first < converged and last < converged)
+    return {"first": round(first, 4), "last": round(last, 4), "falls": falls, "steps": len(losses)}
+
+
+def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
+    """Dense fine-tune (plain ``Trainer``), then one ``GradPruneTrainer.train()``: prune at step 0 (scored before
+    training), recovery with distillation from the dense model, a second (iterative) round, recovery again."""
+    sizes = trainer_sizes(dry)
+    device = device_of(dry)
+    cuda = device.type == "cuda"
+    precision_flags = {"bf16": {"bf16": True}, "fp16": {"fp16": True}}[precision]
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=sizes["vocab"], num_labels=2, **sizes["config"]))
+    data = SyntheticTask(sizes["n"], sizes["seq"], sizes["vocab"], sizes["keys"])
+    common = dict(
+        per_device_train_batch_size=sizes["batch"],
+        learning_rate=sizes["lr"],
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        seed=0,
+        dataloader_num_workers=0,
+        **precision_flags,
+    )
+    start = time.perf_counter()
+    dense_args = TrainingArguments(output_dir=str(work / "dense"), max_steps=sizes["dense_steps"], **common)
+    dense_out = Trainer(model=model, args=dense_args, train_dataset=data).train()
+    dense_seconds = time.perf_counter() - start
+    geometry = current_plan(model).geometry
+
+    args = GradPruneConfig(
+        output_dir=str(work / "prune"),
+        max_steps=sizes["steps"],
+        importance="taylor",
+        flops_budget=0.5,
+        pruning_schedule="iterative",
+        num_rounds=2,
+        prune_start_step=0,
+        prune_end_step=sizes["round2"],
+        scoring_steps=sizes["scoring"],
+        distill_alpha=0.5,
+        **common,
+    )
+    ref: list = []
+    probe = StepProbe(ref, cuda)
+    trainer = GradPruneTrainer(model=model, args=args, train_dataset=data, callbacks=[probe])
+    ref.append(trainer)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    out = trainer.train()
+    peak_total = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+
+    logs = trainer.state.log_history
+    losses = {e["step"]: e["loss"] for e in logs if "loss" in e}
+    rounds = [e for e in logs if "prune/round" in e]
+    r2 = sizes["round2"]
+    # Round 2 prunes inside step r2 + 1 (training_step at global_step r2); its scoring is the steps just before.
+    window1 = [losses[s] for s in sorted(losses) if s <= r2]
+    window2 = [losses[s] for s in sorted(losses) if s > r2]
+    scoring_steps = set(range(r2 - sizes["scoring"] + 1, r2 + 1))
+    plain = [s for s in probe.steps if 3 <= s["step"] <= r2 - sizes["scoring"]]  # same model size, no hooks
+    scoring = [s for s in probe.steps if s["step"] in scoring_steps]
+    score_files = sorted((work / "prune" / "pruning").glob("*/scores.safetensors"))
+    round_scores = []
+    for path in score_files:
+        s = Scores.load(path)
+        values = torch.cat([t.flatten() for t in s.heads + s.neurons])
+        round_scores.append(
+            {
+                "round": path.parent.name,
+                "examples_scored": s.num_examples,
+                "skipped_batches": s.skipped_batches,
+                "finite": bool(torch.isfinite(values).all()),
+                "mean": float(values.float().mean()),
+            }
+        )
+    final = current_plan(trainer.model)
+    result = {
+        "precision": precision,
+        "device": str(device),
+        "model": "bert-base shape, random weights" if not dry else "tiny bert, random weights",
+        "geometry": geometry.to_dict(),
+        "batch": sizes["batch"],
+        "seq": sizes["seq"],
+        "dense_steps": sizes["dense_steps"],
+        "dense_seconds": round(dense_seconds, 2),
+        "dense_final_loss": round(dense_out.training_loss, 4),
+        "steps": sizes["steps"],
+        "rounds_at_steps": [e["step"] for e in rounds],
+        "rounds": [
+            {k.split("/", 1)[1]: v for k, v in e.items() if k.startswith("prune/")} | {"step": e["step"]}
+            for e in rounds
+        ],
+        "round_scores": round_scores,
+        "flops_removed": round(final.flops_removed(args.flops_seq_len), 4),
+        "steps_per_second": out.metrics.get("train_steps_per_second"),
+        "median_step_s_plain": _median([s["seconds"] for s in plain]),
+        "median_step_s_scoring": _median([s["seconds"] for s in scoring]),
+        "peak_memory_mb": round(peak_total, 1) if peak_total is not None else None,
+        "peak_memory_mb_before_training": _median([probe.peak_before_training_mb]),
+        "median_step_peak_mb_plain": _median([s["peak_mb"] for s in plain]),
+        "median_step_peak_mb_scoring": _median([s["peak_mb"] for s in scoring]),
+        "loss_after_round_1": _falls(window1),
+        "loss_after_round_2": _falls(window2),
+        "optimizer_steps_skipped_by_gradscaler": (
+            sum(bool(s["skipped"]) for s in probe.steps)
+            if probe.steps and probe.steps[0]["skipped"] is not None
+            else None
+        ),
+        "final_loss_scale": probe.steps[-1]["scale"] if probe.steps else None,
+        "notes": [],
+    }
+    if not cuda:
+        result["notes"].append("CPU dry run: no device memory is recorded")
+        if precision == "fp16":
+            result["notes"].append(
+                "CPU dry run: fp16 autocast on the CPU has no GradScaler, so no overflow steps can be counted "
+                "(tests/test_gpu.py covers the CPU GradScaler)"
+            )
+    if result["median_step_peak_mb_plain"] and result["median_step_peak_mb_scoring"]:
+        result["scoring_memory_overhead"] = round(
+            result["median_step_peak_mb_scoring"] / result["median_step_peak_mb_plain"] - 1, 4
+        )
+    if result["median_step_s_plain"] and result["median_step_s_scoring"]:
+        result["scoring_time_overhead"] = round(result["median_step_s_scoring"] / result["median_step_s_plain"] - 1, 4)
+
+    problems = []
+    if len(rounds) != 2 or result["rounds_at_steps"][0] != 0:
+        problems.append(f"expected 2 rounds, the first at step 0; got rounds at {result['rounds_at_steps']}")
+    for key in ("loss_after_round_1", "loss_after_round_2"):
+        if not result[key]["falls"]:
+            problems.append(f"{key}: the loss did not fall ({result[key]['first']} -> {result[key]['last']})")
+    if len(round_scores) != 2:
+        problems.append(f"expected the scores of 2 rounds under pruning/, found {len(round_scores)}")
+    for r in round_scores:
+        if not r["finite"] or r["examples_scored"] <= 0:
+            problems.append(f"{r['round']}: {r['examples_scored']} examples scored, finite={r['finite']}")
+    means = [r["mean"] for r in round_scores if r["finite"] and r["mean"] > 0]
+    if len(means) == 2 and not 1e-3 < means[0] / means[1] < 1e3:
+        # The rounds score the same kind of batches: a factor of ~the GradScaler's scale (65536) between them says
+        # that one round's gradients were not unscaled (e.g. the scoring before training under fp16).
+        problems.append(f"round 1's mean score is {means[0] / means[1]:.3g}x round 2's: a loss scale left in?")
+    if abs(result["flops_removed"] - 0.5) > (0.1 if dry else 0.03):  # a tiny model's heads are coarse units
+        problems.append(f"flops_removed {result['flops_removed']} is not the 0.5 asked for")
+    result.update(ok=not problems, problems=problems)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- speed rows
+def speed_settings(dry: bool) -> list[dict]:
+    """(model, batch, compile, plan kinds) groups in the order they are timed: what matters most first, so a time
+    box cuts the least important rows. Eager rows of both models first, then compiled BERT-base at batch 256
+    (the probe's setting), then the rest. The dry run times one batch size and two compiled groups."""
+    every, main = ("uniform", "uneven", "uneven+r64"), ("uniform", "uneven")
+    if dry:
+        models = ("tiny-bert", "tiny-gpt2")
+        groups = [dict(model=m, batch=2, compile=False, kinds=every) for m in models]
+        return groups + [dict(model=m, batch=2, compile=True, kinds=(k,)) for m, k in zip(models, main)]
+    models = ("bert-base (random)", "gpt2-small (random)")
+    groups = [dict(model=m, batch=b, compile=False, kinds=every) for b in (256, 64) for m in models]
+    groups += [dict(model=m, batch=256, compile=True, kinds=("uniform",)) for m in models]
+    groups += [dict(model=m, batch=256, compile=True, kinds=("uneven",)) for m in models]
+    return groups + [dict(model=m, batch=64, compile=True, kinds=main) for m in models]
+
+
+def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
+    """bf16 (weights cast) latency rows, dense vs pruned, eager and ``torch.compile``, with the plans of the committed
+    CPU rows (uniform, uneven, uneven+r64 at 25/50/75%). ``deadline`` is a ``time.monotonic()`` value after which
+    no group is started."""
+    import speed
+
+    device = device_of(dry)
+    builders = {
+        "bert-base (random)": lambda: BertModel(BertConfig()),
+        "gpt2-small (random)": lambda: GPT2Model(GPT2Config()),
+        "tiny-bert": speed.tiny_bert,
+        "tiny-gpt2": speed.tiny_gpt2,
+    }
+    seq = 8 if dry else 128
+    backend = "eager" if dry else "inductor"
+    repeats, warmup = (2, 1) if dry else (20, 3)
+    bases, plans, geometries, dense_ms, rows, problems, not_reached, compile_error = {}, {}, {}, {}, [], [], [], None
+
+    def keep(row):  # every row is kept (and written) as soon as it is made: a kill at the time box loses none
+        speed.print_row(row)
+        rows.append(row)
+        if on_rows is not None:
+            on_rows(rows)
+
+    for group in speed_settings(dry):
+        name, batch, compiled = group["model"], group["batch"], group["compile"]
+        label = f"{name} b{batch} {'compile' if compiled else 'eager'} {'/'.join(group['kinds'])}"
+        if time.monotonic() > deadline:
+            not_reached.append(label)
+            continue
+        if compiled and compile_error:
+            not_reached.append(f"{label} (torch.compile failed before)")
+            continue
+        if name not in bases:
+            torch.manual_seed(0)
+            bases[name] = builders[name]().eval()
+            g = current_plan(bases[name]).geometry
+            geometries[name] = g.to_dict()
+            if dry:  # the committed BERT-base rows' uneven shapes mapped onto the tiny model; uniform plans of its own
+                recorded = speed.recorded_plans(BERT_BASE, CPU_SPEED, "bert-base (random)")
+                plans[name] = {
+                    k: speed.shaped_plan(g, p, 64 if k[0] == "uneven+r64" else 1) for k, p in recorded.items()
+                }
+                plans[name].update({("uniform", f): speed.uniform_plan(g, f) for f in speed.FRACTIONS})
+            else:  # exactly the plans of the committed CPU rows of this model
+                plans[name] = speed.recorded_plans(g, CPU_SPEED, name)
+        chosen = {k: p for k, p in sorted(plans[name].items(), key=_order) if k[0] in group["kinds"]}
+        try:
+            made = speed.time_rows(
+                name,
+                bases[name],
+                chosen,
+                precision="bf16+compile" if compiled else "bf16",
+                batch=batch,
+                seq=seq,
+                repeats=repeats,
+                warmup=warmup,
+                dtype=torch.bfloat16,
+                compile_backend=backend if compiled else None,
+                device=device,
+                dense_ms=dense_ms.get((name, batch, compiled)),
+                deadline=deadline - (COMPILE_MARGIN_S if compiled and not dry else 0),
+                on_row=keep,
+            )
+        except Exception as err:  # noqa: BLE001 - one group failing must not stop the others
+            message = f"{label}: {type(err).__name__}: {err}"[:2000]
+            problems.append(message)
+            if compiled:
+                compile_error = message
+            continue
+        if made:
+            dense_ms[(name, batch, compiled)] = made[0]["dense_ms"]
+        if len(made) < len(chosen):
+            not_reached.append(f"{label}: {len(chosen) - len(made)} of {len(chosen)} rows (time box)")
+    probe = []
+    for r in rows:
+        if r["model"].startswith("bert-base") and r["batch"] == 256 and r["plan"] == "uniform":
+            limit = PROBE_LIMITS[r["target"]]
+            probe.append({k: r[k] for k in ("precision", "target", "speedup", "ideal_speedup")} | {"probe": limit})
+    required = [r for r in rows if r["precision"] == "bf16"]
+    expected_eager = sum(len(g["kinds"]) * 3 for g in speed_settings(dry) if not g["compile"])
+    if len(required) < expected_eager:
+        problems.append(f"only {len(required)} of {expected_eager} eager rows were made")
+    if not any(r["precision"] == "bf16+compile" for r in rows):
+        problems.append("no torch.compile row was made")
+    return {
+        "device": str(device),
+        "seq": seq,
+        "precision": "bf16 weights (model.to(bfloat16)), no autocast",
+        "compile_backend": backend,
+        "repeats": repeats,
+        "warmup": warmup,
+        "geometries": geometries,
+        "rows": rows,
+        "probe_comparison": probe,
+        "not_reached": not_reached,
+        "notes": (
+            ["CPU dry run: tiny models, bf16 on the CPU, torch.compile with backend='eager' (no inductor build)"]
+            if dry
+            else []
+        ),
+        "ok": not problems,
+        "problems": problems,
+    }
+
+
+def _order(item):
+    (kind, target), _ = item
+    return (target, ("uniform", "uneven", "uneven+r64").index(kind))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.write_text(json.dumps(rows))

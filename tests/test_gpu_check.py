@@ -1,0 +1,188 @@
+"""`make gpu-check` (benchmarks/gpu_check.py): the CPU dry run end to end, the one-line stop without CUDA, parts
+that fail or overrun their time box, and an install that never touches torch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+from hf_gradprune import Geometry, PruningPlan  # noqa: E402
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check")
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    return proc, out, time.monotonic() - start
+
+
+def test_dry_run_passes_every_part_and_writes_its_reports(dry_run):
+    proc, out, _ = dry_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["ok"] is True
+    status = {p["name"]: p["status"] for p in report["parts"]}
+    assert status == {
+        "tests": "passed",
+        "trainer-bf16": "passed",
+        "trainer-fp16": "passed",
+        "speed": "passed",
+        "retraining-free": "skipped",
+        "onnx-cuda": "skipped",
+    }
+    env = report["environment"]
+    assert env["dry_run"] is True and env["torch"] == torch.__version__
+    assert {"gpu", "torch_cuda", "transformers", "python"} <= set(env)
+    # The short table printed as it goes: a row per part, then the verdict.
+    for name in status:
+        assert re.search(rf"^\| {re.escape(name)}\s+\| (passed|skipped)", proc.stdout, re.M), name
+    assert proc.stdout.strip().splitlines()[-1].startswith("gpu-check: all parts passed")
+    md = (out / "gpu_check.md").read_text()
+    assert "# GPU check (CPU dry run)" in md and "| trainer-fp16 | passed |" in md
+    assert "not landed" in md and "## Speed rows" in md
+
+
+def test_dry_run_tests_part_runs_the_gpu_tests_on_cpu(dry_run):
+    parts = {p["name"]: p for p in json.loads((dry_run[1] / "gpu_check.json").read_text())["parts"]}
+    tests = parts["tests"]
+    assert tests["passed"] >= 16 and tests["failures"] == tests["errors"] == 0
+    assert "tests/test_gpu.py" in tests["command"]
+    assert not [s for s in tests["skipped_tests"] if "test_gpu::" in s]  # tests/test_gpu.py itself ran on the CPU
+    assert any("dry run" in n for n in tests["notes"])
+
+
+def test_dry_run_trainer_passes_prune_twice_and_recover(dry_run):
+    parts = {p["name"]: p for p in json.loads((dry_run[1] / "gpu_check.json").read_text())["parts"]}
+    for precision in ("bf16", "fp16"):
+        r = parts[f"trainer-{precision}"]
+        assert r["precision"] == precision and r["device"] == "cpu"
+            assert r["rounds_at_steps"] == [0, 12]  # before training, and in the training step at global_step 12
+        assert [x["examples_scored"] for x in r["round_scores"]] == [32, 32]  # 2 scoring batches of 16 each
+        assert all(x["finite"] for x in r["round_scores"])
+        assert r["loss_after_round_1"]["falls"] and r["loss_after_round_2"]["falls"]
+        assert r["steps_per_second"] > 0 and r["median_step_s_plain"] > 0
+        assert r["peak_memory_mb"] is None  # no device memory on the CPU
+    assert parts["trainer-fp16"]["optimizer_steps_skipped_by_gradscaler"] is None
+    assert any("no GradScaler" in n for n in parts["trainer-fp16"]["notes"])
+
+
+def test_dry_run_speed_rows_match_their_plans(dry_run):
+    parts = {p["name"]: p for p in json.loads((dry_run[1] / "gpu_check.json").read_text())["parts"]}
+    speed = parts["speed"]
+    rows = speed["rows"]
+    keys = {(r["model"], r["precision"], r["plan"], r["target"]) for r in rows}
+    assert len(keys) == len(rows) == 2 * 9 + 2 * 3  # eager: 2 models x 3 plans x 3 targets; two compiled groups
+    assert {r["precision"] for r in rows} == {"bf16", "bf16+compile"}
+    assert set(speed["geometries"]) == {"tiny-bert", "tiny-gpt2"}
+    for r in rows:
+        heads = [list(range(h)) for h in r["heads_per_layer"]]
+        plan = PruningPlan(
+            Geometry(**speed["geometries"][r["model"]]), heads, [list(range(n)) for n in r["ffn_per_layer"]]
+        )
+        assert r["flops_removed"] == round(plan.flops_removed(r["seq"]), 4)
+    assert speed["not_reached"] == [] and "backend='eager'" in speed["notes"][0]
+
+
+def test_dry_run_wall_time(dry_run):
+    """The dry run is sized for CI: tiny models, a few steps (the bound leaves room for a loaded 2-core machine)."""
+    assert dry_run[2] < 600
+
+
+@needs_no_cuda
+def test_without_cuda_it_stops_at_once_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA device") and "DRY_RUN=1" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_part_is_reported_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def tests_part(dry, box, work, log):
+        ran.append("tests")
+        return {"ok": True, "problems": [], "summary": "1 passed", "seconds": 0.1}
+
+    def child_part(part, dry, box, work, log):
+        ran.append(part.name)
+        if part.name == "trainer-bf16":
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return {"ok": True, "problems": [], "summary": "fine", "seconds": 0.1}
+
+    monkeypatch.setattr(gpu_check, "run_tests_part", tests_part)
+    monkeypatch.setattr(gpu_check, "run_child_part", child_part)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gpu_check.main(["--dry-run"]) == 1
+    assert ran == ["tests", "trainer-bf16", "trainer-fp16", "speed"]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())  # $OUT is where the results go
+    status = {p["name"]: p["status"] for p in report["parts"]}
+    assert status["trainer-bf16"] == "FAILED" and status["trainer-fp16"] == status["speed"] == "passed"
+    assert "illegal memory access" in report["parts"][1]["problems"][0]
+    assert "FAILED" in (tmp_path / "gpu_check.md").read_text()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("gpu-check: FAILED")
+
+
+def test_a_part_over_its_time_box_is_killed(tmp_path):
+    with open(tmp_path / "log", "w") as log:
+        start = time.monotonic()
+        rc, seconds, timed_out = gpu_check._spawn([sys.executable, "-c", "import time; time.sleep(60)"], 1, log)
+    assert timed_out and rc != 0 and time.monotonic() - start < 30
+
+
+def test_install_never_touches_torch(tmp_path):
+    pin = tmp_path / "pin.txt"
+    commands = gpu_check.install_commands("py", "2.11.0+cu130", ["accelerate>=1.0", "pytest>=8"], pin)
+    project, deps = commands
+    assert project[:4] == ["py", "-m", "pip", "install"] and "--no-deps" in project and project[-1] == str(ROOT)
+    assert deps[deps.index("--constraint") + 1] == str(pin) and pin.read_text() == "torch==2.11.0+cu130\n"
+    assert not [arg for cmd in commands for arg in cmd if arg.split("=")[0].split(">")[0] == "torch"]
+    assert gpu_check.install_commands("py", "2.11.0", [], pin) == [project]  # nothing missing: the project only
+
+
+def test_install_covers_every_project_dependency_but_torch():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ \[]", d)[0].lower().replace("-", "_") for d in deps}
+    needs = {re.split(r"[<>=]", spec)[0].lower().replace("-", "_") for spec in gpu_check.CHECK_NEEDS.values()}
+    assert "torch" in gpu_check.NOT_NEEDED and "torch" not in needs
+    assert names <= needs | gpu_check.NOT_NEEDED  # a new dependency must be sorted into one of the two
+
+
+def test_make_target_uses_the_machines_python_and_never_installs_torch():
+    makefile = (ROOT / "Makefile").read_text()
+    target = re.search(r"^gpu-check:(.*)\n((?:\t.*\n)+)", makefile, re.M)
+    assert target, "no gpu-check target"
+    prerequisites, recipe = target.group(1).split("##")[0], target.group(2)
+    assert "install" not in prerequisites.split()  # `make install` would put the CPU build of torch there
+    assert "torch" not in recipe.replace("gpu_check", "") and "TORCH_SPEC" not in recipe
+    assert "benchmarks/gpu_check.py" in recipe and "--install" in recipe and "DRY_RUN" in recipe
