@@ -296,7 +296,8 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
     seq = 8 if dry else 128
     backend = "eager" if dry else "inductor"
     repeats, warmup = (2, 1) if dry else (20, 3)
-    bases, plans, geometries, dense_ms, rows, problems, not_reached, compile_error = {}, {}, {}, {}, [], [], [], None
+    bases, plans, geometries, dense_ms, rows, problems, not_reached = {}, {}, {}, {}, [], [], []
+    compile_failures = 0
 
     def keep(row):  # every row is kept (and written) as soon as it is made: a kill at the time box loses none
         speed.print_row(row)
@@ -310,8 +311,8 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
         if time.monotonic() > deadline:
             not_reached.append(label)
             continue
-        if compiled and compile_error:
-            not_reached.append(f"{label} (torch.compile failed before)")
+        if compiled and compile_failures >= 2:
+            not_reached.append(f"{label} (torch.compile failed twice before)")
             continue
         if name not in bases:
             torch.manual_seed(0)
@@ -327,6 +328,12 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
             else:  # exactly the plans of the committed CPU rows of this model
                 plans[name] = speed.recorded_plans(g, CPU_SPEED, name)
         chosen = {k: p for k, p in sorted(plans[name].items(), key=_order) if k[0] in group["kinds"]}
+        failed = []
+
+        def row_failed(kind, target, err, label=label, failed=failed):
+            failed.append(kind)
+            problems.append(f"{label} {kind} {target:.0%}: {type(err).__name__}: {err}"[:2000])
+
         try:
             made = speed.time_rows(
                 name,
@@ -343,17 +350,17 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
                 dense_ms=dense_ms.get((name, batch, compiled)),
                 deadline=deadline - (COMPILE_MARGIN_S if compiled and not dry else 0),
                 on_row=keep,
+                on_error=row_failed,
             )
-        except Exception as err:  # noqa: BLE001 - one group failing must not stop the others
-            message = f"{label}: {type(err).__name__}: {err}"[:2000]
-            problems.append(message)
-            if compiled:
-                compile_error = message
+        except Exception as err:  # noqa: BLE001 - the dense model failed: the next group still runs
+            problems.append(f"{label} dense: {type(err).__name__}: {err}"[:2000])
+            compile_failures += 2 if compiled else 0
             continue
+        compile_failures += len(failed) if compiled else 0
         if made:
             dense_ms[(name, batch, compiled)] = made[0]["dense_ms"]
-        if len(made) < len(chosen):
-            not_reached.append(f"{label}: {len(chosen) - len(made)} of {len(chosen)} rows (time box)")
+        if len(made) + len(failed) < len(chosen):
+            not_reached.append(f"{label}: {len(chosen) - len(made) - len(failed)} of {len(chosen)} rows (time box)")
     probe = []
     for r in rows:
         if r["model"].startswith("bert-base") and r["batch"] == 256 and r["plan"] == "uniform":

@@ -134,13 +134,15 @@ def time_rows(
     dense_ms: float | None = None,
     deadline: float | None = None,
     on_row=None,
+    on_error=None,
 ) -> list[dict]:
     """Dense vs pruned latency of ``base`` (an unpruned model, left unchanged) for each plan of ``plans``.
 
     Every model is a copy of ``base`` moved to ``device`` (and cast to ``dtype`` when given), optionally
     wrapped in ``torch.compile(backend=compile_backend)``; each time is ``measure_latency``'s median. ``dense_ms``
     reuses a dense time measured before. Rows stop being started once ``time.monotonic()`` passes ``deadline``
-    (the rows not made are simply absent).
+    (the rows not made are simply absent). With ``on_error(kind, target, error)`` a pruned model that fails is
+    reported there and the other rows still run; without it the error propagates.
     """
 
     def ready(model):
@@ -163,9 +165,16 @@ def time_rows(
     for (kind, target), plan in plans.items():
         if deadline is not None and time.monotonic() > deadline:
             break
-        pruned = ready(prune_model(copy.deepcopy(base), plan))
-        row = speed_row(name, precision, batch, seq, target, kind, plan, dense_ms, latency(pruned))
-        del pruned
+        try:
+            pruned = ready(prune_model(copy.deepcopy(base), plan))
+            row = speed_row(name, precision, batch, seq, target, kind, plan, dense_ms, latency(pruned))
+        except Exception as err:
+            if on_error is None:
+                raise
+            on_error(kind, target, err)
+            continue
+        finally:
+            pruned = None
         rows.append(row)
         if on_row is not None:
             on_row(row)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 
-from hf_gradprune import Geometry, PruningPlan  # noqa: E402
+from hf_gradprune import Geometry, PruningPlan, current_plan  # noqa: E402
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 
@@ -78,7 +78,7 @@ def test_dry_run_trainer_passes_prune_twice_and_recover(dry_run):
     for precision in ("bf16", "fp16"):
         r = parts[f"trainer-{precision}"]
         assert r["precision"] == precision and r["device"] == "cpu"
-            assert r["rounds_at_steps"] == [0, 12]  # before training, and in the training step at global_step 12
+        assert r["rounds_at_steps"] == [0, 12]  # before training, and in the training step at global_step 12
         assert [x["examples_scored"] for x in r["round_scores"]] == [32, 32]  # 2 scoring batches of 16 each
         assert all(x["finite"] for x in r["round_scores"])
         assert r["loss_after_round_1"]["falls"] and r["loss_after_round_2"]["falls"]
@@ -186,3 +186,29 @@ def test_make_target_uses_the_machines_python_and_never_installs_torch():
     assert "install" not in prerequisites.split()  # `make install` would put the CPU build of torch there
     assert "torch" not in recipe.replace("gpu_check", "") and "TORCH_SPEC" not in recipe
     assert "benchmarks/gpu_check.py" in recipe and "--install" in recipe and "DRY_RUN" in recipe
+
+
+def test_a_failing_speed_row_is_reported_and_the_others_still_run():
+    import speed
+
+    base = speed.tiny_bert().eval()
+    g = current_plan(base).geometry
+    other = Geometry(**{**g.to_dict(), "num_layers": 3})  # a plan for another model: prune_model refuses it
+    plans = {("uniform", 0.5): speed.uniform_plan(other, 0.5), ("uniform", 0.25): speed.uniform_plan(g, 0.25)}
+    errors = []
+    rows = speed.time_rows(
+        "tiny", base, plans, precision="fp32", batch=1, seq=4, repeats=1, on_error=lambda *e: errors.append(e)
+    )
+    assert [(r["plan"], r["target"]) for r in rows] == [("uniform", 0.25)]
+    assert [(k, t, type(e).__name__) for k, t, e in errors] == [("uniform", 0.5, "PlanError")]
+    with pytest.raises(Exception, match="different model"):  # the CPU benchmark keeps failing loudly
+        speed.time_rows("tiny", base, plans, precision="fp32", batch=1, seq=4, repeats=1)
+
+
+def test_speed_part_past_its_deadline_starts_nothing_and_says_so():
+    import gpu_parts
+
+    result = gpu_parts.speed_part(True, deadline=time.monotonic() - 1)
+    assert result["rows"] == [] and result["ok"] is False
+    assert len(result["not_reached"]) == len(gpu_parts.speed_settings(True))
+    assert any("eager rows were made" in p for p in result["problems"])
