@@ -415,6 +415,8 @@ def main(argv=None) -> int:
             print(f"| {part.name:<15} | {status:<7} | {seconds:>5} | {result.get('summary', '')}", flush=True)
             for problem in result.get("problems", [])[:5]:
                 print(f"|   {problem[:300]}", flush=True)
+            for note in result.get("notes", [])[:3]:
+                print(f"|   note: {note[:300]}", flush=True)
             log.flush()
     # An install that failed (no network, a read-only site) is reported but does not fail the check, since the
     # parts run from the source tree; a changed torch does.

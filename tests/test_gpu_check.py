@@ -59,6 +59,7 @@ def test_dry_run_passes_every_part_and_writes_its_reports(dry_run):
     for name in status:
         assert re.search(rf"^\| {re.escape(name)}\s+\| (passed|skipped)", proc.stdout, re.M), name
     assert proc.stdout.strip().splitlines()[-1].startswith("gpu-check: all parts passed")
+    assert "note: CPU dry run: fp16 autocast on the CPU has no GradScaler" in proc.stdout  # said, not hidden
     md = (out / "gpu_check.md").read_text()
     assert "# GPU check (CPU dry run)" in md and "| trainer-fp16 | passed |" in md
     assert "not landed" in md and "## Speed rows" in md
@@ -212,3 +213,16 @@ def test_speed_part_past_its_deadline_starts_nothing_and_says_so():
     assert result["rows"] == [] and result["ok"] is False
     assert len(result["not_reached"]) == len(gpu_parts.speed_settings(True))
     assert any("eager rows were made" in p for p in result["problems"])
+
+
+def test_make_resolves_the_python_and_the_flags():
+    def planned(*args):
+        out = subprocess.run(["make", "-n", "gpu-check", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert planned() == ["python3", "benchmarks/gpu_check.py", "--install"]  # the machine's own python3
+    dry = planned("DRY_RUN=1")
+    assert dry[1:] == ["benchmarks/gpu_check.py", "--install", "--dry-run"]
+    assert dry[0] in (".venv/bin/python", "python3")
+    assert planned("GPU_PYTHON=/opt/py/bin/python3")[0] == "/opt/py/bin/python3"
