@@ -19,6 +19,7 @@ from common import ROOT, bench_args, machine, write_json
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from hf_gradprune import ImportanceScorer, PruningPlan, prune_model
+from hf_gradprune.latency import random_inputs
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,8 +40,8 @@ def build(name: str):
 
 
 def fake_batch(model, batch: int, seq: int):
-    ids = torch.randint(5, min(model.config.vocab_size, 1000), (batch, seq))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (batch,))}
+    """The latency timer's random inputs plus classification labels."""
+    return {**random_inputs(model, batch, seq), "labels": torch.randint(0, 2, (batch,))}
 
 
 def child(name: str, hooks: bool, batch: int, seq: int, steps: int) -> dict:

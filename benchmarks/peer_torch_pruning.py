@@ -25,7 +25,7 @@ Taylor examples do. After ``pruner.step()`` each ``BertSelfAttention`` gets ``nu
 The FLOPs target is met by a small search on the unpruned model (no weights change while searching):
 bisection on a common ratio ``r_heads = r_ffn = r`` (the split of Torch-Pruning's own BERT example), then, with
 the head ratio fixed, bisection on ``r_ffn`` alone to land close to the target (heads are coarse units).
-FLOPs are counted with hf_gradprune's cost model (``PruningPlan.block_flops``), so the numbers compare with
+FLOPs are counted with hf_gradprune's cost model (``PruningPlan.flops_removed``), so the numbers compare with
 ours. If head pruning fails (an error, partial heads, a forward that breaks, or logits that differ from
 hf_gradprune's surgery with the same kept units), it falls back to FFN only and ``info["why"]`` says why.
 
