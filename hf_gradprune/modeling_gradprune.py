@@ -290,14 +290,28 @@ class _GradPruneMixin:
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if getattr(model.config, CONFIG_KEY, None):
+            # transformers only warns about missing weights and initialises them at random; for a pruned
+            # folder loaded through remote code (no check_folder ran) that would be a silently wrong model.
+            # A task head absent from the folder (e.g. an encoder folder read as a classifier) stays allowed.
+            prefix = model.base_model_prefix
+            missing = sorted(
+                k for k in info.get("missing_keys", ()) if model.base_model is model or k.startswith(prefix + ".")
+            )
+            if missing:
+                raise ValueError(
+                    f"the folder's weights lack {len(missing)} tensor(s) of the pruned model, e.g. {missing[:3]}; "
+                    "they would be initialised at random. The weight files are incomplete or belong to another "
+                    "model: re-save the folder from the pruned model."
+                )
         # Loading replaces parameters after __init__: freeze again what feeds only emptied blocks.
         for module in model.modules():
             if getattr(module, "_gradprune_frozen", False):
                 for p in module.parameters():
                     p.requires_grad_(False)
-        return loaded
+        return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, made atomic by ``write_folder`` on the process that writes.

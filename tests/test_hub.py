@@ -227,6 +227,17 @@ def test_a_missing_base_model_tensor_is_refused(tmp_path, family):
             call(out)
 
 
+def test_remote_code_refuses_a_missing_tensor_instead_of_random_weights(tmp_path, family):
+    # trust_remote_code runs no check_folder: the shipped class itself must refuse to fill the gap at random.
+    _, out = saved(tmp_path, family)
+    state = load_file(out / "model.safetensors")
+    gone = {"bert": "bert.encoder.layer.1.attention.self.query.weight", "gpt2": "transformer.h.1.attn.c_attn.weight"}
+    del state[gone[family]]
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lack 1 tensor\(s\) of the pruned model.*initialised at random"):
+        AUTO[family].from_pretrained(out, trust_remote_code=True)
+
+
 def test_a_folder_without_weights_is_refused(tmp_path):
     _, out = saved(tmp_path, "bert")
     (out / "model.safetensors").unlink()
