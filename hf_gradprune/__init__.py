@@ -1,16 +1,21 @@
 """hf_gradprune: gradient-based structured pruning of attention heads and FFN neurons for transformers v5."""
 
 from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, register_adapter, supported_model_types
+from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
 from .plan import PlanError, PruningPlan
 from .scores import Scores, ScoresError
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model, summarize
+from .units import HEAD, NEURON, UnitCosts
 from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HEAD",
+    "NEURON",
+    "CheckpointError",
     "FamilyAdapter",
     "FolderMismatchError",
     "Geometry",
@@ -19,6 +24,7 @@ __all__ = [
     "PruningPlan",
     "Scores",
     "ScoresError",
+    "UnitCosts",
     "UnsupportedModelError",
     "V4CheckpointError",
     "check_folder",
