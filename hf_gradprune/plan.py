@@ -282,7 +282,10 @@ def validate_options(
     if not _is_int(ffn_multiple_of) or ffn_multiple_of < 1:
         raise PlanError(f"ffn_multiple_of must be an integer >= 1, got {ffn_multiple_of!r}")
     if not _is_int(seq_len) or seq_len < 1:
-        raise PlanError(f"seq_len (the sequence length FLOPs are counted at) must be an integer >= 1, got {seq_len!r}")
+        raise PlanError(
+            "seq_len (flops_seq_len in GradPruneConfig: the sequence length FLOPs are counted at) must be an "
+            f"integer >= 1, got {seq_len!r}"
+        )
 
 
 # ---------------------------------------------------------------------- ids and costs
