@@ -253,7 +253,7 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
         if not r["finite"] or r["examples_scored"] <= 0:
             problems.append(f"{r['round']}: {r['examples_scored']} examples scored, finite={r['finite']}")
     means = [r["mean"] for r in round_scores if r["finite"] and r["mean"] > 0]
-    if len(means) == 2 and not 1e-3 < means[0] / means[1] < 1e3:
+    if len(means) == 2 and not 1e-4 < means[0] / means[1] < 1e4:
         # The rounds score the same kind of batches: a factor of ~the GradScaler's scale (65536) between them says
         # that one round's gradients were not unscaled (e.g. the scoring before training under fp16).
         problems.append(
