@@ -178,6 +178,8 @@ class GradPruneTrainer(Trainer):
                 inputs = self._prepare_inputs(inputs)
                 with self.compute_loss_context_manager():
                     loss = self.compute_loss(model, inputs)
+                # accelerator.backward multiplies the loss by the fp16 GradScaler's scale (and nothing else here).
+                scorer.loss_scale = self._grad_scaler_scale()
                 self.accelerator.backward(loss)
                 model.zero_grad(set_to_none=True)
                 bar.update(1)
@@ -185,6 +187,11 @@ class GradPruneTrainer(Trainer):
         forget_prepared(self.accelerator, loader)  # a one-off pass: the training loop prepares its own loader
         model.train(was_training)
         self._scorer = scorer
+
+    def _grad_scaler_scale(self) -> float:
+        """The factor ``accelerator.backward`` multiplies a loss by: the fp16 GradScaler's scale, else 1."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     # ------------------------------------------------------------------ per step
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -210,11 +217,8 @@ class GradPruneTrainer(Trainer):
         else:
             self.loss_is_scaled_for_ga = self._user_loss_scaled_for_ga
         if scoring:
-            scale = 1.0 / self.current_gradient_accumulation_steps
-            scaler = getattr(self.accelerator, "scaler", None)
-            if scaler is not None and scaler.is_enabled():
-                scale *= float(scaler.get_scale())
-            self._scorer.loss_scale = scale
+            # Trainer divides the micro-batch mean by the accumulation steps before accelerator.backward.
+            self._scorer.loss_scale = self._grad_scaler_scale() / self.current_gradient_accumulation_steps
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._micro += 1
         if scoring and self._scoring_bar is not None:
