@@ -214,26 +214,29 @@ def saved(tmp_path, family, name="out", zero_layer=0, seed=0):
     return model, tmp_path / name
 
 
-def test_a_missing_base_model_tensor_is_refused(tmp_path, family):
-    model, out = saved(tmp_path, family)
+GONE = {"bert": "bert.encoder.layer.1.attention.self.query.weight", "gpt2": "transformer.h.1.attn.c_attn.weight"}
+
+
+def saved_without_one_tensor(tmp_path, family):
+    _, out = saved(tmp_path, family)
     state = load_file(out / "model.safetensors")
-    gone = {"bert": "bert.encoder.layer.1.attention.self.query.weight", "gpt2": "transformer.h.1.attn.c_attn.weight"}
-    del state[gone[family]]
+    del state[GONE[family]]
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_a_missing_base_model_tensor_is_refused(tmp_path, family):
+    out = saved_without_one_tensor(tmp_path, family)
     for call in (check_folder, load_pruned):
         with pytest.raises(
-            FolderMismatchError, match=r"lack 1 tensor\(s\) of the model.*" + gone[family].split(".", 1)[1]
+            FolderMismatchError, match=r"lack 1 tensor\(s\) of the model.*" + GONE[family].split(".", 1)[1]
         ):
             call(out)
 
 
 def test_remote_code_refuses_a_missing_tensor_instead_of_random_weights(tmp_path, family):
     # trust_remote_code runs no check_folder: the shipped class itself must refuse to fill the gap at random.
-    _, out = saved(tmp_path, family)
-    state = load_file(out / "model.safetensors")
-    gone = {"bert": "bert.encoder.layer.1.attention.self.query.weight", "gpt2": "transformer.h.1.attn.c_attn.weight"}
-    del state[gone[family]]
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    out = saved_without_one_tensor(tmp_path, family)
     with pytest.raises(ValueError, match=r"lack 1 tensor\(s\) of the pruned model.*initialised at random"):
         AUTO[family].from_pretrained(out, trust_remote_code=True)
 
