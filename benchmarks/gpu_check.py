@@ -317,7 +317,7 @@ def summarize(name: str, r: dict) -> str:
             bits.append(f"scoring memory {r['scoring_memory_overhead']:+.1%}")
         for k in (1, 2):
             w = r[f"loss_after_round_{k}"]
-            bits.append(f"loss after round {k} {w['first']:.3f}→{w['last']:.3f}")
+            bits.append(f"loss after round {k} {w['first']:.3f}→{w['last']:.3f}{'' if w['falls'] else ' (flat)'}")
         if r.get("optimizer_steps_skipped_by_gradscaler") is not None:
             bits.append(f"{r['optimizer_steps_skipped_by_gradscaler']} overflow steps")
         bits.append(f"{r['flops_removed']:.0%} FLOPs removed")

@@ -39,8 +39,9 @@ def device_of(dry: bool) -> torch.device:
 
 # ---------------------------------------------------------------------------------------------- trainer pass
 class SyntheticTask(torch.utils.data.Dataset):
-    """The label is a fixed random function of the first token, one of ``keys`` ids; the rest is noise. A dense
-    model learns it within its short fine-tune; pruning disturbs the path that carries it, recovery restores it."""
+    """The label is a fixed random function of the first token, one of ``keys`` ids; the rest is noise. Even a deep
+    random model learns it from scratch, one key at a time, so the loss keeps falling through the whole run unless
+    training breaks (a prune that leaves stale optimizer state, frozen or NaN weights)."""
 
     def __init__(self, n: int, seq: int, vocab: int, keys: int, seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
@@ -61,10 +62,10 @@ class SyntheticTask(torch.utils.data.Dataset):
 def trainer_sizes(dry: bool) -> dict:
     """Steps and shapes: a few hundred steps of BERT-base at 32 x 128 on the GPU; tiny on the CPU."""
     if dry:
-        config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
         sizes = dict(vocab=64, keys=8, seq=8, batch=16, dense_steps=30, steps=24, round2=12, scoring=2, lr=3e-3)
         return dict(config=config, n=512, **sizes)
-    sizes = dict(vocab=30522, keys=64, seq=128, batch=32, dense_steps=120, steps=300, round2=150, scoring=16, lr=1e-4)
+    sizes = dict(vocab=30522, keys=512, seq=128, batch=32, dense_steps=120, steps=300, round2=150, scoring=16, lr=2e-4)
     return dict(config={}, n=8192, **sizes)
 
 
@@ -108,13 +109,14 @@ def _median(values):
     return round(statistics.median(values), 4) if values else None
 
 
-def _falls(losses: list[float], converged: float = 0.05) -> dict:
-    """Mean loss over the first and the last fifth of a window of logged losses. It falls when the last is lower,
-    or, if the model was never set back (the first fifth already under ``converged``), stays under it."""
-    k = max(len(losses) // 5, 1)
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    falls = last < first or (first < converged and last < converged)
-    return {"first": round(first, 4), "last": round(last, 4), "falls": falls, "steps": len(losses)}
+def _falls(losses: list[float]) -> dict:
+    """Mean loss over the first tenth (at least 2 steps: right after the prune) and the last fifth of a window of
+    logged losses. ``falls``: the last is lower. ``ok``: it falls, or stays within 10% (+0.01) of where it started,
+    as after a prune that did not set the model back; a loss that rises means training broke after the prune."""
+    k0, k1 = max(len(losses) // 10, 2), max(len(losses) // 5, 1)
+    first, last = sum(losses[:k0]) / len(losses[:k0]), sum(losses[-k1:]) / k1
+    ok = last < first or last <= 1.1 * first + 0.01
+    return {"first": round(first, 4), "last": round(last, 4), "falls": last < first, "ok": ok, "steps": len(losses)}
 
 
 def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
@@ -130,6 +132,7 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
     common = dict(
         per_device_train_batch_size=sizes["batch"],
         learning_rate=sizes["lr"],
+        warmup_steps=0.1,  # a fraction of each run's steps (a deep random model at this rate wants a warm-up)
         report_to=[],
         save_strategy="no",
         logging_steps=1,
@@ -245,8 +248,8 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
     if len(rounds) != 2 or result["rounds_at_steps"][0] != 0:
         problems.append(f"expected 2 rounds, the first at step 0; got rounds at {result['rounds_at_steps']}")
     for key in ("loss_after_round_1", "loss_after_round_2"):
-        if not result[key]["falls"]:
-            problems.append(f"{key}: the loss did not fall ({result[key]['first']} -> {result[key]['last']})")
+        if not result[key]["ok"]:
+            problems.append(f"{key}: the loss rose ({result[key]['first']} -> {result[key]['last']})")
     if len(round_scores) != 2:
         problems.append(f"expected the scores of 2 rounds under pruning/, found {len(round_scores)}")
     for r in round_scores:
@@ -257,7 +260,7 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
         # The rounds score the same kind of batches: a factor of ~the GradScaler's scale (65536) between them says
         # that one round's gradients were not unscaled (e.g. the scoring before training under fp16).
         problems.append(
-            f"round 1's mean score is {means[0] / means[1]:.3g}x round 2's: a loss scale left in? (the known bug of "
+            f"round 1's mean score is {means[0] / means[1]:.3g}x round 2's: a loss scale left in? (see "
             "tests/test_gpu.py::test_trainer_fp16_scores_before_training_are_unscaled)"
         )
     if abs(result["flops_removed"] - 0.5) > (0.1 if dry else 0.03):  # a tiny model's heads are coarse units

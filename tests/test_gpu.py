@@ -144,13 +144,9 @@ def test_save_reload_from_device_is_bit_exact(family, dtype, tmp_path):
     torch.testing.assert_close(_logits(reloaded, inputs), _logits(model.eval(), inputs), atol=tol, rtol=tol)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (found by this check): GradPruneTrainer._score_before_training backpropagates through "
-    "accelerator.backward, which multiplies the loss by the GradScaler's scale, without setting the scorer's "
-    "loss_scale, so fp16 scores taken before training carry the scale (65536 by default)",
-)
 def test_trainer_fp16_scores_before_training_are_unscaled(tmp_path):
+    """Found by this check (fixed in d10b5e5): the scores taken before training (``prune_step=0``) under fp16 kept
+    the GradScaler's scale, since ``accelerator.backward`` multiplies the loss by it."""
     kwargs = dict(max_steps=1, prune_step=0, scoring_steps=2, per_device_train_batch_size=8, use_cpu=DEVICE == "cpu")
     runs = {}
     for name, extra in (("fp32", {}), ("fp16", {"fp16": True})):

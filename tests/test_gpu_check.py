@@ -72,9 +72,7 @@ def test_dry_run_tests_part_runs_the_gpu_tests_on_cpu(dry_run):
     assert "tests/test_gpu.py" in tests["command"]
     assert not [s for s in tests["skipped_tests"] if "test_gpu::" in s]  # tests/test_gpu.py itself ran on the CPU
     assert any("dry run" in n for n in tests["notes"])
-    # A known bug is an xfail test: listed, and not a failure of the part.
-    (known,) = tests["known_bugs"]
-    assert known.startswith("test_gpu::test_trainer_fp16_scores_before_training_are_unscaled: known bug")
+    assert tests["known_bugs"] == []  # a known bug would be a strict xfail test, listed there
 
 
 def test_dry_run_trainer_passes_prune_twice_and_recover(dry_run):
@@ -85,7 +83,7 @@ def test_dry_run_trainer_passes_prune_twice_and_recover(dry_run):
         assert r["rounds_at_steps"] == [0, 12]  # before training, and in the training step at global_step 12
         assert [x["examples_scored"] for x in r["round_scores"]] == [32, 32]  # 2 scoring batches of 16 each
         assert all(x["finite"] for x in r["round_scores"])
-        assert r["loss_after_round_1"]["falls"] and r["loss_after_round_2"]["falls"]
+        assert r["loss_after_round_1"]["ok"] and r["loss_after_round_2"]["ok"]
         assert r["steps_per_second"] > 0 and r["median_step_s_plain"] > 0
         assert r["peak_memory_mb"] is None  # no device memory on the CPU
     assert parts["trainer-fp16"]["optimizer_steps_skipped_by_gradscaler"] is None
