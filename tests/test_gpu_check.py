@@ -4,6 +4,7 @@ that fail or overrun their time box, and an install that never touches torch."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -218,7 +219,10 @@ def test_speed_part_past_its_deadline_starts_nothing_and_says_so():
 
 def test_make_resolves_the_python_and_the_flags():
     def planned(*args):
-        out = subprocess.run(["make", "-n", "gpu-check", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        # Under `make test` this runs inside make: drop the parent's variables so the child plans as if typed.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+        cmd = ["make", "--no-print-directory", "-n", "gpu-check", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
