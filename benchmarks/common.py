@@ -23,8 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_gradprune import GradPruneConfig, GradPruneTrainer, ImportanceScorer
-from hf_gradprune.scores import GRADIENT_METHODS
+from hf_gradprune import GRADIENT_METHODS, GradPruneConfig, GradPruneTrainer, ImportanceScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

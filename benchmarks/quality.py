@@ -28,8 +28,7 @@ from common import (
     write_json,
 )
 
-from hf_gradprune import PruningPlan, current_plan, prune_model
-from hf_gradprune.scores import GRADIENT_METHODS, METHODS
+from hf_gradprune import GRADIENT_METHODS, METHODS, PruningPlan, current_plan, prune_model
 
 TARGETS = (0.25, 0.4, 0.5, 0.6, 0.7)
 QUICK_TARGETS = (0.5,)

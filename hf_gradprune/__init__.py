@@ -4,7 +4,7 @@ from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, regis
 from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
 from .plan import PlanError, PruningPlan
-from .scores import Scores, ScoresError
+from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model, summarize
 from .units import HEAD, NEURON, UnitCosts
@@ -13,6 +13,8 @@ from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRADIENT_METHODS",
+    "METHODS",
     "HEAD",
     "NEURON",
     "CheckpointError",
