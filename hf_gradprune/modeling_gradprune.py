@@ -200,8 +200,11 @@ def apply_structure(model: nn.Module, structure: dict) -> None:
 # --------------------------------------------------------------------------- saving
 # A weight file or index of a save, with its variant: model.safetensors, model-00001-of-00002.safetensors,
 # pytorch_model.bin, model.fp16.safetensors, model.safetensors.index.json, model.safetensors.index.fp16.json...
+# Each stem with its own extension only: transformers writes no ``model.bin`` or ``pytorch_model.safetensors``,
+# so a file of that name is someone else's (e.g. another runtime's export) and must never be removed.
 _WEIGHT_FILE = re.compile(
-    r"(?:model|pytorch_model)(?:\.(?P<variant>\w+))?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)"
+    r"model(?:\.(?P<st_variant>\w+))?(?:-\d{5}-of-\d{5})?\.safetensors"
+    r"|pytorch_model(?:\.(?P<bin_variant>\w+))?(?:-\d{5}-of-\d{5})?\.bin"
     r"|(?:model\.safetensors|pytorch_model\.bin)\.index(?:\.(?P<index_variant>\w+))?\.json"
 )
 
@@ -209,7 +212,9 @@ _WEIGHT_FILE = re.compile(
 def _weights_variant(name: str) -> str | None:
     """The variant of a weight file or index (``""`` for none); None for any other file."""
     match = _WEIGHT_FILE.fullmatch(name)
-    return None if match is None else match["variant"] or match["index_variant"] or ""
+    if match is None:
+        return None
+    return match["st_variant"] or match["bin_variant"] or match["index_variant"] or ""
 
 
 def _move_into(new: str, folder: str, replace_weights: bool) -> None:

@@ -438,3 +438,17 @@ def test_a_masked_lm_folder_reads_as_another_head_with_new_parts_initialised(tmp
     save_file(state, tmp_path / "mlm" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(FolderMismatchError, match=r"lack 1 tensor\(s\).*layer.2.output.dense.weight"):
         load_pruned(tmp_path / "mlm", model_class=BertForSequenceClassification)
+
+
+def test_files_named_like_weights_but_not_transformers_own_are_kept(tmp_path):
+    # transformers never writes model.bin or pytorch_model.safetensors: such files belong to someone else.
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.bin", "pytorch_model.safetensors", "model.onnx"):
+        (out / name).write_text("user data")
+    model = make("bert")
+    prune_model(model, uneven_plan(model))
+    save_pruned(model, out)
+    for name in ("model.bin", "pytorch_model.safetensors", "model.onnx"):
+        assert (out / name).read_text() == "user data"
+    assert all_tensors_equal(load_pruned(out), model)
