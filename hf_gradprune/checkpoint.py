@@ -44,10 +44,20 @@ def resolve_model_class(config, model_class=None) -> type:
     return cls
 
 
-def weight_files(folder: str | os.PathLike) -> list[str]:
-    """Paths of the weight files ``from_pretrained`` would read in ``folder`` (one, or an index's shards)."""
+def with_variant(name: str, variant: str | None) -> str:
+    """``model.safetensors`` -> ``model.fp16.safetensors`` (the naming ``save_pretrained(variant=...)`` uses)."""
+    if not variant:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def weight_files(folder: str | os.PathLike, variant: str | None = None) -> list[str]:
+    """Paths of the weight files ``from_pretrained(variant=variant)`` would read in ``folder`` (one, or an
+    index's shards)."""
     folder = os.fspath(folder)
     for name, is_index in _WEIGHTS_IN_LOAD_ORDER:
+        name = with_variant(name, variant)
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue
@@ -65,9 +75,8 @@ def weight_files(folder: str | os.PathLike) -> list[str]:
                 "the folder is incomplete (an interrupted copy or download?)"
             )
         return [os.path.join(folder, s) for s in shards]
-    raise CheckpointError(
-        f"{folder} has no weights: no {SAFE_WEIGHTS_NAME}, {WEIGHTS_NAME} or sharded index; nothing to load"
-    )
+    names = ", ".join(with_variant(n, variant) for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME))
+    raise CheckpointError(f"{folder} has no weights: no {names} or sharded index; nothing to load")
 
 
 def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
@@ -83,14 +92,14 @@ def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
-def checkpoint_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+def checkpoint_shapes(folder: str | os.PathLike, variant: str | None = None) -> dict[str, tuple[int, ...]]:
     """``{tensor name: shape}`` over the folder's weights (safetensors or ``pytorch_model.bin``, sharded or not).
 
     Reads headers only (``.bin`` files are memory-mapped on the meta device). Raises ``CheckpointError``
     for a folder without weights, an index naming absent shards, or a file that cannot be read.
     """
     shapes: dict[str, tuple[int, ...]] = {}
-    for path in weight_files(folder):
+    for path in weight_files(folder, variant):
         try:
             shapes.update(_file_shapes(path))
         except (PermissionError, FileNotFoundError):
@@ -125,14 +134,16 @@ def compare_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> tupl
     return missing, mismatched
 
 
-def weight_faults(folder: str | os.PathLike, model: nn.Module, config) -> tuple[list[str], list[str]]:
+def weight_faults(
+    folder: str | os.PathLike, model: nn.Module, config, variant: str | None = None
+) -> tuple[list[str], list[str]]:
     """``(missing, mismatched)`` of ``model`` (a meta-device skeleton) against the weights in ``folder``.
 
     Only a tensor of the class that wrote the folder (``config.architectures``) can be missing: read as
     another class (a masked-LM folder as a classifier or an encoder), the parts that class adds, such as
     a pooler, are new, and transformers initialises them as it always does.
     """
-    shapes = checkpoint_shapes(folder)
+    shapes = checkpoint_shapes(folder, variant)
     missing, mismatched = compare_shapes(model, shapes)
     if missing and getattr(config, "architectures", None):
         try:

@@ -37,8 +37,9 @@ def save_pruned(model: nn.Module, save_directory: str | os.PathLike, tokenizer=N
     write_folder(save_directory, write)
 
 
-def check_folder(folder: str | os.PathLike, model_class=None) -> None:
-    """Raise unless the folder's weights fit the model its config (and plan) rebuilds.
+def check_folder(folder: str | os.PathLike, model_class=None, variant: str | None = None) -> None:
+    """Raise unless the folder's weights (of ``variant``, as ``save_pretrained(variant=...)`` names them) fit
+    the model its config (and plan) rebuilds.
 
     ``FolderMismatchError`` for a tensor of another shape or a base-model tensor the weights lack (it
     would load as random values); ``CheckpointError`` (its parent) for a folder without weights or a
@@ -49,7 +50,7 @@ def check_folder(folder: str | os.PathLike, model_class=None) -> None:
     cls = gradprune_class(resolve_model_class(config, model_class))
     with torch.device("meta"):
         skeleton = cls(config)
-    missing, mismatched = weight_faults(folder, skeleton, config)
+    missing, mismatched = weight_faults(folder, skeleton, config, variant)
     if mismatched:
         raise FolderMismatchError(
             f"{folder}: the weights do not match the pruning plan in config.json ({len(mismatched)} tensors), "
@@ -83,6 +84,6 @@ def load_pruned(folder: str | os.PathLike, model_class=None, **kwargs) -> nn.Mod
         return load_v4_folder(folder, model_class=model_class, config=config, **kwargs)
     cls = resolve_model_class(config, model_class)
     if getattr(config, CONFIG_KEY, None):
-        check_folder(folder, cls)
+        check_folder(folder, cls, kwargs.get("variant"))
         cls = gradprune_class(cls)
     return cls.from_pretrained(folder, config=config, **kwargs)

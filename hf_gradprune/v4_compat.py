@@ -124,7 +124,7 @@ def _v4_plan(folder: str, config) -> tuple[PruningPlan, dict[int, set[int]]]:
     return PruningPlan(g, heads, neurons, meta), pruned
 
 
-def _v4_skeleton(folder: str, config, cls) -> nn.Module:
+def _v4_skeleton(folder: str, config, cls, variant: str | None = None) -> nn.Module:
     """A meta-device model with the shapes that ``pruned_heads`` implies, checked against the weights."""
     plan, pruned = _v4_plan(folder, config)
     clean = copy.deepcopy(config)
@@ -133,7 +133,7 @@ def _v4_skeleton(folder: str, config, cls) -> nn.Module:
         skeleton = cls(clean)
     prune_model(skeleton, plan)
 
-    missing, mismatched = weight_faults(folder, skeleton, config)
+    missing, mismatched = weight_faults(folder, skeleton, config, variant)
     if mismatched:
         listed = {str(layer): sorted(h) for layer, h in sorted(pruned.items())}
         raise V4CheckpointError(
@@ -166,7 +166,7 @@ def load_v4_folder(folder: str | os.PathLike, model_class=None, config=None, **k
     if not is_v4_config(config):
         raise V4CheckpointError(f"{folder} is not a transformers-v4 pruned folder (config.json has no pruned_heads)")
     cls = resolve_model_class(config, model_class)
-    skeleton = _v4_skeleton(folder, config, cls)
+    skeleton = _v4_skeleton(folder, config, cls, kwargs.get("variant"))
     return gradprune_class(cls).from_pretrained(folder, config=skeleton.config, **kwargs)
 
 

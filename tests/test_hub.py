@@ -452,3 +452,14 @@ def test_files_named_like_weights_but_not_transformers_own_are_kept(tmp_path):
     for name in ("model.bin", "pytorch_model.safetensors", "model.onnx"):
         assert (out / name).read_text() == "user data"
     assert all_tensors_equal(load_pruned(out), model)
+
+
+def test_a_folder_saved_with_a_variant_is_checked_and_loads_with_that_variant(tmp_path, family):
+    model = make(family)
+    prune_model(model, uneven_plan(model))
+    model.save_pretrained(tmp_path / "out", variant="fp16")
+    assert (tmp_path / "out" / "model.fp16.safetensors").is_file()
+    check_folder(tmp_path / "out", variant="fp16")
+    assert all_tensors_equal(load_pruned(tmp_path / "out", variant="fp16"), model)
+    with pytest.raises(CheckpointError, match="no model.safetensors"):  # the default variant is not there
+        load_pruned(tmp_path / "out")
