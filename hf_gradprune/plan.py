@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import operator
 import os
 from dataclasses import dataclass, field
@@ -229,7 +230,8 @@ RANKINGS = ("global", "per_layer")
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # numbers.Integral admits numpy integers too (a value read from an array or a sweep); bool is no count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def validate_targets(
@@ -250,7 +252,7 @@ def validate_targets(
     for name, value in given.items():
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
             raise PlanError(f"{name} must be a fraction in [0, 1) of the original model, got {value!r}")
     named = [k for k, v in given.items() if v is not None]
     budgets = [k for k in named if k in BUDGET_NAMES]

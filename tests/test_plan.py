@@ -262,3 +262,16 @@ def test_budgets_cost_units_through_the_family_adapter():
     assert PruningPlan.from_scores(s, head_sparsity=0.5).num_heads == 12
     with pytest.raises(UnsupportedModelError, match="toy"):
         PruningPlan.from_scores(s, flops_budget=0.5)
+
+
+def test_numpy_numbers_are_accepted_as_options_and_targets():
+    import numpy as np
+
+    from hf_gradprune.plan import validate_options, validate_targets
+
+    validate_targets(head_sparsity=np.float32(0.5), ffn_sparsity=np.float64(0.25))
+    validate_options(min_heads_per_layer=np.int64(1), ffn_multiple_of=np.int32(8), seq_len=np.int64(128), num_heads=4)
+    with pytest.raises(PlanError, match="min_heads_per_layer"):
+        validate_options(min_heads_per_layer=np.float64(1.0))
+    with pytest.raises(PlanError, match="head_sparsity"):
+        validate_targets(head_sparsity=np.bool_(True))
