@@ -11,11 +11,15 @@ estimate of the loss change when ``u`` is removed. ``taylor`` accumulates ``|s|`
 
 Only hooks are used (forward pre-hooks on the output projections, a tensor hook on their inputs, and
 pre/post-hooks on the model and its base model that read the padding mask), so the scorer works inside
-any training step, including ``Trainer``'s, whichever module the forward enters.
+any training step, including ``Trainer``'s, whichever module the forward enters. The hooks go on the
+transformers model under any ``torch.compile`` / DDP wrapper and run outside ``torch.compile``'s graphs.
+Reentrant gradient checkpointing (``use_reentrant=True``) is refused: it runs the layers' forward without
+gradients and recomputes them inside the backward, one layer at a time, where no pass can be told apart.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -23,9 +27,10 @@ import threading
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from .scores import GRADIENT_METHODS, METHODS, Scores
-from .state import pruning_state
+from .state import pruning_state, unwrap_model
 from .units import HEAD, NEURON, UNIT_KINDS
 
 # state_dict() keys, kept as they were before units.py (saved scorer states use them)
@@ -55,6 +60,32 @@ class _Forward(threading.local):
 
     mask: torch.Tensor | None = None
     current: _Pass | None = None
+
+
+class _Hook:
+    """One of the scorer's module hooks: run outside ``torch.compile``, and left behind by ``copy.deepcopy``.
+
+    Traced by ``torch.compile`` (``torch.compiler.disable`` prevents it), a hook's side effects on the pass
+    in progress would not happen as written, and each scored activation would start its own pass. A deep
+    copy of the model (a teacher, a dense copy) gets a hook that does nothing: it must not feed this scorer,
+    and the scorer's ``detach()`` could not take the hook off the copy. ``nn.DataParallel``'s replicas
+    share the model's hooks without deep-copying them, so they are scored.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = torch.compiler.disable(fn)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __deepcopy__(self, memo):
+        return _inert_hook
+
+
+def _inert_hook(*args) -> None:
+    return None
 
 
 class ImportanceScorer:
@@ -95,6 +126,7 @@ class ImportanceScorer:
         self.loss_scale = 1.0
         self._depth = 0  # attach() calls not yet matched by detach()
         self._handles: list = []
+        self._checkpointing: list = []  # the model's modules that can checkpoint, while attached
         self._forward = _Forward()
         self._lock = threading.Lock()  # commits may come from several devices' autograd threads
         self._reset_data()
@@ -126,7 +158,7 @@ class ImportanceScorer:
     def _reset_data(self) -> None:
         state = pruning_state(self.model)
         self._state = state
-        self._layers = state.adapter.layers(self.model)
+        self._layers = state.layers  # those of the transformers model under any compile / DDP wrapper
         self._sizes = [(len(h), len(n)) for h, n in zip(state.head_ids, state.neuron_ids)]
         device = next(self.model.parameters()).device
         ids = _unit_ids(state)
@@ -138,7 +170,8 @@ class ImportanceScorer:
 
     def _model_changed(self) -> bool:
         adapter = self._state.adapter
-        return [(adapter.num_heads(x), adapter.ffn_width(x)) for x in adapter.layers(self.model)] != self._sizes
+        layers = adapter.layers(unwrap_model(self.model))
+        return [(adapter.num_heads(x), adapter.ffn_width(x)) for x in layers] != self._sizes
 
     def _follow_model(self, *, refuse: bool) -> None:
         """If the model was pruned since the last reset: reset when that loses nothing; else raise if ``refuse``."""
@@ -207,6 +240,7 @@ class ImportanceScorer:
     def attach(self) -> ImportanceScorer:
         """Start scoring (re-entrant: each call needs its own ``detach()``)."""
         if self._depth == 0 and self.method in GRADIENT_METHODS:
+            _refuse_reentrant_checkpointing(unwrap_model(self.model).modules())
             self._follow_model(refuse=True)
             self._add_hooks()
         self._depth += 1
@@ -229,13 +263,19 @@ class ImportanceScorer:
     # ------------------------------------------------------------------ hooks
     def _add_hooks(self) -> None:
         # The forward may enter the full model or its base model (a custom head on ``model.bert``): both
-        # read the padding mask and start a new pass.
-        base = getattr(self.model, "base_model", None)
-        entries = [self.model] + ([base] if isinstance(base, nn.Module) and base is not self.model else [])
+        # read the padding mask and start a new pass. Both are the transformers model's, under any
+        # ``torch.compile`` / DDP wrapper: the wrapper's forward goes through them.
+        model = unwrap_model(self.model)
+        # Modules that can checkpoint, read again by every forward: checkpointing may be switched on later.
+        self._checkpointing = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+        base = getattr(model, "base_model", None)
+        entries = [model] + ([base] if isinstance(base, nn.Module) and base is not model else [])
+        # Every hook is a ``_Hook`` around a closure, never a bound method: ``copy.deepcopy(model)`` copies
+        # the model's hooks, and a bound method would take the scorer (and its thread-local state) along.
         for module in entries:
             hook = self._entry_hook(_mask_position(module))
             self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._exit_hook, always_call=True))
+            self._handles.append(module.register_forward_hook(self._exit_hook(), always_call=True))
         adapter = self._state.adapter
         for i, layer in enumerate(self._layers):
             for kind, module in ((HEAD, adapter.attention_output(layer)), (NEURON, adapter.ffn_output(layer))):
@@ -249,17 +289,24 @@ class ImportanceScorer:
 
     def _entry_hook(self, mask_position: int | None):
         def hook(module, args, kwargs):
+            if torch.is_grad_enabled():
+                _refuse_reentrant_checkpointing(self._checkpointing)
             mask = kwargs.get("attention_mask")
             if mask is None and mask_position is not None and len(args) > mask_position:
                 mask = args[mask_position]
             self._forward.mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             self._forward.current = None
 
-        return hook
+        return _Hook(hook)
 
-    def _exit_hook(self, module, args, output) -> None:
-        # A later forward that enters below the hooked modules must not reuse this one's mask or pass.
-        self._forward.mask = self._forward.current = None
+    def _exit_hook(self):
+        forward = self._forward
+
+        def hook(module, args, output) -> None:
+            # A later forward that enters below the hooked modules must not reuse this one's mask or pass.
+            forward.mask = forward.current = None
+
+        return _Hook(hook)
 
     def _activation_hook(self, kind: str, layer: int):
         group = self._state.geometry.head_dim if kind == HEAD else 1
@@ -275,6 +322,7 @@ class ImportanceScorer:
             forward = self._forward
             p = forward.current
             if p is None or (kind, layer) in p.seen:  # a unit scored twice: this is another forward
+                _refuse_reentrant_checkpointing(self._checkpointing)  # (a forward that entered a layer)
                 p = forward.current = _Pass(a.shape[0], forward.mask)
             p.seen.add((kind, layer))
             if p.first_layer is None:
@@ -289,7 +337,7 @@ class ImportanceScorer:
 
             a.register_hook(on_grad)
 
-        return hook
+        return _Hook(hook)
 
     @torch.no_grad()
     def _accumulate(self, p: _Pass, kind: str, layer: int, group: int, acts, grad) -> None:
@@ -362,6 +410,32 @@ class ImportanceScorer:
             num_examples=self.num_examples if self.method in GRADIENT_METHODS else 0,
             skipped_batches=self.skipped_batches,
         )
+
+
+def _refuse_reentrant_checkpointing(modules) -> None:
+    """Raise if any of ``modules`` checkpoints its forward (in training mode) with ``use_reentrant=True``.
+
+    Reentrant checkpointing runs the layers' forward without gradients and recomputes each layer within
+    the backward, after the forward has ended: the scorer would see every layer as its own forward and
+    score all but the last one as zero.
+    """
+    for module in modules:
+        if not (getattr(module, "gradient_checkpointing", False) and module.training):
+            continue
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if isinstance(func, functools.partial):  # transformers binds its checkpointing kwargs this way
+            # torch's checkpoint is reentrant when use_reentrant is not given
+            reentrant = func.keywords.get("use_reentrant", True)
+        else:
+            reentrant = func is _torch_checkpoint
+        if reentrant:
+            raise RuntimeError(
+                f"ImportanceScorer cannot score a model that uses reentrant gradient checkpointing "
+                f"(use_reentrant=True, on {type(module).__name__}): its layers would score zero. Enable "
+                "checkpointing with use_reentrant=False, transformers' default: "
+                "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False}), "
+                "or TrainingArguments(gradient_checkpointing_kwargs={'use_reentrant': False})"
+            )
 
 
 def _unit_ids(state) -> dict[str, list[list[int]]]:

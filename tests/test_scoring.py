@@ -561,3 +561,96 @@ def test_scores_load_says_what_a_foreign_or_missing_file_lacks(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 20])
     with pytest.raises(ScoresError, match="cannot read scores"):
         Scores.load(tmp_path / "cut.safetensors")
+
+
+# ---------------------------------------------------------------- wrappers, checkpointing, copies
+def test_reentrant_gradient_checkpointing_is_refused_before_anything_is_scored():
+    """Reentrant checkpointing recomputes each layer inside the backward: all but the last layer scored zero.
+    The scorer refuses it, at ``attach()`` or at the next forward when it is switched on later."""
+    model = make("bert")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    scorer = ImportanceScorer(model, "fisher")
+    before = hooks_left(model)  # transformers' own, on the input embeddings
+    with pytest.raises(RuntimeError, match="use_reentrant=False"):
+        scorer.attach()
+    assert not scorer.is_attached and hooks_left(model) == before
+    model.eval()  # transformers checkpoints only in training mode: nothing to refuse
+    with scorer:
+        pass
+    model.train()
+    model.gradient_checkpointing_disable()
+    inputs = batch("bert")
+    with scorer:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        with pytest.raises(RuntimeError, match="use_reentrant=False"):
+            model(**inputs)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(**inputs).loss.backward()
+    assert scorer.scores.num_examples == 4
+    assert all(h.sum() > 0 for h in scorer.scores.heads)
+
+
+def test_compiled_model_commits_each_backward_once():
+    """Under ``torch.compile`` each scored activation started its own pass: examples counted once per
+    activation and a NaN backward skipped once per activation."""
+    model = make("bert")
+    model.train()
+    batches = [batch("bert", seed=seed) for seed in (1, 2)]
+    ref = ImportanceScorer(model, "taylor")
+    with ref:
+        model(**batches[0]).loss.backward()
+    compiled = torch.compile(model, backend="eager")
+    scorer = ImportanceScorer(compiled, "taylor")
+    with scorer:
+        compiled(**batches[0]).loss.backward()
+        (compiled(**batches[1]).loss * float("nan")).backward()
+    assert (scorer.num_examples, scorer.skipped_batches) == (4, 1)
+    assert_same_scores(ref.scores, scorer.scores, rtol=1e-4, atol=1e-7)
+
+
+def test_scorer_on_a_ddp_wrapped_model():
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized")
+    model = make("bert")
+    model.train()
+    inputs = batch("bert")
+    ref = ImportanceScorer(model, "taylor")
+    with ref:
+        model(**inputs).loss.backward()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        scorer = ImportanceScorer(ddp, "taylor")
+        with scorer:
+            ddp(**inputs).loss.backward()
+        assert_same_scores(ref.scores, scorer.scores, rtol=1e-4, atol=1e-7)
+        assert not hooks_left(model)
+        assert ImportanceScorer(ddp, "magnitude").scores.heads[0].shape == (4,)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_deepcopy_of_the_model_while_attached():
+    """``copy.deepcopy(model)`` (a teacher, a dense copy) inside ``with scorer:`` works, and the copy does not
+    feed the scorer."""
+    import copy
+
+    model = make("bert")
+    model.train()
+    inputs = batch("bert")
+    scorer = ImportanceScorer(model, "taylor")
+    with scorer:
+        twin = copy.deepcopy(model)
+        twin(**inputs).loss.backward()
+        assert scorer.num_examples == 0
+        model(**inputs).loss.backward()
+    assert scorer.num_examples == 4
+    assert not hooks_left(model)
