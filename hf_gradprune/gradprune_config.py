@@ -48,7 +48,11 @@ class GradPruneConfig(TrainingArguments):
         default=0, metadata={"help": "Heads every layer keeps; 0 lets a layer lose all of its heads."}
     )
     ffn_multiple_of: int = field(
-        default=1, metadata={"help": "Round each layer's kept FFN width to a multiple of this (e.g. 8 or 64)."}
+        default=1,
+        metadata={
+            "help": "Round each layer's kept FFN width up to a multiple of this (e.g. 8 or 64), capped at the "
+            "layer's width: rounding never removes more than the target."
+        },
     )
     flops_seq_len: int = field(
         default=128, metadata={"help": "Sequence length at which FLOPs are counted for flops_budget and reports."}
