@@ -85,5 +85,6 @@ def load_pruned(folder: str | os.PathLike, model_class=None, **kwargs) -> nn.Mod
     cls = resolve_model_class(config, model_class)
     if getattr(config, CONFIG_KEY, None):
         check_folder(folder, cls, kwargs.get("variant"))
-        cls = gradprune_class(cls)
+        if getattr(config, CONFIG_KEY).get("structure"):  # an empty one: the config alone builds a stock model
+            cls = gradprune_class(cls)
     return cls.from_pretrained(folder, config=config, **kwargs)

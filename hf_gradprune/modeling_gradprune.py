@@ -68,8 +68,8 @@ class EmptyBlock:
     (dotted, relative to the block: its output projection's bias) broadcast over the tokens, or zeros
     shaped like the input when ``output`` is None (a residual block's output is as wide as its input),
     then the module named ``dropout``, if any. ``extra_outputs`` Nones follow the tensor in a tuple (0:
-    the tensor alone). ``cache_head_dim`` marks an attention block: it gives a KV cache an empty update
-    of that head size, so the cache's length stays right during generation.
+    the tensor alone). ``cache_head_dim`` (the head size it had) marks an attention block: it gives a KV
+    cache a one-value placeholder per token, so the cache's length stays right during generation.
     """
 
     output: str | None
@@ -97,10 +97,12 @@ def _empty_block_forward(self, hidden_states, *args, **kwargs):
     if spec.cache_head_dim is not None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and getattr(self, "layer_idx", None) is not None and hasattr(cache, "update"):
+            # One value per token, not zero heads: ``DynamicCache`` reads the sequence length from layer 0's
+            # keys and counts an empty tensor as no tokens, which would restart positions during generation.
             b, t = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros(b, 0, t, spec.cache_head_dim)
+            placeholder = hidden_states.new_zeros(b, 1, t, 1)
             target = getattr(cache, "self_attention_cache", cache)
-            target.update(empty, empty.clone(), self.layer_idx)
+            target.update(placeholder, placeholder.clone(), self.layer_idx)
     if spec.output is None:
         out = torch.zeros_like(hidden_states)
     else:
@@ -124,7 +126,7 @@ def make_block_empty(module: nn.Module, spec: EmptyBlock | dict) -> None:
 
 
 # --------------------------------------------------------------------------- structure diff
-def _unwrapped_class(cls: type) -> type:
+def transformers_class(cls: type) -> type:
     """The transformers class under a pruned-model class (by name, so copies of this file agree)."""
     for klass in cls.__mro__:
         if not klass.__name__.startswith((CLASS_PREFIX, "_GradPrune")):
@@ -139,7 +141,7 @@ def structure_of(model: nn.Module) -> dict:
     module whose parameter shapes or integer attributes differ, or whose attention is empty.
     """
     base = model.base_model
-    base_cls = _unwrapped_class(type(base))
+    base_cls = transformers_class(type(base))
     with torch.device("meta"):
         reference = base_cls(copy.deepcopy(base.config))
     ref_modules = dict(reference.named_modules())
@@ -351,7 +353,7 @@ _CLASSES: dict[str, type] = {}
 
 def gradprune_class(base_cls: type) -> type:
     """The pruned-model class for a transformers class (``BertModel`` -> ``GradPruneBertModel``), cached."""
-    base_cls = _unwrapped_class(base_cls)
+    base_cls = transformers_class(base_cls)
     name = CLASS_PREFIX + base_cls.__name__
     if name not in _CLASSES:
         auto = {cls: auto for auto, cls in _auto_classes(base_cls.config_class.model_type).items()}

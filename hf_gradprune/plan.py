@@ -13,11 +13,13 @@ import math
 import numbers
 import operator
 import os
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .architectures import Geometry, get_adapter
 from .scores import Scores
-from .units import HEAD, NEURON, Unit, UnitCosts
+from .units import ATTENTION_UNITS, HEAD, KV_GROUP, NEURON, UnitCosts
 
 
 class PlanError(ValueError):
@@ -42,6 +44,15 @@ class PruningPlan:
                 raise PlanError(f"layer {layer}: head ids must be distinct and in [0, {g.num_heads}), got {h}")
             if len(set(n)) != len(n) or any(not 0 <= i < g.intermediate_size for i in n):
                 raise PlanError(f"layer {layer}: neuron ids must be distinct and in [0, {g.intermediate_size})")
+            per_group = Counter(i // g.group_size for i in h)
+            if len(set(per_group.values())) > 1:
+                counts = ", ".join(f"group {k}: {c}" for k, c in sorted(per_group.items()))
+                raise PlanError(
+                    f"layer {layer}: every key/value head kept must keep the same number of query heads "
+                    f"(repeat_kv shares each key/value head among equally many), so the query heads kept must be a "
+                    f"multiple of the key/value heads kept; this plan keeps {counts} (query head q reads "
+                    f"key/value head q // {g.group_size})"
+                )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -67,11 +78,13 @@ class PruningPlan:
         min_heads_per_layer: int = 0,
         ffn_multiple_of: int = 1,
         seq_len: int = 128,
+        attention_unit: str = HEAD,
+        uniform: bool = False,
     ) -> PruningPlan:
         """Remove the least important units.
 
         Targets (fractions of the *original* model, in [0, 1)): either ``head_sparsity`` and/or
-        ``ffn_sparsity`` (fraction of heads / neurons removed), or one of ``flops_budget`` /
+        ``ffn_sparsity`` (fraction of (query) heads / neurons removed), or one of ``flops_budget`` /
         ``params_budget`` (fraction of the transformer blocks' FLOPs / parameters removed, where heads
         and neurons compete by importance per FLOP or per parameter).
 
@@ -79,49 +92,79 @@ class PruningPlan:
         every layer. ``normalize_heads`` divides each layer's head scores by their L2 norm (Michel et al.).
         ``ffn_multiple_of`` rounds each layer's kept FFN width *up* to a multiple (hardware-friendly
         shapes), capped at the layer's live width: rounding never removes more than the target asks.
+
+        Grouped-query attention (``geometry.num_key_value_heads < num_heads``): with ``attention_unit="head"``
+        (the default) every key/value head stays while its layer keeps any head, and each group of a layer
+        keeps the same number of query heads (its most important ones), as ``repeat_kv`` needs; with
+        ``"kv_group"`` a unit is a key/value head with all its query heads, scored as one gate.
+
+        ``uniform=True`` keeps the same number of query heads per group, key/value heads and FFN neurons in
+        every layer (which ones still follow the scores), so that families whose config can say it (the
+        Llama family) save a stock checkpoint. Under a budget it picks, among the per-layer head counts, the
+        one that keeps the most importance once the FFN widths fill the rest of the budget (Kwon et al.).
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
         validate_targets(**targets, **budgets)
-        given_budgets = [k for k, v in budgets.items() if v is not None]
         validate_options(
             ranking=ranking,
             min_heads_per_layer=min_heads_per_layer,
             ffn_multiple_of=ffn_multiple_of,
             seq_len=seq_len,
             num_heads=scores.geometry.num_heads,
+            attention_unit=attention_unit,
+            uniform=uniform,
         )
         g = scores.geometry
         scores.validate()
+        if attention_unit == KV_GROUP and g.group_size > 1 and scores.groups is None:
+            raise PlanError(
+                "attention_unit='kv_group' needs scores of whole key/value groups, which these scores lack "
+                "(saved by an older hf_gradprune?): score the model again with ImportanceScorer"
+            )
 
         head_scores = [s.float().clone() for s in scores.heads]
+        group_scores = None if scores.groups is None else [s.float().clone() for s in scores.groups]
         if normalize_heads:
-            head_scores = [s / s.norm().clamp_min(1e-12) if s.numel() else s for s in head_scores]
-        units = []
+            head_scores = [_unit_norm(s) for s in head_scores]
+            group_scores = None if group_scores is None else [_unit_norm(s) for s in group_scores]
+        atoms = []
         for layer in range(g.num_layers):
-            units += [Unit(layer, HEAD, i, float(v)) for i, v in zip(scores.head_ids[layer], head_scores[layer])]
-            units += [Unit(layer, NEURON, i, float(v)) for i, v in zip(scores.neuron_ids[layer], scores.neurons[layer])]
+            layer_groups = None if group_scores is None else group_scores[layer]
+            atoms += _attention_atoms(
+                g, layer, scores.head_ids[layer], head_scores[layer], layer_groups, attention_unit
+            )
+            atoms += [
+                _Atom(layer, NEURON, (i,), float(v)) for i, v in zip(scores.neuron_ids[layer], scores.neurons[layer])
+            ]
 
-        if given_budgets:
-            costs = _unit_costs(g, seq_len)
+        if budgets_given := [k for k, v in budgets.items() if v is not None]:
+            costs = _unit_costs(g, seq_len)  # only budgets need the family's costs
             # All block FLOPs are in the units; parameters also count each layer's fixed ones (biases, norms).
-            per_unit, fixed = (costs.flops(), 0) if flops_budget is not None else (costs.params(), costs.fixed_params)
-            fraction = flops_budget if flops_budget is not None else params_budget
-            removed = _remove_by_budget(units, g, per_unit, fixed, fraction, ranking, min_heads_per_layer)
+            per_unit = costs.flops() if flops_budget is not None else costs.params()
+            per_kv = costs.kv_head_flops if flops_budget is not None else costs.kv_head_params
+            fixed = 0 if flops_budget is not None else costs.fixed_params
+            fraction = budgets[budgets_given[0]]
+            remover = _uniform_by_budget if uniform else _remove_by_budget
+            removed = remover(atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
         else:
             removed = set()
-            if head_sparsity is not None:
-                removed |= _remove_by_count(units, g, HEAD, head_sparsity, g.num_heads, ranking, min_heads_per_layer)
-            if ffn_sparsity is not None:
-                removed |= _remove_by_count(units, g, NEURON, ffn_sparsity, g.intermediate_size, ranking, 0)
+            for kind, sparsity, total in (
+                (HEAD, head_sparsity, g.num_heads),
+                (NEURON, ffn_sparsity, g.intermediate_size),
+            ):
+                if sparsity is not None:
+                    min_keep = min_heads_per_layer if kind == HEAD else 0
+                    rank = "per_layer" if uniform else ranking
+                    removed |= _remove_by_count(atoms, g, kind, sparsity, total, rank, min_keep, uniform)
 
         heads = [[] for _ in range(g.num_layers)]
         neurons = [[] for _ in range(g.num_layers)]
-        for u in units:
-            if u.key not in removed:
-                (heads if u.kind == HEAD else neurons)[u.layer].append(u.id)
+        for atom in atoms:
+            if atom.key not in removed:
+                (heads if atom.kind == HEAD else neurons)[atom.layer].extend(atom.ids)
         if ffn_multiple_of > 1:
-            neurons = _round_ffn(units, neurons, ffn_multiple_of)
+            neurons = _round_ffn(atoms, neurons, ffn_multiple_of)
         meta = {
             "method": scores.method,
             "num_examples": scores.num_examples,
@@ -130,9 +173,17 @@ class PruningPlan:
             "min_heads_per_layer": min_heads_per_layer,
             "ffn_multiple_of": ffn_multiple_of,
             "seq_len": seq_len,
+            "attention_unit": attention_unit,
+            "uniform": uniform,
             **{k: v for k, v in {**targets, **budgets}.items() if v is not None},
         }
-        return cls(g, heads, neurons, meta)
+        plan = cls(g, heads, neurons, meta)
+        if uniform and not plan.is_uniform():
+            raise PlanError(
+                "uniform=True cannot be met: the model's layers already differ in what they keep (an earlier "
+                "non-uniform prune); prune it with uniform=False"
+            )
+        return plan
 
     # ------------------------------------------------------------------ algebra
     def intersect(self, other: PruningPlan) -> PruningPlan:
@@ -160,18 +211,33 @@ class PruningPlan:
     def num_neurons(self) -> int:
         return sum(len(n) for n in self.neurons)
 
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads kept (each with at least one query head); ``num_heads`` without grouped-query attention."""
+        return sum(len(self.kv_heads(layer)) for layer in range(self.geometry.num_layers))
+
+    def kv_heads(self, layer: int) -> list[int]:
+        """Original ids of the key/value heads ``layer`` keeps: those its kept query heads read."""
+        return sorted({h // self.geometry.group_size for h in self.heads[layer]})
+
+    def is_uniform(self) -> bool:
+        """Whether every layer keeps as many query heads, key/value heads and FFN neurons as every other."""
+        shape = {(len(h), len(self.kv_heads(i)), len(n)) for i, (h, n) in enumerate(zip(self.heads, self.neurons))}
+        return len(shape) == 1
+
     def block_params(self) -> int:
         """Parameters in the transformer blocks (attention + FFN + their norms) under this plan."""
         costs = _unit_costs(self.geometry, 1)
-        return self.geometry.num_layers * costs.fixed_params + self._cost(costs.params())
+        return self.geometry.num_layers * costs.fixed_params + self._cost(costs.params(), costs.kv_head_params)
 
     def block_flops(self, seq_len: int = 128) -> int:
         """Matmul FLOPs of the transformer blocks for one sequence of ``seq_len`` tokens."""
         validate_options(seq_len=seq_len)
-        return int(seq_len * self._cost(_unit_costs(self.geometry, seq_len).flops()))
+        costs = _unit_costs(self.geometry, seq_len)
+        return int(seq_len * self._cost(costs.flops(), costs.kv_head_flops))
 
-    def _cost(self, per_unit: dict[str, float]) -> float:
-        return self.num_heads * per_unit[HEAD] + self.num_neurons * per_unit[NEURON]
+    def _cost(self, per_unit: dict[str, float], per_kv_head: float) -> float:
+        return self.num_heads * per_unit[HEAD] + self.num_kv_heads * per_kv_head + self.num_neurons * per_unit[NEURON]
 
     def flops_removed(self, seq_len: int = 128) -> float:
         """Fraction of the original model's block FLOPs (per ``seq_len``-token sequence) this plan removes."""
@@ -185,13 +251,17 @@ class PruningPlan:
     def summary(self, seq_len: int = 128) -> str:
         """A readable table: heads and neurons kept per layer, block parameters and FLOPs before/after."""
         g, full = self.geometry, PruningPlan.full(self.geometry)
-        lines = [f"{'layer':>5} {'heads kept':>11} {'FFN neurons kept':>17}"]
+        grouped = g.group_size > 1
+        kv_title = f" {'KV heads kept':>13}" if grouped else ""
+        lines = [f"{'layer':>5} {'heads kept':>11}{kv_title} {'FFN neurons kept':>17}"]
         for layer, (h, n) in enumerate(zip(self.heads, self.neurons)):
-            lines.append(f"{layer:>5} {len(h):>5} / {g.num_heads:<4} {len(n):>8} / {g.intermediate_size:<6}")
+            kv = f" {len(self.kv_heads(layer)):>7} / {g.num_key_value_heads:<4}" if grouped else ""
+            lines.append(f"{layer:>5} {len(h):>5} / {g.num_heads:<4}{kv} {len(n):>8} / {g.intermediate_size:<6}")
         p0, p1 = full.block_params(), self.block_params()
         f0, f1 = full.block_flops(seq_len), self.block_flops(seq_len)
+        kv_line = f", key/value heads {full.num_kv_heads} -> {self.num_kv_heads}" if grouped else ""
         lines.append(
-            f"heads {full.num_heads} -> {self.num_heads}, FFN neurons {full.num_neurons} -> {self.num_neurons}"
+            f"heads {full.num_heads} -> {self.num_heads}{kv_line}, FFN neurons {full.num_neurons} -> {self.num_neurons}"
         )
         lines.append(f"block parameters {p0:,} -> {p1:,} ({1 - p1 / p0:.1%} removed)")
         lines.append(
@@ -273,10 +343,19 @@ def validate_options(
     ffn_multiple_of: int = 1,
     seq_len: int = 128,
     num_heads: int | None = None,
+    attention_unit: str = HEAD,
+    uniform: bool = False,
 ) -> None:
     """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known."""
     if ranking not in RANKINGS:
         raise PlanError(f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}")
+    if attention_unit not in ATTENTION_UNITS:
+        raise PlanError(
+            f"attention_unit must be one of {', '.join(map(repr, ATTENTION_UNITS))} (query heads within their "
+            f"key/value groups, or whole key/value groups), not {attention_unit!r}"
+        )
+    if not isinstance(uniform, bool):
+        raise PlanError(f"uniform must be True or False, got {uniform!r}")
     if not _is_int(min_heads_per_layer) or min_heads_per_layer < 0:
         raise PlanError(f"min_heads_per_layer must be an integer >= 0, got {min_heads_per_layer!r}")
     if num_heads is not None and min_heads_per_layer > num_heads:
@@ -308,66 +387,191 @@ def _unit_costs(g: Geometry, seq_len: int) -> UnitCosts:
     return get_adapter(g.model_type).unit_costs(g, seq_len)
 
 
-def _order(units):
-    # Ascending importance; ties broken by position so plans are deterministic.
-    return sorted(units, key=lambda u: (u.score, u.layer, u.id))
+class _Atom(NamedTuple):
+    """What a plan removes in one piece: a neuron, a head, a slice of query heads, or a key/value group.
+
+    ``ids``: the original unit ids it holds. ``kv``: key/value heads that go with it. ``shared_kv``: a slice
+    (one query head of each group) whose ``kv`` are the groups' heads, gone only with the layer's last slice;
+    they are left out of its importance per cost so that a layer's slices go in order. ``rank``: the
+    slice's place in its layer (least important first).
+    """
+
+    layer: int
+    kind: str
+    ids: tuple[int, ...]
+    score: float
+    kv: int = 0
+    shared_kv: bool = False
+    rank: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return (self.layer, self.kind, self.ids)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def cost(self, cost: dict, kv_cost: float) -> float:
+        return self.size * cost[self.kind] + self.kv * kv_cost
 
 
-def _remove_by_count(units, g, kind, sparsity, per_layer_total, ranking, min_keep):
-    live = [u for u in units if u.kind == kind]
+def _unit_norm(s):
+    return s / s.norm().clamp_min(1e-12) if s.numel() else s
+
+
+def _attention_atoms(g: Geometry, layer: int, ids, head_scores, group_scores, attention_unit) -> list[_Atom]:
+    """A layer's attention, in the pieces the plan may remove.
+
+    Without grouped-query attention each head is one (with its own key/value projections). With it, under
+    ``"kv_group"`` each key/value head with its query heads (scored by ``group_scores``, the gate of the
+    whole group); under ``"head"`` the slices: the r-th least important query head of every group, so
+    that removing slices keeps every group equally wide. A slice's score is the sum of its heads'; within a
+    group heads are ranked by score, so slice scores grow with r and slices go in order.
+    """
+    groups: dict[int, list[tuple[float, int]]] = {}
+    for i, v in zip(ids, head_scores.tolist()):
+        groups.setdefault(i // g.group_size, []).append((v, i))
+    keys = sorted(groups)
+    if attention_unit == KV_GROUP or g.group_size == 1:
+        out = []
+        for pos, k in enumerate(keys):
+            members = groups[k]
+            score = float(group_scores[pos]) if group_scores is not None else sum(v for v, _ in members)
+            out.append(_Atom(layer, HEAD, tuple(sorted(i for _, i in members)), score, kv=1))
+        return out
+    ranked = [sorted(groups[k]) for k in keys]  # ascending score, ties by id
+    width = len(ranked[0]) if ranked else 0  # equal in every group (the plan that made this model checked it)
+    return [
+        _Atom(
+            layer,
+            HEAD,
+            tuple(sorted(members[r][1] for members in ranked)),
+            sum(members[r][0] for members in ranked),
+            kv=len(keys) if r == width - 1 else 0,
+            shared_kv=True,
+            rank=r,
+        )
+        for r in range(width)
+    ]
+
+
+def _order(atoms):
+    # Ascending importance; ties broken by position (a layer's slices by rank) so plans are deterministic.
+    return sorted(atoms, key=lambda a: (a.score, a.layer, a.rank, a.ids))
+
+
+def _sizes(atoms, g: Geometry) -> list[int]:
+    """Units (query heads or neurons) per layer among ``atoms``."""
+    sizes = [0] * g.num_layers
+    for a in atoms:
+        sizes[a.layer] += a.size
+    return sizes
+
+
+def _remove_by_count(atoms, g, kind, sparsity, per_layer_total, ranking, min_keep, uniform=False):
+    """Remove the least important ``kind`` atoms until ``sparsity`` of the original units are gone (to the
+    nearest count the atoms allow), keeping at least ``min_keep`` units per layer."""
+    live = [a for a in atoms if a.kind == kind]
+    left = _sizes(live, g)
     removed = set()
     if ranking == "per_layer":
-        keep_per_layer = per_layer_total - math.floor(sparsity * per_layer_total + 0.5)
+        keep = per_layer_total - math.floor(sparsity * per_layer_total + 0.5)
+        if uniform:  # a layer cannot grow back: the narrowest one sets every layer's count
+            keep = min([keep, *left])
         for layer in range(g.num_layers):
-            ordered = _order([u for u in live if u.layer == layer])
-            excess = len(ordered) - max(keep_per_layer, min_keep)
-            removed |= {u.key for u in ordered[: max(excess, 0)]}
+            for a in _order([a for a in live if a.layer == layer]):
+                # remove while that brings the layer nearer its target (no nearer: keep the atom)
+                if left[layer] - a.size / 2 > keep and left[layer] - a.size >= min_keep:
+                    removed.add(a.key)
+                    left[layer] -= a.size
         return removed
     keep_total = g.num_layers * per_layer_total - math.floor(sparsity * g.num_layers * per_layer_total + 0.5)
-    to_remove = len(live) - keep_total
-    left = {layer: sum(1 for u in live if u.layer == layer) for layer in range(g.num_layers)}
-    for u in _order(live):
-        if to_remove <= 0:
-            break
-        if left[u.layer] <= min_keep:
+    to_remove = sum(left) - keep_total
+    for a in _order(live):
+        if to_remove - a.size / 2 <= 0:
             continue
-        removed.add(u.key)
-        left[u.layer] -= 1
-        to_remove -= 1
+        if left[a.layer] - a.size < min_keep:
+            continue
+        removed.add(a.key)
+        left[a.layer] -= a.size
+        to_remove -= a.size
     return removed
 
 
-def _remove_by_budget(units, g, cost, fixed, fraction, ranking, min_heads):
+def _full_cost(g: Geometry, cost, kv_cost, fixed) -> float:
+    per_layer = fixed + g.num_heads * cost[HEAD] + g.num_key_value_heads * kv_cost + g.intermediate_size * cost[NEURON]
+    return g.num_layers * per_layer
+
+
+def _remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads):
     """Greedy by importance per unit of cost until ``fraction`` of the original block cost is gone.
 
     ``fixed`` is each layer's cost that no pruning removes (biases, norms); it counts in the total.
     """
-    full_cost = g.num_layers * (fixed + g.num_heads * cost[HEAD] + g.intermediate_size * cost[NEURON])
-    removed, heads_left = set(), {layer: 0 for layer in range(g.num_layers)}
-    for u in units:
-        heads_left[u.layer] += u.kind == HEAD
+    full_cost = _full_cost(g, cost, kv_cost, fixed)
+    removed, heads_left = set(), _sizes([a for a in atoms if a.kind == HEAD], g)
 
-    def ratio(u):
-        return (u.score / cost[u.kind], u.layer, u.kind, u.id)
+    def ratio(a):
+        price = a.size * cost[a.kind] + (0 if a.shared_kv else a.kv * kv_cost)
+        return (a.score / price, a.layer, a.kind, a.rank, a.ids)
 
-    groups = [units] if ranking == "global" else [[u for u in units if u.layer == i] for i in range(g.num_layers)]
+    groups = [atoms] if ranking == "global" else [[a for a in atoms if a.layer == i] for i in range(g.num_layers)]
     for group in groups:
         group_full = full_cost if ranking == "global" else full_cost / g.num_layers
         layers = g.num_layers if ranking == "global" else 1
-        current = layers * fixed + sum(cost[u.kind] for u in group)
+        current = layers * fixed + sum(a.cost(cost, kv_cost) for a in group)
         target = (1.0 - fraction) * group_full
-        for u in sorted(group, key=ratio):
+        for a in sorted(group, key=ratio):
             if current <= target + 1e-9:
                 break
-            if u.kind == HEAD and heads_left[u.layer] <= min_heads:
+            if a.kind == HEAD and heads_left[a.layer] - a.size < min_heads:
                 continue
-            removed.add(u.key)
-            current -= cost[u.kind]
-            heads_left[u.layer] -= u.kind == HEAD
+            removed.add(a.key)
+            current -= a.cost(cost, kv_cost)
+            heads_left[a.layer] -= a.size if a.kind == HEAD else 0
     return removed
 
 
-def _round_ffn(units, neurons, multiple):
+def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads):
+    """The same counts in every layer: for each number of attention atoms kept per layer, the widest FFN
+    that meets the budget; the pair that keeps the most importance wins (Kwon et al.'s head-count sweep).
+
+    ``ranking`` does not apply: every layer keeps the same counts by construction. When no count meets the
+    budget, the smallest allowed model is returned.
+    """
+    rows = {kind: [[] for _ in range(g.num_layers)] for kind in (HEAD, NEURON)}
+    for a in sorted(atoms, key=_order_key, reverse=True):  # most important first (a layer's slices: last first)
+        rows[a.kind][a.layer].append(a)
+    head_shapes = {tuple(a.size for a in row) for row in rows[HEAD]}
+    widths = {len(row) for row in rows[NEURON]}
+    if len(head_shapes) > 1 or len(widths) > 1:
+        raise PlanError(
+            "uniform=True needs a model whose layers are alike; this one was pruned unevenly before: prune it "
+            "with uniform=False"
+        )
+    head_row, width_max = head_shapes.pop(), widths.pop()
+    target = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed)
+    candidates = []
+    for c in range(len(head_row) + 1):
+        if sum(head_row[:c]) < min_heads and c < len(head_row):
+            continue
+        # the kept slices include the layer's last one, which carries the key/value heads
+        head_cost = sum(a.cost(cost, kv_cost) for row in rows[HEAD] for a in row[:c])
+        room = target - g.num_layers * fixed - head_cost
+        width = min(width_max, max(0, math.floor(room / (g.num_layers * cost[NEURON]) + 1e-9)))
+        kept = [a for row in rows[HEAD] for a in row[:c]] + [a for row in rows[NEURON] for a in row[:width]]
+        fits = room - width * g.num_layers * cost[NEURON] >= -1e-9
+        candidates.append((fits, sum(a.score for a in kept) if fits else -head_cost, c, width))
+    _, _, c, width = max(candidates)
+    return {a.key for row in rows[HEAD] for a in row[c:]} | {a.key for row in rows[NEURON] for a in row[width:]}
+
+
+def _order_key(a):
+    return (a.score, a.layer, a.rank, a.ids)
+
+
+def _round_ffn(atoms, neurons, multiple):
     """Round each layer's kept FFN width *up* to a multiple, capped at the layer's live width.
 
     Up, so rounding never removes more than the target asked; capped, so a layer narrower than the
@@ -375,9 +579,9 @@ def _round_ffn(units, neurons, multiple):
     """
     out = []
     for layer, kept in enumerate(neurons):
-        live = [u for u in units if u.layer == layer and u.kind == NEURON]
+        live = [a for a in atoms if a.layer == layer and a.kind == NEURON]
         width = min(multiple * math.ceil(len(kept) / multiple), len(live))
         kept_set = set(kept)
-        ranked = sorted(live, key=lambda u: (u.id in kept_set, u.score, -u.id), reverse=True)
-        out.append(sorted(u.id for u in ranked[:width]))
+        ranked = sorted(live, key=lambda a: (a.ids[0] in kept_set, a.score, -a.ids[0]), reverse=True)
+        out.append(sorted(a.ids[0] for a in ranked[:width]))
     return out

@@ -44,6 +44,11 @@ class Scores:
     ``heads[l]`` is a float32 tensor ``[H_l]`` and ``head_ids[l]`` the original head index of each entry;
     ``neurons[l]`` / ``neuron_ids[l]`` likewise for FFN neurons. Higher means more important.
     ``num_examples`` counts the examples whose gradients were accumulated (0 for weight-only methods).
+
+    ``groups`` (grouped-query attention only, else None): ``groups[l]`` scores each live key/value head
+    of layer ``l`` with all its query heads as one unit (ascending original key/value id, as ``kv_ids``
+    gives them). For gradient methods it is the gate of the whole group: the per-example contributions of
+    its query heads are summed *before* ``|.|`` or squaring, so it is not the sum of the heads' scores.
     """
 
     method: str
@@ -55,6 +60,11 @@ class Scores:
     num_examples: int = 0
     skipped_batches: int = 0
     meta: dict = field(default_factory=dict)
+    groups: list[torch.Tensor] | None = None
+
+    def kv_ids(self, layer: int) -> list[int]:
+        """Original ids of the key/value heads live in ``layer``: those its live query heads read."""
+        return sorted({h // self.geometry.group_size for h in self.head_ids[layer]})
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -76,6 +86,15 @@ class Scores:
                         f"layer {layer} has NaN or inf {kind} scores; check the loss for NaN/inf and, under "
                         "fp16, make sure overflowing steps are skipped (lower the learning rate or use bf16)"
                     )
+        if self.groups is not None:
+            if len(self.groups) != n:
+                raise ScoresError(f"group scores must cover all {n} layers of the model")
+            for layer, v in enumerate(self.groups):
+                if v.numel() != len(self.kv_ids(layer)) or not torch.isfinite(v).all():
+                    raise ScoresError(
+                        f"layer {layer}: {v.numel()} key/value group scores for {len(self.kv_ids(layer))} live "
+                        "key/value heads, or NaN/inf among them"
+                    )
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other: Scores) -> Scores:
@@ -96,6 +115,9 @@ class Scores:
             num_examples=self.num_examples + other.num_examples,
             skipped_batches=self.skipped_batches + other.skipped_batches,
             meta=dict(self.meta),
+            groups=None
+            if self.groups is None or other.groups is None
+            else [a + b for a, b in zip(self.groups, other.groups)],
         )
 
     def all_reduce(self, device: torch.device | str | None = None) -> Scores:
@@ -110,14 +132,15 @@ class Scores:
             return self
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+        tensors = (*self.heads, *self.neurons, *(self.groups or ()))
         flat = torch.cat(
-            [t.float().reshape(-1) for t in (*self.heads, *self.neurons)]
+            [t.float().reshape(-1) for t in tensors]
             + [torch.tensor([float(self.num_examples), float(self.skipped_batches)])]
         ).to(device)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat.cpu()
         out, pos = [], 0
-        for t in (*self.heads, *self.neurons):
+        for t in tensors:
             out.append(flat[pos : pos + t.numel()].reshape(t.shape))
             pos += t.numel()
         n = len(self.heads)
@@ -125,12 +148,13 @@ class Scores:
             method=self.method,
             geometry=self.geometry,
             heads=out[:n],
-            neurons=out[n:],
+            neurons=out[n : 2 * n],
             head_ids=self.head_ids,
             neuron_ids=self.neuron_ids,
             num_examples=int(round(flat[pos].item())),
             skipped_batches=int(round(flat[pos + 1].item())),
             meta=dict(self.meta),
+            groups=None if self.groups is None else out[2 * n :],
         )
 
     # ------------------------------------------------------------------ files
@@ -152,6 +176,8 @@ class Scores:
             data = self._header()
             data["heads"] = [t.tolist() for t in self.heads]
             data["neurons"] = [t.tolist() for t in self.neurons]
+            if self.groups is not None:
+                data["groups"] = [t.tolist() for t in self.groups]
             with open(path, "w") as f:
                 json.dump(data, f)
             return
@@ -161,6 +187,8 @@ class Scores:
 
         values = [t.float().contiguous().cpu() for t in (*self.heads, *self.neurons)]
         tensors = dict(zip(_tensor_names(len(self.heads)), values))
+        for layer, t in enumerate(self.groups or ()):
+            tensors[f"groups.{layer}"] = t.float().contiguous().cpu()
         save_file(tensors, path, metadata={_METADATA_KEY: json.dumps(self._header())})
 
     @classmethod
@@ -178,6 +206,8 @@ class Scores:
                 _require(data, (*_HEADER_KEYS, "heads", "neurons"), path)
                 heads = [torch.tensor(v, dtype=torch.float32) for v in data["heads"]]
                 neurons = [torch.tensor(v, dtype=torch.float32) for v in data["neurons"]]
+                groups = data.get("groups")
+                groups = None if groups is None else [torch.tensor(v, dtype=torch.float32) for v in groups]
             else:
                 from safetensors import safe_open
 
@@ -197,6 +227,8 @@ class Scores:
                         raise ScoresError(f"{path!r} lacks the score tensors {missing[:4]}; {_WRITE_WITH_SAVE}")
                     values = [f.get_tensor(k) for k in names]
                     heads, neurons = values[:n], values[n:]
+                    group_names = [f"groups.{i}" for i in range(n)]
+                    groups = [f.get_tensor(k) for k in group_names] if group_names[0] in present else None
             scores = cls(
                 method=data["method"],
                 geometry=Geometry(**data["geometry"]),
@@ -207,6 +239,7 @@ class Scores:
                 num_examples=int(data["num_examples"]),
                 skipped_batches=int(data.get("skipped_batches", 0)),
                 meta=data.get("meta", {}),
+                groups=groups,
             )
         except ScoresError:
             raise

@@ -7,7 +7,9 @@ contexts) or of its FFN output projection (post-activation). For example ``e`` a
 
 which is ``dL_e/dg_u`` for a gate ``g_u = 1`` multiplying the unit's slice: the first-order Taylor
 estimate of the loss change when ``u`` is removed. ``taylor`` accumulates ``|s|`` (Michel et al. 2019),
-``fisher`` accumulates ``s**2`` (Kwon et al. 2022), both summed over examples.
+``fisher`` accumulates ``s**2`` (Kwon et al. 2022), both summed over examples. Under grouped-query
+attention a key/value head with its query heads is also scored as one gate: its query heads' ``s`` are
+summed per example before ``|.|`` or squaring (``Scores.groups``).
 
 Only hooks are used (forward pre-hooks on the output projections, a tensor hook on their inputs, and
 pre/post-hooks on the model and its base model that read the padding mask), so the scorer works inside
@@ -31,10 +33,10 @@ from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from .scores import GRADIENT_METHODS, METHODS, Scores
 from .state import pruning_state, unwrap_model
-from .units import HEAD, NEURON, UNIT_KINDS
+from .units import HEAD, KV_GROUP, NEURON
 
 # state_dict() keys, kept as they were before units.py (saved scorer states use them)
-_STATE_KEYS = {HEAD: "heads", NEURON: "neurons"}
+_STATE_KEYS = {HEAD: "heads", NEURON: "neurons", KV_GROUP: "kv_groups"}
 
 
 class _Pass:
@@ -162,9 +164,10 @@ class ImportanceScorer:
         self._sizes = [(len(h), len(n)) for h, n in zip(state.head_ids, state.neuron_ids)]
         device = next(self.model.parameters()).device
         ids = _unit_ids(state)
+        self._kinds = tuple(ids)  # the head and neuron kinds, and the key/value groups under grouped-query attention
         # The pass in progress is kept: a reset in the middle of a forward (the model was pruned while the
         # scorer was empty) must not split that forward into two passes that would each count its examples.
-        self._total = {kind: [torch.zeros(len(i), device=device) for i in ids[kind]] for kind in UNIT_KINDS}
+        self._total = {kind: [torch.zeros(len(i), device=device) for i in ids[kind]] for kind in self._kinds}
         self.num_examples = 0
         self.skipped_batches = 0
 
@@ -210,7 +213,7 @@ class ImportanceScorer:
             "num_examples": self.num_examples,
             "skipped_batches": self.skipped_batches,
         }
-        for kind in UNIT_KINDS:
+        for kind in self._kinds:
             out[_STATE_KEYS[kind]] = [t.detach().cpu().clone() for t in self._total[kind]]
         return out
 
@@ -226,12 +229,17 @@ class ImportanceScorer:
                 "these scores are for other live units than the model has now (it was pruned in between, or "
                 "they come from another model); start a new scorer instead"
             )
-        values = {kind: list(state_dict[_STATE_KEYS[kind]]) for kind in UNIT_KINDS}
         ids = _unit_ids(live)
-        if any([tuple(v.shape) for v in values[k]] != [(len(i),) for i in ids[k]] for k in UNIT_KINDS):
+        if any(_STATE_KEYS[k] not in state_dict for k in ids):
+            raise ValueError(
+                "this state dict lacks the key/value group scores a grouped-query model needs (saved by an older "
+                "hf_gradprune?); start a new scorer instead"
+            )
+        values = {kind: list(state_dict[_STATE_KEYS[kind]]) for kind in ids}
+        if any([tuple(v.shape) for v in values[k]] != [(len(i),) for i in ids[k]] for k in ids):
             raise ValueError("these scores' tensors do not match their unit ids: the state dict is damaged")
         self._reset_data()  # replaced wholesale below, and now sized for the live units
-        for kind in UNIT_KINDS:
+        for kind in ids:
             for total, value in zip(self._total[kind], values[kind]):
                 total.copy_(value.to(total.device))
         self.num_examples = int(state_dict["num_examples"])
@@ -350,11 +358,16 @@ class ImportanceScorer:
             prod = prod * mask.to(prod.device, torch.float32)[..., None]  # padding tokens count for nothing
         per_example = prod.sum(dim=tuple(range(1, prod.dim() - 1))) if prod.dim() > 2 else prod
         per_example = per_example * ((batch if self.reduction == "mean" else 1.0) / self._loss_scale)
-        value = (per_example.abs() if self.method == "taylor" else per_example.square()).sum(0)
-        if not torch.isfinite(value).all():
-            p.bad = True
-        previous = p.pending.get((kind, layer))
-        p.pending[(kind, layer)] = value if previous is None else previous + value
+        parts = {kind: per_example}
+        if kind == HEAD and KV_GROUP in self._kinds:  # each group's gate: its heads' s summed before |.| or ^2
+            groups = self._total[KV_GROUP][layer].numel()
+            parts[KV_GROUP] = per_example.reshape(batch, groups, -1).sum(-1)
+        for part, s in parts.items():
+            value = (s.abs() if self.method == "taylor" else s.square()).sum(0)
+            if not torch.isfinite(value).all():
+                p.bad = True
+            previous = p.pending.get((part, layer))
+            p.pending[(part, layer)] = value if previous is None else previous + value
         if layer == p.first_layer:
             p.first_left -= 1
             if p.first_left == 0:
@@ -389,17 +402,26 @@ class ImportanceScorer:
         """
         self._follow_model(refuse=False)
         state = self._state
+        grouped = KV_GROUP in self._kinds
+        groups = None
         if self.method in GRADIENT_METHODS:
             heads = [t.detach().cpu().clone() for t in self._total[HEAD]]
             neurons = [t.detach().cpu().clone() for t in self._total[NEURON]]
+            groups = [t.detach().cpu().clone() for t in self._total[KV_GROUP]] if grouped else None
         elif self.method == "magnitude":
             adapter, d = state.adapter, state.geometry.head_dim
-            heads = [adapter.head_sq_norms(layer, d).sqrt().cpu() for layer in self._layers]
+            head_sq = [adapter.head_sq_norms(layer, d).cpu() for layer in self._layers]
+            heads = [sq.sqrt() for sq in head_sq]
             neurons = [adapter.neuron_sq_norms(layer).sqrt().cpu() for layer in self._layers]
+            if grouped:  # a group's weights: its query heads' and its own key/value projections
+                kv_sq = [adapter.kv_head_sq_norms(layer, d).cpu() for layer in self._layers]
+                groups = [(h.reshape(len(k), -1).sum(-1) + k).sqrt() for h, k in zip(head_sq, kv_sq)]
         else:
             gen = torch.Generator().manual_seed(self.seed)
             heads = [torch.rand(len(ids), generator=gen) for ids in state.head_ids]
             neurons = [torch.rand(len(ids), generator=gen) for ids in state.neuron_ids]
+            if grouped:
+                groups = [torch.rand(len(ids), generator=gen) for ids in _unit_ids(state)[KV_GROUP]]
         return Scores(
             method=self.method,
             geometry=state.geometry,
@@ -409,6 +431,7 @@ class ImportanceScorer:
             neuron_ids=[list(ids) for ids in state.neuron_ids],
             num_examples=self.num_examples if self.method in GRADIENT_METHODS else 0,
             skipped_batches=self.skipped_batches,
+            groups=groups,
         )
 
 
@@ -439,7 +462,12 @@ def _refuse_reentrant_checkpointing(modules) -> None:
 
 
 def _unit_ids(state) -> dict[str, list[list[int]]]:
-    return {HEAD: state.head_ids, NEURON: state.neuron_ids}
+    """Live original ids per kind; under grouped-query attention also the live key/value heads."""
+    ids = {HEAD: state.head_ids, NEURON: state.neuron_ids}
+    group = state.geometry.group_size
+    if group > 1:
+        ids[KV_GROUP] = [sorted({h // group for h in heads}) for heads in state.head_ids]
+    return ids
 
 
 def _mask_position(module: nn.Module) -> int | None:

@@ -67,4 +67,10 @@ def pruning_state(model: nn.Module) -> PruningState:
                 f"the recorded plan says {len(head_ids[i])} and {len(neuron_ids[i])}: the model was changed "
                 "outside hf_gradprune"
             )
+        kv = len({h // geometry.group_size for h in head_ids[i]})
+        if adapter.num_kv_heads(layer) != kv:
+            raise ValueError(
+                f"layer {i} has {adapter.num_kv_heads(layer)} key/value heads, but the recorded plan's query heads "
+                f"read {kv}: the model was changed outside hf_gradprune"
+            )
     return PruningState(adapter, geometry, head_ids, neuron_ids, layers)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modeling_gradprune import CONFIG_KEY, FORMAT_VERSION, auto_map_for, gradprune_class, structure_of
+from .modeling_gradprune import (
+    CONFIG_KEY,
+    FORMAT_VERSION,
+    auto_map_for,
+    gradprune_class,
+    structure_of,
+    transformers_class,
+)
 from .plan import PlanError, PruningPlan
 from .state import pruning_state, unwrap_model
 from .units import HEAD, NEURON
@@ -16,9 +23,14 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
     Everything is validated before the first cut, so after an error the model is unchanged. Works on
     any device and dtype, and through ``torch.compile`` (the compiled module is cut; DDP/FSDP-style
-    wrappers are refused: prune before wrapping). The model's class becomes ``GradPrune<Class>`` (a thin
-    subclass) so that ``save_pretrained`` writes a folder that reloads with ``trust_remote_code=True``
-    anywhere. Returns the same model object.
+    wrappers are refused: prune before wrapping).
+
+    Whatever the config can say is written into it: an FFN width shared by every layer, and (for families
+    whose config can express it, the Llama family) a head and key/value-head count shared by every layer.
+    When that describes the whole model, it stays a stock transformers model whose folder loads anywhere
+    with plain ``from_pretrained``. Otherwise its class becomes ``GradPrune<Class>`` (a thin subclass) so
+    that ``save_pretrained`` writes a folder that reloads with ``trust_remote_code=True`` anywhere. The plan
+    is recorded in ``config.gradprune`` either way. Returns the same model object.
     """
     target = unwrap_model(model, allow_distributed=False)
     if not isinstance(plan, PruningPlan):
@@ -64,9 +76,12 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     config = target.config
     widths = {len(n) for n in plan.neurons}
     if len(widths) == 1:
-        # Uniform FFN: say so in the config, so the FFN needs no structure entry and a uniform
-        # FFN-only model loads with plain from_pretrained.
+        # Uniform FFN: say so in the config, so the FFN needs no structure entry.
         setattr(config, adapter.ffn_config_attr, widths.pop())
+    head_counts = {(len(h), len(plan.kv_heads(i))) for i, h in enumerate(plan.heads)}
+    if len(head_counts) == 1:
+        for name, value in (adapter.uniform_head_config(g, *head_counts.pop()) or {}).items():
+            setattr(config, name, value)
     record = getattr(config, CONFIG_KEY, None) or {}
     history = list(record.get("history", []))
     history.append(dict(plan.meta))  # a copy: the caller may reuse the plan
@@ -81,9 +96,15 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
             "structure": {},
         },
     )
-    target.__class__ = pruned_class
-    config.auto_map = auto_map
-    getattr(config, CONFIG_KEY)["structure"] = structure_of(target)
+    structure = structure_of(target)
+    getattr(config, CONFIG_KEY)["structure"] = structure
+    if structure:
+        target.__class__ = pruned_class
+        config.auto_map = auto_map
+    else:  # the config alone builds this model: a stock one (no remote code; plain from_pretrained)
+        target.__class__ = transformers_class(type(target))
+        if getattr(config, "auto_map", None) == auto_map:  # ours, from an earlier prune; never another's
+            del config.auto_map
     return model
 
 

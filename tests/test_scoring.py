@@ -292,24 +292,27 @@ def test_scores_save_load_and_sum(tmp_path, family, suffix):
 
 
 def test_unknown_method_and_unsupported_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM
 
     from hf_gradprune import UnsupportedModelError
 
     with pytest.raises(ValueError, match="unknown importance method"):
         ImportanceScorer(make("bert"), "gradnorm")
-    llama = LlamaForCausalLM(
-        LlamaConfig(
+    # a mixture-of-experts decoder: Llama-shaped attention, but experts instead of one FFN
+    moe = MixtralForCausalLM(
+        MixtralConfig(
             vocab_size=50,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=1,
             num_attention_heads=4,
             num_key_value_heads=2,
+            num_local_experts=2,
+            num_experts_per_tok=1,
         )
     )
-    with pytest.raises(UnsupportedModelError, match="Supported model types: bert.*gpt2"):
-        ImportanceScorer(llama, "taylor")
+    with pytest.raises(UnsupportedModelError, match="'mixtral'.*Supported model types: bert.*gpt2.*llama"):
+        ImportanceScorer(moe, "taylor")
 
 
 def test_scores_sum_across_two_processes():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import FamilyAdapter, Geometry, mha_ffn_costs
 from .bert import BertFamilyAdapter
 from .gpt2 import GPT2Adapter
+from .llama import LlamaFamilyAdapter
 
 _REGISTRY: dict[str, FamilyAdapter] = {}
 
@@ -54,6 +55,7 @@ class UnsupportedModelError(ValueError):
 
 register_adapter(BertFamilyAdapter())
 register_adapter(GPT2Adapter())
+register_adapter(LlamaFamilyAdapter())
 
 __all__ = [
     "FamilyAdapter",

@@ -13,7 +13,13 @@ from ..units import UnitCosts
 
 @dataclass(frozen=True)
 class Geometry:
-    """The unpruned shape of a model's transformer blocks, which plans and scores are expressed against."""
+    """The unpruned shape of a model's transformer blocks, which plans and scores are expressed against.
+
+    ``num_heads`` counts query heads. ``num_key_value_heads`` (grouped-query attention) defaults to
+    ``num_heads``, so geometries, plans and scores saved before it existed read the same. Query head ``q``
+    reads key/value head ``q // group_size``. ``features`` names the optional parts of a family's block
+    that change what a unit costs (e.g. ``"qkv_bias"``); only the family's adapter reads them.
+    """
 
     model_type: str
     num_layers: int
@@ -21,9 +27,28 @@ class Geometry:
     head_dim: int
     hidden_size: int
     intermediate_size: int
+    num_key_value_heads: int | None = None
+    features: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_heads)
+        object.__setattr__(self, "features", tuple(sorted(self.features)))  # JSON gives a list
+        kv = self.num_key_value_heads
+        if not (isinstance(kv, int) and kv >= 1 and self.num_heads % kv == 0):
+            raise ValueError(
+                f"num_key_value_heads must divide num_heads ({self.num_heads}), got {self.num_key_value_heads!r}"
+            )
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.num_heads // self.num_key_value_heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["features"] = list(self.features)
+        return out
 
 
 class FamilyAdapter(abc.ABC):
@@ -69,6 +94,21 @@ class FamilyAdapter(abc.ABC):
     def ffn_width(self, layer: nn.Module) -> int:
         """FFN neurons the layer has now."""
 
+    def num_kv_heads(self, layer: nn.Module) -> int:
+        """Key/value heads the layer has now; families where each head has its own keep the default."""
+        return self.num_heads(layer)
+
+    def kv_head_sq_norms(self, layer: nn.Module, head_dim: int) -> torch.Tensor:
+        """Sum of squares of each live key/value head's own weights (grouped-query attention), ``[kv heads]``."""
+        return torch.zeros(self.num_kv_heads(layer))
+
+    # --- a stock config for a uniform plan ------------------------------------------------------
+    def uniform_head_config(self, geometry: Geometry, heads: int, kv_heads: int) -> dict | None:
+        """Config attributes that make a freshly built model have ``heads`` query heads and ``kv_heads``
+        key/value heads, of the original size, in every layer; None when the family's config cannot say it
+        (BERT and GPT-2 derive the head size from the head count). Then a uniform plan is a stock model."""
+        return None
+
     # --- magnitude baseline ----------------------------------------------------------------------
     @abc.abstractmethod
     def head_sq_norms(self, layer: nn.Module, head_dim: int) -> torch.Tensor:
@@ -89,17 +129,18 @@ class FamilyAdapter(abc.ABC):
         """Keep the FFN neurons at positions ``keep``, in place; a layer left with none must still run."""
 
 
-def geometry_from_config(config, intermediate_size: int) -> Geometry:
+def geometry_from_config(config, intermediate_size: int, **extra) -> Geometry:
     """A geometry from the config's standard names (each family's ``attribute_map`` translates its own,
-    e.g. GPT-2's ``n_layer``); the FFN width is the family's to say."""
-    return Geometry(
-        model_type=config.model_type,
-        num_layers=config.num_hidden_layers,
-        num_heads=config.num_attention_heads,
-        head_dim=config.hidden_size // config.num_attention_heads,
-        hidden_size=config.hidden_size,
-        intermediate_size=intermediate_size,
-    )
+    e.g. GPT-2's ``n_layer``); the FFN width is the family's to say. ``extra``: further ``Geometry`` fields."""
+    fields = {
+        "model_type": config.model_type,
+        "num_layers": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "head_dim": config.hidden_size // config.num_attention_heads,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": intermediate_size,
+    }
+    return Geometry(**{**fields, **extra})
 
 
 def mha_ffn_costs(
@@ -151,3 +192,14 @@ def grouped_sq_norm(weight: torch.Tensor, dim: int, groups: int) -> torch.Tensor
     if groups == 0:
         return w.new_zeros(0)
     return w.reshape(groups, -1).pow(2).sum(1)
+
+
+def freeze_unused(module: nn.Module) -> None:
+    """Freeze a module (the pre-norm of a block made empty) that feeds nothing any more.
+
+    No gradient will reach it, and DDP (without find_unused_parameters) would fail on a trainable parameter
+    that gets none. Marked so the saved structure records it and every loader freezes it again.
+    """
+    module._gradprune_frozen = True
+    for p in module.parameters():
+        p.requires_grad_(False)

@@ -17,6 +17,7 @@ from ..units import UnitCosts
 from .base import (
     FamilyAdapter,
     Geometry,
+    freeze_unused,
     geometry_from_config,
     grouped_sq_norm,
     head_columns,
@@ -80,7 +81,7 @@ class GPT2Adapter(FamilyAdapter):
         if len(keep) == 0:
             # GPT2Attention returns (output, attention weights) and updates the KV cache
             make_block_empty(attn, _empty_output(attn, "resid_dropout", extra_outputs=1, cache_head_dim=head_dim))
-            _freeze(layer.ln_1)
+            freeze_unused(layer.ln_1)
 
     def keep_neurons(self, layer, keep: torch.Tensor) -> None:
         fc, proj = layer.mlp.c_fc, layer.mlp.c_proj
@@ -91,7 +92,7 @@ class GPT2Adapter(FamilyAdapter):
         proj.nx = len(keep)
         if len(keep) == 0:
             make_block_empty(layer.mlp, _empty_output(layer.mlp, "dropout"))
-            _freeze(layer.ln_2)
+            freeze_unused(layer.ln_2)
 
 
 def _empty_output(block: nn.Module, dropout: str, **kw) -> EmptyBlock:
