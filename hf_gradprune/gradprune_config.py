@@ -54,6 +54,20 @@ class GradPruneConfig(TrainingArguments):
             "layer's width: rounding never removes more than the target."
         },
     )
+    attention_unit: str = field(
+        default="head",
+        metadata={
+            "help": "Grouped-query attention (Llama family): head (query heads within their key/value groups; "
+            "every group of a layer keeps as many) | kv_group (a key/value head with all its query heads)."
+        },
+    )
+    uniform: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the same number of heads per key/value group, key/value heads and FFN neurons in every "
+            "layer (which ones follow the scores): a Llama-family model then saves as a stock checkpoint."
+        },
+    )
     flops_seq_len: int = field(
         default=128, metadata={"help": "Sequence length at which FLOPs are counted for flops_budget and reports."}
     )
@@ -120,6 +134,8 @@ class GradPruneConfig(TrainingArguments):
                 min_heads_per_layer=self.min_heads_per_layer,
                 ffn_multiple_of=self.ffn_multiple_of,
                 seq_len=self.flops_seq_len,
+                attention_unit=self.attention_unit,
+                uniform=self.uniform,
             )
         except PlanError as e:
             _fail(str(e))

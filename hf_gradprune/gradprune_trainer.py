@@ -85,6 +85,8 @@ class GradPruneTrainer(Trainer):
             ffn_multiple_of=args.ffn_multiple_of,
             seq_len=args.flops_seq_len,
             num_heads=current_plan(model).geometry.num_heads,
+            attention_unit=args.attention_unit,
+            uniform=args.uniform,
         )
         super().__init__(model, args, *pos, **kwargs)
         if self.is_fsdp_enabled:
@@ -263,6 +265,8 @@ class GradPruneTrainer(Trainer):
             min_heads_per_layer=args.min_heads_per_layer,
             ffn_multiple_of=args.ffn_multiple_of,
             seq_len=args.flops_seq_len,
+            attention_unit=args.attention_unit,
+            uniform=args.uniform,
         )
         plan = plan.intersect(current_plan(self.model))
         # Kept in config.gradprune["history"] and the round's plan.json: which round of the schedule this was.

@@ -95,7 +95,9 @@ def prune_heads(model: nn.Module, heads_to_prune: Mapping[int, list[int]]) -> nn
     ``prune_model``, so the result is recorded in ``config.gradprune`` and saves/reloads like any pruned
     model (``save_pretrained`` then ``load_pruned`` or ``trust_remote_code=True``). A layer may lose all
     its heads. A layer or head that does not exist raises ``PlanError`` (a ``ValueError``) and leaves the
-    model unchanged. BERT family and GPT-2. Returns the same model object.
+    model unchanged. Every supported family; under grouped-query attention (the Llama family) the heads that
+    remain must leave each key/value head they read with equally many query heads (``repeat_kv``), else
+    ``PlanError`` says which layer breaks that, before any cut. Returns the same model object.
     """
     plan = current_plan(model)
     remove = _parse_heads(heads_to_prune, plan.geometry, "heads_to_prune", PlanError)
@@ -103,7 +105,11 @@ def prune_heads(model: nn.Module, heads_to_prune: Mapping[int, list[int]]) -> nn
     if heads == plan.heads:
         return model  # every named head is already gone (or nothing was named)
     meta = {"method": "prune_heads", "heads_to_prune": {str(layer): sorted(h) for layer, h in sorted(remove.items())}}
-    return prune_model(model, PruningPlan(plan.geometry, heads, plan.neurons, meta))
+    try:
+        new_plan = PruningPlan(plan.geometry, heads, plan.neurons, meta)
+    except PlanError as e:  # a structure the model cannot run (grouped-query attention): say which call made it
+        raise PlanError(f"prune_heads({heads_to_prune!r}) leaves a model that cannot run: {e}") from None
+    return prune_model(model, new_plan)
 
 
 # ---------------------------------------------------------------------- v4 folders
