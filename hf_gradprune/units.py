@@ -1,4 +1,4 @@
-"""The two kinds of prunable unit, spelled one way everywhere in the package."""
+"""The kinds of prunable unit, spelled one way everywhere in the package."""
 
 from __future__ import annotations
 
@@ -11,20 +11,6 @@ UNIT_KINDS = (HEAD, NEURON)
 # plan can remove whole (``attention_unit="kv_group"``); by default query heads go within their groups.
 KV_GROUP = "kv_group"
 ATTENTION_UNITS = (HEAD, KV_GROUP)
-
-
-class Unit(NamedTuple):
-    """One live unit while a plan is being made: its layer, kind, original id and importance."""
-
-    layer: int
-    kind: str  # HEAD or NEURON
-    id: int  # index in the original (unpruned) model
-    score: float
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        """What identifies the unit, whatever its score."""
-        return (self.layer, self.kind, self.id)
 
 
 class UnitCosts(NamedTuple):

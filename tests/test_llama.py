@@ -494,3 +494,49 @@ def test_the_summary_counts_key_value_heads():
     plan = uneven_plan(model, zero_layer=1)
     assert plan.num_kv_heads == 3 and plan.kv_heads(2) == [1]
     assert "key/value heads 6 -> 3" in plan.summary()
+
+
+# ---------------------------------------------------------------------- older folders, the trainer
+def test_a_folder_saved_before_grouped_query_attention_still_loads(tmp_path):
+    # Folders written before Geometry had num_key_value_heads / features lack them in config.gradprune.
+    from conftest import make
+
+    model = make("bert")
+    plan = current_plan(model)
+    prune_model(model, PruningPlan(plan.geometry, [[0, 1], [2], [0, 3]], plan.neurons))
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("num_key_value_heads", "features"):
+        del config["gradprune"]["geometry"][key]
+    path.write_text(json.dumps(config))
+    back = load_pruned(tmp_path / "m")
+    assert current_plan(back).heads == [[0, 1], [2], [0, 3]]
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+
+def test_trainer_prunes_a_decoder_uniformly_and_saves_a_stock_folder(tmp_path):
+    from trainer_helpers import ParityData, make_trainer
+
+    trainer = make_trainer(
+        tmp_path / "run",
+        kind="gpt2",
+        model=make_decoder("qwen2"),
+        data=ParityData(64, kind="gpt2"),
+        max_steps=6,
+        per_device_train_batch_size=8,
+        head_sparsity=None,
+        ffn_sparsity=None,
+        params_budget=0.3,
+        uniform=True,
+        scoring_steps=2,
+    )
+    trainer.train()
+    plan = current_plan(trainer.model)
+    assert plan.is_uniform() and abs(plan.params_removed() - 0.3) < 0.05
+    trainer.save_model(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "auto_map" not in saved and not (tmp_path / "out" / "modeling_gradprune.py").exists()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    inputs = batch()
+    assert torch.equal(logits(back, inputs), logits(trainer.model.eval(), inputs))
