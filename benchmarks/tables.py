@@ -112,9 +112,130 @@ def overhead_tables(o: dict) -> str:
     return "\n".join(out)
 
 
+def _ppl(v: float) -> str:
+    return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def llm_quality_tables(q: dict) -> str:
+    """Perplexity by method, plan shape and fraction of block parameters removed; the structure kept; recovery."""
+    targets = q["targets"]
+    dense = q["dense_perplexity"]
+    out = [
+        f"Dense perplexity: **{_ppl(dense)}** ({q['model']}, {q['eval_blocks']} held-out blocks × "
+        f"{q['eval_len']} tokens).",
+        "",
+        "**One-shot (no retraining)** — perplexity (× dense) by target fraction of block parameters removed",
+        "",
+        "| method | plan | " + " | ".join(f"{t:.0%}" for t in targets) + " |",
+        "|---|---|" + "---|" * len(targets),
+    ]
+    for m in METHODS:
+        for uniform in (True, False):
+            cells = {r["target"]: r for r in q["rows"] if r["method"] == m and r["uniform"] == uniform}
+            txt = [
+                f"{_ppl(cells[t]['perplexity'])} ({cells[t]['perplexity'] / dense:.2f}×)" if t in cells else ""
+                for t in targets
+            ]
+            out.append(f"| {m} | {'uniform' if uniform else 'non-uniform'} | " + " | ".join(txt) + " |")
+    g = q["geometry"]
+    full = (
+        f"{g['num_layers'] * g['num_heads']} query heads, {g['num_layers'] * g['num_key_value_heads']} KV heads, "
+        f"{g['num_layers'] * g['intermediate_size']:,} FFN neurons"
+    )
+    out += [
+        "",
+        f"**What the plans keep** (dense: {full}) — block parameters actually removed; heads / KV heads / FFN "
+        "neurons kept in all layers; for uniform plans also per layer",
+        "",
+        "| method | plan | target | removed | query heads | KV heads | FFN neurons | per layer (q / kv / FFN) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in METHODS:
+        for uniform in (True, False):
+            for r in q["rows"]:
+                if r["method"] != m or r["uniform"] != uniform:
+                    continue
+                per_layer = (
+                    f"{r['heads_per_layer'][0]} / {r['kv_heads_per_layer'][0]} / {r['ffn_per_layer'][0]}"
+                    if uniform
+                    else f"q {min(r['heads_per_layer'])}–{max(r['heads_per_layer'])}, "
+                    f"FFN {min(r['ffn_per_layer'])}–{max(r['ffn_per_layer'])}"
+                )
+                out.append(
+                    f"| {m} | {'uniform' if uniform else 'non-uniform'} | {r['target']:.0%} "
+                    f"| {r['params_removed']:.1%} | {r['heads_kept']} | {r['kv_heads_kept']} "
+                    f"| {r['neurons_kept']:,} | {per_layer} |"
+                )
+    if q.get("ffn_only"):
+        out += [
+            "",
+            "**FFN only (diagnostic)** — every head kept, a uniform FFN width removing the target fraction",
+            "",
+            "| method | target | removed | FFN per layer | perplexity (× dense) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in q["ffn_only"]:
+            out.append(
+                f"| {r['method']} | {r['target']:.0%} | {r['params_removed']:.1%} | {r['ffn_per_layer'][0]} "
+                f"| {_ppl(r['perplexity'])} ({r['perplexity'] / dense:.2f}×) |"
+            )
+    rec = q["recovery"]
+    out += [
+        "",
+        f"**After a short recovery** ({rec['steps']} steps of {rec['batch']}, distillation from the dense model, "
+        f"α {rec['distill_alpha']}, T {rec['distill_temperature']}, lr {rec['learning_rate']:g})",
+        "",
+        "| method | plan | removed | one-shot | recovered | recovered × dense |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in q["recovered"]:
+        out.append(
+            f"| {r['method']} | {r['plan']} | {r['params_removed']:.1%} "
+            f"| {_ppl(r['one_shot'])} | {_ppl(r['recovered'])} | {r['recovered'] / dense:.2f}× |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+def llm_speed_tables(s: dict) -> str:
+    """Prefill latency and decode throughput, dense vs uniform plans, one table per model."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in s["rows"]):
+        rows = [r for r in s["rows"] if r["model"] == model]
+        prefill = [r for r in rows if r["kind"] == "prefill"]
+        decode = [r for r in rows if r["kind"] == "decode"]
+        plans = list(dict.fromkeys(r["plan"] for r in rows))
+        out.append(f"**{model}** ({rows[0]['precision']}, {s['machine']['torch_threads']} threads)")
+        out.append("")
+        heads = [f"prefill {b} × {q}" for b, q in dict.fromkeys((r["batch"], r["seq"]) for r in prefill)]
+        dec = decode[0] if decode else None
+        if dec:
+            heads.append(f"decode tokens/s (batch {dec['batch']}, {dec['new_tokens']} after {dec['seq']})")
+        out.append("| plan | block params removed | " + " | ".join(heads) + " |")
+        out.append("|---|---|" + "---|" * len(heads))
+        for plan in plans:
+            cells = []
+            for b, q in dict.fromkeys((r["batch"], r["seq"]) for r in prefill):
+                r = next((x for x in prefill if (x["plan"], x["batch"], x["seq"]) == (plan, b, q)), None)
+                cells.append("" if r is None else f"{r['ms']:,.0f} ms ({r['speedup']:.2f}×)")
+            if dec:
+                r = next((x for x in decode if x["plan"] == plan), None)
+                cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}×)")
+            removed = next(r["params_removed"] for r in rows if r["plan"] == plan)
+            out.append(f"| {plan} | {removed:.1%} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(folder: str) -> None:
     folder = Path(folder)
-    for name, fn in (("quality", quality_tables), ("speed", speed_tables), ("overhead", overhead_tables)):
+    for name, fn in (
+        ("quality", quality_tables),
+        ("speed", speed_tables),
+        ("overhead", overhead_tables),
+        ("llm_quality", llm_quality_tables),
+        ("llm_speed", llm_speed_tables),
+    ):
         path = folder / f"{name}.json"
         if path.exists():
             print(f"### {name}\n")
