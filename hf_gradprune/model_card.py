@@ -6,6 +6,7 @@ import os
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .modeling_gradprune import auto_classes
 from .run_report import STAGES, stage_metrics
 from .surgery import current_plan
 
@@ -62,8 +63,9 @@ def model_card_text(trainer) -> str:
         or "No evaluation was run."
     )
     arch = type(model).__name__.removeprefix("GradPrune")
-    auto_map = getattr(model.config, "auto_map", None) or {}  # a config has none until a prune sets it
-    auto = next((a for a, c in auto_map.items() if c.endswith("GradPrune" + arch)), "AutoModel")
+    auto = next((a for a, c in auto_classes(model.config.model_type).items() if c == arch), "AutoModel")
+    # A stock model (never pruned, or a uniform plan its config describes) has no auto_map: no remote code.
+    stock = not getattr(model.config, "auto_map", None)
     base = trainer.base_model_name or "a model passed in code"
     task = args.model_card_task or arch
     dataset = args.model_card_dataset or "not recorded"
@@ -99,7 +101,21 @@ fine-tuning.
 
 ## How to load
 
-Layers keep different numbers of heads and neurons, which stock transformers classes cannot build from a
+{_how_to_load(auto, stock)}
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _how_to_load(auto: str, stock: bool) -> str:
+    if stock:
+        return f"""Every layer keeps the same numbers of heads and neurons, and `config.json` says them: this is a stock
+checkpoint. Any runtime that reads a stock config loads it; no remote code, no hf_gradprune:
+
+```python
+from transformers import {auto}
+model = {auto}.from_pretrained("path/or/repo")
+```"""
+    return f"""Layers keep different numbers of heads and neurons, which stock transformers classes cannot build from a
 config. The folder carries `modeling_gradprune.py` (torch + transformers only), so:
 
 ```python
@@ -112,9 +128,7 @@ Without remote code, with hf_gradprune installed:
 ```python
 from hf_gradprune import load_pruned
 model = load_pruned("path/or/repo")
-```
-"""
-    return f"---\n{data.to_yaml()}\n---\n{body}"
+```"""
 
 
 def write_model_card(trainer, folder: str) -> str:

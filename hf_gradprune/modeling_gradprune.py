@@ -42,7 +42,7 @@ _AUTO_MAPPINGS = {
 }
 
 
-def _auto_classes(model_type: str) -> dict[str, str]:
+def auto_classes(model_type: str) -> dict[str, str]:
     """``{auto class name: transformers head class name}`` for every auto class that knows ``model_type``."""
     from transformers.models.auto import modeling_auto
 
@@ -56,7 +56,7 @@ def _auto_classes(model_type: str) -> dict[str, str]:
 
 def auto_map_for(model_type: str) -> dict[str, str]:
     """The ``auto_map`` a pruned folder carries: every head class of the family, through this file."""
-    return {auto: f"modeling_gradprune.{CLASS_PREFIX}{name}" for auto, name in _auto_classes(model_type).items()}
+    return {auto: f"modeling_gradprune.{CLASS_PREFIX}{name}" for auto, name in auto_classes(model_type).items()}
 
 
 # --------------------------------------------------------------------------- empty blocks
@@ -356,7 +356,7 @@ def gradprune_class(base_cls: type) -> type:
     base_cls = transformers_class(base_cls)
     name = CLASS_PREFIX + base_cls.__name__
     if name not in _CLASSES:
-        auto = {cls: auto for auto, cls in _auto_classes(base_cls.config_class.model_type).items()}
+        auto = {cls: auto for auto, cls in auto_classes(base_cls.config_class.model_type).items()}
         _CLASSES[name] = type(
             name,
             (_GradPruneMixin, base_cls),

@@ -537,6 +537,8 @@ def test_trainer_prunes_a_decoder_uniformly_and_saves_a_stock_folder(tmp_path):
     trainer.save_model(tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "auto_map" not in saved and not (tmp_path / "out" / "modeling_gradprune.py").exists()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "stock" in card and "AutoModelForCausalLM.from_pretrained" in card and "trust_remote_code" not in card
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     inputs = batch()
     assert torch.equal(logits(back, inputs), logits(trainer.model.eval(), inputs))
