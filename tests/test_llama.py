@@ -542,3 +542,32 @@ def test_trainer_prunes_a_decoder_uniformly_and_saves_a_stock_folder(tmp_path):
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     inputs = batch()
     assert torch.equal(logits(back, inputs), logits(trainer.model.eval(), inputs))
+
+
+# ---------------------------------------------------------------------- on the GPU (make gpu-check, part 1)
+GPU_DRY = os.environ.get("HF_GRADPRUNE_GPU_DRY_RUN") == "1"
+GPU = "cuda" if torch.cuda.is_available() else ("cpu" if GPU_DRY else None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU is None, reason="needs CUDA (HF_GRADPRUNE_GPU_DRY_RUN=1 runs it on the CPU)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoder_surgery_and_generation_on_the_device(dtype):
+    model = make_decoder("qwen2", attn="sdpa").to(GPU, dtype)
+    plan = uneven_plan(model, zero_layer=0)
+    ref = zeroed_reference(model, plan)
+    prune_model(model, plan)
+    assert all(p.device.type == torch.device(GPU).type and p.dtype == dtype for p in model.parameters())
+    inputs = {k: v.to(GPU) for k, v in batch().items()}
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(
+        masked(logits(model, inputs), inputs).float(), masked(logits(ref, inputs), inputs).float(), atol=tol, rtol=0
+    )
+    if dtype == torch.float32:  # greedy tokens can flip on bf16 rounding ties; fp32 must agree exactly
+        for cache in ("dynamic", "static"):
+            kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache)
+            assert torch.equal(model.generate(**inputs, **kw), ref.generate(**inputs, **kw))
+    scorer = ImportanceScorer(model, "fisher")
+    with scorer:
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert scorer.scores.groups is not None and all(torch.isfinite(g).all() for g in scorer.scores.groups)
