@@ -190,8 +190,6 @@ def test_recipe_parses_into_the_clm_script_arguments(tmp_path):
     from hf_gradprune import GradPruneConfig
     from hf_gradprune.cli import ModelArguments, parse_args
 
-    if "uniform" not in GradPruneConfig.__dataclass_fields__:
-        pytest.skip("GradPruneConfig has no `uniform` option yet (the Llama-family work of issue 11)")
     _, data, args = parse_args(
         (ModelArguments, run_clm_prune.DataTrainingArguments, GradPruneConfig),
         ["--config", str(demo_llm.RECIPE), "--model_name_or_path", "x", "--output_dir", str(tmp_path)],
@@ -269,7 +267,6 @@ def test_real_demo_llm(tmp_path, monkeypatch):
     assert "auto_map" not in config and not (out / "modeling_gradprune.py").exists()
     assert config["model_type"] == "llama" and config["head_dim"] == 64
     assert results["stock_checkpoint"] and results["pruned_generation"].strip()
-    assert results["demo_seconds"] < 20 * 60 * 1.5  # 20 minutes on an idle 2-core machine; slack for a busy one
 
     saved = tmp_path / "logits.pt"
     subprocess.run([sys.executable, "-c", RELOAD, str(out), json.dumps(ids), str(saved)], check=True, cwd=tmp_path)
