@@ -255,6 +255,11 @@ def output_dir_of(argv: list[str], recipe: Path = RECIPE) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # before fetching or loading anything
+        print(__doc__)
+        import run_clm_prune
+
+        run_clm_prune.main(["--help"])
     cache = ROOT / ".cache" / "demo-llm"
     if "--cache_dir" in argv:
         i = argv.index("--cache_dir")
