@@ -101,7 +101,8 @@ class PruningPlan:
         ``uniform=True`` keeps the same number of query heads per group, key/value heads and FFN neurons in
         every layer (which ones still follow the scores), so that families whose config can say it (the
         Llama family) save a stock checkpoint. Under a budget it picks, among the per-layer head counts, the
-        one that keeps the most importance once the FFN widths fill the rest of the budget (Kwon et al.).
+        one that keeps the most importance once the FFN widths fill the rest of the budget (Kwon et al.);
+        every layer keeps at least one head (or group) there.
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
@@ -537,8 +538,9 @@ def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_he
     """The same counts in every layer: for each number of attention atoms kept per layer, the widest FFN
     that meets the budget; the pair that keeps the most importance wins (Kwon et al.'s head-count sweep).
 
-    ``ranking`` does not apply: every layer keeps the same counts by construction. When no count meets the
-    budget, the smallest allowed model is returned.
+    ``ranking`` does not apply: every layer keeps the same counts by construction. Every layer keeps some
+    attention (a config cannot say "no heads", and a decoder without attention is no language model). When
+    no count meets the budget, the smallest allowed model is returned.
     """
     rows = {kind: [[] for _ in range(g.num_layers)] for kind in (HEAD, NEURON)}
     for a in sorted(atoms, key=_order_key, reverse=True):  # most important first (a layer's slices: last first)
@@ -553,7 +555,7 @@ def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_he
     head_row, width_max = head_shapes.pop(), widths.pop()
     target = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed)
     candidates = []
-    for c in range(len(head_row) + 1):
+    for c in range(min(1, len(head_row)), len(head_row) + 1):
         if sum(head_row[:c]) < min_heads and c < len(head_row):
             continue
         # the kept slices include the layer's last one, which carries the key/value heads

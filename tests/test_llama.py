@@ -403,7 +403,11 @@ def test_uniform_budget_picks_the_split_that_keeps_the_most_importance():
     plan = PruningPlan.from_scores(s, params_budget=0.2, uniform=True)
     assert plan.num_heads == 24 and plan.is_uniform() and plan.num_neurons < 120
     s = crafted_scores(model, [[1e-6] * 8] * 3)
-    assert PruningPlan.from_scores(s, params_budget=0.2, uniform=True).num_heads < 24
+    cheap = PruningPlan.from_scores(s, params_budget=0.2, uniform=True)
+    assert cheap.num_heads < 24
+    # However cheap heads look, a budget never leaves a uniform model without attention (one slice per layer)
+    cheapest = PruningPlan.from_scores(s, params_budget=0.6, uniform=True)
+    assert [len(h) for h in cheapest.heads] == [KV] * 3 and cheapest.is_uniform()
 
 
 # ---------------------------------------------------------------------- saving: stock when uniform
