@@ -262,17 +262,17 @@ def run(args) -> dict:
     rows = [
         one_shot(method, target, "uniform" if uniform else "non-uniform")
         for method in METHODS
-        for uniform in UNIFORM
+        for uniform in ((True,) if args.uniform_only else UNIFORM)
         for target in targets
     ]
     ffn_only = [
         one_shot(method, target, "ffn-only")
-        for method, ts in (QUICK_FFN_ONLY if quick else FFN_ONLY).items()
+        for method, ts in ({} if args.uniform_only else QUICK_FFN_ONLY if quick else FFN_ONLY).items()
         for target in ts
     ]
 
     recovered = []
-    for method, target, kind in QUICK_RECOVERY if quick else RECOVERY:
+    for method, target, kind in () if args.uniform_only else QUICK_RECOVERY if quick else RECOVERY:
         pool = ffn_only if kind == "ffn-only" else rows
         if method == "best":
             method = min(
@@ -335,7 +335,9 @@ def run(args) -> dict:
         "recovered": recovered,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
-    write_json(out / "llm_quality.json", result)
+    if args.uniform_only:
+        result["uniform_only"] = True
+    write_json(out / f"llm_quality{args.suffix}.json", result)
     print(quality_markdown(result), flush=True)
     return result
 
@@ -357,6 +359,8 @@ def main(argv=None):
         parser.add_argument("--eval_blocks", type=int, default=None)
         parser.add_argument("--eval_len", type=int, default=None)
         parser.add_argument("--recovery_steps", type=int, default=None)
+        parser.add_argument("--uniform_only", action="store_true", help="only the uniform one-shot rows")
+        parser.add_argument("--suffix", default="", help="written to llm_quality{suffix}.json")
 
     args = bench_args(argv, __doc__, extra)
     defaults = dict(calib_blocks=8, calib_len=32, eval_blocks=8, eval_len=32, recovery_steps=2)

@@ -6,9 +6,12 @@ Models (random weights; speed depends on the shapes only):
 - a Llama-3.2-1B shape: hidden 2048, 16 layers, 32 query heads / 8 KV heads, head_dim 64, FFN 8192,
   vocab 128256, tied embeddings.
 
-Plans: uniform (``PruningPlan.from_scores(..., params_budget=f, uniform=True)``) from *random* scores at
-f = 20% and 50% of the blocks' parameters: every layer keeps the same query heads per KV group, KV heads
-and FFN width, so the pruned model is a stock ``LlamaConfig`` shape; which units go does not matter for speed.
+Plans: uniform (every layer keeps the same query heads per KV group, KV heads and FFN width: a stock
+``LlamaConfig`` shape), removing f = 20% and 50% of the blocks' parameters: FFN only (the shape Fisher's
+budget picks on SmolLM2, see llm_quality.py), and at 50% also one query head of every KV group plus FFN.
+The counts are set (``head_sparsity`` / ``ffn_sparsity``); which units go is chosen by *random* scores,
+which does not matter for speed. (A random-score ``params_budget`` plan would remove every head: see the
+README.)
 
 - **Prefill:** one forward of ``batch x 512`` tokens that returns the logits of the last position only
   (``logits_to_keep=1``, as generation's prefill does), timed by ``hf_gradprune.latency.measure_latency``.
@@ -28,6 +31,7 @@ import time
 
 import torch
 from common import bench_args, machine, write_json
+from llm_quality import ffn_sparsity_for
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,7 +80,7 @@ TINY = dict(
 # name -> (config, prefill shapes {(batch, seq): (repeats, warmup)}, decode (repeats, warmup))
 MODELS = {
     "SmolLM2-135M shape (random)": (SMOLLM2, {(1, 512): (5, 1), (8, 512): (3, 1)}, (3, 1)),
-    "Llama-3.2-1B shape (random)": (LLAMA_1B, {(1, 512): (2, 1), (8, 512): (1, 0)}, (1, 1)),
+    "Llama-3.2-1B shape (random)": (LLAMA_1B, {(1, 512): (3, 1), (8, 512): (2, 1)}, (2, 1)),
 }
 QUICK_MODELS = {"tiny-llama (random, GQA)": (TINY, {(1, 64): (1, 0), (4, 64): (1, 0)}, (1, 0))}
 QUICK_NEW_TOKENS, QUICK_PROMPT_LEN = 8, 16
@@ -110,12 +114,26 @@ def build(config: dict, seed: int = 0):
     return model
 
 
-def uniform_plans(model, fractions=FRACTIONS) -> dict[str, PruningPlan]:
-    """``{"dense": full plan, "uniform 20%": ..., ...}`` from random scores (``uniform=True``)."""
+def uniform_plans(model, fractions=FRACTIONS) -> dict[str, tuple[float, PruningPlan]]:
+    """``{name: (target, plan)}``: dense; for every fraction the FFN-only uniform plan (every head kept, the
+    shape Fisher's budget picks on SmolLM2); at the largest fraction also one query head of every KV group
+    removed plus the FFN width for the rest. Counts are set explicitly, the units chosen by random scores."""
     scores = ImportanceScorer(model, "random", seed=0).scores
-    plans = {"dense": current_plan(model)}
+    g = scores.geometry
+    plans = {"dense": (0.0, current_plan(model))}
     for f in fractions:
-        plans[f"uniform {f:.0%}"] = PruningPlan.from_scores(scores, params_budget=f, uniform=True)
+        plans[f"FFN only, {f:.0%}"] = (
+            f,
+            PruningPlan.from_scores(scores, ffn_sparsity=ffn_sparsity_for(g, f), uniform=True),
+        )
+    f, h = max(fractions), 1 / g.group_size
+    heads_only = PruningPlan.from_scores(scores, head_sparsity=h, uniform=True).params_removed()
+    plans[f"{g.group_size - 1} of {g.group_size} q heads per group + FFN, {f:.0%}"] = (
+        f,
+        PruningPlan.from_scores(
+            scores, head_sparsity=h, ffn_sparsity=ffn_sparsity_for(g, f - heads_only), uniform=True
+        ),
+    )
     return plans
 
 
@@ -154,7 +172,7 @@ def run(quick: bool, out, threads: int, skip: set[str]) -> dict:
         geometries[name] = current_plan(dense).geometry.to_dict()
         plans = uniform_plans(dense)
         base = None
-        for plan_name, plan in plans.items():
+        for plan_name, (target, plan) in plans.items():
             t0 = time.perf_counter()
             if plan_name == "dense":
                 model = dense
@@ -168,6 +186,7 @@ def run(quick: bool, out, threads: int, skip: set[str]) -> dict:
                 "model": name,
                 "precision": "fp32",
                 "plan": plan_name,
+                "target": target,
                 "params_removed": round(plan.params_removed(), 4),
                 "flops_removed_512": round(plan.flops_removed(512), 4),
                 "model_params": sum(p.numel() for p in model.parameters()),

@@ -116,6 +116,10 @@ def _ppl(v: float) -> str:
     return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
 
 
+def _times(v: float) -> str:
+    return f"{v:.2f}×" if v < 100 else f"{v:,.0f}×"
+
+
 def llm_quality_tables(q: dict) -> str:
     """Perplexity by method, plan shape and fraction of block parameters removed; the structure kept; recovery."""
     targets = q["targets"]
@@ -133,7 +137,7 @@ def llm_quality_tables(q: dict) -> str:
         for uniform in (True, False):
             cells = {r["target"]: r for r in q["rows"] if r["method"] == m and r["uniform"] == uniform}
             txt = [
-                f"{_ppl(cells[t]['perplexity'])} ({cells[t]['perplexity'] / dense:.2f}×)" if t in cells else ""
+                f"{_ppl(cells[t]['perplexity'])} ({_times(cells[t]['perplexity'] / dense)})" if t in cells else ""
                 for t in targets
             ]
             out.append(f"| {m} | {'uniform' if uniform else 'non-uniform'} | " + " | ".join(txt) + " |")
@@ -177,7 +181,7 @@ def llm_quality_tables(q: dict) -> str:
         for r in q["ffn_only"]:
             out.append(
                 f"| {r['method']} | {r['target']:.0%} | {r['params_removed']:.1%} | {r['ffn_per_layer'][0]} "
-                f"| {_ppl(r['perplexity'])} ({r['perplexity'] / dense:.2f}×) |"
+                f"| {_ppl(r['perplexity'])} ({_times(r['perplexity'] / dense)}) |"
             )
     rec = q["recovery"]
     out += [
@@ -191,9 +195,26 @@ def llm_quality_tables(q: dict) -> str:
     for r in q["recovered"]:
         out.append(
             f"| {r['method']} | {r['plan']} | {r['params_removed']:.1%} "
-            f"| {_ppl(r['one_shot'])} | {_ppl(r['recovered'])} | {r['recovered'] / dense:.2f}× |"
+            f"| {_ppl(r['one_shot'])} | {_ppl(r['recovered'])} | {_times(r['recovered'] / dense)} |"
         )
     out.append("")
+    return "\n".join(out)
+
+
+def llm_rows_table(q: dict) -> str:
+    """One line per one-shot row: method, plan, target, removed, kept units, perplexity (× dense)."""
+    dense = q["dense_perplexity"]
+    out = [
+        "| method | plan | target | removed | query heads | KV heads | FFN per layer | perplexity (× dense) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in q["rows"]:
+        ffn = min(r["ffn_per_layer"]), max(r["ffn_per_layer"])
+        out.append(
+            f"| {r['method']} | {r['plan']} | {r['target']:.0%} | {r['params_removed']:.1%} | {r['heads_kept']} "
+            f"| {r['kv_heads_kept']} | {ffn[0] if ffn[0] == ffn[1] else f'{ffn[0]}–{ffn[1]}'} "
+            f"| {_ppl(r['perplexity'])} ({_times(r['perplexity'] / dense)}) |"
+        )
     return "\n".join(out)
 
 

@@ -153,7 +153,8 @@ def test_speed_rows_are_complete_and_self_consistent(quick):
 
     s = quick[1]
     ((name, (_, prefill, _)),) = llm_speed.QUICK_MODELS.items()
-    plans = ["dense"] + [f"uniform {f:.0%}" for f in llm_speed.FRACTIONS]
+    plans = list(llm_speed.uniform_plans(llm_speed.build(llm_speed.TINY)))
+    assert len(plans) == 2 + len(llm_speed.FRACTIONS)
     keys = sorted((r["plan"], r["kind"], r["batch"], r["seq"]) for r in s["rows"])
     expected = [(p, "prefill", b, q) for p in plans for b, q in prefill]
     expected += [(p, "decode", 1, llm_speed.QUICK_PROMPT_LEN) for p in plans]
@@ -164,8 +165,7 @@ def test_speed_rows_are_complete_and_self_consistent(quick):
         if r["plan"] == "dense":
             assert r["speedup"] == 1.0 and r["params_removed"] == 0
         else:
-            target = float(r["plan"].split()[1].rstrip("%")) / 100
-            assert abs(r["params_removed"] - target) < 0.05
+            assert abs(r["params_removed"] - r["target"]) < 0.05, r
         kv = r["kv_heads_per_layer"]
         row = {
             "heads_per_layer": [r["heads_per_layer"]] * g.num_layers,
@@ -186,9 +186,9 @@ def test_tables_render_every_row(quick):
     q, s, _ = quick
     text = tables.llm_quality_tables(q)
     for r in q["rows"]:
-        assert f"{tables._ppl(r['perplexity'])} ({r['perplexity'] / q['dense_perplexity']:.2f}×)" in text
+        assert f"{tables._ppl(r['perplexity'])} ({tables._times(r['perplexity'] / q['dense_perplexity'])})" in text
     for r in q["ffn_only"]:
-        assert f"| {tables._ppl(r['perplexity'])} ({r['perplexity'] / q['dense_perplexity']:.2f}×) |" in text
+        assert f"| {tables._ppl(r['perplexity'])} ({tables._times(r['perplexity'] / q['dense_perplexity'])}) |" in text
     for r in q["recovered"]:
         cells = f"| {r['params_removed']:.1%} | {tables._ppl(r['one_shot'])} | {tables._ppl(r['recovered'])} |"
         assert f"| {r['method']} | {r['plan']} {cells}" in text
