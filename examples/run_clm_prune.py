@@ -1,4 +1,5 @@
-"""Prune a causal language model (GPT-2) on wikitext (or your text files) with GradPruneTrainer.
+"""Prune a causal language model (GPT-2, or a Llama-family decoder: Llama, SmolLM, Mistral, Qwen2, Qwen3) on
+wikitext (or your text files) with GradPruneTrainer.
 
 Follows transformers' ``examples/pytorch/language-modeling/run_clm.py``: texts are tokenized, concatenated
 and cut into blocks of ``--block_size`` tokens with labels = input_ids. Reports perplexity of the dense
@@ -10,6 +11,11 @@ neurons kept, measured dense-vs-pruned latency on this machine).
     python examples/run_clm_prune.py --model_name_or_path gpt2 --train_file train.txt \\
         --validation_file valid.txt --block_size 512 --head_sparsity 0.4 --ffn_sparsity 0.4 --output_dir out/clm
     accelerate launch --multi_gpu --num_processes 4 examples/run_clm_prune.py --config ...
+    python examples/demo_llm.py   # SmolLM2-135M offline, recipes/smollm2/demo.yaml (make demo-llm)
+
+Llama-family decoders: ``--uniform true`` keeps the same heads per key/value group, key/value heads and FFN width
+in every layer, so the saved folder is a stock checkpoint (no remote code); ``--attention_unit kv_group`` removes
+whole key/value groups instead of query heads within them.
 """
 
 from __future__ import annotations
