@@ -94,7 +94,7 @@ class ImportanceScorer:
     """Score heads and FFN neurons of ``model``.
 
     Args:
-        model: a supported transformers model (BERT family, GPT-2).
+        model: a supported transformers model (BERT family, GPT-2, Llama family).
         method: ``taylor`` | ``fisher`` (gradient x activation) or ``magnitude`` | ``random`` (baselines).
         reduction: how the backward loss combines the examples of a batch: ``"mean"`` (the usual
             transformers loss) or ``"sum"``. Under ``"mean"`` gradients are multiplied by the batch size,

@@ -1,4 +1,4 @@
-"""The GPU checks of `make gpu-check` (part 1), on every supported family (BERT, GPT-2).
+"""The GPU checks of `make gpu-check` (part 1), on BERT and GPT-2 (the Llama family's are in test_llama.py).
 
 They run on CUDA when it is there. Without CUDA they skip, except in the CPU dry run of the GPU check
 (``HF_GRADPRUNE_GPU_DRY_RUN=1``, set by ``benchmarks/gpu_check.py --dry-run``), where the same code runs on the CPU:
