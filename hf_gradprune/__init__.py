@@ -7,7 +7,7 @@ from .plan import PlanError, PruningPlan
 from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model, summarize
-from .units import HEAD, NEURON, UnitCosts
+from .units import HEAD, KV_GROUP, NEURON, UnitCosts
 from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "GRADIENT_METHODS",
     "METHODS",
     "HEAD",
+    "KV_GROUP",
     "NEURON",
     "CheckpointError",
     "FamilyAdapter",
