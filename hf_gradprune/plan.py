@@ -563,9 +563,13 @@ def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_he
         room = target - g.num_layers * fixed - head_cost
         width = min(width_max, max(0, math.floor(room / (g.num_layers * cost[NEURON]) + 1e-9)))
         kept = [a for row in rows[HEAD] for a in row[:c]] + [a for row in rows[NEURON] for a in row[:width]]
-        fits = room - width * g.num_layers * cost[NEURON] >= -1e-9
-        candidates.append((fits, sum(a.score for a in kept) if fits else -head_cost, c, width))
-    _, _, c, width = max(candidates)
+        left = room - width * g.num_layers * cost[NEURON]  # budget the FFN could not take back: removed beyond it
+        fits = left >= -1e-9
+        # With the FFN at full width and budget left over, this head count removes more than asked: only
+        # when no count meets the budget closely (within one neuron per layer) may such a plan win.
+        close = fits and left < g.num_layers * cost[NEURON]
+        candidates.append((fits, close, sum(a.score for a in kept) if fits else -head_cost, c, width))
+    *_, c, width = max(candidates)
     return {a.key for row in rows[HEAD] for a in row[c:]} | {a.key for row in rows[NEURON] for a in row[width:]}
 
 

@@ -405,6 +405,9 @@ def test_uniform_budget_picks_the_split_that_keeps_the_most_importance():
     s = crafted_scores(model, [[1e-6] * 8] * 3)
     cheap = PruningPlan.from_scores(s, params_budget=0.2, uniform=True)
     assert cheap.num_heads < 24
+    # Cheap heads must not make a plan remove more than the budget: cutting heads and keeping the whole FFN
+    # would remove 25% here against a 10% budget (a plan that removes 10% exists)
+    assert abs(PruningPlan.from_scores(s, params_budget=0.1, uniform=True).params_removed() - 0.1) < 0.01
     # However cheap heads look, a budget never leaves a uniform model without attention (one slice per layer)
     cheapest = PruningPlan.from_scores(s, params_budget=0.6, uniform=True)
     assert [len(h) for h in cheapest.heads] == [KV] * 3 and cheapest.is_uniform()
