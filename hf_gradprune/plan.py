@@ -457,9 +457,13 @@ def _attention_atoms(g: Geometry, layer: int, ids, head_scores, group_scores, at
     ]
 
 
-def _order(atoms):
+def _order_key(a):
     # Ascending importance; ties broken by position (a layer's slices by rank) so plans are deterministic.
-    return sorted(atoms, key=lambda a: (a.score, a.layer, a.rank, a.ids))
+    return (a.score, a.layer, a.rank, a.ids)
+
+
+def _order(atoms):
+    return sorted(atoms, key=_order_key)
 
 
 def _sizes(atoms, g: Geometry) -> list[int]:
@@ -571,10 +575,6 @@ def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_he
         candidates.append((fits, close, sum(a.score for a in kept) if fits else -head_cost, c, width))
     *_, c, width = max(candidates)
     return {a.key for row in rows[HEAD] for a in row[c:]} | {a.key for row in rows[NEURON] for a in row[width:]}
-
-
-def _order_key(a):
-    return (a.score, a.layer, a.rank, a.ids)
 
 
 def _round_ffn(atoms, neurons, multiple):
