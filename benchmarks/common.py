@@ -239,3 +239,17 @@ def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
+
+
+# The LLM benchmarks' tiny stand-in for a Llama (quick mode): grouped-query attention with 4 query heads per
+# KV head (2 KV heads), SwiGLU FFN, tied embeddings. The vocabulary is each benchmark's to set.
+TINY_LLAMA = dict(
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=8,
+    intermediate_size=128,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)

