@@ -54,6 +54,7 @@ class _Pass:
         self.first_count = 0  # activations registered in the first layer
         self.first_left = 0  # of those, still waiting for their gradient in this backward
         self.pending: dict = {}
+        self.signed: dict = {}  # (kind, layer) -> s summed over the pass's examples, with record_batches
         self.bad = False
 
 
@@ -100,6 +101,8 @@ class ImportanceScorer:
             transformers loss) or ``"sum"``. Under ``"mean"`` gradients are multiplied by the batch size,
             so scores are per example whatever the batch size.
         seed: seed of the ``random`` baseline.
+        record_batches: also keep, per committed pass, each unit's signed gate gradient summed over the
+            pass's examples (``batch_gradients``), which ``rearrange_plan`` needs. Gradient methods only.
 
     Scoring happens inside ``with scorer:`` (or between ``attach()`` and ``detach()``). These nest like a
     re-entrant lock: the hooks go on at the first ``attach()`` and come off at the matching last
@@ -116,15 +119,31 @@ class ImportanceScorer:
     itself; one that does raises when it would score the pruned model, rather than mix the two.
     """
 
-    def __init__(self, model: nn.Module, method: str = "taylor", *, reduction: str = "mean", seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "taylor",
+        *,
+        reduction: str = "mean",
+        seed: int = 0,
+        record_batches: bool = False,
+    ):
         if method not in METHODS:
             raise ValueError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
+        if not isinstance(record_batches, bool):
+            raise TypeError(f"record_batches must be True or False, got {record_batches!r}")
+        if record_batches and method not in GRADIENT_METHODS:
+            raise ValueError(
+                f"record_batches=True records gate gradients, but {method!r} takes no gradients: use one of "
+                f"{', '.join(GRADIENT_METHODS)}"
+            )
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
         self.model = model
         self.method = method
         self.reduction = reduction
         self.seed = seed
+        self.record_batches = record_batches
         self.loss_scale = 1.0
         self._depth = 0  # attach() calls not yet matched by detach()
         self._handles: list = []
@@ -168,6 +187,8 @@ class ImportanceScorer:
         # The pass in progress is kept: a reset in the middle of a forward (the model was pruned while the
         # scorer was empty) must not split that forward into two passes that would each count its examples.
         self._total = {kind: [torch.zeros(len(i), device=device) for i in ids[kind]] for kind in self._kinds}
+        # record_batches: per kind and layer, one CPU float32 row per committed pass
+        self._batches = {kind: [[] for _ in ids[kind]] for kind in self._kinds}
         self.num_examples = 0
         self.skipped_batches = 0
 
@@ -368,6 +389,10 @@ class ImportanceScorer:
                 p.bad = True
             previous = p.pending.get((part, layer))
             p.pending[(part, layer)] = value if previous is None else previous + value
+            if self.record_batches:  # signed, before |.| or ^2: the pass's gradient w.r.t. each unit's gate
+                signed = s.sum(0)
+                previous = p.signed.get((part, layer))
+                p.signed[(part, layer)] = signed if previous is None else previous + signed
         if layer == p.first_layer:
             p.first_left -= 1
             if p.first_left == 0:
@@ -376,8 +401,8 @@ class ImportanceScorer:
 
     def _commit(self, p: _Pass) -> None:
         """Fold one completed backward into the totals, or drop it whole if any gradient was NaN/inf."""
-        pending, bad = p.pending, p.bad
-        p.pending, p.bad = {}, False
+        pending, signed, bad = p.pending, p.signed, p.bad
+        p.pending, p.signed, p.bad = {}, {}, False
         with self._lock:
             if bad:
                 self.skipped_batches += 1
@@ -391,9 +416,42 @@ class ImportanceScorer:
                         "changed during this step; call scorer.reset() after pruning"
                     )
                 total += value.to(total.device)
+            if self.record_batches:
+                # One row per pass in every layer (zeros where the pass did not reach a layer), so that row i
+                # of every layer is the same pass.
+                for kind in self._kinds:
+                    for layer, rows in enumerate(self._batches[kind]):
+                        value = signed.get((kind, layer))
+                        width = self._total[kind][layer].numel()
+                        rows.append(torch.zeros(width) if value is None else value.detach().float().cpu())
             self.num_examples += p.examples
 
     # ------------------------------------------------------------------ results
+    @property
+    def batch_gradients(self) -> dict[str, list[torch.Tensor]]:
+        """Per committed pass, each live unit's gate gradient (``record_batches=True`` only), on the CPU.
+
+        ``{kind: [tensor [num_passes, live units] per layer]}`` for ``"head"``, ``"neuron"`` and, under
+        grouped-query attention, ``"kv_group"``; row ``i`` of every layer is the ``i``-th committed pass
+        (one forward/backward): the signed ``s`` of the module docstring summed over the pass's examples,
+        under the same ``reduction`` / ``loss_scale`` correction as the scores. Columns follow the scores'
+        ``head_ids`` / ``neuron_ids`` (``Scores.kv_ids`` for groups). A pass skipped for NaN/inf is not
+        recorded. It takes ``4 * passes * units`` bytes. ``reset()`` and ``load_state_dict()`` clear it and
+        ``state_dict()`` leaves it out: it covers the passes scored since then.
+        """
+        if not self.record_batches:
+            raise RuntimeError(
+                "this scorer does not record batches: create it with ImportanceScorer(..., record_batches=True)"
+            )
+        self._follow_model(refuse=False)
+        return {
+            kind: [
+                torch.stack(rows) if rows else torch.zeros(0, total.numel())
+                for rows, total in zip(self._batches[kind], self._total[kind])
+            ]
+            for kind in self._kinds
+        }
+
     @property
     def scores(self) -> Scores:
         """The accumulated (or, for baselines, computed) ``Scores``, on the CPU.
