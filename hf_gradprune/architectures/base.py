@@ -85,6 +85,22 @@ class FamilyAdapter(abc.ABC):
     def ffn_output(self, layer: nn.Module) -> nn.Module:
         """The FFN's output projection."""
 
+    # --- reconstruction: where each sub-layer's result joins the residual stream --------------------
+    def residual_output(self, layer: nn.Module, kind: str) -> tuple[nn.Module, str]:
+        """``(module, "input" | "output")``: the module whose first input (or whose output) is the residual
+        stream right after the attention (``kind`` ``HEAD``) or FFN (``NEURON``) sub-layer, before any
+        post-norm: residual + the output projection's result. ``reconstruct.py`` fits the kept units'
+        scales there. Families that do not say it cannot be reconstructed (pruning still works)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not say where its sub-layers join the residual stream "
+            "(FamilyAdapter.residual_output), so its models cannot be reconstructed"
+        )
+
+    def output_weight(self, module: nn.Module) -> torch.Tensor:
+        """The output projection's weight as an ``[out, in]`` view (one column per input feature), so that
+        scaling a column in place scales that feature's contribution. ``nn.Linear`` is already so."""
+        return module.weight
+
     # --- live sizes ------------------------------------------------------------------------------
     @abc.abstractmethod
     def num_heads(self, layer: nn.Module) -> int:

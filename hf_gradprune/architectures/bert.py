@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..units import UnitCosts
+from ..units import HEAD, UnitCosts
 from .base import (
     FamilyAdapter,
     Geometry,
@@ -41,6 +41,10 @@ class BertFamilyAdapter(FamilyAdapter):
 
     def ffn_output(self, layer):
         return layer.output.dense
+
+    def residual_output(self, layer, kind: str):
+        # post-norm: BertSelfOutput / BertOutput compute LayerNorm(dense(x) + residual)
+        return (layer.attention.output.LayerNorm if kind == HEAD else layer.output.LayerNorm), "input"
 
     def num_heads(self, layer) -> int:
         return layer.attention.self.num_attention_heads

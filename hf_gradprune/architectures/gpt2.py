@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..modeling_gradprune import EmptyBlock, make_block_empty
-from ..units import UnitCosts
+from ..units import HEAD, UnitCosts
 from .base import (
     FamilyAdapter,
     Geometry,
@@ -46,6 +46,13 @@ class GPT2Adapter(FamilyAdapter):
 
     def ffn_output(self, layer):
         return layer.mlp.c_proj
+
+    def residual_output(self, layer, kind: str):
+        # pre-norm: ln_2 reads residual + attention; the block returns residual + MLP
+        return (layer.ln_2, "input") if kind == HEAD else (layer, "output")
+
+    def output_weight(self, module):
+        return module.weight.t()  # Conv1D stores (in, out)
 
     def num_heads(self, layer) -> int:
         return layer.attn.num_heads

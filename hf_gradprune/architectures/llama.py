@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..modeling_gradprune import EmptyBlock, make_block_empty
-from ..units import UnitCosts
+from ..units import HEAD, UnitCosts
 from .base import (
     FamilyAdapter,
     Geometry,
@@ -95,6 +95,10 @@ class LlamaFamilyAdapter(FamilyAdapter):
 
     def ffn_output(self, layer):
         return layer.mlp.down_proj
+
+    def residual_output(self, layer, kind: str):
+        # pre-norm: post_attention_layernorm reads residual + attention; the layer returns residual + MLP
+        return (layer.post_attention_layernorm, "input") if kind == HEAD else (layer, "output")
 
     def num_heads(self, layer) -> int:
         attn = layer.self_attn
