@@ -80,6 +80,8 @@ class PruningPlan:
         seq_len: int = 128,
         attention_unit: str = HEAD,
         uniform: bool = False,
+        heads_kept: int | None = None,
+        budget_split: str = "ratio",
     ) -> PruningPlan:
         """Remove the least important units.
 
@@ -103,6 +105,21 @@ class PruningPlan:
         Llama family) save a stock checkpoint. Under a budget it picks, among the per-layer head counts, the
         one that keeps the most importance once the FFN widths fill the rest of the budget (Kwon et al.);
         every layer keeps at least one head (or group) there.
+
+        How a budget is split between heads and neurons (their scores are on different scales, e.g. Taylor's
+        ``|sum a*g|`` makes heads look cheap per FLOP): ``budget_split="ratio"`` (default) removes the units of
+        least score per unit cost, heads and neurons alike; ``"normalized"`` first divides each kind's scores
+        by that kind's mean score per unit cost, so the split no longer depends on the scale between kinds.
+        ``heads_kept=k`` (with a budget only) keeps the ``k`` most important (query) heads in total (globally,
+        or spread as evenly as possible over layers under ``ranking="per_layer"``; at least
+        ``min_heads_per_layer`` per layer), then removes the least important neurons (ranked among neurons
+        only) until the budget is met. Under grouped-query attention heads go in atoms (slices of one query
+        head per group, or whole groups), so the count kept is the nearest the atoms allow (``plan.num_heads``
+        says it). ``search_budget_split`` (``budget_split.py``) picks ``k`` by calibration loss.
+
+        ``meta["budget_met"]`` (budgets only) says whether the plan removes at least the budget; it is False
+        when the heads kept (or ``min_heads_per_layer``) cost more than the budget leaves even with every
+        neuron removed, or when ``ffn_multiple_of`` rounded widths back up.
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
@@ -115,6 +132,9 @@ class PruningPlan:
             num_heads=scores.geometry.num_heads,
             attention_unit=attention_unit,
             uniform=uniform,
+            heads_kept=heads_kept,
+            budget_split=budget_split,
+            has_budget=flops_budget is not None or params_budget is not None,
         )
         g = scores.geometry
         scores.validate()
@@ -146,8 +166,13 @@ class PruningPlan:
             per_kv = costs.kv_head_flops if flops_budget is not None else costs.kv_head_params
             fixed = 0 if flops_budget is not None else costs.fixed_params
             fraction = budgets[budgets_given[0]]
-            remover = _uniform_by_budget if uniform else _remove_by_budget
-            removed = remover(atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
+            args = (atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
+            if uniform:
+                removed = _uniform_by_budget(*args)
+            elif heads_kept is not None:
+                removed = _keep_heads_then_neurons(*args, heads_kept)
+            else:
+                removed = _remove_by_budget(*args, normalize=budget_split == "normalized")
         else:
             removed = set()
             for kind, sparsity, total in (
@@ -178,7 +203,14 @@ class PruningPlan:
             "uniform": uniform,
             **{k: v for k, v in {**targets, **budgets}.items() if v is not None},
         }
+        if budgets_given:
+            meta["budget_split"] = "heads_kept" if heads_kept is not None else budget_split
+            if heads_kept is not None:
+                meta["heads_kept"] = int(heads_kept)
         plan = cls(g, heads, neurons, meta)
+        if budgets_given:
+            done = plan.flops_removed(seq_len) if flops_budget is not None else plan.params_removed()
+            plan.meta["budget_met"] = bool(done >= budgets[budgets_given[0]] - 1e-9)
         if uniform and not plan.is_uniform():
             raise PlanError(
                 "uniform=True cannot be met: the model's layers already differ in what they keep (an earlier "
@@ -298,6 +330,7 @@ class PruningPlan:
 TARGET_NAMES = ("head_sparsity", "ffn_sparsity")
 BUDGET_NAMES = ("flops_budget", "params_budget")
 RANKINGS = ("global", "per_layer")
+BUDGET_SPLITS = ("ratio", "normalized")
 
 
 def _is_int(value) -> bool:
@@ -346,8 +379,12 @@ def validate_options(
     num_heads: int | None = None,
     attention_unit: str = HEAD,
     uniform: bool = False,
+    heads_kept: int | None = None,
+    budget_split: str = "ratio",
+    has_budget: bool | None = None,
 ) -> None:
-    """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known."""
+    """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known;
+    ``has_budget`` whether a FLOPs/parameter budget is given (None: not known here)."""
     if ranking not in RANKINGS:
         raise PlanError(f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}")
     if attention_unit not in ATTENTION_UNITS:
@@ -367,6 +404,37 @@ def validate_options(
         raise PlanError(
             "seq_len (flops_seq_len in GradPruneConfig: the sequence length FLOPs are counted at) must be an "
             f"integer >= 1, got {seq_len!r}"
+        )
+    if budget_split not in BUDGET_SPLITS:
+        raise PlanError(
+            f"budget_split must be one of {', '.join(map(repr, BUDGET_SPLITS))} (score per unit cost as is, or "
+            f"each kind's scores divided by its mean score per unit cost), not {budget_split!r}"
+        )
+    if budget_split != "ratio" and has_budget is False:
+        raise PlanError(
+            f"budget_split={budget_split!r} splits a flops_budget or params_budget between heads and neurons: "
+            "give one, or leave budget_split at 'ratio'"
+        )
+    if budget_split != "ratio" and uniform:
+        raise PlanError(
+            f"budget_split={budget_split!r} cannot be combined with uniform=True, which sweeps the per-layer head "
+            "count itself; leave budget_split at 'ratio'"
+        )
+    if heads_kept is None:
+        return
+    if not _is_int(heads_kept) or heads_kept < 0:
+        raise PlanError(f"heads_kept must be an integer >= 0 (query heads kept in total), got {heads_kept!r}")
+    if has_budget is False:
+        raise PlanError(
+            "heads_kept fixes how many heads a flops_budget or params_budget keeps; give one of those budgets "
+            "(for a head count alone, use head_sparsity)"
+        )
+    if uniform:
+        raise PlanError("heads_kept cannot be combined with uniform=True, which picks its own head count per layer")
+    if budget_split != "ratio":
+        raise PlanError(
+            "heads_kept fixes the split between heads and neurons; leave budget_split at 'ratio' "
+            f"(not {budget_split!r})"
         )
 
 
@@ -509,17 +577,28 @@ def _full_cost(g: Geometry, cost, kv_cost, fixed) -> float:
     return g.num_layers * per_layer
 
 
-def _remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads):
+def _remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, normalize=False):
     """Greedy by importance per unit of cost until ``fraction`` of the original block cost is gone.
 
     ``fixed`` is each layer's cost that no pruning removes (biases, norms); it counts in the total.
+    ``normalize`` divides each kind's importance per cost by the kind's mean (over all live atoms of the
+    kind), so scaling one kind's scores changes nothing.
     """
     full_cost = _full_cost(g, cost, kv_cost, fixed)
     removed, heads_left = set(), _sizes([a for a in atoms if a.kind == HEAD], g)
 
+    def price(a):
+        return a.size * cost[a.kind] + (0 if a.shared_kv else a.kv * kv_cost)
+
+    scale = {HEAD: 1.0, NEURON: 1.0}
+    if normalize:
+        for kind in scale:
+            values = [a.score / price(a) for a in atoms if a.kind == kind]
+            mean = sum(values) / len(values) if values else 0.0
+            scale[kind] = mean if mean > 0 else 1.0  # all-zero scores: nothing to rescale
+
     def ratio(a):
-        price = a.size * cost[a.kind] + (0 if a.shared_kv else a.kv * kv_cost)
-        return (a.score / price, a.layer, a.kind, a.rank, a.ids)
+        return (a.score / price(a) / scale[a.kind], a.layer, a.kind, a.rank, a.ids)
 
     groups = [atoms] if ranking == "global" else [[a for a in atoms if a.layer == i] for i in range(g.num_layers)]
     for group in groups:
@@ -535,6 +614,80 @@ def _remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_hea
             removed.add(a.key)
             current -= a.cost(cost, kv_cost)
             heads_left[a.layer] -= a.size if a.kind == HEAD else 0
+    return removed
+
+
+def _keep_heads_then_neurons(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, heads_kept):
+    """Keep the ``heads_kept`` most important (query) heads, then remove the least important neurons until
+    ``fraction`` of the original block cost is gone (or no neuron is left).
+
+    Heads and neurons are ranked within their kind only, so the scale between kinds never matters. Heads go
+    in atoms; an atom is kept while that brings the count no farther from ``heads_kept`` (ties keep it).
+    Under ``"per_layer"`` ranking each next atom goes to the layer keeping the fewest heads so far, and
+    neurons are removed from the layer with the most left, so layers stay as even as their live units allow.
+    """
+    head_atoms = [a for a in atoms if a.kind == HEAD]
+    live = _sizes(head_atoms, g)
+    floor = sum(min(min_heads, n) for n in live)
+    if heads_kept > sum(live):
+        raise PlanError(f"heads_kept={heads_kept} is more than the {sum(live)} heads the model has")
+    if heads_kept < floor:
+        raise PlanError(
+            f"heads_kept={heads_kept} is fewer than min_heads_per_layer={min_heads} allows ({floor} heads in "
+            "total): lower min_heads_per_layer or keep more heads"
+        )
+    rows = [[] for _ in range(g.num_layers)]
+    for a in sorted(head_atoms, key=_order_key, reverse=True):  # most important first (slices: last first)
+        rows[a.layer].append(a)
+    kept, count, taken = set(), [0] * g.num_layers, [0] * g.num_layers
+
+    def take(layer):
+        a = rows[layer][taken[layer]]
+        kept.add(a.key)
+        count[layer] += a.size
+        taken[layer] += 1
+
+    for layer in range(g.num_layers):  # min_heads_per_layer first: those heads stay whatever the count
+        while count[layer] < min_heads and taken[layer] < len(rows[layer]):
+            take(layer)
+    if ranking == "global":
+        rest = sorted((a for row, t in zip(rows, taken) for a in row[t:]), key=_order_key, reverse=True)
+        for a in rest:
+            if sum(count) + a.size / 2 <= heads_kept:
+                kept.add(a.key)
+                count[a.layer] += a.size
+    else:
+        while True:
+            open_layers = [i for i in range(g.num_layers) if taken[i] < len(rows[i])]
+            if not open_layers:
+                break
+            layer = min(open_layers, key=lambda i: (count[i], -rows[i][taken[i]].score, i))
+            if sum(count) + rows[layer][taken[layer]].size / 2 > heads_kept:
+                break
+            take(layer)
+    removed = {a.key for a in head_atoms if a.key not in kept}
+
+    # What is left of the budget goes to the neurons, least important first.
+    current = g.num_layers * fixed + sum(a.cost(cost, kv_cost) for a in atoms if a.key not in removed)
+    target = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed)
+    neuron_rows = [[] for _ in range(g.num_layers)]
+    for a in _order([a for a in atoms if a.kind == NEURON]):  # least important first
+        neuron_rows[a.layer].append(a)
+    if ranking == "global":
+        order = _order([a for row in neuron_rows for a in row])
+    else:  # round robin from the widest layer: as even as the live widths allow
+        order, left, pos = [], [len(row) for row in neuron_rows], [0] * g.num_layers
+        while any(p < len(row) for p, row in zip(pos, neuron_rows)):
+            open_layers = [i for i in range(g.num_layers) if pos[i] < len(neuron_rows[i])]
+            layer = max(open_layers, key=lambda i: (left[i], -neuron_rows[i][pos[i]].score, -i))
+            order.append(neuron_rows[layer][pos[layer]])
+            pos[layer] += 1
+            left[layer] -= 1
+    for a in order:
+        if current <= target + 1e-9:
+            break
+        removed.add(a.key)
+        current -= a.cost(cost, kv_cost)
     return removed
 
 

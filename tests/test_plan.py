@@ -275,3 +275,113 @@ def test_numpy_numbers_are_accepted_as_options_and_targets():
         validate_options(min_heads_per_layer=np.float64(1.0))
     with pytest.raises(PlanError, match="head_sparsity"):
         validate_targets(head_sparsity=np.bool_(True))
+
+
+# ---------------------------------------------------------------------- budget split (issue 12 §1)
+def _ranked_heads(s, top):
+    ranked = sorted(((v.item(), layer, i) for layer, t in enumerate(s.heads) for i, v in enumerate(t)), reverse=True)
+    return {(layer, i) for _, layer, i in ranked[:top]}
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.3])
+@pytest.mark.parametrize("k", [0, 5, 13, 24])
+def test_heads_kept_keeps_the_best_heads_then_the_best_neurons(budget, k):
+    s = scores()
+    plan = PruningPlan.from_scores(s, flops_budget=budget, heads_kept=k)
+    assert plan.num_heads == k
+    assert {(layer, i) for layer, h in enumerate(plan.heads) for i in h} == _ranked_heads(s, k)
+    removed = plan.flops_removed()
+    values = [(v.item(), i in plan.neurons[layer]) for layer, t in enumerate(s.neurons) for i, v in enumerate(t)]
+    kept, gone = [v for v, k in values if k], [v for v, k in values if not k]
+    if not gone:  # the heads removed meet the budget alone: no neuron goes
+        assert removed >= budget
+    elif plan.meta["budget_met"]:
+        one_neuron = 2 * 2 * G.hidden_size / (PruningPlan.full(G).block_flops() / 128)  # per-token share
+        assert budget <= removed + 1e-9 < budget + one_neuron
+        # the neurons kept are the most important ones, ranked among neurons only
+        assert kept and max(gone) <= min(kept)
+    else:  # the heads kept alone cost more than the budget leaves: every neuron goes, and the plan says so
+        assert plan.num_neurons == 0 and removed < budget
+    assert plan.meta["heads_kept"] == k and plan.meta["budget_split"] == "heads_kept"
+
+
+def test_heads_kept_beyond_the_budget_is_recorded_not_hidden():
+    plan = PruningPlan.from_scores(scores(), flops_budget=0.5, heads_kept=24)  # heads are ~85% of the FLOPs
+    assert plan.num_heads == 24 and plan.num_neurons == 0 and plan.meta["budget_met"] is False
+    assert PruningPlan.from_scores(scores(), flops_budget=0.5, heads_kept=8).meta["budget_met"] is True
+
+
+def test_heads_kept_per_layer_spreads_heads_evenly_and_honours_min_heads():
+    s = scores()
+    plan = PruningPlan.from_scores(s, params_budget=0.4, heads_kept=10, ranking="per_layer")
+    assert sorted(len(h) for h in plan.heads) == [2, 2, 3, 3]
+    for layer, h in enumerate(plan.heads):
+        assert set(h) == set(s.heads[layer].topk(len(h)).indices.tolist())
+    assert max(len(n) for n in plan.neurons) - min(len(n) for n in plan.neurons) <= 1
+    s.heads[2] = s.heads[2] * 1e-3
+    plan = PruningPlan.from_scores(s, flops_budget=0.4, heads_kept=6, min_heads_per_layer=1)
+    assert plan.num_heads == 6 and all(len(h) >= 1 for h in plan.heads)
+    with pytest.raises(PlanError, match="fewer than min_heads_per_layer"):
+        PruningPlan.from_scores(s, flops_budget=0.4, heads_kept=7, min_heads_per_layer=2)  # floor: 8
+    guarded = PruningPlan.from_scores(s, flops_budget=0.4, heads_kept=12, min_heads_per_layer=1)
+    assert guarded.num_heads == 12 and len(guarded.heads[2]) == 1
+
+
+def test_heads_kept_under_grouped_query_attention_rounds_to_slices():
+    gqa = Geometry(
+        "llama", num_layers=2, num_heads=8, head_dim=8, hidden_size=32, intermediate_size=40, num_key_value_heads=2
+    )
+    s = scores(geometry=gqa)
+    for k, realised in ((6, 6), (7, 8), (5, 6), (0, 0)):  # a slice: one head of each of the 2 groups; ties keep
+        plan = PruningPlan.from_scores(s, flops_budget=0.3, heads_kept=k)
+        assert plan.num_heads == realised
+    s.groups = [torch.rand(2, generator=torch.Generator().manual_seed(layer)) for layer in range(2)]
+    for k, realised in ((5, 4), (6, 8)):  # whole groups of 4 query heads
+        plan = PruningPlan.from_scores(s, flops_budget=0.3, heads_kept=k, attention_unit="kv_group")
+        assert plan.num_heads == realised and plan.num_kv_heads == realised // 4
+
+
+@pytest.mark.parametrize("kw", [dict(heads_kept=9), dict(budget_split="normalized"), dict(budget_split="ratio")])
+@pytest.mark.parametrize("ranking", ["global", "per_layer"])
+def test_heads_kept_and_normalized_do_not_depend_on_the_scale_of_head_scores(kw, ranking):
+    plans = []
+    for factor in (1.0, 1000.0, 1e-3):  # 1e-3: Taylor's imbalance, heads look cheap per FLOP
+        s = scores()
+        s.heads = [h * factor for h in s.heads]
+        plans.append(PruningPlan.from_scores(s, flops_budget=0.4, ranking=ranking, **kw))
+    assert all(p.meta["budget_met"] for p in plans)
+    shapes = {(str(p.heads), str(p.neurons)) for p in plans}
+    if kw.get("budget_split") == "ratio":  # the greedy by score per FLOP is scale-bound: the test can tell
+        assert len(shapes) > 1 and plans[2].num_heads < plans[1].num_heads
+    else:
+        assert len(shapes) == 1
+
+
+def test_normalized_split_compares_each_unit_with_its_own_kind():
+    s = scores()  # neurons' scores ~1/100 of heads': "ratio" removes neurons first, "normalized" mixes kinds
+    ratio = PruningPlan.from_scores(s, flops_budget=0.3)
+    norm = PruningPlan.from_scores(s, flops_budget=0.3, budget_split="normalized")
+    assert norm.meta["budget_split"] == "normalized" and norm.meta["budget_met"]
+    assert ratio.num_heads > norm.num_heads
+    assert norm.num_heads < 24 and norm.num_neurons > 0
+    assert 0.3 <= norm.flops_removed() + 1e-9
+    assert PruningPlan.from_scores(s, flops_budget=0.3).meta["budget_split"] == "ratio"
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(head_sparsity=0.5, heads_kept=3), "give one of those budgets"),
+        (dict(flops_budget=0.5, heads_kept=-1), "heads_kept must be an integer"),
+        (dict(flops_budget=0.5, heads_kept=2.0), "heads_kept must be an integer"),
+        (dict(flops_budget=0.5, heads_kept=25), "more than the 24 heads"),
+        (dict(flops_budget=0.5, budget_split="even"), "budget_split must be one of"),
+        (dict(head_sparsity=0.5, budget_split="normalized"), "give one"),
+        (dict(flops_budget=0.5, heads_kept=3, uniform=True), "uniform=True"),
+        (dict(flops_budget=0.5, budget_split="normalized", uniform=True), "uniform=True"),
+        (dict(flops_budget=0.5, heads_kept=3, budget_split="normalized"), "leave budget_split"),
+    ],
+)
+def test_bad_budget_split_options_are_refused_clearly(kw, match):
+    with pytest.raises(PlanError, match=match):
+        PruningPlan.from_scores(scores(), **kw)

@@ -1,0 +1,241 @@
+"""Run-time unit gates and the head-count search of a budget split (issue 12 §1). Gates are checked against
+models really cut by ``prune_model``; the search against the loss of its own candidates, recomputed here."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import batch, make, uneven_plan
+from test_llama import batch as llama_batch
+from test_llama import make_decoder
+from test_llama import uneven_plan as llama_uneven_plan
+
+from hf_gradprune import ImportanceScorer, PlanError, PruningPlan, prune_model
+from hf_gradprune.budget_split import plan_gates, search_budget_split, unit_gates
+from hf_gradprune.calibration import CalibrationError
+from hf_gradprune.state import pruning_state
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+
+def masked(x, inputs):
+    return torch.where(inputs["attention_mask"][..., None].bool(), x, 0) if x.dim() == 3 else x
+
+
+def cases():
+    return [
+        ("bert", "eager"),
+        ("bert", "sdpa"),
+        ("gpt2", "eager"),
+        ("llama", "eager"),
+        ("llama", "sdpa"),
+    ]
+
+
+def build(kind, attn):
+    if kind == "llama":
+        model = make_decoder("llama", gqa=True, attn=attn)
+        return model, llama_batch(), llama_uneven_plan(model)
+    model = make(kind, attn_implementation=attn)
+    return model, batch(kind), uneven_plan(model)
+
+
+@pytest.mark.parametrize("kind,attn", cases())
+def test_zero_gates_equal_the_pruned_model(kind, attn):
+    model, inputs, plan = build(kind, attn)
+    heads, neurons = plan_gates(model, plan)
+    with unit_gates(model, heads, neurons):
+        gated = logits(model, inputs)
+    dense = logits(model, inputs)
+    assert not torch.allclose(masked(gated, inputs), masked(dense, inputs), atol=1e-3)  # the gates did something
+    cut = copy.deepcopy(model)
+    prune_model(cut, plan)
+    torch.testing.assert_close(masked(gated, inputs), masked(logits(cut, inputs), inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_gates_on_a_pruned_model_use_its_live_positions():
+    model, inputs, plan = build("bert", "eager")
+    prune_model(model, plan)  # now the model's live units are a subset, in original ids
+    state = pruning_state(model)
+    second = PruningPlan(
+        state.geometry,
+        [h[:-1] if h else h for h in state.head_ids],
+        [n[1:] for n in state.neuron_ids],
+    )
+    heads, neurons = plan_gates(model, second)
+    assert [len(h) for h in heads] == [len(h) for h in state.head_ids]
+    with unit_gates(model, heads, neurons):
+        gated = logits(model, inputs)
+    cut = copy.deepcopy(model)
+    prune_model(cut, second)
+    torch.testing.assert_close(gated, logits(cut, inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_factors_one_change_nothing_and_scaling_scales():
+    model, inputs, _ = build("bert", "eager")
+    state = pruning_state(model)
+    ones_h = [torch.ones(len(h)) for h in state.head_ids]
+    ones_n = [torch.ones(len(n)) for n in state.neuron_ids]
+    dense = logits(model, inputs)
+    with unit_gates(model, ones_h, ones_n):
+        torch.testing.assert_close(logits(model, inputs), dense, atol=0, rtol=0)
+    # a factor 2 on one neuron equals doubling its output-projection column
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.bert.encoder.layer[1].output.dense.weight[:, 5] *= 2
+    factors = [None, torch.ones(len(state.neuron_ids[1])), None]
+    factors[1][5] = 2.0
+    with unit_gates(model, neurons=factors):
+        torch.testing.assert_close(logits(model, inputs), logits(ref, inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_hooks_are_removed_after_exit_and_after_an_exception():
+    model, inputs, plan = build("gpt2", "eager")
+    dense = logits(model, inputs)
+    heads, neurons = plan_gates(model, plan)
+    modules = [m for m in model.modules()]
+    with unit_gates(model, heads, neurons):
+        assert sum(len(m._forward_pre_hooks) for m in modules) > 0
+    assert sum(len(m._forward_pre_hooks) for m in modules) == 0
+    with pytest.raises(KeyError):
+        with unit_gates(model, heads, neurons):
+            raise KeyError("boom")
+    assert sum(len(m._forward_pre_hooks) for m in modules) == 0
+    torch.testing.assert_close(logits(model, inputs), dense, atol=0, rtol=0)
+
+
+def test_bad_factor_lengths_are_refused_before_any_hook():
+    model, _, _ = build("bert", "eager")
+    modules = list(model.modules())
+    with pytest.raises(ValueError, match="one entry per layer"):
+        with unit_gates(model, heads=[torch.ones(4)]):
+            pass
+    with pytest.raises(ValueError, match=r"neurons\[2\].*96"):
+        with unit_gates(model, heads=[torch.ones(4)] * 3, neurons=[None, None, torch.ones(95)]):
+            pass
+    assert sum(len(m._forward_pre_hooks) for m in modules) == 0
+
+
+def test_plan_gates_refuse_a_plan_from_another_model_or_units_already_gone():
+    model, _, plan = build("bert", "eager")
+    other = make("bert", num_attention_heads=8)
+    with pytest.raises(PlanError, match="another model"):
+        plan_gates(other, plan)
+    prune_model(model, plan)
+    with pytest.raises(PlanError, match="no longer has"):
+        plan_gates(model, PruningPlan.full(plan.geometry))
+
+
+# ---------------------------------------------------------------------- the search
+def scored(kind="bert", method="fisher", seed=0, **kw):
+    model = make(kind, seed=seed, **kw) if kind != "llama" else make_decoder("llama", gqa=True)
+    scorer = ImportanceScorer(model, method)
+    loader = calibration(kind)
+    with scorer:
+        for b in loader:
+            model(**b).loss.backward()
+            model.zero_grad(set_to_none=True)
+    return model, scorer.scores, loader
+
+
+def calibration(kind, n=3):
+    if kind == "llama":
+        out = []
+        for s in range(n):
+            b = llama_batch(seed=s + 1)
+            b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+            out.append(b)
+        return out
+    return [batch(kind, seed=s + 1) for s in range(n)]
+
+
+def recomputed_loss(model, plan, loader):
+    cut = copy.deepcopy(model)
+    prune_model(cut, plan)
+    with torch.no_grad():
+        return sum(float(cut(**b).loss) for b in loader) / len(loader)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_search_meets_the_budget_and_returns_its_best_candidate(kind):
+    model, scores, loader = scored(kind)
+    model.train()  # the search runs in eval mode and gives the flag back
+    plan, report = search_budget_split(model, scores, loader, flops_budget=0.5, num_candidates=4)
+    assert model.training
+    assert plan.flops_removed(plan.meta["seq_len"]) >= 0.5 - 1e-9 and plan.meta["budget_met"]
+    rows = report["candidates"]
+    assert len(rows) >= 3 and len({r["heads_kept"] for r in rows}) == len(rows)
+    best = min(r["loss"] for r in rows if r["budget_met"])
+    assert report["best"]["loss"] == best and plan.num_heads == report["best"]["heads_kept"]
+    assert plan.meta["budget_split"] == "search" and plan.meta["criterion"] == "loss"
+    # the reported loss is the loss of the model really cut to the plan
+    assert math.isclose(recomputed_loss(model.eval(), plan, loader), best, rel_tol=1e-4)
+    # and the head counts differ between candidates, so the choice was a real one
+    assert len({round(r["loss"], 6) for r in rows}) > 1
+
+
+def test_search_by_importance_keeps_the_most_importance():
+    model, scores, loader = scored("bert", "fisher")
+    plan, report = search_budget_split(model, scores, None, flops_budget=0.4, criterion="importance")
+    assert report["dense_loss"] is None and report["batches"] == 0
+    assert report["best"]["importance"] == max(r["importance"] for r in report["candidates"] if r["budget_met"])
+
+
+@pytest.mark.parametrize("criterion", ["loss", "importance"])
+def test_search_is_invariant_to_the_scale_of_head_scores(criterion):
+    model, scores, loader = scored("bert", "taylor")
+    plan, report = search_budget_split(model, scores, loader, flops_budget=0.5, criterion=criterion)
+    scaled = copy.deepcopy(scores)
+    scaled.heads = [h * 1000 for h in scaled.heads]
+    plan2, report2 = search_budget_split(model, scaled, loader, flops_budget=0.5, criterion=criterion)
+    if criterion == "loss":
+        assert (plan2.heads, plan2.neurons) == (plan.heads, plan.neurons)
+        assert [r["loss"] for r in report2["candidates"]] == [r["loss"] for r in report["candidates"]]
+    else:  # summed importance is not scale-free: scaling heads makes keeping heads win (why: fisher only)
+        assert plan2.num_heads >= plan.num_heads
+
+
+def test_search_refuses_bad_input_before_any_forward():
+    model, scores, loader = scored("bert")
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(PlanError, match="flops_budget or params_budget"):
+        search_budget_split(model, scores, loader)
+    with pytest.raises(CalibrationError, match="no batch"):
+        search_budget_split(model, scores, [], flops_budget=0.5)
+    other, other_scores, _ = scored("bert", num_attention_heads=8)
+    with pytest.raises(PlanError, match="another model"):
+        search_budget_split(model, other_scores, loader, flops_budget=0.5)
+    with pytest.raises(PlanError, match="heads_kept"):
+        search_budget_split(model, scores, loader, flops_budget=0.5, heads_kept=3)
+    with pytest.raises(PlanError, match="criterion"):
+        search_budget_split(model, scores, loader, flops_budget=0.5, criterion="accuracy")
+    with pytest.raises(PlanError, match="ranking"):
+        search_budget_split(model, scores, loader, flops_budget=0.5, ranking="sideways")
+    assert calls == []
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, uneven_plan(model))
+    with pytest.raises(PlanError, match="before this model was pruned"):
+        search_budget_split(pruned, scores, loader, flops_budget=0.5)
+
+
+def test_a_loss_that_is_nan_on_every_batch_is_named():
+    model, scores, loader = scored("bert")
+    with pytest.raises(CalibrationError, match="NaN or inf on every"):
+        search_budget_split(model, scores, loader, flops_budget=0.5, loss_fn=lambda m, b: m(**b).loss * float("nan"))
+
+
+def test_unlabelled_classifier_batches_are_scored_against_the_unpruned_predictions():
+    model, scores, loader = scored("bert")
+    unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b in loader]
+    plan, report = search_budget_split(model, scores, unlabelled, flops_budget=0.5, num_candidates=3)
+    assert report["dense_loss"] > 0  # against its own argmax the loss of the dense model is not that of a label
+    with torch.no_grad():
+        relabelled = [{**b, "labels": model(**b).logits.argmax(-1)} for b in unlabelled]
+    assert math.isclose(recomputed_loss(model, plan, relabelled), report["best"]["loss"], rel_tol=1e-4)
