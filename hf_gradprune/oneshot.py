@@ -1,0 +1,200 @@
+"""The retraining-free path in one call: score, split the budget, rearrange, prune, reconstruct.
+
+It follows Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Transformers"): Fisher scores
+from unlabelled calibration data, a head-count search for the budget split, a greedy mask rearrangement
+within layers, and a layer-wise least-squares reconstruction against the model before the prune. Each
+step can be switched off; the report says what each did and how long it took.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .calibration import CalibrationError, LossFn, calibration_batches, model_loss
+from .plan import PlanError, PruningPlan, validate_targets
+from .reconstruct import ReconstructionReport
+from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
+from .scores import GRADIENT_METHODS, METHODS, Scores
+from .scoring import ImportanceScorer
+from .state import pruning_state, unwrap_model
+from .surgery import current_plan, prune_model
+from .units import HEAD
+
+SPLITS = ("search", "ratio", "normalized")
+
+
+@dataclass
+class OneShotReport:
+    """What ``prune_oneshot`` did: the plan, each step's own report, and the seconds each step took."""
+
+    plan: PruningPlan
+    scores: Scores | None = None
+    split: dict | None = None  # the budget search's candidate table (split="search")
+    rearrangement: list | None = None  # per layer and kind: objective before / after
+    reconstruction: ReconstructionReport | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "plan": self.plan.to_dict(),
+            "split": self.split,
+            "rearrangement": self.rearrangement,
+            "reconstruction": None if self.reconstruction is None else self.reconstruction.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+def prune_oneshot(
+    model: nn.Module,
+    calibration: Iterable,
+    *,
+    flops_budget: float | None = None,
+    params_budget: float | None = None,
+    head_sparsity: float | None = None,
+    ffn_sparsity: float | None = None,
+    method: str = "fisher",
+    plan: PruningPlan | None = None,
+    split: str = "search",
+    rearrange: bool = True,
+    reconstruct: bool = True,
+    bias_compensation: bool = False,
+    scoring_batches: int | None = None,
+    search_batches: int = 4,
+    reconstruct_batches: int | None = None,
+    loss_fn: LossFn | None = None,
+    seq_len: int = 128,
+    **plan_options,
+) -> tuple[nn.Module, OneShotReport]:
+    """Prune ``model`` in place without retraining; returns it and a ``OneShotReport``.
+
+    Args:
+        calibration: batches of model inputs (dicts; labels optional, see ``calibration.model_loss``).
+            Scoring uses the first ``scoring_batches`` (all by default), the budget search the first
+            ``search_batches``, reconstruction the first ``reconstruct_batches`` (all by default).
+        flops_budget / params_budget / head_sparsity / ffn_sparsity: the target, as in
+            ``PruningPlan.from_scores``. Or give a ready ``plan`` (then no scoring unless rearranging).
+        method: the importance score (``fisher`` by default, as Kwon et al.).
+        split: how a budget is split between heads and neurons: ``"search"`` (measure the calibration
+            loss of candidate head counts), ``"ratio"`` (greedy by score per cost) or ``"normalized"``.
+        rearrange: Kwon's greedy swap within each layer (gradient methods only).
+        reconstruct: least-squares rescaling of every pruned layer against a copy of the model
+            taken before the prune (the copy costs one model's memory while it runs).
+        loss_fn: ``loss_fn(model, batch) -> loss`` for scoring and the search, instead of the default.
+        plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...).
+
+    Everything is checked before the model changes: the targets, the method, a given plan's model,
+    the calibration data (an empty loader, a loss that is NaN on every batch).
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    inner = unwrap_model(model, allow_distributed=False)
+    state = pruning_state(inner)
+    if method not in METHODS:
+        raise ValueError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, not {split!r}")
+    targets = dict(
+        flops_budget=flops_budget, params_budget=params_budget, head_sparsity=head_sparsity, ffn_sparsity=ffn_sparsity
+    )
+    if plan is not None:
+        if any(v is not None for v in targets.values()):
+            raise PlanError("give either a plan or a target (flops_budget, ...), not both")
+        if not isinstance(plan, PruningPlan):
+            raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
+        if plan.geometry != state.geometry:
+            raise PlanError(
+                "this plan is for another model: its geometry differs from the model's "
+                f"({plan.geometry} vs {state.geometry}); make the plan from this model's scores"
+            )
+    else:
+        validate_targets(**targets)
+    rearrange = rearrange and method in GRADIENT_METHODS
+    batches = list(calibration_batches(calibration, inner))
+    if reconstruct:
+        # fails here, before any change, if the family cannot say where its sub-layers end
+        state.adapter.residual_output(state.layers[0], HEAD)
+
+    scores, scorer = None, None
+    needs_scores = plan is None or rearrange
+    if needs_scores:
+        t = time.perf_counter()
+        scorer, scores = _score(inner, batches[:scoring_batches], method, loss_fn, record=rearrange)
+        seconds["score"] = time.perf_counter() - t
+    split_report = None
+    if plan is None:
+        t = time.perf_counter()
+        budget = flops_budget is not None or params_budget is not None
+        options = {"seq_len": seq_len, **plan_options}
+        if budget and split == "search":
+            from .budget_split import search_budget_split
+
+            plan, split_report = search_budget_split(
+                inner,
+                scores,
+                batches[:search_batches],
+                flops_budget=flops_budget,
+                params_budget=params_budget,
+                loss_fn=loss_fn,
+                **options,
+            )
+        else:
+            if budget:
+                options["budget_split"] = split
+            plan = PruningPlan.from_scores(scores, **targets, **options)
+        seconds["split"] = time.perf_counter() - t
+    plan = plan.intersect(current_plan(inner))
+    rearrangement = None
+    if rearrange:
+        from .rearrange import rearrange_plan
+
+        t = time.perf_counter()
+        plan, rearrangement = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)
+        seconds["rearrange"] = time.perf_counter() - t
+
+    dense = copy.deepcopy(inner) if reconstruct else None
+    t = time.perf_counter()
+    prune_model(inner, plan)
+    seconds["prune"] = time.perf_counter() - t
+    report = OneShotReport(plan=plan, scores=scores, split=split_report, rearrangement=rearrangement)
+    if reconstruct:
+        t = time.perf_counter()
+        report.reconstruction = reconstruct_layers(
+            inner, dense, batches[:reconstruct_batches], bias_compensation=bias_compensation
+        )
+        seconds["reconstruct"] = time.perf_counter() - t
+        del dense
+    seconds["total"] = time.perf_counter() - start
+    report.seconds = seconds
+    return model, report
+
+
+def _score(model, batches, method, loss_fn, *, record: bool):
+    """Scores of the live units on ``batches`` (eval mode); the model's own ``.grad`` are left as they were."""
+    kwargs = {"record_batches": True} if record else {}
+    scorer = ImportanceScorer(model, method, **kwargs)
+    if method not in GRADIENT_METHODS:
+        return scorer, scorer.scores
+    saved = {p: p.grad for p in model.parameters()}
+    was_training = model.training
+    model.eval()
+    try:
+        with scorer:
+            for batch in batches:
+                for p in saved:
+                    p.grad = None
+                model_loss(model, batch, loss_fn).backward()
+    finally:
+        for p, g in saved.items():
+            p.grad = g
+        model.train(was_training)
+    if scorer.num_examples == 0:
+        raise CalibrationError(
+            f"the loss was NaN or infinite on every calibration batch ({scorer.skipped_batches} batches): "
+            "nothing can be scored; check the data (labels in range?) and the loss_fn"
+        )
+    return scorer, scorer.scores
