@@ -1,9 +1,14 @@
 """hf_gradprune: gradient-based structured pruning of attention heads and FFN neurons for transformers v5."""
 
 from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, register_adapter, supported_model_types
+from .budget_split import search_budget_split, unit_gates
+from .calibration import CalibrationError
 from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
+from .oneshot import OneShotReport, prune_oneshot
 from .plan import PlanError, PruningPlan
+from .rearrange import rearrange_plan
+from .reconstruct import ReconstructionError, ReconstructionReport, reconstruct
 from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
 from .scoring import ImportanceScorer
 from .surgery import current_plan, prune_model, summarize
@@ -18,13 +23,17 @@ __all__ = [
     "HEAD",
     "KV_GROUP",
     "NEURON",
+    "CalibrationError",
     "CheckpointError",
     "FamilyAdapter",
     "FolderMismatchError",
     "Geometry",
     "ImportanceScorer",
+    "OneShotReport",
     "PlanError",
     "PruningPlan",
+    "ReconstructionError",
+    "ReconstructionReport",
     "Scores",
     "ScoresError",
     "UnitCosts",
@@ -36,10 +45,15 @@ __all__ = [
     "load_pruned",
     "prune_heads",
     "prune_model",
+    "prune_oneshot",
+    "rearrange_plan",
+    "reconstruct",
     "register_adapter",
     "save_pruned",
+    "search_budget_split",
     "summarize",
     "supported_model_types",
+    "unit_gates",
 ]
 
 from .gradprune_config import GradPruneConfig  # noqa: E402
