@@ -11,7 +11,8 @@
    dense model), recovers, evaluates, saves the Hub-ready folder and the report, and prints the summary.
 
 Everything downloaded or prepared is kept under ``--cache_dir`` (default ``.cache/quickstart``) and reused.
-Extra arguments go to run_glue_prune.py, e.g. ``python examples/quickstart.py --head_sparsity 0.3``.
+Extra arguments go to run_glue_prune.py, e.g. ``python examples/quickstart.py --head_sparsity 0.3``, or
+``--reconstruct true`` to add layer-wise reconstruction after the prune (off by default).
 """
 
 from __future__ import annotations

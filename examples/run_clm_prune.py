@@ -3,7 +3,8 @@ wikitext (or your text files) with GradPruneTrainer.
 
 Follows transformers' ``examples/pytorch/language-modeling/run_clm.py``: texts are tokenized, concatenated
 and cut into blocks of ``--block_size`` tokens with labels = input_ids. Reports perplexity of the dense
-model, of the pruned model before recovery and after recovery; writes ``all_results.json``, the Hub-ready
+model, of the pruned model before recovery (and, with ``--reconstruct true``, after layer-wise
+reconstruction) and after recovery; writes ``all_results.json``, the Hub-ready
 pruned folder with its model card, and a pruning report (JSON, heat map of heads kept, bar chart of FFN
 neurons kept, measured dense-vs-pruned latency on this machine).
 

@@ -1,7 +1,8 @@
 """Prune a BERT-family model on a GLUE task (or your CSV/JSON files) with GradPruneTrainer.
 
 Follows transformers' ``examples/pytorch/text-classification/run_glue.py``. Evaluates the dense model,
-the pruned model before recovery and after recovery; writes ``all_results.json``, the Hub-ready pruned
+the pruned model before recovery (and, with ``--reconstruct true``, after layer-wise reconstruction) and
+after recovery; writes ``all_results.json``, the Hub-ready pruned
 folder with its model card, and a pruning report (JSON, heat map of heads kept, bar chart of FFN
 neurons kept, measured dense-vs-pruned latency on this machine).
 

@@ -135,7 +135,8 @@ def prune_and_report(
     """The example scripts' run once data and model are ready: the optional dense fine-tune, evaluate the
     dense model, prune and recover with ``GradPruneTrainer``, evaluate again, save the Hub folder, then (main
     process) measure latency, write the reports and print the summary. Fills and returns ``results``, flat
-    in the key scheme of ``run_report`` (``dense_accuracy``, ``pruned_accuracy``, ``recovered_accuracy``, ...).
+    in the key scheme of ``run_report`` (``dense_accuracy``, ``pruned_accuracy``, ``recovered_accuracy``, ...;
+    with ``reconstruct`` on, also ``reconstructed_accuracy``: the one-shot model after reconstruction).
 
     ``stage_extras(metrics, stage)`` returns more metrics of a stage from its evaluation (e.g. perplexity
     from the loss).
@@ -162,7 +163,12 @@ def prune_and_report(
         stages["dense"] = trainer.evaluate(metric_key_prefix="dense")
     results.update(stage_metrics(trainer.train().metrics, "train"))
     if trainer.pruned_metrics:
-        stages["pruned"] = trainer.pruned_metrics[-1]  # GradPruneTrainer evaluates with the prefix "pruned"
+        # GradPruneTrainer evaluates with the prefix "pruned" (and "reconstructed" after reconstruction) in
+        # one entry per round; copies, so the stage extras below do not write into the trainer's record.
+        last = trainer.pruned_metrics[-1]
+        stages["pruned"] = dict(last)
+        if stage_metrics(last, "reconstructed"):
+            stages["reconstructed"] = dict(last)
     if trainer.eval_dataset is not None:
         stages["recovered"] = trainer.evaluate(metric_key_prefix="recovered")
     if stage_extras is not None:

@@ -20,7 +20,9 @@ class GradPruneConfig(TrainingArguments):
     ``prune_end_step`` on a cubic sparsity ramp, Zhu & Gupta 2017), each preceded by ``scoring_steps``
     training batches during which importance is accumulated. A schedule that cannot run in full (a round
     after the last step, too few batches to score) is an error, here when ``max_steps`` is given, else at
-    the start of ``GradPruneTrainer.train``.
+    the start of ``GradPruneTrainer.train``. With ``reconstruct``, every prune is followed, before
+    recovery, by layer-wise least-squares reconstruction against the model just before that prune, on
+    ``reconstruct_batches`` training batches.
     """
 
     importance: str = field(default="taylor", metadata={"help": f"Importance method: {' | '.join(METHODS)}."})
@@ -110,6 +112,25 @@ class GradPruneConfig(TrainingArguments):
         default=False,
         metadata={"help": "Evaluate right after each prune, before recovery (metrics prefixed 'pruned')."},
     )
+    reconstruct: bool = field(
+        default=False,
+        metadata={
+            "help": "After each prune, before recovery, rescale the kept units of every pruned layer by least "
+            "squares so the pruned model reproduces the model before the prune on calibration batches from the "
+            "training data (Kwon et al. 2022); no labels needed."
+        },
+    )
+    reconstruct_batches: int = field(
+        default=16,
+        metadata={"help": "reconstruct: training batches used as calibration data (labels are ignored)."},
+    )
+    bias_compensation: bool = field(
+        default=False,
+        metadata={
+            "help": "reconstruct: also move the removed units' mean contribution into the output projection's "
+            "bias (FLAP, An et al. 2024). Measured to hurt more often than help; off by default."
+        },
+    )
     model_card_dataset: str | None = field(default=None, metadata={"help": "Dataset name written in the model card."})
     model_card_task: str | None = field(default=None, metadata={"help": "Task name written in the model card."})
 
@@ -154,6 +175,16 @@ class GradPruneConfig(TrainingArguments):
             _fail(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:
             _fail("distill_temperature must be > 0")
+        for name in ("reconstruct", "bias_compensation"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(f"{name} must be True or False, got {getattr(self, name)!r}")
+        batches = self.reconstruct_batches
+        if isinstance(batches, bool) or not (isinstance(batches, int) and batches >= 1):
+            _fail(f"reconstruct_batches must be an integer >= 1, got {batches!r}")
+        if self.bias_compensation and not self.reconstruct:
+            _fail("bias_compensation is part of the reconstruction after each prune: set reconstruct=True too")
+        if self.reconstruct and self.pruning_schedule == "none":
+            _fail("reconstruct=True rebuilds layers after a prune, but pruning_schedule='none' prunes nothing")
 
     def _targets(self) -> dict:
         return {name: getattr(self, name) for name in (*TARGET_NAMES, *BUDGET_NAMES) if getattr(self, name) is not None}

@@ -6,9 +6,14 @@ pruned checkpoint's shapes, and prune before training when a round is at step 0)
 ``compute_loss`` (distillation), ``log``, ``save_model`` and ``create_model_card``. The training loop
 itself is transformers' own.
 
+With ``reconstruct`` on, each prune is followed by layer-wise least-squares reconstruction
+(``reconstruct.py``) against the model just before the prune, on the first ``reconstruct_batches``
+training batches; its report is logged and saved with the round.
+
 After every prune the optimizer and LR scheduler are rebuilt for the new parameters. AdamW state is
 carried over for every parameter that the prune did not touch (embeddings, norms, heads, untouched
-layers); the sliced projections start with fresh moments. The LR schedule continues where it was.
+layers); the sliced projections, and those reconstruction rescaled, start with fresh moments. The LR
+schedule continues where it was.
 Under DDP the model is re-wrapped by Accelerate, so the wrapper never holds stale parameters.
 """
 
@@ -31,9 +36,12 @@ from .gradprune_config import GradPruneConfig
 from .model_card import write_model_card
 from .modeling_gradprune import CONFIG_KEY
 from .plan import PruningPlan, validate_options
+from .reconstruct import ReconstructionReport, reconstruct
 from .scores import GRADIENT_METHODS, Scores
 from .scoring import ImportanceScorer
+from .state import pruning_state
 from .surgery import current_plan, prune_model
+from .units import HEAD
 
 logger = logging.get_logger(__name__)
 
@@ -122,7 +130,10 @@ class GradPruneTrainer(Trainer):
         self._rewrapped = False
         self._user_loss_scaled_for_ga = self.loss_is_scaled_for_ga
         self._distill_sum, self._distill_count = 0.0, 0
-        self.pruned_metrics: list[dict] = []  # evaluate_after_prune results, one entry per round
+        # evaluate_after_prune results, one entry per round ("pruned_*", and "reconstructed_*" with reconstruct)
+        self.pruned_metrics: list[dict] = []
+        # reconstruct: one entry per round, {"round", "step", **ReconstructionReport.to_dict()}
+        self.reconstruction_reports: list[dict] = []
         self._pending_logs: list[dict] = []  # a prune before training is logged once the Trainer's state exists
 
     # ------------------------------------------------------------------ schedule
@@ -271,24 +282,100 @@ class GradPruneTrainer(Trainer):
         plan = plan.intersect(current_plan(self.model))
         # Kept in config.gradprune["history"] and the round's plan.json: which round of the schedule this was.
         plan.meta.update(round=self._rounds_done + 1, step=self.state.global_step, schedule=args.pruning_schedule)
+        reference = None  # reconstruct: the model just before this prune
         if self.teacher is None and args.effective_distill_alpha > 0:
             self.teacher = self._freeze(self.model)
+            reference = self.teacher  # frozen just now: exactly the model before this prune, no second copy
             if self.state.global_step > 0 and args.should_save:
                 # Needed to resume: the checkpoints after this point hold only the pruned model.
                 self.teacher.save_pretrained(os.path.join(args.output_dir, TEACHER_DIR))
+        if args.reconstruct and reference is None:
+            # A teacher from an earlier round (or given by the user) is not this round's starting point.
+            reference = self._freeze(self.model)
         prune_model(self.model, plan)
         self._scorer = None
         self._rounds_done += 1
-        if self.optimizer is not None:
-            self._rebuild_optimizer()
+        evaluate = args.evaluate_after_prune and self.eval_dataset is not None
+        entry = {"round": self._rounds_done, "step": self.state.global_step}
+        rescaled: set[int] = set()
+        report = None
+        if args.reconstruct:
+            if evaluate:  # the one-shot model, before reconstruction changes it
+                entry.update(self.evaluate(metric_key_prefix="pruned"))
+            report, rescaled = self._reconstruct(reference)
+        del reference  # a copy made for this round is dropped here; the teacher stays
+        if self.optimizer is not None:  # after reconstruction: the optimizer sees the final parameters
+            self._rebuild_optimizer(fresh=rescaled)
         if self.accelerator.num_processes > 1 and self.model_wrapped is not self.model:
             self._rewrap()
-        self._report_round(scores, plan)
-        if args.evaluate_after_prune and self.eval_dataset is not None:
-            metrics = self.evaluate(metric_key_prefix="pruned")
-            self.pruned_metrics.append({"round": self._rounds_done, "step": self.state.global_step, **metrics})
+        self._report_round(scores, plan, report)
+        if evaluate:
+            entry.update(self.evaluate(metric_key_prefix="reconstructed" if args.reconstruct else "pruned"))
+            self.pruned_metrics.append(entry)
 
-    def _rebuild_optimizer(self) -> None:
+    def _calibration_batches(self) -> list[dict]:
+        """The first ``reconstruct_batches`` training batches, prepared as the training loop prepares them."""
+        loader = self.get_train_dataloader()
+        batches = []
+        for inputs in loader:
+            if len(batches) >= self.args.reconstruct_batches:
+                break
+            batches.append(self._prepare_inputs(inputs))
+        forget_prepared(self.accelerator, loader)  # a one-off pass: the training loop prepares its own loader
+        return batches
+
+    def _reconstruct(self, reference) -> tuple[ReconstructionReport, set[int]]:
+        """Reconstruct the just-pruned model against ``reference``; log and keep the report. Returns it and
+        the ids of the parameters it changed in place."""
+        args = self.args
+        report = reconstruct(
+            self.model, reference, self._calibration_batches(), bias_compensation=args.bias_compensation
+        )
+        distributed = self.accelerator.num_processes > 1
+        if distributed:
+            # Each process calibrated on its own shard of the data, so scales (and which sub-layers were
+            # skipped) differ: every process takes the main process's report and, below, its weights, so all
+            # keep one model (DDP would also sync the weights from rank 0 when it re-wraps the model).
+            import torch.distributed as dist
+
+            shared = [report]
+            dist.broadcast_object_list(shared, src=0)
+            report = shared[0]
+        state = pruning_state(self.accelerator.unwrap_model(self.model))
+        changed = []
+        for r in report.sublayers:
+            if r.skipped:
+                continue
+            layer = state.layers[r.layer]
+            proj = state.adapter.attention_output(layer) if r.kind == HEAD else state.adapter.ffn_output(layer)
+            changed.append(proj.weight)
+            if r.bias_compensated:
+                changed.append(proj.bias)
+        if distributed:
+            for p in changed:  # the same list on every process: it follows the main process's report
+                dist.broadcast(p.data, src=0)
+        finite = [r for r in report.sublayers if r.error_before == r.error_before]  # "no units left" is NaN
+        before = sum(r.error_before for r in finite)
+        after = sum(r.error_after for r in finite)
+        logger.info(
+            "hf_gradprune round %d: reconstruction on %d tokens in %.1f s, error summed over sub-layers %.4g -> "
+            "%.4g, %d of %d sub-layers skipped",
+            self._rounds_done,
+            report.tokens,
+            report.seconds,
+            before,
+            after,
+            len(report.skipped),
+            len(report.sublayers),
+        )
+        self.reconstruction_reports.append(
+            {"round": self._rounds_done, "step": self.state.global_step, **report.to_dict()}
+        )
+        return report, {id(p) for p in changed}
+
+    def _rebuild_optimizer(self, fresh: set[int] = frozenset()) -> None:
+        """New optimizer and scheduler for the pruned parameters; AdamW moments are kept for every parameter
+        the prune left as it was, except those whose id is in ``fresh`` (changed in place)."""
         old_opt, old_sched = self.optimizer, self.lr_scheduler
         old_inner = getattr(old_opt, "optimizer", old_opt)
         self.optimizer = None
@@ -296,7 +383,11 @@ class GradPruneTrainer(Trainer):
         new_inner = self.optimizer
         for group in new_inner.param_groups:
             for p in group["params"]:
-                if p in old_inner.state:  # untouched parameter: same tensor object, keep its moments
+                # Untouched parameter: same tensor object, keep its moments. Projections that reconstruction
+                # rescaled in place are the same objects, but start fresh like the sliced ones: their moments
+                # were gathered for weights up to max_scale times different, and the first steps would
+                # follow that stale direction (one-shot prunes slice every projection they rescale anyway).
+                if p in old_inner.state and id(p) not in fresh:
                     new_inner.state[p] = old_inner.state[p]
         forget_prepared(self.accelerator, old_opt)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
@@ -315,7 +406,7 @@ class GradPruneTrainer(Trainer):
         self.model_wrapped = self.accelerator.prepare_model(self.model)
         self._rewrapped = True
 
-    def _report_round(self, scores: Scores, plan: PruningPlan) -> None:
+    def _report_round(self, scores: Scores, plan: PruningPlan, report: ReconstructionReport | None = None) -> None:
         args, dense = self.args, self.dense_plan
         seq = args.flops_seq_len
         params = sum(p.numel() for p in self.model.parameters())
@@ -331,6 +422,17 @@ class GradPruneTrainer(Trainer):
             "prune/block_flops_dense": dense.block_flops(seq),
             "prune/examples_scored": scores.num_examples,
         }
+        if report is not None:
+            finite = [r for r in report.sublayers if r.error_before == r.error_before]
+            logs.update(
+                {
+                    "prune/reconstruct_tokens": report.tokens,
+                    "prune/reconstruct_seconds": round(report.seconds, 3),
+                    "prune/reconstruct_error_before": sum(r.error_before for r in finite),
+                    "prune/reconstruct_error_after": sum(r.error_after for r in finite),
+                    "prune/reconstruct_skipped": len(report.skipped),
+                }
+            )
         if self.state.global_step == 0 and not self.is_in_train:
             self._pending_logs.append(logs)
         else:
@@ -344,6 +446,12 @@ class GradPruneTrainer(Trainer):
             plan.to_json(os.path.join(folder, "plan.json"))
             with open(os.path.join(folder, "summary.txt"), "w") as f:
                 f.write(plan.summary(seq) + "\n")
+                if report is not None:
+                    f.write("\nLayer-wise reconstruction (error: mean squared, residual stream vs before the prune)\n")
+                    f.write(report.summary() + "\n")
+            if report is not None:
+                with open(os.path.join(folder, "reconstruction.json"), "w") as f:
+                    json.dump(self.reconstruction_reports[-1], f, indent=2)
         logger.info(
             "hf_gradprune round %d at step %d:\n%s", self._rounds_done, self.state.global_step, plan.summary(seq)
         )

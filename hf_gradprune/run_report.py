@@ -2,7 +2,8 @@
 summary tables that the example scripts print.
 
 Result keys are flat, ``<stage>_<metric>``. The stage is one of ``STAGES``: ``dense`` (before pruning),
-``pruned`` (just after the cut, before recovery), ``recovered`` (after recovery training). The metric is
+``pruned`` (just after the cut, before recovery), ``reconstructed`` (after layer-wise reconstruction, when
+``reconstruct`` is on; the stage is absent otherwise), ``recovered`` (after recovery training). The metric is
 named as ``evaluate`` or the Trainer names it: ``accuracy``, ``f1``, ``matthews_correlation``, ``pearson``,
 ``spearmanr``, ``loss``, ``perplexity``, ... So ``grep recovered_ all_results.json`` lists the final model's
 numbers, and ``grep _accuracy`` follows one metric through the stages.
@@ -17,7 +18,9 @@ from .latency import latency_comparison
 from .plots import plot_plan
 from .surgery import current_plan
 
-STAGES = ("dense", "pruned", "recovered")
+STAGES = ("dense", "pruned", "reconstructed", "recovered")
+# Stages only some runs have: a summary table shows their column only when they were evaluated.
+OPTIONAL_STAGES = ("reconstructed",)
 # Trainer.evaluate adds these to every evaluation: all_results.json keeps them, the card and summary do not
 TIMINGS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
 
@@ -71,8 +74,14 @@ def summary_table(rows: list[tuple], headers: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def stage_columns(stages: dict[str, dict]) -> tuple[str, ...]:
+    """The stages a metrics table shows, in ``STAGES`` order: every stage, except an optional one that
+    ``stages`` lacks (a run without reconstruction has no "reconstructed" column)."""
+    return tuple(s for s in STAGES if s not in OPTIONAL_STAGES or s in stages)
+
+
 def metric_rows(stages: dict[str, dict]) -> list[tuple]:
-    """One row per metric, one column per stage in ``STAGES``; ``stages`` maps a stage to its evaluation."""
+    """One row per metric, one column per stage of ``stage_columns``; ``stages`` maps a stage to its evaluation."""
     names: list[str] = []
     for stage, metrics in stages.items():
         for key in stage_metrics(metrics, stage, timings=False):
@@ -84,7 +93,7 @@ def metric_rows(stages: dict[str, dict]) -> list[tuple]:
         value = stages.get(stage, {}).get(f"{stage}_{name}")
         return "" if value is None else f"{value:.2f}" if name.endswith("perplexity") else f"{value:.4f}"
 
-    return [(name, *(cell(stage, name) for stage in STAGES)) for name in names]
+    return [(name, *(cell(stage, name) for stage in stage_columns(stages))) for name in names]
 
 
 def size_and_latency_rows(results: dict, dense_plan, plan, report: dict) -> list[tuple]:
@@ -117,7 +126,7 @@ def format_summary(stages: dict[str, dict], results: dict, dense_plan, plan, rep
     tables = []
     rows = metric_rows(stages)
     if rows:
-        tables.append(summary_table(rows, ("metric", *STAGES)))
+        tables.append(summary_table(rows, ("metric", *stage_columns(stages))))
     tables.append(summary_table(size_and_latency_rows(results, dense_plan, plan, report), ("", "dense", "pruned")))
     return "\n\n".join(tables)
 
@@ -125,7 +134,8 @@ def format_summary(stages: dict[str, dict], results: dict, dense_plan, plan, rep
 def write_run_report(trainer, dense_model, results: dict, batch_sizes: str, seq_len: int, repeats: int) -> dict:
     """The example scripts' ending on the main process: latency dense vs pruned, ``pruning_report.json`` with
     the plots, and ``all_results.json`` (every numeric entry of ``results``). Fills ``results``
-    (``latency``, ``dense_params``, ``pruned_params``, ``report``); returns the report."""
+    (``latency``, ``dense_params``, ``pruned_params``, ``report``); returns the report. With reconstruction
+    on, the report also holds every round's reconstruction report (``reconstruction``)."""
     plan = current_plan(trainer.model)
     sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     latency = latency_comparison(dense_model.to(trainer.model.device), trainer.model, sizes, seq_len, repeats)
@@ -137,7 +147,11 @@ def write_run_report(trainer, dense_model, results: dict, batch_sizes: str, seq_
     results.update({f"{stage}_params": n for stage, n in params.items()})
     folder = trainer.args.output_dir
     metrics = {k: v for k, v in results.items() if k != "latency"}
-    report = write_pruning_report(folder, trainer.dense_plan, plan, metrics, latency, extra={"params": params})
+    extra = {"params": params}
+    reconstruction = getattr(trainer, "reconstruction_reports", None)
+    if reconstruction:  # per round: tokens, seconds, each sub-layer's error before and after
+        extra["reconstruction"] = reconstruction
+    report = write_pruning_report(folder, trainer.dense_plan, plan, metrics, latency, extra=extra)
     results["report"] = os.path.join(folder, "pruning_report.json")
     trainer.save_metrics("all", {k: v for k, v in results.items() if _is_number(v)})
     return report

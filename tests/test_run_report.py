@@ -24,7 +24,7 @@ def test_reporting_is_split_into_one_module_per_job():
 
 
 def test_stages_and_keys():
-    assert STAGES == ("dense", "pruned", "recovered")
+    assert STAGES == ("dense", "pruned", "reconstructed", "recovered")
     evaluation = {"pruned_accuracy": 0.5, "pruned_loss": 1.0, "round": 1, "epoch": 2.0, "pruned_ok": True}
     assert stage_metrics(evaluation, "pruned") == {"pruned_accuracy": 0.5, "pruned_loss": 1.0}
 
@@ -43,6 +43,23 @@ def test_metric_rows_have_one_column_per_stage():
         ("perplexity", "", "12.35", ""),
         ("f1", "", "", "0.8000"),
     ]
+
+
+def test_reconstructed_column_only_when_evaluated(tmp_path):
+    """A run with reconstruction gets its column between pruned and recovered; one without keeps three."""
+    with_it = {**stages(), "reconstructed": {"reconstructed_accuracy": 0.8, "pruned_accuracy": 0.7}}
+    assert metric_rows(with_it) == [
+        ("accuracy", "0.9000", "0.7000", "0.8000", "0.8500"),
+        ("perplexity", "", "12.35", "", ""),
+        ("f1", "", "", "", "0.8000"),
+    ]
+    model = make_bert()
+    dense_plan = current_plan(model)
+    results = {"dense_params": 1000, "pruned_params": 800}
+    report = write_pruning_report(tmp_path, dense_plan, dense_plan, results, [])
+    text = format_summary(with_it, results, dense_plan, dense_plan, report)
+    assert "| metric | dense | pruned | reconstructed | recovered |" in text
+    assert "| accuracy | 0.9000 | 0.7000 | 0.8000 | 0.8500 |" in text
 
 
 def test_summary_and_report_use_the_stage_names(tmp_path):
