@@ -15,8 +15,11 @@ the output projection's columns: the model keeps its shape, and saves and reload
 Optionally the projection's bias also takes the removed units' mean contribution on the calibration
 tokens (FLAP, An et al. 2024), measured in the dense model.
 
-Memory: only the normal equations are accumulated per sub-layer (``A^T A``: units x units, ``A^T b``),
-never the tokens. The scales are float64 arithmetic on float32 products; padding tokens count for nothing.
+Cost: one forward per calibration batch records what every layer is called with; then each layer runs
+alone on the stored hidden states (a few layer passes per layer, for both models). Memory: the normal
+equations per sub-layer (``A^T A``: units x units, ``A^T b``), never per-token contributions, plus one
+hidden state per calibration token for each model. The scales are float64 arithmetic on float32
+products; padding tokens count for nothing.
 """
 
 from __future__ import annotations
@@ -141,20 +144,24 @@ def reconstruct(
     teacher.eval()
     try:
         with torch.no_grad():
+            # Each layer is run on its own, from the hidden states that entered it, so the whole call costs a
+            # few forwards, not one per sub-layer; the arguments each layer got (masks, positions) are replayed.
+            s_stream = _Stream(student, s_state.layers, batches)
+            t_stream = _Stream(teacher, t_state.layers, batches)
             for index, (s_layer, t_layer) in enumerate(zip(s_state.layers, t_state.layers)):
                 for kind in (HEAD, NEURON):
                     kept = (s_state.head_ids if kind == HEAD else s_state.neuron_ids)[index]
                     have = (t_state.head_ids if kind == HEAD else t_state.neuron_ids)[index]
                     removed = [p for p, i in enumerate(have) if i not in set(kept)]
-                    entry = _SubLayer(adapter, index, kind, s_layer, t_layer, len(kept), removed, s_state.geometry)
                     if not kept:
                         report.sublayers.append(SubLayerReport(index, kind, 0, math.nan, math.nan, "no units left"))
                         continue
-                    result = entry.fit(
-                        student, teacher, batches, masks, least_squares, bias_compensation, ridge, max_scale
-                    )
+                    entry = _SubLayer(adapter, index, kind, s_layer, t_layer, len(kept), removed, s_state.geometry)
+                    result = entry.fit(s_stream, t_stream, masks, least_squares, bias_compensation, ridge, max_scale)
                     _log(result)
                     report.sublayers.append(result)
+                s_stream.advance(index)
+                t_stream.advance(index)
     finally:
         student.train(modes[0])
         teacher.train(modes[1])
@@ -239,12 +246,9 @@ def _compute_dtype(model) -> torch.dtype:
     return torch.promote_types(next(model.parameters()).dtype, torch.float32)
 
 
-def _read(model, batch, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
-    """Run ``model`` on ``batch`` until the last of ``reads`` has been seen; return each read
-    (``(module, "input")``: its first input; ``"output"``: its first output) in the compute dtype."""
-    dtype = _compute_dtype(model)
-    got: dict[int, torch.Tensor] = {}
-    handles = []
+def _grab_hooks(reads: list[tuple[nn.Module, str]], got: dict, dtype) -> list:
+    """Hooks that store each read (``(module, "input")``: its first input; ``"output"``: its first output) in
+    ``got`` in the compute dtype, and stop the forward after the last one."""
 
     def make(slot, last):
         def grab(value):
@@ -255,28 +259,96 @@ def _read(model, batch, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor
 
         return grab
 
-    try:
-        for slot, (module, where) in enumerate(reads):
-            grab = make(slot, slot == len(reads) - 1)
-            if where == "input":
-                handles.append(module.register_forward_pre_hook(lambda m, args, g=grab: g(args)))
-            else:
-                handles.append(module.register_forward_hook(lambda m, args, out, g=grab: g(out)))
+    handles = []
+    for slot, (module, where) in enumerate(reads):
+        grab = make(slot, slot == len(reads) - 1)
+        if where == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, args, g=grab: g(args)))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out, g=grab: g(out)))
+    return handles
+
+
+class _Stream:
+    """Per calibration batch, the hidden state entering the current layer, and the arguments every layer
+    was called with in one forward of the model (masks, position embeddings: whatever the family passes).
+
+    One forward per batch records them; after that each layer runs alone on the stored hidden states,
+    so reconstructing L layers costs a few forwards instead of one per sub-layer (O(L) instead of O(L^2)).
+    Holds one hidden state per calibration token (of the model's dtype) at a time.
+    """
+
+    def __init__(self, model, layers, batches):
+        self.model, self.layers = model, layers
+        self.hidden, self.calls = [], []
         device = next(model.parameters()).device
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
+        for batch in batches:
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
+            calls: list = [None] * len(layers)
+
+            def make(i, calls=calls):
+                def pre(module, args, kwargs):
+                    calls[i] = (args, kwargs)
+                    if i == len(layers) - 1:
+                        raise _Stop
+
+                return pre
+
+            handles = [layer.register_forward_pre_hook(make(i), with_kwargs=True) for i, layer in enumerate(layers)]
+            try:
+                model(**inputs, **_forward_kwargs(model))
+            except _Stop:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+            if any(c is None for c in calls):
+                raise ReconstructionError(
+                    "a forward of a calibration batch did not run every layer (a custom forward that skips "
+                    "layers?): reconstruction replays each layer's call"
+                )
+            first_args, first_kwargs = calls[0]
+            self.hidden.append(first_args[0] if first_args else first_kwargs["hidden_states"])
+            # the hidden state is replaced at every replay; dropping it keeps one per token, not one per layer
+            self.calls.append([_without_hidden(a, k) for a, k in calls])
+
+    def _call(self, index: int, b: int):
+        args, kwargs = self.calls[b][index]
+        if args is not None:
+            return self.layers[index](self.hidden[b], *args, **kwargs)
+        return self.layers[index](**kwargs, hidden_states=self.hidden[b])
+
+    def read(self, index: int, b: int, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
+        """Run layer ``index`` on batch ``b``'s stored input until the last of ``reads`` has been seen."""
+        got: dict[int, torch.Tensor] = {}
+        handles = _grab_hooks(reads, got, _compute_dtype(self.model))
         try:
-            model(**inputs, **_forward_kwargs(model))
+            self._call(index, b)
         except _Stop:
             pass
-    finally:
-        for h in handles:
-            h.remove()
-    if len(got) != len(reads):
-        raise ReconstructionError(
-            "a forward of the calibration batch did not pass the sub-layer being reconstructed (a custom forward "
-            "that skips layers?)"
-        )
-    return [got[i] for i in range(len(reads))]
+        finally:
+            for h in handles:
+                h.remove()
+        if len(got) != len(reads):
+            raise ReconstructionError(
+                f"layer {index} did not run the modules reconstruction reads (a family adapter that names the "
+                "wrong modules?)"
+            )
+        return [got[i] for i in range(len(reads))]
+
+    def advance(self, index: int) -> None:
+        """Replace each stored hidden state by layer ``index``'s output (with its reconstruction folded in)."""
+        for b in range(len(self.hidden)):
+            out = self._call(index, b)
+            self.hidden[b] = out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _without_hidden(args: tuple, kwargs: dict) -> tuple:
+    """A layer call's arguments without the hidden state: ``(rest of args, kwargs)``, or ``(None, kwargs)``
+    when the hidden state was a keyword."""
+    if args:
+        return tuple(args[1:]), dict(kwargs)
+    return None, {k: v for k, v in kwargs.items() if k != "hidden_states"}
 
 
 class _SubLayer:
@@ -290,8 +362,8 @@ class _SubLayer:
         self.s_point = adapter.residual_output(s_layer, kind)
         self.t_point = adapter.residual_output(t_layer, kind)
 
-    def fit(self, student, teacher, batches, masks, least_squares, bias_compensation, ridge, max_scale):
-        dtype = _compute_dtype(student)
+    def fit(self, student: _Stream, teacher: _Stream, masks, least_squares, bias_compensation, ridge, max_scale):
+        dtype = _compute_dtype(student.model)
         weight = self.adapter.output_weight(self.s_proj).detach().to(dtype)  # [hidden, units * group]
         has_bias = getattr(self.s_proj, "bias", None) is not None
         compensate = bias_compensation and has_bias and bool(self.removed)
@@ -309,10 +381,10 @@ class _SubLayer:
         if compensate:
             cols = (torch.tensor(self.removed)[:, None] * self.group + torch.arange(self.group)[None, :]).reshape(-1)
         wtw = weight.t() @ weight if self.kind == NEURON else None  # [units, units] for the FFN
-        for batch, mask in zip(batches, masks):
-            z, y_s = _read(student, batch, [(self.s_proj, "input"), self.s_point])
+        for b, mask in enumerate(masks):
+            z, y_s = student.read(self.index, b, [(self.s_proj, "input"), self.s_point])
             t_reads = [(self.t_proj, "input"), self.t_point] if compensate else [self.t_point]
-            t_out = _read(teacher, batch, t_reads)
+            t_out = teacher.read(self.index, b, t_reads)
             y_t = t_out[-1]
             keep = mask.reshape(-1).to(z.device)
             z = z.reshape(-1, z.shape[-1])[keep]
