@@ -248,6 +248,49 @@ def llm_speed_tables(s: dict) -> str:
     return "\n".join(out)
 
 
+def retrain_free_tables(r: dict) -> str:
+    """``retrain_free.json``: one-shot accuracy by step added, after recovery, and the whole path's time."""
+    dense = r["dense_accuracy"]
+    out = [
+        f"Dense accuracy: **{dense:.4f}** ({r['task']}, validation split). Scores on {r['scoring_examples']} "
+        f"sentences; search on 4 batches of 32; reconstruction on {r['calibration_examples']} sentences "
+        f"({r['calibration_tokens']:,} tokens).",
+        "",
+        "| method | FLOPs removed | heads kept | one-shot | + rearrangement | + reconstruction | + both "
+        f"| one-shot → {r['recovery_steps']} steps | both → {r['recovery_steps']} steps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        cells = [
+            row["one_shot"],
+            row["rearranged"],
+            row["one_shot_reconstructed"],
+            row["rearranged_reconstructed"],
+            row["one_shot_recovered"],
+            row["rearranged_reconstructed_recovered"],
+        ]
+        out.append(
+            f"| {row['method']} | {row['flops_removed']:.1%} | {row['heads_kept']} | "
+            + " | ".join(f"{c:.4f} ({c - dense:+.4f})" for c in cells)
+            + " |"
+        )
+    out += [
+        "",
+        "| whole path (`prune_oneshot`, 50% of block FLOPs) | seconds | score | split | rearrange | "
+        "reconstruct | accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, w in r.get("whole_path", {}).items():
+        steps = w["steps"]
+        acc = f"{w['accuracy']:.4f}" if "accuracy" in w else "—"
+        out.append(
+            f"| {name} | {w['seconds']:.0f} | {steps.get('score', 0):.0f} | {steps.get('split', 0):.0f} | "
+            f"{steps.get('rearrange', 0):.0f} | {steps.get('reconstruct', 0):.0f} | {acc} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
 def main(folder: str) -> None:
     folder = Path(folder)
     for name, fn in (
@@ -256,6 +299,7 @@ def main(folder: str) -> None:
         ("overhead", overhead_tables),
         ("llm_quality", llm_quality_tables),
         ("llm_speed", llm_speed_tables),
+        ("retrain_free", retrain_free_tables),
     ):
         path = folder / f"{name}.json"
         if path.exists():
