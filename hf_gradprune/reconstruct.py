@@ -103,6 +103,7 @@ def reconstruct(
     bias_compensation: bool = False,
     ridge: float = 1e-4,
     max_scale: float = 10.0,
+    raise_ridge: int = 3,
     max_batches: int | None = None,
 ) -> ReconstructionReport:
     """Rescale the kept units of every pruned sub-layer of ``model`` to reproduce ``dense``, in place.
@@ -114,9 +115,10 @@ def reconstruct(
         calibration: batches of model inputs (dicts, e.g. a ``DataLoader`` with a transformers collator);
             labels are ignored. Every batch is held in memory for the whole call.
         least_squares: fit per-unit scales (ridge-regularised towards 1 with ``ridge`` times the mean
-            diagonal of ``A^T A``). A sub-layer is skipped, and the log says why, when its system is
-            ill-conditioned, a scale would exceed ``max_scale`` in size (Kwon et al. abort there), or the
-            fit would not lower its error.
+            diagonal of ``A^T A``). When a scale would exceed ``max_scale`` in size (Kwon et al. skip the
+            layer there), the ridge is raised tenfold up to ``raise_ridge`` times, and the report notes it.
+            A sub-layer is skipped, and the log says why, when its system stays ill-conditioned or absurd,
+            or the fit would not lower its error.
         bias_compensation: add the removed units' mean contribution (in the dense model) to the output
             projection's bias, where it has one (FLAP).
 
@@ -129,6 +131,8 @@ def reconstruct(
         raise ReconstructionError(f"ridge must be a finite number >= 0, got {ridge!r}")
     if not (isinstance(max_scale, (int, float)) and max_scale > 0):
         raise ReconstructionError(f"max_scale must be a number > 0, got {max_scale!r}")
+    if isinstance(raise_ridge, bool) or not isinstance(raise_ridge, int) or raise_ridge < 0:
+        raise ReconstructionError(f"raise_ridge must be an integer >= 0, got {raise_ridge!r}")
     student, teacher = _check_pair(model, dense)
     batches = list(calibration_batches(calibration, student, max_batches=max_batches))
     masks = [_token_mask(b) for b in batches]
@@ -157,7 +161,9 @@ def reconstruct(
                         report.sublayers.append(SubLayerReport(index, kind, 0, math.nan, math.nan, "no units left"))
                         continue
                     entry = _SubLayer(adapter, index, kind, s_layer, t_layer, len(kept), removed, s_state.geometry)
-                    result = entry.fit(s_stream, t_stream, masks, least_squares, bias_compensation, ridge, max_scale)
+                    result = entry.fit(
+                        s_stream, t_stream, masks, least_squares, bias_compensation, ridge, max_scale, raise_ridge
+                    )
                     _log(result)
                     report.sublayers.append(result)
                 s_stream.advance(index)
@@ -362,7 +368,9 @@ class _SubLayer:
         self.s_point = adapter.residual_output(s_layer, kind)
         self.t_point = adapter.residual_output(t_layer, kind)
 
-    def fit(self, student: _Stream, teacher: _Stream, masks, least_squares, bias_compensation, ridge, max_scale):
+    def fit(
+        self, student: _Stream, teacher: _Stream, masks, least_squares, bias_compensation, ridge, max_scale, raise_ridge
+    ):
         dtype = _compute_dtype(student.model)
         weight = self.adapter.output_weight(self.s_proj).detach().to(dtype)  # [hidden, units * group]
         has_bias = getattr(self.s_proj, "bias", None) is not None
@@ -428,7 +436,9 @@ class _SubLayer:
             return report
         scales = ones
         if least_squares:
-            scales, why = _solve(gram, atb, ridge, max_scale)
+            scales, why, used = _solve(gram, atb, ridge, max_scale, raise_ridge)
+            if used != ridge and not why:
+                report.note = f"ridge raised to {used:g} to keep every scale within max_scale"
             if why and not compensate:
                 report.skipped = why
                 return report
@@ -456,28 +466,40 @@ class _SubLayer:
             bias.copy_((bias.to(dtype) + delta.to(bias.device, dtype)).to(bias.dtype))
 
 
-def _solve(gram, atb, ridge, max_scale) -> tuple[torch.Tensor, str | None]:
-    """Scales minimising ||A s - b||^2 + lam ||s - 1||^2, or ones and the reason they cannot be trusted."""
+def _solve(gram, atb, ridge, max_scale, raises: int = 0) -> tuple[torch.Tensor, str | None, float]:
+    """Scales minimising ||A s - b||^2 + lam ||s - 1||^2 with lam = ``ridge`` x mean diag(A^T A), or ones and
+    the reason they cannot be trusted; also the ridge used.
+
+    When a scale exceeds ``max_scale`` the ridge is raised tenfold, up to ``raises`` times (from 1e-4 when
+    it was 0): a stronger pull towards 1 often gives a sane fit where Kwon et al. would skip the layer.
+    """
     u = gram.shape[0]
     ones = torch.ones(u, dtype=gram.dtype)
     diag = gram.diagonal()
     if not torch.isfinite(gram).all() or not torch.isfinite(atb).all():
-        return ones, "non-finite activations on the calibration data"
+        return ones, "non-finite activations on the calibration data", ridge
     scale = float(diag.mean())
     if scale <= 0:
-        return ones, "the kept units contribute nothing on the calibration data"
-    lam = ridge * scale
-    system = gram + lam * torch.eye(u, dtype=gram.dtype)
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) != 0:
-        return ones, "the least-squares system is ill-conditioned (raise ridge to regularise it)"
-    s = torch.cholesky_solve((atb + lam * ones)[:, None], factor)[:, 0]
-    if not torch.isfinite(s).all():
-        return ones, "the least-squares solution is not finite"
-    worst = float(s.abs().max())
-    if worst > max_scale:
-        return (
-            ones,
-            f"a scale of {worst:.3g} exceeds max_scale={max_scale:g}: too little calibration data for this layer",
-        )
-    return s, None
+        return ones, "the kept units contribute nothing on the calibration data", ridge
+    eye = torch.eye(u, dtype=gram.dtype)
+    worst = math.inf
+    for attempt in range(raises + 1):
+        used = ridge if attempt == 0 else max(ridge, 1e-5) * 10**attempt
+        lam = used * scale
+        factor, info = torch.linalg.cholesky_ex(gram + lam * eye)
+        if int(info) != 0:
+            continue  # ill-conditioned at this ridge: a larger one may do
+        s = torch.cholesky_solve((atb + lam * ones)[:, None], factor)[:, 0]
+        if not torch.isfinite(s).all():
+            continue
+        worst = float(s.abs().max())
+        if worst <= max_scale:
+            return s, None, used
+    if math.isinf(worst):
+        return ones, "the least-squares system is ill-conditioned (raise ridge to regularise it)", ridge
+    return (
+        ones,
+        f"a scale of {worst:.3g} exceeds max_scale={max_scale:g} even at ridge {used:g}: too little "
+        "calibration data for this layer",
+        ridge,
+    )

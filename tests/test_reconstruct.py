@@ -282,3 +282,20 @@ def test_bad_input_is_refused_before_any_change():
     with pytest.raises(ReconstructionError, match="ridge"):
         reconstruct(model, dense, loader("bert"), ridge=-1)
     assert _unchanged(model, snap)
+
+
+def test_an_absurd_fit_raises_the_ridge_before_it_gives_up():
+    model, dense = pruned_pair("gpt2", dtype=torch.float64)
+    batches = loader("gpt2", left_pad=False)  # ~100 tokens for up to 96 scales: wild without a ridge
+    strict = reconstruct(copy.deepcopy(model), dense, batches, ridge=0.0, max_scale=3.0, raise_ridge=0)
+    wild = [r for r in strict.sublayers if r.skipped and "max_scale" in r.skipped]
+    assert wild, strict.summary()
+    fitted = copy.deepcopy(model)
+    damped = reconstruct(fitted, dense, batches, ridge=0.0, max_scale=3.0, raise_ridge=6)
+    rescued = [r for r in damped.sublayers if r.note and "ridge raised" in r.note]
+    assert rescued, damped.summary()
+    for r in rescued:
+        assert r.skipped is None and r.error_after <= r.error_before
+        assert max(abs(r.min_scale), abs(r.max_scale)) <= 3.0
+    with pytest.raises(ReconstructionError, match="raise_ridge"):
+        reconstruct(model, dense, batches, raise_ridge=-1)
