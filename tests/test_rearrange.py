@@ -103,7 +103,8 @@ def test_tiny_bert_end_to_end():
         kept = (new.heads if r["kind"] == "head" else new.neurons)[r["layer"]]
         grads = scorer.batch_gradients[r["kind"]][r["layer"]].T
         live = (scores.head_ids if r["kind"] == "head" else scores.neuron_ids)[r["layer"]]
-        gone = [pos for pos, i in enumerate(live) if i not in set(kept)]
+        kept_set = set(kept)
+        gone = [pos for pos, i in enumerate(live) if i not in kept_set]
         assert r["objective_after"] == pytest.approx(objective(grads, gone))
     assert sum(r["swapped"] for r in report) > 0  # correlated neurons exist even in a tiny random BERT
     assert new.neurons != plan.neurons
