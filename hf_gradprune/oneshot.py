@@ -60,7 +60,7 @@ def prune_oneshot(
     method: str = "fisher",
     plan: PruningPlan | None = None,
     split: str = "search",
-    rearrange: bool = True,
+    rearrange: bool = False,
     reconstruct: bool = True,
     bias_compensation: bool = False,
     scoring_batches: int | None = None,
@@ -81,7 +81,9 @@ def prune_oneshot(
         method: the importance score (``fisher`` by default, as Kwon et al.).
         split: how a budget is split between heads and neurons: ``"search"`` (measure the calibration
             loss of candidate head counts), ``"ratio"`` (greedy by score per cost) or ``"normalized"``.
-        rearrange: Kwon's greedy swap within each layer (gradient methods only).
+        rearrange: Kwon's greedy swap within each layer (gradient methods only). Off by default: on the
+            quickstart model it lowered its objective yet cost 3-9 points of one-shot accuracy
+            (benchmarks/README.md).
         reconstruct: least-squares rescaling of every pruned layer against a copy of the model
             taken before the prune (the copy costs one model's memory while it runs).
         loss_fn: ``loss_fn(model, batch) -> loss`` for scoring and the search, instead of the default.
