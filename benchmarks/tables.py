@@ -257,7 +257,7 @@ def retrain_free_tables(r: dict) -> str:
         f"({r['calibration_tokens']:,} tokens).",
         "",
         "| method | FLOPs removed | heads kept | one-shot | + rearrangement | + reconstruction | + both "
-        f"| one-shot → {r['recovery_steps']} steps | both → {r['recovery_steps']} steps |",
+        f"| one-shot → {r['recovery_steps']} steps | + reconstruction → {r['recovery_steps']} steps |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
@@ -267,7 +267,7 @@ def retrain_free_tables(r: dict) -> str:
             row["one_shot_reconstructed"],
             row["rearranged_reconstructed"],
             row["one_shot_recovered"],
-            row["rearranged_reconstructed_recovered"],
+            row["reconstructed_recovered"],
         ]
         out.append(
             f"| {row['method']} | {row['flops_removed']:.1%} | {row['heads_kept']} | "

@@ -65,7 +65,7 @@ def prune_oneshot(
     bias_compensation: bool = False,
     scoring_batches: int | None = None,
     search_batches: int = 4,
-    reconstruct_batches: int | None = None,
+    reconstruct_batches: int | None = 16,
     loss_fn: LossFn | None = None,
     seq_len: int = 128,
     **plan_options,
@@ -75,7 +75,8 @@ def prune_oneshot(
     Args:
         calibration: batches of model inputs (dicts; labels optional, see ``calibration.model_loss``).
             Scoring uses the first ``scoring_batches`` (all by default), the budget search the first
-            ``search_batches``, reconstruction the first ``reconstruct_batches`` (all by default).
+            ``search_batches``, reconstruction the first ``reconstruct_batches`` (16, as ``GradPruneConfig``;
+            None: all).
         flops_budget / params_budget / head_sparsity / ffn_sparsity: the target, as in
             ``PruningPlan.from_scores``. Or give a ready ``plan`` (then no scoring unless rearranging).
         method: the importance score (``fisher`` by default, as Kwon et al.).

@@ -153,6 +153,14 @@ def reconstruct(
             s_stream = _Stream(student, s_state.layers, batches)
             t_stream = _Stream(teacher, t_state.layers, batches)
             for index, (s_layer, t_layer) in enumerate(zip(s_state.layers, t_state.layers)):
+                # the reference does not change: one pass per layer gives both sub-layers' targets and its output
+                reads = [adapter.residual_output(t_layer, kind) for kind in (HEAD, NEURON)]
+                if bias_compensation:  # the removed units' inputs, where the reference has any
+                    if t_state.head_ids[index]:
+                        reads.append((adapter.attention_output(t_layer), "input"))
+                    if t_state.neuron_ids[index]:
+                        reads.append((adapter.ffn_output(t_layer), "input"))
+                t_stream.prefetch(index, reads)
                 for kind in (HEAD, NEURON):
                     kept = (s_state.head_ids if kind == HEAD else s_state.neuron_ids)[index]
                     have = (t_state.head_ids if kind == HEAD else t_state.neuron_ids)[index]
@@ -252,9 +260,9 @@ def _compute_dtype(model) -> torch.dtype:
     return torch.promote_types(next(model.parameters()).dtype, torch.float32)
 
 
-def _grab_hooks(reads: list[tuple[nn.Module, str]], got: dict, dtype) -> list:
+def _grab_hooks(reads: list[tuple[nn.Module, str]], got: dict, dtype, stop: bool = True) -> list:
     """Hooks that store each read (``(module, "input")``: its first input; ``"output"``: its first output) in
-    ``got`` in the compute dtype, and stop the forward after the last one."""
+    ``got`` in the compute dtype, and (``stop``) stop the forward after the last one."""
 
     def make(slot, last):
         def grab(value):
@@ -267,7 +275,7 @@ def _grab_hooks(reads: list[tuple[nn.Module, str]], got: dict, dtype) -> list:
 
     handles = []
     for slot, (module, where) in enumerate(reads):
-        grab = make(slot, slot == len(reads) - 1)
+        grab = make(slot, stop and slot == len(reads) - 1)
         if where == "input":
             handles.append(module.register_forward_pre_hook(lambda m, args, g=grab: g(args)))
         else:
@@ -287,6 +295,7 @@ class _Stream:
     def __init__(self, model, layers, batches):
         self.model, self.layers = model, layers
         self.hidden, self.calls = [], []
+        self.cache, self.cached = [], None  # prefetch(): per batch, (reads, output) of layer ``cached``
         device = next(model.parameters()).device
         for batch in batches:
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
@@ -324,8 +333,31 @@ class _Stream:
             return self.layers[index](self.hidden[b], *args, **kwargs)
         return self.layers[index](**kwargs, hidden_states=self.hidden[b])
 
+    def prefetch(self, index: int, reads: list[tuple[nn.Module, str]]) -> None:
+        """For a model that does not change (the reference): run layer ``index`` once per batch, keeping
+        ``reads`` and its output, so that later ``read`` calls and ``advance`` cost no further pass."""
+        self.cache = []
+        for b in range(len(self.hidden)):
+            got: dict[int, torch.Tensor] = {}
+            handles = _grab_hooks(reads, got, _compute_dtype(self.model), stop=False)
+            try:
+                out = self._call(index, b)
+            finally:
+                for h in handles:
+                    h.remove()
+            if len(got) != len(reads):
+                raise ReconstructionError(
+                    f"layer {index} did not run the modules reconstruction reads (a family adapter that names "
+                    "the wrong modules?)"
+                )
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            self.cache.append(({(id(m), w): got[i] for i, (m, w) in enumerate(reads)}, out))
+        self.cached = index
+
     def read(self, index: int, b: int, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
         """Run layer ``index`` on batch ``b``'s stored input until the last of ``reads`` has been seen."""
+        if self.cached == index:
+            return [self.cache[b][0][(id(m), w)] for m, w in reads]
         got: dict[int, torch.Tensor] = {}
         handles = _grab_hooks(reads, got, _compute_dtype(self.model))
         try:
@@ -344,6 +376,10 @@ class _Stream:
 
     def advance(self, index: int) -> None:
         """Replace each stored hidden state by layer ``index``'s output (with its reconstruction folded in)."""
+        if self.cached == index:
+            self.hidden = [out for _, out in self.cache]
+            self.cache, self.cached = [], None
+            return
         for b in range(len(self.hidden)):
             out = self._call(index, b)
             self.hidden[b] = out[0] if isinstance(out, (tuple, list)) else out

@@ -35,7 +35,7 @@ def test_rows_are_complete_and_meet_their_budgets(quick):
             "one_shot_reconstructed",
             "rearranged_reconstructed",
             "one_shot_recovered",
-            "rearranged_reconstructed_recovered",
+            "reconstructed_recovered",
         ):
             assert 0.0 <= row[key] <= 1.0, key
     whole = result["whole_path"]["minilm"]
