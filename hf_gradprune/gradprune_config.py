@@ -63,6 +63,15 @@ class GradPruneConfig(TrainingArguments):
             "every group of a layer keeps as many) | kv_group (a key/value head with all its query heads)."
         },
     )
+    budget_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "How flops_budget / params_budget is split between heads and neurons: normalized (the default: "
+            "each kind's scores divided by its mean score per unit cost, so scores of any scale split sensibly) | "
+            "ratio (raw score per unit cost; Taylor then removes nearly every head). prune_oneshot can also search "
+            "the split on calibration data."
+        },
+    )
     uniform: bool = field(
         default=False,
         metadata={
@@ -157,6 +166,8 @@ class GradPruneConfig(TrainingArguments):
                 seq_len=self.flops_seq_len,
                 attention_unit=self.attention_unit,
                 uniform=self.uniform,
+                budget_split=self.budget_split,
+                has_budget=self.flops_budget is not None or self.params_budget is not None,
             )
         except PlanError as e:
             _fail(str(e))

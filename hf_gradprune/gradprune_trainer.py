@@ -278,6 +278,7 @@ class GradPruneTrainer(Trainer):
             seq_len=args.flops_seq_len,
             attention_unit=args.attention_unit,
             uniform=args.uniform,
+            budget_split=args.budget_split,
         )
         plan = plan.intersect(current_plan(self.model))
         # Kept in config.gradprune["history"] and the round's plan.json: which round of the schedule this was.

@@ -81,7 +81,7 @@ class PruningPlan:
         attention_unit: str = HEAD,
         uniform: bool = False,
         heads_kept: int | None = None,
-        budget_split: str = "ratio",
+        budget_split: str | None = None,
     ) -> PruningPlan:
         """Remove the least important units.
 
@@ -107,9 +107,11 @@ class PruningPlan:
         every layer keeps at least one head (or group) there.
 
         How a budget is split between heads and neurons (their scores are on different scales, e.g. Taylor's
-        ``|sum a*g|`` makes heads look cheap per FLOP): ``budget_split="ratio"`` (default) removes the units of
-        least score per unit cost, heads and neurons alike; ``"normalized"`` first divides each kind's scores
-        by that kind's mean score per unit cost, so the split no longer depends on the scale between kinds.
+        ``|sum a*g|`` makes heads look cheap per FLOP): ``budget_split="normalized"`` (the default for a budget,
+        None) first divides each kind's scores by that kind's mean score per unit cost, so the split no longer
+        depends on the scale between kinds; ``"ratio"`` removes the units of least raw score per unit cost,
+        heads and neurons alike (measured: Taylor then keeps 3 of 72 heads at 50% of MiniLM's FLOPs and falls
+        to chance, where ``"normalized"`` keeps 43 and 0.82; benchmarks/README.md).
         ``heads_kept=k`` (with a budget only) keeps the ``k`` most important (query) heads in total (globally,
         or spread as evenly as possible over layers under ``ranking="per_layer"``; at least
         ``min_heads_per_layer`` per layer), then removes the least important neurons (ranked among neurons
@@ -172,7 +174,7 @@ class PruningPlan:
             elif heads_kept is not None:
                 removed = _keep_heads_then_neurons(*args, heads_kept)
             else:
-                removed = _remove_by_budget(*args, normalize=budget_split == "normalized")
+                removed = _remove_by_budget(*args, normalize=(budget_split or "normalized") == "normalized")
         else:
             removed = set()
             for kind, sparsity, total in (
@@ -204,7 +206,9 @@ class PruningPlan:
             **{k: v for k, v in {**targets, **budgets}.items() if v is not None},
         }
         if budgets_given:
-            meta["budget_split"] = "heads_kept" if heads_kept is not None else budget_split
+            meta["budget_split"] = (
+                "heads_kept" if heads_kept is not None else "uniform" if uniform else budget_split or "normalized"
+            )
             if heads_kept is not None:
                 meta["heads_kept"] = int(heads_kept)
         plan = cls(g, heads, neurons, meta)
@@ -380,7 +384,7 @@ def validate_options(
     attention_unit: str = HEAD,
     uniform: bool = False,
     heads_kept: int | None = None,
-    budget_split: str = "ratio",
+    budget_split: str | None = None,
     has_budget: bool | None = None,
 ) -> None:
     """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known;
@@ -405,20 +409,20 @@ def validate_options(
             "seq_len (flops_seq_len in GradPruneConfig: the sequence length FLOPs are counted at) must be an "
             f"integer >= 1, got {seq_len!r}"
         )
-    if budget_split not in BUDGET_SPLITS:
+    if budget_split is not None and budget_split not in BUDGET_SPLITS:
         raise PlanError(
             f"budget_split must be one of {', '.join(map(repr, BUDGET_SPLITS))} (score per unit cost as is, or "
             f"each kind's scores divided by its mean score per unit cost), not {budget_split!r}"
         )
-    if budget_split != "ratio" and has_budget is False:
+    if budget_split is not None and has_budget is False:
         raise PlanError(
             f"budget_split={budget_split!r} splits a flops_budget or params_budget between heads and neurons: "
-            "give one, or leave budget_split at 'ratio'"
+            "give one, or leave budget_split unset"
         )
-    if budget_split != "ratio" and uniform:
+    if budget_split is not None and uniform:
         raise PlanError(
             f"budget_split={budget_split!r} cannot be combined with uniform=True, which sweeps the per-layer head "
-            "count itself; leave budget_split at 'ratio'"
+            "count itself; leave budget_split unset"
         )
     if heads_kept is None:
         return
@@ -431,10 +435,9 @@ def validate_options(
         )
     if uniform:
         raise PlanError("heads_kept cannot be combined with uniform=True, which picks its own head count per layer")
-    if budget_split != "ratio":
+    if budget_split is not None:
         raise PlanError(
-            "heads_kept fixes the split between heads and neurons; leave budget_split at 'ratio' "
-            f"(not {budget_split!r})"
+            f"heads_kept fixes the split between heads and neurons; leave budget_split unset (not {budget_split!r})"
         )
 
 

@@ -74,7 +74,7 @@ def test_params_budget_counts_fixed_parameters():
 def test_budget_compares_heads_and_neurons_per_flop():
     s = scores()
     s.neurons = [t * 1e-6 for t in s.neurons]  # neurons nearly worthless: they go first
-    plan = PruningPlan.from_scores(s, flops_budget=0.1)  # FFN is ~15% of this geometry's FLOPs
+    plan = PruningPlan.from_scores(s, flops_budget=0.1, budget_split="ratio")  # FFN is ~15% of the FLOPs
     assert plan.num_heads == G.num_layers * G.num_heads and plan.num_neurons < G.num_layers * G.intermediate_size
     s.heads[1] = s.heads[1] * 1e-9  # now layer 1's heads are cheaper per FLOP than any neuron
     plan = PruningPlan.from_scores(s, flops_budget=0.1)
@@ -359,13 +359,15 @@ def test_heads_kept_and_normalized_do_not_depend_on_the_scale_of_head_scores(kw,
 
 def test_normalized_split_compares_each_unit_with_its_own_kind():
     s = scores()  # neurons' scores ~1/100 of heads': "ratio" removes neurons first, "normalized" mixes kinds
-    ratio = PruningPlan.from_scores(s, flops_budget=0.3)
+    ratio = PruningPlan.from_scores(s, flops_budget=0.3, budget_split="ratio")
     norm = PruningPlan.from_scores(s, flops_budget=0.3, budget_split="normalized")
     assert norm.meta["budget_split"] == "normalized" and norm.meta["budget_met"]
     assert ratio.num_heads > norm.num_heads
     assert norm.num_heads < 24 and norm.num_neurons > 0
     assert 0.3 <= norm.flops_removed() + 1e-9
-    assert PruningPlan.from_scores(s, flops_budget=0.3).meta["budget_split"] == "ratio"
+    default = PruningPlan.from_scores(s, flops_budget=0.3)  # normalized is the default split (measured best)
+    assert default.meta["budget_split"] == "normalized" and default.heads == norm.heads
+    assert ratio.meta["budget_split"] == "ratio"
 
 
 @pytest.mark.parametrize(

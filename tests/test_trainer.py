@@ -185,11 +185,15 @@ def test_trainer_uses_only_public_seams():
         assert private not in source, private
 
 
-def test_flops_budget_target(tmp_path):
-    trainer = make_trainer(tmp_path, head_sparsity=None, ffn_sparsity=None, flops_budget=0.4, max_steps=4)
+@pytest.mark.parametrize("split", [None, "ratio"])
+def test_flops_budget_target(tmp_path, split):
+    trainer = make_trainer(
+        tmp_path, head_sparsity=None, ffn_sparsity=None, flops_budget=0.4, max_steps=4, budget_split=split
+    )
     trainer.train()
     (event,) = prune_logs(trainer)
     assert 0.4 <= 1 - event["prune/block_flops"] / event["prune/block_flops_dense"] < 0.45
+    assert current_plan(trainer.model).meta["budget_split"] == (split or "normalized")
 
 
 def test_distillation_is_on_by_default_and_teacher_stays_frozen(tmp_path):
@@ -466,6 +470,8 @@ def test_two_processes_agree_with_each_other_and_with_one(tmp_path):
         (dict(head_sparsity="0.5"), r"head_sparsity must be a fraction"),
         (dict(head_sparsity=0.5, distill_alpha=1.5), "distill_alpha"),
         (dict(head_sparsity=0.5, ranking="local"), "ranking"),
+        (dict(head_sparsity=0.5, budget_split="ratio"), "splits a flops_budget or params_budget"),
+        (dict(flops_budget=0.5, budget_split="even"), "budget_split must be one of"),
     ],
 )
 def test_invalid_configs_fail_at_construction(tmp_path, kwargs, match):
