@@ -40,7 +40,7 @@ def test_rows_are_complete_and_meet_their_budgets(quick):
             assert 0.0 <= row[key] <= 1.0, key
     whole = result["whole_path"]["minilm"]
     assert whole["flops_removed"] >= 0.5 - 1e-4
-    assert set(whole["steps"]) >= {"score", "split", "rearrange", "prune", "reconstruct", "total"}
+    assert set(whole["steps"]) >= {"score", "split", "prune", "reconstruct", "total"}  # rearrange: off by default
 
 
 def test_table_renders_every_row(quick):
