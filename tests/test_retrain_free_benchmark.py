@@ -62,3 +62,17 @@ def test_readme_table_is_the_committed_result():
     rendered = tables.retrain_free_tables(json.loads(path.read_text()))
     missing = [line for line in rendered.splitlines() if line.strip() and line not in readme]
     assert not missing, f"README lines out of date, e.g. {missing[:2]}"
+
+
+def test_llm_reconstruct_and_variants_run_in_quick_mode(tmp_path):
+    import llm_reconstruct
+    import reconstruct_variants
+
+    llm = llm_reconstruct.run(True, tmp_path)
+    assert [r["plan"] for r in llm["rows"]] == ["non-uniform", "uniform"]
+    for r in llm["rows"]:
+        assert r["params_removed"] >= 0.2 - 1e-3 and r["one_shot"] > 1 and r["reconstructed"] > 1
+    variants = reconstruct_variants.run(True, tmp_path)
+    (row,) = variants["rows"]
+    assert all(0.0 <= row[name] <= 1.0 for name in reconstruct_variants.VARIANTS)
+    assert json.loads((tmp_path / "reconstruct_variants.json").read_text())["rows"] == variants["rows"]
