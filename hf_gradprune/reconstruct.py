@@ -333,35 +333,13 @@ class _Stream:
             return self.layers[index](self.hidden[b], *args, **kwargs)
         return self.layers[index](**kwargs, hidden_states=self.hidden[b])
 
-    def prefetch(self, index: int, reads: list[tuple[nn.Module, str]]) -> None:
-        """For a model that does not change (the reference): run layer ``index`` once per batch, keeping
-        ``reads`` and its output, so that later ``read`` calls and ``advance`` cost no further pass."""
-        self.cache = []
-        for b in range(len(self.hidden)):
-            got: dict[int, torch.Tensor] = {}
-            handles = _grab_hooks(reads, got, _compute_dtype(self.model), stop=False)
-            try:
-                out = self._call(index, b)
-            finally:
-                for h in handles:
-                    h.remove()
-            if len(got) != len(reads):
-                raise ReconstructionError(
-                    f"layer {index} did not run the modules reconstruction reads (a family adapter that names "
-                    "the wrong modules?)"
-                )
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            self.cache.append(({(id(m), w): got[i] for i, (m, w) in enumerate(reads)}, out))
-        self.cached = index
-
-    def read(self, index: int, b: int, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
-        """Run layer ``index`` on batch ``b``'s stored input until the last of ``reads`` has been seen."""
-        if self.cached == index:
-            return [self.cache[b][0][(id(m), w)] for m, w in reads]
+    def _run(self, index: int, b: int, reads: list[tuple[nn.Module, str]], stop: bool):
+        """Run layer ``index`` on batch ``b``'s stored input with ``reads`` hooked; (reads, output or None)."""
         got: dict[int, torch.Tensor] = {}
-        handles = _grab_hooks(reads, got, _compute_dtype(self.model))
+        handles = _grab_hooks(reads, got, _compute_dtype(self.model), stop=stop)
+        out = None
         try:
-            self._call(index, b)
+            out = self._call(index, b)
         except _Stop:
             pass
         finally:
@@ -372,7 +350,22 @@ class _Stream:
                 f"layer {index} did not run the modules reconstruction reads (a family adapter that names the "
                 "wrong modules?)"
             )
-        return [got[i] for i in range(len(reads))]
+        return [got[i] for i in range(len(reads))], out[0] if isinstance(out, (tuple, list)) else out
+
+    def prefetch(self, index: int, reads: list[tuple[nn.Module, str]]) -> None:
+        """For a model that does not change (the reference): run layer ``index`` once per batch, keeping
+        ``reads`` and its output, so that later ``read`` calls and ``advance`` cost no further pass."""
+        self.cache = []
+        for b in range(len(self.hidden)):
+            got, out = self._run(index, b, reads, stop=False)
+            self.cache.append(({(id(m), w): v for (m, w), v in zip(reads, got)}, out))
+        self.cached = index
+
+    def read(self, index: int, b: int, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
+        """Run layer ``index`` on batch ``b``'s stored input until the last of ``reads`` has been seen."""
+        if self.cached == index:
+            return [self.cache[b][0][(id(m), w)] for m, w in reads]
+        return self._run(index, b, reads, stop=True)[0]
 
     def advance(self, index: int) -> None:
         """Replace each stored hidden state by layer ``index``'s output (with its reconstruction folded in)."""
