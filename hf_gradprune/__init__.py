@@ -1,7 +1,7 @@
 """hf_gradprune: gradient-based structured pruning of attention heads and FFN neurons for transformers v5."""
 
 from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, register_adapter, supported_model_types
-from .budget_split import search_budget_split, unit_gates
+from .budget_split import plan_gates, search_budget_split, unit_gates
 from .calibration import CalibrationError
 from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
@@ -43,6 +43,7 @@ __all__ = [
     "convert_v4_checkpoint",
     "current_plan",
     "load_pruned",
+    "plan_gates",
     "prune_heads",
     "prune_model",
     "prune_oneshot",

@@ -257,3 +257,24 @@ def test_glue_script_with_reconstruct(tiny_setup, capsys):  # noqa: F811
     report = json.loads((out / "pruning_report.json").read_text())
     (round_report,) = report["reconstruction"]
     assert round_report["tokens"] > 0 and len(round_report["sublayers"]) == 6
+
+
+def test_grouped_query_llama_one_shot_reconstruction(tmp_path):
+    """Grouped-query attention through the trainer: query heads within their key/value groups, a SwiGLU FFN."""
+    from test_llama import make_decoder
+
+    trainer = make_trainer(
+        tmp_path,
+        model=make_decoder("llama"),
+        data=ParityData(kind="gpt2"),
+        reconstruct=True,
+        reconstruct_batches=2,
+        **ONE_SHOT,
+    )
+    trainer.train()
+    (report,) = trainer.reconstruction_reports
+    fitted = [r for r in report["sublayers"] if not r["skipped"]]
+    assert fitted and all(r["error_after"] <= r["error_before"] for r in fitted)
+    assert sum(r["error_after"] for r in fitted) < sum(r["error_before"] for r in fitted)
+    state = pruning_state(trainer.model)
+    assert all(len(h) % len({i // state.geometry.group_size for i in h} or {0}) == 0 for h in state.head_ids)
