@@ -355,17 +355,14 @@ class GradPruneTrainer(Trainer):
         if distributed:
             for p in changed:  # the same list on every process: it follows the main process's report
                 dist.broadcast(p.data, src=0)
-        finite = [r for r in report.sublayers if r.error_before == r.error_before]  # "no units left" is NaN
-        before = sum(r.error_before for r in finite)
-        after = sum(r.error_after for r in finite)
         logger.info(
             "hf_gradprune round %d: reconstruction on %d tokens in %.1f s, error summed over sub-layers %.4g -> "
             "%.4g, %d of %d sub-layers skipped",
             self._rounds_done,
             report.tokens,
             report.seconds,
-            before,
-            after,
+            report.error_before,
+            report.error_after,
             len(report.skipped),
             len(report.sublayers),
         )
@@ -424,13 +421,12 @@ class GradPruneTrainer(Trainer):
             "prune/examples_scored": scores.num_examples,
         }
         if report is not None:
-            finite = [r for r in report.sublayers if r.error_before == r.error_before]
             logs.update(
                 {
                     "prune/reconstruct_tokens": report.tokens,
                     "prune/reconstruct_seconds": round(report.seconds, 3),
-                    "prune/reconstruct_error_before": sum(r.error_before for r in finite),
-                    "prune/reconstruct_error_after": sum(r.error_after for r in finite),
+                    "prune/reconstruct_error_before": report.error_before,
+                    "prune/reconstruct_error_after": report.error_after,
                     "prune/reconstruct_skipped": len(report.skipped),
                 }
             )

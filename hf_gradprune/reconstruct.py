@@ -74,6 +74,16 @@ class ReconstructionReport:
     def skipped(self) -> list[SubLayerReport]:
         return [r for r in self.sublayers if r.skipped]
 
+    @property
+    def error_before(self) -> float:
+        """Summed over the sub-layers that have units, each measured with the earlier ones reconstructed (so
+        not the model's end-to-end error)."""
+        return sum(r.error_before for r in self.sublayers if r.units)
+
+    @property
+    def error_after(self) -> float:
+        return sum(r.error_after for r in self.sublayers if r.units)
+
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "seconds": self.seconds, "sublayers": [asdict(r) for r in self.sublayers]}
 

@@ -170,6 +170,7 @@ def test_reconstruction_never_raises_a_sublayer_error_and_reports_it_honestly(ki
         elif not r.skipped:
             assert r.error_after <= r.error_before
     assert sum(r.error_after for r in done) < sum(r.error_before for r in done)
+    assert report.error_after < report.error_before  # summed over the sub-layers with units (no NaN)
     # the error of the last sub-layer, measured independently, is the reported one
     last = done[-1]
     a, b = _explicit_rows(model, dense, batches, last.layer, last.kind)
