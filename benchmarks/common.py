@@ -164,9 +164,17 @@ def accuracy(model, task: Task, batch_size: int = 128) -> float:
 
 def score(model, task: Task, methods, n_examples: int = 1024, batch_size: int = 32, seed: int = 0) -> dict:
     """Scores of every method; the gradient methods share one pass over ``n_examples`` training sentences."""
+    return {m: s.scores for m, s in scorers(model, task, methods, n_examples, batch_size, seed).items()}
+
+
+def scorers(
+    model, task: Task, methods, n_examples: int = 1024, batch_size: int = 32, seed: int = 0, record_batches=False
+) -> dict:
+    """``score``'s scorers, after the pass (``record_batches``: each keeps its per-pass gate gradients)."""
     model.eval()
-    scorers = {m: ImportanceScorer(model, m, seed=seed) for m in methods}
-    grad = [s for m, s in scorers.items() if m in GRADIENT_METHODS]
+    extra = {"record_batches": True} if record_batches else {}
+    out = {m: ImportanceScorer(model, m, seed=seed, **(extra if m in GRADIENT_METHODS else {})) for m in methods}
+    grad = [s for m, s in out.items() if m in GRADIENT_METHODS]
     if grad:
         loader = torch.utils.data.DataLoader(
             task.train.shuffle(seed=seed).select(range(min(n_examples, len(task.train)))),
@@ -180,7 +188,7 @@ def score(model, task: Task, methods, n_examples: int = 1024, batch_size: int = 
             model.zero_grad(set_to_none=True)
         for s in grad:
             s.detach()
-    return {m: s.scores for m, s in scorers.items()}
+    return out
 
 
 def recovery_trainer(model, teacher, task: Task, steps: int, work: Path, seed: int = 42, **overrides):

@@ -11,33 +11,13 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
-from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, machine, write_json
+from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, machine, scorers, write_json
 
-from hf_gradprune import ImportanceScorer, PruningPlan, prune_model
+from hf_gradprune import PruningPlan, prune_model
 from hf_gradprune.rearrange import objective, rearrange_plan
 
 METHODS = ("fisher", "taylor")
 SPARSITIES = (0.5, 0.6)
-
-
-def score(model, task, n_examples: int, batch_size: int = 32, seed: int = 0) -> dict:
-    """Both gradient methods over the same passes, each recording its per-pass gate gradients."""
-    model.eval()
-    scorers = {m: ImportanceScorer(model, m, record_batches=True) for m in METHODS}
-    loader = torch.utils.data.DataLoader(
-        task.train.shuffle(seed=seed).select(range(min(n_examples, len(task.train)))),
-        batch_size=batch_size,
-        collate_fn=task.collator,
-    )
-    for s in scorers.values():
-        s.attach()
-    for batch in loader:
-        model(**batch).loss.backward()
-        model.zero_grad(set_to_none=True)
-    for s in scorers.values():
-        s.detach()
-    return scorers
 
 
 def pruned_accuracy(dense, plan, task) -> float:
@@ -77,10 +57,10 @@ def run(quick: bool, n_score: int) -> dict:
     task = load_task(quick, work)
     dense = dense_model(task, work, quick)
     t0 = time.perf_counter()
-    scorers = score(dense, task, n_score)
+    by_method = scorers(dense, task, METHODS, n_examples=n_score, record_batches=True)
     score_s = time.perf_counter() - t0
     rows = []
-    for method, scorer in scorers.items():
+    for method, scorer in by_method.items():
         scores, grads = scorer.scores, scorer.batch_gradients
         for sparsity in SPARSITIES:
             plan = PruningPlan.from_scores(scores, head_sparsity=sparsity, ffn_sparsity=sparsity)
@@ -121,7 +101,7 @@ def run(quick: bool, n_score: int) -> dict:
         "dev_examples": len(task.dev),
         "score_examples": min(n_score, len(task.train)),
         "score_batch_size": 32,
-        "score_passes": int(next(iter(scorers.values())).batch_gradients["neuron"][0].shape[0]),
+        "score_passes": int(next(iter(by_method.values())).batch_gradients["neuron"][0].shape[0]),
         "score_seconds_both_methods": round(score_s, 1),
         "ranking": "global",
         "recovery_steps": 0,

@@ -25,11 +25,11 @@ from common import (
     load_task,
     machine,
     recover,
+    scorers,
     write_json,
 )
 
 from hf_gradprune import (
-    ImportanceScorer,
     current_plan,
     prune_model,
     prune_oneshot,
@@ -46,20 +46,6 @@ METHODS = ("fisher", "taylor")
 def loader(dataset, start, count, batch_size, collator, seed=0):
     rows = dataset.shuffle(seed=seed).select(range(start, min(start + count, len(dataset))))
     return torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collator)
-
-
-def score_with_batches(model, batches):
-    """Fisher and Taylor scores in one pass, each scorer keeping its per-batch gate gradients."""
-    model.eval()
-    scorers = {m: ImportanceScorer(model, m, record_batches=True) for m in METHODS}
-    for s in scorers.values():
-        s.attach()
-    for b in batches:
-        model(**b).loss.backward()
-        model.zero_grad(set_to_none=True)
-    for s in scorers.values():
-        s.detach()
-    return scorers
 
 
 def run(
@@ -84,11 +70,11 @@ def run(
         write_json(out / "retrain_free.json", result)
         return result
     t0 = time.perf_counter()
-    scorers = score_with_batches(dense, score_batches)
+    by_method = scorers(dense, task, METHODS, n_examples=n_score, record_batches=True)  # = score_batches' data
     score_seconds = time.perf_counter() - t0
     rows = []
     for method in METHODS:
-        scorer = scorers[method]
+        scorer = by_method[method]
         scores = scorer.scores
         for target in QUICK_TARGETS if quick else TARGETS:
             t = time.perf_counter()
