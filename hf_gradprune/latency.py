@@ -6,11 +6,23 @@ measured the same way (warm-up passes, CUDA synchronisation, median of the repea
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
 import platform
+import tempfile
 import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from .architectures import Geometry
 
 
 def random_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int | None = None) -> dict:
@@ -91,3 +103,316 @@ def latency_comparison(dense, pruned, batch_sizes=(1, 32), seq_len: int = 128, r
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------------- latency tables (Kwon et al. 2022)
+class LatencyTableError(ValueError):
+    """A latency table that is malformed, or measured for another model, shape or machine."""
+
+
+TABLE_VERSION = 1
+
+
+@dataclass
+class LatencyTable:
+    """What one layer's attention and FFN cost in milliseconds, measured once on one machine at one shape.
+
+    ``attention_ms[i]``: one layer's attention time with ``head_counts[i]`` query heads kept; ``ffn_ms[i]``:
+    one layer's FFN time at ``ffn_widths[i]`` neurons (both 0 at 0: a layer's norms and residual adds are in
+    ``other_ms``, the time of the model with every head and neuron removed: embeddings, norms, pooler).
+    Between samples, times are interpolated linearly. ``dense_measured_ms``: the dense model's own measured time,
+    kept to show how far the additive model is from it. Plain data: ``plan.py`` reads a table only through
+    ``predict(plan)`` and ``seq_len``, so neither module imports the other.
+    """
+
+    device_name: str
+    dtype: str
+    torch_threads: int
+    batch_size: int
+    seq_len: int
+    geometry: dict
+    head_counts: list[int]
+    attention_ms: list[float]
+    ffn_widths: list[int]
+    ffn_ms: list[float]
+    other_ms: float
+    dense_measured_ms: float | None = None
+    version: int = TABLE_VERSION
+
+    def __post_init__(self):
+        try:
+            geometry = Geometry(**self.geometry)
+        except TypeError as e:
+            raise LatencyTableError(f"a latency table's geometry must be a Geometry's fields: {e}") from None
+        for name, counts, times, top in (
+            ("head_counts", self.head_counts, self.attention_ms, geometry.num_heads),
+            ("ffn_widths", self.ffn_widths, self.ffn_ms, geometry.intermediate_size),
+        ):
+            counts = list(counts)
+            if counts != sorted(set(counts)) or not counts or counts[0] != 0 or counts[-1] != top:
+                raise LatencyTableError(f"{name} must ascend from 0 to {top} without repeats, got {counts}")
+            if len(times) != len(counts) or any(not (math.isfinite(t) and t >= 0) for t in times):
+                raise LatencyTableError(f"{name}: need one finite time >= 0 per sample, got {list(times)}")
+        if not (math.isfinite(self.other_ms) and self.other_ms >= 0):
+            raise LatencyTableError(f"other_ms must be a finite time >= 0, got {self.other_ms!r}")
+
+    # ------------------------------------------------------------------ prediction
+    @property
+    def geometry_obj(self) -> Geometry:
+        return Geometry(**self.geometry)
+
+    def attention_time(self, heads: int) -> float:
+        """One layer's attention ms with ``heads`` query heads (interpolated between the samples)."""
+        return _interpolate(self.head_counts, self.attention_ms, heads)
+
+    def ffn_time(self, width: int) -> float:
+        """One layer's FFN ms at ``width`` neurons (interpolated between the samples)."""
+        return _interpolate(self.ffn_widths, self.ffn_ms, width)
+
+    def predict_shape(self, heads_per_layer, ffn_per_layer) -> float:
+        """Predicted forward ms of the model with these per-layer counts: the parts' sum."""
+        return (
+            self.other_ms
+            + sum(self.attention_time(h) for h in heads_per_layer)
+            + sum(self.ffn_time(n) for n in ffn_per_layer)
+        )
+
+    def predict(self, plan) -> float:
+        """Predicted forward ms (at ``batch_size`` x ``seq_len``, on this table's machine) of a model cut to
+        ``plan`` (anything with ``geometry``, ``heads`` and ``neurons``, e.g. a ``PruningPlan``)."""
+        self.check(plan.geometry)
+        return self.predict_shape([len(h) for h in plan.heads], [len(n) for n in plan.neurons])
+
+    @property
+    def dense_ms(self) -> float:
+        """The predicted time of the unpruned model."""
+        g = self.geometry_obj
+        return self.predict_shape([g.num_heads] * g.num_layers, [g.intermediate_size] * g.num_layers)
+
+    # ------------------------------------------------------------------ staleness
+    def key(self) -> dict:
+        """What the table is valid for: its machine, dtype, threads, input shape and model geometry."""
+        return {
+            "device_name": self.device_name,
+            "dtype": self.dtype,
+            "torch_threads": self.torch_threads,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "geometry": Geometry(**self.geometry).to_dict(),
+        }
+
+    def check(self, geometry: Geometry | None = None, **expected) -> None:
+        """Refuse (``LatencyTableError``) a table measured for another geometry, or whose key differs from
+        ``expected`` (any of ``device_name``, ``dtype``, ``torch_threads``, ``batch_size``, ``seq_len``)."""
+        key = self.key()
+        if geometry is not None and Geometry(**self.geometry) != geometry:
+            raise LatencyTableError(
+                f"this latency table was measured for another model ({key['geometry']}), not {geometry.to_dict()}: "
+                "measure one for this model (measure_latency_table / cached_latency_table)"
+            )
+        unknown = set(expected) - set(key)
+        if unknown:
+            raise TypeError(f"unknown latency table key(s): {', '.join(sorted(unknown))}")
+        stale = {k: (key[k], v) for k, v in expected.items() if v is not None and key[k] != v}
+        if stale:
+            diff = ", ".join(f"{k} {have!r} (wanted {want!r})" for k, (have, want) in stale.items())
+            raise LatencyTableError(
+                f"this latency table is stale: it was measured with {diff}; measure one for this machine and shape "
+                "(measure_latency_table / cached_latency_table)"
+            )
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyTable:
+        version = data.get("version") if isinstance(data, dict) else None
+        if version != TABLE_VERSION:
+            raise LatencyTableError(
+                f"not a version-{TABLE_VERSION} latency table (version {version!r}): measure it again"
+            )
+        names = {f.name for f in fields(cls)}
+        missing = names - set(data) - {"dense_measured_ms"}
+        if missing:
+            raise LatencyTableError(f"latency table lacks {', '.join(sorted(missing))}: measure it again")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the table as JSON, atomically (a temporary sibling renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # ours: the temporary file made just above
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, geometry: Geometry | None = None, **expected) -> LatencyTable:
+        """Read a table; with ``geometry`` / ``expected`` keys (see ``check``) a stale one is refused."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LatencyTableError(f"cannot read a latency table from {os.fspath(path)!r}: {e}") from None
+        table = cls.from_dict(data)
+        table.check(geometry, **expected)
+        return table
+
+
+def _interpolate(xs: list[int], ys: list[float], x: float) -> float:
+    if not xs[0] <= x <= xs[-1]:
+        raise LatencyTableError(f"{x} is outside the table's samples [{xs[0]}, {xs[-1]}]")
+    i = bisect.bisect_left(xs, x)
+    if xs[i] == x:
+        return float(ys[i])
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+def _dtype_name(model: nn.Module) -> str:
+    return str(next(model.parameters()).dtype)
+
+
+def table_key(model: nn.Module, batch_size: int, seq_len: int) -> dict:
+    """The key a table measured now for ``model`` at ``batch_size`` x ``seq_len`` would have."""
+    from .state import pruning_state
+
+    device = next(model.parameters()).device
+    return {
+        "device_name": device_name(device),
+        "dtype": _dtype_name(model),
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": int(batch_size),
+        "seq_len": int(seq_len),
+        "geometry": pruning_state(model).geometry.to_dict(),
+    }
+
+
+def _default_samples(top: int, count: int, step: int = 1) -> list[int]:
+    """``count`` samples from 0 to ``top`` (both included), evenly spaced, on multiples of ``step``."""
+    points = {0, top}
+    for i in range(1, max(count, 2) - 1):
+        points.add(min(top, step * round(top * i / (max(count, 2) - 1) / step)))
+    return sorted(points)
+
+
+def measure_latency_table(
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int,
+    *,
+    head_counts: list[int] | None = None,
+    ffn_widths: list[int] | None = None,
+    ffn_samples: int = 17,
+    repeats: int = 5,
+    warmup: int = 1,
+    timer=None,
+) -> LatencyTable:
+    """Measure a ``LatencyTable`` for an unpruned ``model`` at ``batch_size`` x ``seq_len`` on its device.
+
+    Times copies of the model pruned uniformly (through ``prune_model``, so the family's own surgery) to
+    ``h`` heads and no FFN for each ``h`` of ``head_counts``, to no heads and ``n`` neurons for each ``n`` of
+    ``ffn_widths``, and to nothing at all (``other_ms``); a layer's part is the difference from the empty
+    model, divided by the layers, and made non-decreasing in the count (timing noise must not make a larger
+    layer look faster). ``head_counts`` defaults to every count the key/value groups allow (multiples of the
+    group size), ``ffn_widths`` to ``ffn_samples`` evenly spaced widths (multiples of 8 where the width allows).
+    The caller's model is never changed. ``timer(model) -> ms`` replaces ``measure_latency`` (tests).
+    """
+    from .plan import PruningPlan  # latency.py builds plans to time them; plan.py never imports latency.py
+    from .state import pruning_state
+    from .surgery import prune_model
+
+    for name, value, least in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    state = pruning_state(model)
+    g = state.geometry
+    full_heads, full_neurons = list(range(g.num_heads)), list(range(g.intermediate_size))
+    if any(h != full_heads for h in state.head_ids) or any(n != full_neurons for n in state.neuron_ids):
+        raise LatencyTableError(
+            "measure_latency_table needs the unpruned model (a table describes every head count from 0 to the "
+            "original); measure it on the dense model before pruning and pass the table along"
+        )
+    if head_counts is None:
+        head_counts = list(range(0, g.num_heads + 1, g.group_size))
+    if ffn_widths is None:
+        ffn_widths = _default_samples(
+            g.intermediate_size, ffn_samples, 8 if g.intermediate_size >= 8 * ffn_samples else 1
+        )
+    head_counts, ffn_widths = sorted(set(head_counts)), sorted(set(ffn_widths))
+    if head_counts[0] != 0 or head_counts[-1] != g.num_heads or any(h % g.group_size for h in head_counts):
+        raise ValueError(
+            f"head_counts must include 0 and {g.num_heads} and be multiples of the key/value group size "
+            f"({g.group_size}), got {head_counts}"
+        )
+    if ffn_widths[0] != 0 or ffn_widths[-1] != g.intermediate_size:
+        raise ValueError(f"ffn_widths must include 0 and {g.intermediate_size}, got {ffn_widths}")
+    if timer is None:
+        inputs = random_inputs(model, batch_size, seq_len, seed=0)
+
+        def timer(m):
+            return measure_latency(m, batch_size, seq_len, repeats, warmup, inputs=inputs)
+
+    def time_shape(heads: int, width: int) -> float:
+        plan = PruningPlan(g, [list(range(heads))] * g.num_layers, [list(range(width))] * g.num_layers)
+        pruned = copy.deepcopy(model)
+        try:
+            if heads < g.num_heads or width < g.intermediate_size:
+                prune_model(pruned, plan)
+            return float(timer(pruned))
+        finally:
+            del pruned
+
+    empty = time_shape(0, 0)
+    attention = _monotone([0.0] + [max(0.0, (time_shape(h, 0) - empty) / g.num_layers) for h in head_counts[1:]])
+    ffn = _monotone([0.0] + [max(0.0, (time_shape(0, n) - empty) / g.num_layers) for n in ffn_widths[1:]])
+    dense = time_shape(g.num_heads, g.intermediate_size)
+    key = table_key(model, batch_size, seq_len)
+    return LatencyTable(
+        **key,
+        head_counts=head_counts,
+        attention_ms=attention,
+        ffn_widths=ffn_widths,
+        ffn_ms=ffn,
+        other_ms=empty,
+        dense_measured_ms=dense,
+    )
+
+
+def _monotone(times: list[float]) -> list[float]:
+    out, top = [], 0.0
+    for t in times:
+        top = max(top, t)
+        out.append(top)
+    return out
+
+
+def default_cache_dir() -> Path:
+    """``$HF_GRADPRUNE_CACHE/latency`` or ``~/.cache/hf_gradprune/latency``."""
+    root = os.environ.get("HF_GRADPRUNE_CACHE") or Path.home() / ".cache" / "hf_gradprune"
+    return Path(root) / "latency"
+
+
+def cached_latency_table(
+    model: nn.Module, batch_size: int, seq_len: int, cache_dir: str | os.PathLike | None = None, **measure_kwargs
+) -> LatencyTable:
+    """The table for ``model`` at this shape on this machine: loaded from ``cache_dir`` when one was measured
+    with the same key (device name, dtype, threads, batch, sequence, geometry), else measured and saved there."""
+    key = table_key(model, batch_size, seq_len)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = (
+        Path(cache_dir if cache_dir is not None else default_cache_dir())
+        / f"{key['geometry']['model_type']}-{digest}.json"
+    )
+    if path.exists():
+        geometry = Geometry(**key.pop("geometry"))
+        return LatencyTable.load(path, geometry, **key)
+    table = measure_latency_table(model, batch_size, seq_len, **measure_kwargs)
+    table.save(path)
+    return table
