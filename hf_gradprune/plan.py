@@ -8,6 +8,7 @@ schedule needs (``head_sparsity=0.5`` means half of the original heads are gone,
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
@@ -73,6 +74,8 @@ class PruningPlan:
         *,
         flops_budget: float | None = None,
         params_budget: float | None = None,
+        latency_budget: float | None = None,
+        latency_table=None,
         ranking: str = "global",
         normalize_heads: bool = False,
         min_heads_per_layer: int = 0,
@@ -82,13 +85,23 @@ class PruningPlan:
         uniform: bool = False,
         heads_kept: int | None = None,
         budget_split: str | None = None,
+        balanced: bool = False,
     ) -> PruningPlan:
         """Remove the least important units.
 
         Targets (fractions of the *original* model, in [0, 1)): either ``head_sparsity`` and/or
         ``ffn_sparsity`` (fraction of (query) heads / neurons removed), or one of ``flops_budget`` /
         ``params_budget`` (fraction of the transformer blocks' FLOPs / parameters removed, where heads
-        and neurons compete by importance per FLOP or per parameter).
+        and neurons compete by importance per FLOP or per parameter) / ``latency_budget``.
+
+        ``latency_budget``: fraction of the dense model's forward time to remove, as ``latency_table``
+        predicts it (a ``hf_gradprune.latency.LatencyTable``, or anything with ``predict(plan) -> ms``), i.e. at
+        the table's batch x sequence on the table's machine. Heads and neurons are priced by the table's mean ms
+        per unit, and the split (any of the options below) is searched by bisection for the smallest cut whose
+        predicted time removes at least the fraction. A fraction above what removing every head and neuron
+        gives (embeddings, norms, ... stay) is a ``PlanError`` at once; one that min_heads_per_layer, uniform or
+        balanced shapes prevent gives ``meta["budget_met"] = False``. ``meta`` records the dense and predicted ms
+        (``latency_dense_ms``, ``latency_predicted_ms``, ``latency_removed``) whenever a table is given.
 
         ``ranking="global"`` compares units across layers; ``"per_layer"`` removes the same fraction from
         every layer. ``normalize_heads`` divides each layer's head scores by their L2 norm (Michel et al.).
@@ -119,13 +132,22 @@ class PruningPlan:
         head per group, or whole groups), so the count kept is the nearest the atoms allow (``plan.num_heads``
         says it). ``search_budget_split`` (``budget_split.py``) picks ``k`` by calibration loss.
 
+        ``balanced=True`` keeps the same number of attention atoms (query heads, or slices / groups under
+        grouped-query attention) in every layer, like ``uniform``, but lets FFN widths differ by score; each width
+        is rounded to the *nearest* multiple of ``ffn_multiple_of`` (or the layer's live width), then widths are
+        stepped down (least important block first) until the target is met and up again while it stays met, so
+        a balanced plan meets its budget exactly as far as the multiples allow. Under a budget the head count is
+        the one keeping the most importance (each kind's scores divided by its mean score per unit cost, unless
+        ``budget_split="ratio"``); every layer keeps some attention, as under ``uniform``.
+
         ``meta["budget_met"]`` (budgets only) says whether the plan removes at least the budget; it is False
         when the heads kept (or ``min_heads_per_layer``) cost more than the budget leaves even with every
         neuron removed, or when ``ffn_multiple_of`` rounded widths back up.
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
-        budgets = {"flops_budget": flops_budget, "params_budget": params_budget}
+        budgets = {"flops_budget": flops_budget, "params_budget": params_budget, "latency_budget": latency_budget}
         validate_targets(**targets, **budgets)
+        has_budget = any(v is not None for v in budgets.values())
         validate_options(
             ranking=ranking,
             min_heads_per_layer=min_heads_per_layer,
@@ -136,10 +158,22 @@ class PruningPlan:
             uniform=uniform,
             heads_kept=heads_kept,
             budget_split=budget_split,
-            has_budget=flops_budget is not None or params_budget is not None,
+            has_budget=has_budget,
+            balanced=balanced,
         )
         g = scores.geometry
         scores.validate()
+        if latency_budget is not None and latency_table is None:
+            raise PlanError(
+                "latency_budget is a fraction of the time a latency table predicts: pass latency_table= (from "
+                "hf_gradprune.latency: measure_latency_table, cached_latency_table or LatencyTable.load)"
+            )
+        latency_dense = None
+        if latency_table is not None:
+            try:  # a table of another model is refused here, before any work
+                latency_dense = float(latency_table.predict(cls.full(g)))
+            except ValueError as e:
+                raise PlanError(f"latency_table: {e}") from e
         if attention_unit == KV_GROUP and g.group_size > 1 and scores.groups is None:
             raise PlanError(
                 "attention_unit='kv_group' needs scores of whole key/value groups, which these scores lack "
@@ -161,20 +195,38 @@ class PruningPlan:
                 _Atom(layer, NEURON, (i,), float(v)) for i, v in zip(scores.neuron_ids[layer], scores.neurons[layer])
             ]
 
-        if budgets_given := [k for k, v in budgets.items() if v is not None]:
+        normalize = (budget_split or "normalized") == "normalized"
+
+        def allocate(per_unit, per_kv, fixed, fraction):
+            args = (atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
+            if uniform:
+                return _uniform_by_budget(*args)
+            if balanced:
+                return _balanced_by_budget(*args, ffn_multiple_of, normalize)
+            if heads_kept is not None:
+                return _keep_heads_then_neurons(*args, heads_kept)
+            return _remove_by_budget(*args, normalize=normalize)
+
+        def kept(removed):
+            heads = [[] for _ in range(g.num_layers)]
+            neurons = [[] for _ in range(g.num_layers)]
+            for atom in atoms:
+                if atom.key not in removed:
+                    (heads if atom.kind == HEAD else neurons)[atom.layer].extend(atom.ids)
+            if ffn_multiple_of > 1 and not balanced:  # balanced plans are rounded by their own allocator
+                neurons = _round_ffn(atoms, neurons, ffn_multiple_of)
+            return heads, neurons
+
+        budgets_given = [k for k, v in budgets.items() if v is not None]
+        if latency_budget is not None:
+            heads, neurons = _search_latency(g, latency_table, latency_dense, latency_budget, allocate, kept)
+        elif budgets_given:
             costs = _unit_costs(g, seq_len)  # only budgets need the family's costs
             # All block FLOPs are in the units; parameters also count each layer's fixed ones (biases, norms).
             per_unit = costs.flops() if flops_budget is not None else costs.params()
             per_kv = costs.kv_head_flops if flops_budget is not None else costs.kv_head_params
             fixed = 0 if flops_budget is not None else costs.fixed_params
-            fraction = budgets[budgets_given[0]]
-            args = (atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
-            if uniform:
-                removed = _uniform_by_budget(*args)
-            elif heads_kept is not None:
-                removed = _keep_heads_then_neurons(*args, heads_kept)
-            else:
-                removed = _remove_by_budget(*args, normalize=(budget_split or "normalized") == "normalized")
+            heads, neurons = kept(allocate(per_unit, per_kv, fixed, budgets[budgets_given[0]]))
         else:
             removed = set()
             for kind, sparsity, total in (
@@ -183,16 +235,12 @@ class PruningPlan:
             ):
                 if sparsity is not None:
                     min_keep = min_heads_per_layer if kind == HEAD else 0
-                    rank = "per_layer" if uniform else ranking
-                    removed |= _remove_by_count(atoms, g, kind, sparsity, total, rank, min_keep, uniform)
-
-        heads = [[] for _ in range(g.num_layers)]
-        neurons = [[] for _ in range(g.num_layers)]
-        for atom in atoms:
-            if atom.key not in removed:
-                (heads if atom.kind == HEAD else neurons)[atom.layer].extend(atom.ids)
-        if ffn_multiple_of > 1:
-            neurons = _round_ffn(atoms, neurons, ffn_multiple_of)
+                    even = uniform or (balanced and kind == HEAD)
+                    rank = "per_layer" if even else ranking
+                    removed |= _remove_by_count(atoms, g, kind, sparsity, total, rank, min_keep, even)
+            if balanced and ffn_sparsity is not None and ffn_multiple_of > 1:
+                removed = _round_balanced_count(atoms, g, removed, ffn_multiple_of)
+            heads, neurons = kept(removed)
         meta = {
             "method": scores.method,
             "num_examples": scores.num_examples,
@@ -205,6 +253,8 @@ class PruningPlan:
             "uniform": uniform,
             **{k: v for k, v in {**targets, **budgets}.items() if v is not None},
         }
+        if balanced:
+            meta["balanced"] = True
         if budgets_given:
             meta["budget_split"] = (
                 "heads_kept" if heads_kept is not None else "uniform" if uniform else budget_split or "normalized"
@@ -212,7 +262,20 @@ class PruningPlan:
             if heads_kept is not None:
                 meta["heads_kept"] = int(heads_kept)
         plan = cls(g, heads, neurons, meta)
-        if budgets_given:
+        if latency_table is not None:
+            predicted = float(latency_table.predict(plan))
+            key = getattr(latency_table, "key", None)
+            if callable(key):
+                plan.meta["latency_table"] = {k: v for k, v in key().items() if k != "geometry"}
+            plan.meta.update(
+                latency_dense_ms=round(latency_dense, 4),
+                latency_predicted_ms=round(predicted, 4),
+                latency_removed=round(1 - predicted / latency_dense, 6) if latency_dense > 0 else 0.0,
+            )
+        if latency_budget is not None:
+            done = 1 - predicted / latency_dense if latency_dense > 0 else 0.0
+            plan.meta["budget_met"] = bool(done >= latency_budget - 1e-9)
+        elif budgets_given:
             done = plan.flops_removed(seq_len) if flops_budget is not None else plan.params_removed()
             plan.meta["budget_met"] = bool(done >= budgets[budgets_given[0]] - 1e-9)
         if uniform and not plan.is_uniform():
@@ -332,7 +395,7 @@ class PruningPlan:
 
 # ---------------------------------------------------------------------- validation
 TARGET_NAMES = ("head_sparsity", "ffn_sparsity")
-BUDGET_NAMES = ("flops_budget", "params_budget")
+BUDGET_NAMES = ("flops_budget", "params_budget", "latency_budget")
 RANKINGS = ("global", "per_layer")
 BUDGET_SPLITS = ("ratio", "normalized")
 
@@ -343,19 +406,26 @@ def _is_int(value) -> bool:
 
 
 def validate_targets(
-    head_sparsity=None, ffn_sparsity=None, flops_budget=None, params_budget=None, *, required: bool = True
+    head_sparsity=None,
+    ffn_sparsity=None,
+    flops_budget=None,
+    params_budget=None,
+    latency_budget=None,
+    *,
+    required: bool = True,
 ) -> None:
     """The one check of pruning targets (``PruningPlan.from_scores`` and ``GradPruneConfig`` both call it).
 
     Each target is a fraction of the original model in [0, 1). Give ``head_sparsity`` and/or
-    ``ffn_sparsity``, or exactly one of ``flops_budget`` / ``params_budget``; ``required`` asks for at
-    least one. Raises ``PlanError``.
+    ``ffn_sparsity``, or exactly one of ``flops_budget`` / ``params_budget`` / ``latency_budget``; ``required``
+    asks for at least one. Raises ``PlanError``.
     """
     given = {
         "head_sparsity": head_sparsity,
         "ffn_sparsity": ffn_sparsity,
         "flops_budget": flops_budget,
         "params_budget": params_budget,
+        "latency_budget": latency_budget,
     }
     for name, value in given.items():
         if value is None:
@@ -371,7 +441,9 @@ def validate_targets(
             "or one budget alone"
         )
     if required and not named:
-        raise PlanError("give a target: head_sparsity and/or ffn_sparsity, or flops_budget or params_budget")
+        raise PlanError(
+            "give a target: head_sparsity and/or ffn_sparsity, or flops_budget, params_budget or latency_budget"
+        )
 
 
 def validate_options(
@@ -386,9 +458,10 @@ def validate_options(
     heads_kept: int | None = None,
     budget_split: str | None = None,
     has_budget: bool | None = None,
+    balanced: bool = False,
 ) -> None:
     """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known;
-    ``has_budget`` whether a FLOPs/parameter budget is given (None: not known here)."""
+    ``has_budget`` whether a FLOPs/parameter/latency budget is given (None: not known here)."""
     if ranking not in RANKINGS:
         raise PlanError(f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}")
     if attention_unit not in ATTENTION_UNITS:
@@ -398,6 +471,15 @@ def validate_options(
         )
     if not isinstance(uniform, bool):
         raise PlanError(f"uniform must be True or False, got {uniform!r}")
+    if not isinstance(balanced, bool):
+        raise PlanError(f"balanced must be True or False, got {balanced!r}")
+    if balanced and uniform:
+        raise PlanError(
+            "balanced=True and uniform=True are two shapes: uniform keeps the same heads and FFN width in every "
+            "layer, balanced the same heads with FFN widths by score; choose one"
+        )
+    if balanced and heads_kept is not None:
+        raise PlanError("heads_kept cannot be combined with balanced=True, which picks its own head count per layer")
     if not _is_int(min_heads_per_layer) or min_heads_per_layer < 0:
         raise PlanError(f"min_heads_per_layer must be an integer >= 0, got {min_heads_per_layer!r}")
     if num_heads is not None and min_heads_per_layer > num_heads:
@@ -747,3 +829,196 @@ def _round_ffn(atoms, neurons, multiple):
         ranked = sorted(live, key=lambda a: (a.ids[0] in kept_set, a.score, -a.ids[0]), reverse=True)
         out.append(sorted(a.ids[0] for a in ranked[:width]))
     return out
+
+
+# ---------------------------------------------------------------------- balanced shapes
+def _price(a: _Atom, cost: dict, kv_cost: float) -> float:
+    # a slice's key/value heads go only with the layer's last slice: left out so a layer's slices go in order
+    return a.size * cost[a.kind] + (0 if a.shared_kv else a.kv * kv_cost)
+
+
+def _kind_scales(atoms, cost, kv_cost, normalize: bool) -> dict[str, float]:
+    """Each kind's mean importance per unit cost (1 without ``normalize``): what a kind's scores are divided
+    by so that heads and neurons compare on one scale (``budget_split="normalized"``)."""
+    scale = {HEAD: 1.0, NEURON: 1.0}
+    if normalize:
+        for kind in scale:
+            values = [a.score / max(_price(a, cost, kv_cost), 1e-30) for a in atoms if a.kind == kind]
+            mean = sum(values) / len(values) if values else 0.0
+            scale[kind] = mean if mean > 0 else 1.0  # all-zero scores: nothing to rescale
+    return scale
+
+
+def _neuron_counts(rows, order, max_total: int, ranking: str) -> list[int]:
+    """Per-layer neurons kept when ``max_total`` are kept: the most important across layers (``"global"``,
+    ``order`` lists each neuron's layer, most important first) or as evenly as the live widths allow."""
+    live = [len(r) for r in rows]
+    max_total = max(0, min(max_total, sum(live)))
+    counts = [0] * len(rows)
+    if ranking == "global":
+        for layer in order[:max_total]:
+            counts[layer] += 1
+        return counts
+    left = max_total
+    while left > 0:
+        open_layers = [i for i in range(len(rows)) if counts[i] < live[i]]
+        share = max(1, left // len(open_layers))
+        for i in open_layers:
+            take = min(share, live[i] - counts[i], left)
+            counts[i] += take
+            left -= take
+            if not left:
+                break
+    return counts
+
+
+def _round_widths(prefix, live, counts, max_total: int, multiple: int) -> list[int]:
+    """Each layer's width rounded to the nearest multiple of ``multiple`` (or its live width), then stepped
+    down (the block of least importance per neuron first) while more than ``max_total`` neurons are kept, and
+    up (most important first) while a step still fits. ``prefix[l][k]``: importance of layer l's top k."""
+
+    def down(layer, w):
+        return w - (w % multiple or multiple)
+
+    def up(layer, w):
+        return None if w >= live[layer] else min(w + multiple, live[layer])
+
+    widths = []
+    for layer, c in enumerate(counts):
+        lower = c - c % multiple
+        upper = min(lower + multiple, live[layer])
+        widths.append(lower if c == lower or c - lower < upper - c else upper)  # ties round up
+    while sum(widths) > max_total:
+        options = [i for i, w in enumerate(widths) if w > 0]
+        layer = min(
+            options,
+            key=lambda i: (
+                (prefix[i][widths[i]] - prefix[i][down(i, widths[i])]) / (widths[i] - down(i, widths[i])),
+                i,
+            ),
+        )
+        widths[layer] = down(layer, widths[layer])
+    while True:
+        total = sum(widths)
+        options = [i for i, w in enumerate(widths) if up(i, w) is not None and total + up(i, w) - w <= max_total]
+        if not options:
+            return widths
+        layer = max(
+            options,
+            key=lambda i: ((prefix[i][up(i, widths[i])] - prefix[i][widths[i]]) / (up(i, widths[i]) - widths[i]), -i),
+        )
+        widths[layer] = up(layer, widths[layer])
+
+
+def _neuron_rows(atoms, num_layers: int):
+    """Each layer's neuron atoms (most important first), the prefix sums of their scores, and every neuron's
+    layer in order of importance across layers."""
+    neurons = sorted((a for a in atoms if a.kind == NEURON), key=_order_key, reverse=True)
+    rows = [[] for _ in range(num_layers)]
+    for a in neurons:
+        rows[a.layer].append(a)
+    prefix = [list(itertools.accumulate((a.score for a in row), initial=0.0)) for row in rows]
+    return rows, prefix, [a.layer for a in neurons]
+
+
+def _balanced_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, multiple, normalize):
+    """The same number of attention atoms in every layer (swept, as ``_uniform_by_budget`` does); for each count
+    the FFN neurons fill what the budget leaves (by ``ranking``), widths rounded by ``_round_widths``. The count
+    whose plan keeps the most importance (on the scale of ``_kind_scales``) and meets the budget wins; when none
+    meets it, the smallest model."""
+    L = g.num_layers
+    head_rows = [[] for _ in range(L)]
+    for a in sorted((a for a in atoms if a.kind == HEAD), key=_order_key, reverse=True):
+        head_rows[a.layer].append(a)  # most important first (a layer's slices: last first, with the kv heads)
+    rows, prefix, order = _neuron_rows(atoms, L)
+    live = [len(r) for r in rows]
+    scale = _kind_scales(atoms, cost, kv_cost, normalize)
+    target = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed)
+    most = min(len(r) for r in head_rows)
+    candidates = []
+    for c in range(min(1, most), most + 1):
+        if c < most and any(sum(a.size for a in r[:c]) < min(min_heads, sum(a.size for a in r)) for r in head_rows):
+            continue
+        heads = [a for r in head_rows for a in r[:c]]
+        head_cost = sum(a.cost(cost, kv_cost) for a in heads)
+        room = target - L * fixed - head_cost
+        if room < -1e-9:
+            candidates.append((False, False, -head_cost, c, [0] * L))
+            continue
+        max_total = math.floor(room / cost[NEURON] + 1e-9) if cost[NEURON] > 0 else sum(live)
+        widths = _round_widths(prefix, live, _neuron_counts(rows, order, max_total, ranking), max_total, multiple)
+        value = sum(a.score for a in heads) / scale[HEAD] + sum(p[w] for p, w in zip(prefix, widths)) / scale[NEURON]
+        # an FFN kept whole with budget left over removes more than asked: such a count wins only when no other
+        # count meets the budget closely (as in _uniform_by_budget)
+        close = sum(widths) < sum(live) or room - sum(widths) * cost[NEURON] < L * cost[NEURON]
+        candidates.append((True, close, value, c, widths))
+    *_, c, widths = max(candidates, key=lambda t: t[:4])
+    return {a.key for r in head_rows for a in r[c:]} | {a.key for r, w in zip(rows, widths) for a in r[w:]}
+
+
+def _round_balanced_count(atoms, g, removed: set, multiple: int) -> set:
+    """A count target's neurons (``removed`` says which go) with each layer's width rounded by ``_round_widths``,
+    keeping no more neurons in total than the target left."""
+    rows, prefix, _ = _neuron_rows(atoms, g.num_layers)
+    counts = [sum(a.key not in removed for a in row) for row in rows]
+    widths = _round_widths(prefix, [len(r) for r in rows], counts, sum(counts), multiple)
+    kept = {a.key for r, w in zip(rows, widths) for a in r[:w]}
+    return {k for k in removed if k[1] != NEURON} | {a.key for r in rows for a in r if a.key not in kept}
+
+
+# ---------------------------------------------------------------------- latency budgets
+class _Shape(NamedTuple):
+    """What a latency table reads of a plan: its geometry and the units each layer keeps."""
+
+    geometry: Geometry
+    heads: list
+    neurons: list
+
+
+def _search_latency(g: Geometry, table, dense_ms: float, fraction: float, allocate, kept):
+    """The smallest cut whose predicted time removes ``fraction`` of ``dense_ms``: bisection over the fraction
+    of the blocks' cost given to ``allocate``, with heads and neurons priced by the table's mean ms per unit.
+
+    Each step's plan is checked by the table itself, so what is returned meets the fraction by prediction
+    (unless even the largest cut the options allow does not: then that cut). ``allocate(per_unit, per_kv,
+    fixed, fraction) -> removed`` and ``kept(removed) -> (heads, neurons)`` are ``from_scores``' own.
+    """
+    L, H, N = g.num_layers, g.num_heads, g.intermediate_size
+
+    def predict(heads, neurons):
+        return float(table.predict(_Shape(g, heads, neurons)))
+
+    all_heads, all_neurons = [list(range(H))] * L, [list(range(N))] * L
+    floor_ms = predict([[]] * L, [[]] * L)
+    if dense_ms <= 0 or 1 - floor_ms / dense_ms < fraction - 1e-12:
+        most = 1 - floor_ms / dense_ms if dense_ms > 0 else 0.0
+        raise PlanError(
+            f"latency_budget={fraction} cannot be met: with every head and neuron removed the latency table still "
+            f"predicts {floor_ms:.3f} of the dense {dense_ms:.3f} ms (embeddings, norms, ...), at most {most:.1%} "
+            "removed; lower latency_budget"
+        )
+    # the table's mean ms per unit: what the allocators weigh heads against neurons by (the kv heads' time is in
+    # the query heads' counts, so they are free here)
+    per_unit = {
+        HEAD: max((dense_ms - predict([[]] * L, all_neurons)) / (L * H), 1e-12),
+        NEURON: max((dense_ms - predict(all_heads, [[]] * L)) / (L * N), 1e-12),
+    }
+
+    def attempt(x):
+        heads, neurons = kept(allocate(per_unit, 0.0, 0.0, x))
+        return 1 - predict(heads, neurons) / dense_ms, (heads, neurons)
+
+    lo, hi = 0.0, 1.0 - 1e-9
+    done, best = attempt(hi)
+    if done < fraction - 1e-12:
+        return best  # the options forbid a larger cut; budget_met says so
+    if fraction <= 0:
+        return attempt(0.0)[1]
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        done, shape = attempt(mid)
+        if done >= fraction - 1e-12:
+            hi, best = mid, shape
+        else:
+            lo = mid
+    return best
