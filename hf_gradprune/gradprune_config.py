@@ -15,7 +15,7 @@ class GradPruneConfig(TrainingArguments):
     """Training arguments for [`GradPruneTrainer`].
 
     Give one target: ``head_sparsity`` and/or ``ffn_sparsity``, or one of ``flops_budget`` /
-    ``params_budget``; all are fractions of the original model. The schedule is one-shot (a single
+    ``params_budget`` / ``latency_budget``; all are fractions of the original model. The schedule is one-shot (a single
     prune at ``prune_step``) or iterative (``num_rounds`` prunes between ``prune_start_step`` and
     ``prune_end_step`` on a cubic sparsity ramp, Zhu & Gupta 2017), each preceded by ``scoring_steps``
     training batches during which importance is accumulated. A schedule that cannot run in full (a round
@@ -39,6 +39,26 @@ class GradPruneConfig(TrainingArguments):
     params_budget: float | None = field(
         default=None,
         metadata={"help": "Fraction of the transformer blocks' parameters to remove; units compete per parameter."},
+    )
+    latency_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of the dense model's forward latency to remove, as a latency table predicts it (at "
+            "its batch x sequence, on its machine): give latency_table, or latency_batch_size and latency_seq_len "
+            "to measure one (cached) on the model when the trainer is built."
+        },
+    )
+    latency_table: str | None = field(
+        default=None,
+        metadata={"help": "latency_budget: path of a latency table JSON (hf_gradprune.latency.LatencyTable.save)."},
+    )
+    latency_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "latency_budget: batch size the latency table is (or was) measured at."},
+    )
+    latency_seq_len: int | None = field(
+        default=None,
+        metadata={"help": "latency_budget: sequence length the latency table is (or was) measured at."},
     )
     ranking: str = field(
         default="global", metadata={"help": "global (compare units across layers) | per_layer (same cut per layer)."}
@@ -77,6 +97,13 @@ class GradPruneConfig(TrainingArguments):
         metadata={
             "help": "Keep the same number of heads per key/value group, key/value heads and FFN neurons in every "
             "layer (which ones follow the scores): a Llama-family model then saves as a stock checkpoint."
+        },
+    )
+    balanced: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the same number of heads in every layer (chosen by the target) but FFN widths by score, "
+            "each rounded to the nearest multiple of ffn_multiple_of and then fixed up so the target is still met."
         },
     )
     flops_seq_len: int = field(
@@ -167,10 +194,12 @@ class GradPruneConfig(TrainingArguments):
                 attention_unit=self.attention_unit,
                 uniform=self.uniform,
                 budget_split=self.budget_split,
-                has_budget=self.flops_budget is not None or self.params_budget is not None,
+                has_budget=any(getattr(self, name) is not None for name in BUDGET_NAMES),
+                balanced=self.balanced,
             )
         except PlanError as e:
             _fail(str(e))
+        self._validate_latency()
         if self.importance in GRADIENT_METHODS and not (
             isinstance(self.scoring_steps, int) and self.scoring_steps >= 1
         ):
@@ -196,6 +225,33 @@ class GradPruneConfig(TrainingArguments):
             _fail("bias_compensation is part of the reconstruction after each prune: set reconstruct=True too")
         if self.reconstruct and self.pruning_schedule == "none":
             _fail("reconstruct=True rebuilds layers after a prune, but pruning_schedule='none' prunes nothing")
+
+    def _validate_latency(self) -> None:
+        shape = {"latency_batch_size": self.latency_batch_size, "latency_seq_len": self.latency_seq_len}
+        for name, value in shape.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                _fail(f"{name} must be an integer >= 1, got {value!r}")
+        given = [name for name, value in {"latency_table": self.latency_table, **shape}.items() if value is not None]
+        if self.latency_budget is None:
+            if given:
+                _fail(
+                    f"{', '.join(given)}: these describe the table a latency_budget is planned with; set "
+                    "latency_budget too, or drop them"
+                )
+            return
+        if self.latency_table is None:
+            if None in shape.values():
+                _fail(
+                    "latency_budget needs a latency table: give latency_table (a saved table's path), or "
+                    "latency_batch_size and latency_seq_len to measure one on the model"
+                )
+            return
+        from .latency import LatencyTable
+
+        try:  # read now, so a missing or malformed file fails before training; the model is checked by the trainer
+            LatencyTable.load(self.latency_table, batch_size=self.latency_batch_size, seq_len=self.latency_seq_len)
+        except ValueError as e:
+            _fail(str(e))
 
     def _targets(self) -> dict:
         return {name: getattr(self, name) for name in (*TARGET_NAMES, *BUDGET_NAMES) if getattr(self, name) is not None}

@@ -33,6 +33,7 @@ from transformers.utils import logging
 from .accelerate_compat import forget_prepared
 from .architectures import get_adapter
 from .gradprune_config import GradPruneConfig
+from .latency import LatencyTable, cached_latency_table, table_key
 from .model_card import write_model_card
 from .modeling_gradprune import CONFIG_KEY
 from .plan import PruningPlan, validate_options
@@ -95,6 +96,7 @@ class GradPruneTrainer(Trainer):
             num_heads=current_plan(model).geometry.num_heads,
             attention_unit=args.attention_unit,
             uniform=args.uniform,
+            balanced=args.balanced,
         )
         super().__init__(model, args, *pos, **kwargs)
         if self.is_fsdp_enabled:
@@ -119,6 +121,7 @@ class GradPruneTrainer(Trainer):
         if teacher_model is not None:
             self.teacher = self._freeze(teacher_model)
         self.dense_plan = current_plan(self.model)
+        self.latency_table = self._load_latency_table() if args.latency_budget is not None else None
         self.dense_params = sum(p.numel() for p in self.model.parameters())
         self.base_model_name = getattr(self.model.config, "_name_or_path", "") or None
         self._scorer: ImportanceScorer | None = None
@@ -256,6 +259,25 @@ class GradPruneTrainer(Trainer):
                 total=left, desc="scoring heads and neurons", leave=False, disable=not self.is_local_process_zero()
             )
 
+    def _load_latency_table(self) -> LatencyTable:
+        """The table ``latency_budget`` is planned with: ``args.latency_table`` (refused unless it was measured
+        for this model on this kind of device, dtype and threads) or measured now on the model, where it is,
+        through the cache (``cached_latency_table``)."""
+        args = self.args
+        if args.latency_table is None:
+            return cached_latency_table(self.model, args.latency_batch_size, args.latency_seq_len)
+        key = table_key(self.model, 1, 1)
+        expected = {"device_name": key["device_name"], "dtype": key["dtype"]}
+        if next(self.model.parameters()).device.type == "cpu":  # threads set a CPU's speed, not a GPU's
+            expected["torch_threads"] = key["torch_threads"]
+        return LatencyTable.load(
+            args.latency_table,
+            self.dense_plan.geometry,
+            batch_size=args.latency_batch_size,
+            seq_len=args.latency_seq_len,
+            **expected,
+        )
+
     def _new_scorer(self) -> ImportanceScorer:
         return ImportanceScorer(self.model, self.args.importance, seed=self.args.seed + self._rounds_done)
 
@@ -279,6 +301,8 @@ class GradPruneTrainer(Trainer):
             attention_unit=args.attention_unit,
             uniform=args.uniform,
             budget_split=args.budget_split,
+            balanced=args.balanced,
+            latency_table=self.latency_table,
         )
         plan = plan.intersect(current_plan(self.model))
         # Kept in config.gradprune["history"] and the round's plan.json: which round of the schedule this was.
