@@ -1,0 +1,491 @@
+"""ONNX export of pruned (or dense) transformers models, checked against ONNX Runtime, with an int8 option.
+
+``export_onnx`` writes a folder an ONNX Runtime user needs nothing else from: ``model.onnx`` (fp32),
+optionally ``model_optimized.onnx`` (ONNX Runtime's transformer fusions) and ``model_quantized.onnx`` (dynamic
+int8 weights, the name optimum uses), ``config.json`` and the tokenizer files. Uneven plans export as they
+are: every layer's shapes are in its weights, so the graph needs no per-layer head counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+TASKS = ("sequence-classification", "token-classification", "question-answering", "masked-lm", "causal-lm")
+EXPORTERS = ("dynamo", "torchscript")
+MODEL_FILE = "model.onnx"
+OPTIMIZED_FILE = "model_optimized.onnx"
+QUANTIZED_FILE = "model_quantized.onnx"
+# what an export may write beside the graphs' own names (external weights): removed before an overwrite
+_ONNX_FILES = {name + end for name in (MODEL_FILE, OPTIMIZED_FILE, QUANTIZED_FILE) for end in ("", ".data", "_data")}
+# transformers' auto-class tables say which class does which task for each model_type
+_TASK_TABLES = {
+    "sequence-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "token-classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "question-answering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "masked-lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+}
+_OUTPUTS = {"question-answering": ("start_logits", "end_logits")}
+# Tokenizer files copied from a source folder (whatever of these it has).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_TWO_GB = 2**31 - 2**26  # protobuf's limit, less headroom for the graph itself
+_PIP_HINT = 'pip install "hf_gradprune[onnx]"'
+_CHECK_SHAPE, _EXPORT_SHAPE = (3, 13), (2, 8)  # the check runs another batch and length than the export traced
+
+
+class OnnxExportError(RuntimeError):
+    """The model cannot be exported as asked, or the exported graph does not compute what torch computes."""
+
+
+@dataclass
+class ExportReport:
+    """What ``export_onnx`` wrote and how close ONNX Runtime came to torch (max abs difference of the outputs)."""
+
+    out_dir: str
+    onnx_path: str
+    int8_path: str | None
+    task: str
+    exporter: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    max_abs_diff: float | None
+    int8_max_abs_diff: float | None
+    seconds: float
+    optimized_path: str | None = None
+    optimized_max_abs_diff: float | None = None
+    fused_operators: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _require_onnx():
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f"ONNX export needs {' and '.join(missing)}, which are not installed: {_PIP_HINT}")
+
+
+def _require_onnxscript():
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ImportError(f'exporter="dynamo" needs onnxscript, which is not installed: {_PIP_HINT}') from None
+
+
+def _load(model_or_folder) -> tuple[nn.Module, str | None]:
+    if isinstance(model_or_folder, (str, os.PathLike)):
+        folder = os.fspath(model_or_folder)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"{folder} is not a folder; export_onnx takes a model or a folder saved by save_pretrained"
+            )
+        from .hub import load_pruned
+
+        return load_pruned(folder), folder
+    if not isinstance(model_or_folder, nn.Module):
+        raise TypeError(
+            f"export_onnx takes a transformers model or a saved folder, got {type(model_or_folder).__name__}"
+        )
+    from .state import unwrap_model
+
+    return unwrap_model(model_or_folder), None
+
+
+def tasks_of(model: nn.Module) -> list[str]:
+    """The export tasks the model's class does (by transformers' auto-class tables for its model_type)."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    names = {cls.__name__ for cls in type(model).__mro__}
+    return [t for t, table in _TASK_TABLES.items() if getattr(modeling_auto, table).get(model_type) in names]
+
+
+def _resolve_task(model: nn.Module, task: str | None) -> str:
+    can = tasks_of(model)
+    if task is None:
+        if not can:
+            raise OnnxExportError(
+                f"cannot tell the task of {type(model).__name__}: it is none of transformers' task classes for "
+                f"model_type {model.config.model_type!r}. Load the model with a task head (e.g. "
+                "AutoModelForSequenceClassification) or pass task=... (one of " + ", ".join(TASKS) + ")"
+            )
+        return can[0]
+    if task not in can:
+        does = f"it does {', '.join(can)}" if can else "it has no task head"
+        raise OnnxExportError(
+            f"{type(model).__name__} cannot do task {task!r} ({does}); load the model with the head for {task!r}"
+        )
+    return task
+
+
+def _input_names(model: nn.Module) -> list[str]:
+    names = ["input_ids", "attention_mask"]
+    takes = inspect.signature(model.forward).parameters
+    # Only where segments mean something (BERT's type_vocab_size 2): GPT-2's forward takes token_type_ids
+    # too, and RoBERTa's (type_vocab_size 1) tokenizers do not return them.
+    if "token_type_ids" in takes and getattr(model.config, "type_vocab_size", 0) > 1:
+        names.append("token_type_ids")
+    return names
+
+
+def _random_inputs(model: nn.Module, names: list[str], shape: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:
+    """Token ids with right padding (every row keeps its first tokens, so no query attends to nothing)."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, length = shape
+    ids = torch.randint(0, model.config.vocab_size, shape, generator=gen)
+    mask = torch.ones(shape, dtype=torch.long)
+    for row in range(1, batch):
+        mask[row, length - 2 * row :] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        inputs["token_type_ids"] = (torch.arange(length) >= length // 2).long().expand(shape).contiguous()
+    return inputs
+
+
+def _torch_outputs(model, inputs, output_names) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out = model(**inputs, **_forward_kwargs(model))
+    return [out[name].float() for name in output_names]
+
+
+def _forward_kwargs(model) -> dict:
+    takes = inspect.signature(model.forward).parameters
+    kw = {"return_dict": True}
+    if "use_cache" in takes:
+        kw["use_cache"] = False  # logits only: no past key values in the graph
+    return kw
+
+
+class _Wrapper(nn.Module):
+    """The model as a function of its input tensors to a tuple of its output tensors (what the exporters want)."""
+
+    def __init__(self, model, names, output_names):
+        super().__init__()
+        self.model, self.names, self.output_names = model, names, output_names
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        out = self.model(**{n: inputs[n] for n in self.names}, **_forward_kwargs(self.model))
+        return tuple(out[name] for name in self.output_names)
+
+
+def _num_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _headless_layer(model) -> bool:
+    from .architectures import get_adapter
+    from .state import pruning_state
+
+    try:
+        adapter, layers = get_adapter(model), pruning_state(model).layers
+    except (ValueError, TypeError):  # a family without an adapter: nothing of ours is in it
+        return False
+    return any(adapter.num_heads(layer) == 0 for layer in layers)
+
+
+def _export(model, path, names, output_names, opset, exporter, notes) -> None:
+    example = _random_inputs(model, names, _EXPORT_SHAPE, seed=0)
+    args = tuple(example[n] for n in names)
+    wrapper = _Wrapper(model, names, output_names).eval()
+    external = _num_bytes(model) >= _TWO_GB
+    if exporter == "dynamo":
+        dim = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+        attn = getattr(model.config, "_attn_implementation", None)
+        swap = attn not in (None, "eager") and _headless_layer(model)
+        if swap:
+            # torch.onnx's SDPA translation reshapes keys to [batch, heads, ...] without allowzero, so zero
+            # heads read as "copy that dim" and the graph fails at run time; eager attention is the same math.
+            model.set_attn_implementation("eager")
+            notes.append(f"exported with eager attention instead of {attn}: a layer has no heads left")
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                input_names=names,
+                output_names=list(output_names),
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes={n: dim for n in names},
+                verbose=False,
+            )
+        finally:
+            if swap:
+                model.set_attn_implementation(attn)
+        program.save(path, external_data=external)
+    else:
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes.update({n: {0: "batch"} for n in output_names})  # the sequence axis (if any) is named by ORT
+        torch.onnx.export(
+            wrapper,
+            args,
+            path,
+            input_names=names,
+            output_names=list(output_names),
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+        if external:
+            import onnx
+
+            onnx.save_model(onnx.load(path), path, save_as_external_data=True, location=MODEL_FILE + "_data")
+
+
+def _ort_outputs(path, inputs) -> list:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+    return [torch.from_numpy(x) for x in session.run(None, feed)]
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+
+
+def _check(path, model, inputs, expected, atol, what) -> float:
+    try:
+        got = _ort_outputs(path, inputs)
+        again = _ort_outputs(path, inputs)
+    except Exception as err:  # onnxruntime raises its own types; say which file and why
+        raise OnnxExportError(f"ONNX Runtime cannot run the exported {what}: {err}") from err
+    if _max_diff(got, again) != 0.0:
+        raise OnnxExportError(f"the exported {what} is not deterministic (dropout or sampling left in the graph)")
+    diff = _max_diff(got, expected)
+    if not diff <= atol:  # also catches NaN
+        raise OnnxExportError(
+            f"the exported {what} differs from torch fp32 by {diff:.3g} > atol={atol:g} on random inputs of "
+            f"shape {tuple(inputs['input_ids'].shape)}. Nothing was written. Try the other exporter "
+            "(exporter='torchscript' / 'dynamo'), or a larger atol if the difference is rounding"
+        )
+    return diff
+
+
+def _optimize(src, dst, model, notes, fused) -> bool:
+    """ONNX Runtime's transformer fusions, where it knows the model_type; False if it does not."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    model_type = model.config.model_type
+    ort_type = model_type if model_type in MODEL_TYPES else None
+    if ort_type is None:
+        notes.append(f"optimize: ONNX Runtime's optimizer has no fusions for model_type {model_type!r}; skipped")
+        return False
+    # num_heads=0 / hidden_size=0: the optimizer reads them from each layer's graph (uneven heads per layer)
+    optimized = optimize_model(src, model_type=ort_type, num_heads=0, hidden_size=0, opt_level=0)
+    fused.update({k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
+    optimized.save_model_to_file(dst, use_external_data_format=_num_bytes(model) >= _TWO_GB)
+    return True
+
+
+def _quantize(src, dst, model, preprocess) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    external = _num_bytes(model) // 4 >= _TWO_GB
+    if preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = os.path.join(os.path.dirname(dst), "preprocessed.onnx")
+        quant_pre_process(src, pre, save_as_external_data=external)
+        src = pre
+    # fused operators (com.microsoft) have no ONNX shape inference: their outputs are fp32 like everything here
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, use_external_data_format=external, extra_options=extra)
+    if preprocess:
+        os.remove(src)
+
+
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"{out_dir} exists and is not a folder; give a folder to export into")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace its export")
+
+
+def _move_into(tmp: str, out_dir: str) -> None:
+    """Move an export into an existing folder: a previous export's ONNX files go, other files stay."""
+    new = set(os.listdir(tmp))
+    for name in os.listdir(out_dir):
+        if name in _ONNX_FILES and name not in new:
+            os.remove(os.path.join(out_dir, name))
+    for name in sorted(new, key=lambda n: n == "config.json"):  # config.json last
+        os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+
+
+@contextlib.contextmanager
+def _modes_kept(model: nn.Module):
+    """Eval mode for the export; afterwards every module's own mode back (an exporter may call ``train()``)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def export_onnx(
+    model_or_folder,
+    out_dir,
+    *,
+    task: str | None = None,
+    tokenizer=None,
+    opset: int = 18,
+    exporter: str = "dynamo",
+    int8: bool = False,
+    optimize: bool = False,
+    quant_preprocess: bool = False,
+    check: bool = True,
+    atol: float = 1e-4,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export a (pruned or dense) model, or a saved folder, to ONNX in ``out_dir``; see the module docstring.
+
+    The graph takes ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for BERT-style models) with
+    dynamic batch and sequence axes and returns the task's logits in fp32 (causal LM: no KV cache). With
+    ``check``, ONNX Runtime (CPU) runs every written fp32 graph on random inputs of another shape than the
+    export used, and an output further than ``atol`` from torch's raises ``OnnxExportError``, writing nothing.
+    ``optimize`` adds ``model_optimized.onnx`` (fusions where ONNX Runtime knows the family; checked too),
+    ``int8`` adds ``model_quantized.onnx`` (dynamic QInt8 weights, from the optimized graph if any; its
+    difference is reported, not checked). Existing non-empty ``out_dir``: refused unless ``overwrite``,
+    which replaces the previous export's ONNX files and keeps other files.
+    """
+    start = time.perf_counter()
+    _require_onnx()
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)} (or None to infer it from the model)")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; use 'dynamo' (the default) or 'torchscript'")
+    if exporter == "dynamo":
+        _require_onnxscript()
+    if not isinstance(opset, int) or isinstance(opset, bool) or opset < 14:
+        raise ValueError(f"opset must be an int >= 14, got {opset!r}")
+    if not (isinstance(atol, (int, float)) and atol >= 0):
+        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    _check_out_dir(out_dir, overwrite)
+    model, folder = _load(model_or_folder)
+    task = _resolve_task(model, task)
+    names, output_names = _input_names(model), list(_OUTPUTS.get(task, ("logits",)))
+    notes: list[str] = []
+    params = list(model.parameters())
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        # the export is fp32 on CPU; the caller's model stays where and what it is
+        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+        notes.append("exported an fp32 CPU copy of the model")
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.exporting-{uuid.uuid4().hex[:12]}")
+    os.mkdir(tmp)
+    report = ExportReport(
+        out_dir=out_dir,
+        onnx_path=os.path.join(out_dir, MODEL_FILE),
+        int8_path=None,
+        task=task,
+        exporter=exporter,
+        opset=opset,
+        input_names=names,
+        output_names=output_names,
+        max_abs_diff=None,
+        int8_max_abs_diff=None,
+        seconds=0.0,
+        notes=notes,
+    )
+    try:
+        path = os.path.join(tmp, MODEL_FILE)
+        with _modes_kept(model):
+            try:
+                _export(model, path, names, output_names, opset, exporter, notes)
+            except Exception as err:
+                raise OnnxExportError(
+                    f"torch.onnx.export (exporter={exporter!r}) failed for {type(model).__name__}: "
+                    f"{type(err).__name__}: {err}. Try exporter="
+                    f"{'torchscript' if exporter == 'dynamo' else 'dynamo'!r}"
+                ) from err
+            inputs = _random_inputs(model, names, _CHECK_SHAPE, seed=1)
+            expected = _torch_outputs(model, inputs, output_names)
+        if check:
+            report.max_abs_diff = _check(path, model, inputs, expected, atol, MODEL_FILE)
+        source = path
+        if optimize:
+            optimized = os.path.join(tmp, OPTIMIZED_FILE)
+            with _in_scratch_dir(tmp):
+                done = _optimize(path, optimized, model, notes, report.fused_operators)
+            if done:
+                try:
+                    report.optimized_max_abs_diff = _check(optimized, model, inputs, expected, atol, OPTIMIZED_FILE)
+                    report.optimized_path, source = os.path.join(out_dir, OPTIMIZED_FILE), optimized
+                except OnnxExportError as err:  # correctness first: keep the plain graph
+                    os.remove(optimized)
+                    report.fused_operators.clear()
+                    notes.append(f"optimize: fusions skipped, the optimized graph was wrong: {err}")
+        if int8:
+            quantized = os.path.join(tmp, QUANTIZED_FILE)
+            with _in_scratch_dir(tmp):
+                _quantize(source, quantized, model, quant_preprocess)
+            report.int8_path = os.path.join(out_dir, QUANTIZED_FILE)
+            report.int8_max_abs_diff = _max_diff(_ort_outputs(quantized, inputs), expected)
+        model.config.save_pretrained(tmp)
+        if task == "causal-lm" and getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        elif folder is not None:
+            for name in _TOKENIZER_FILES:
+                if os.path.isfile(os.path.join(folder, name)):
+                    shutil.copy2(os.path.join(folder, name), os.path.join(tmp, name))
+        _check_out_dir(out_dir, overwrite)  # again: another writer may have got there meanwhile
+        if os.path.isdir(out_dir):
+            _move_into(tmp, out_dir)
+        else:
+            os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@contextlib.contextmanager
+def _in_scratch_dir(folder):
+    # ONNX Runtime's symbolic shape inference dumps sym_shape_infer_temp.onnx into the working directory
+    # when it gives up; keep such files in our temporary folder.
+    scratch = tempfile.mkdtemp(dir=folder, prefix=".scratch-")
+    with contextlib.chdir(scratch):
+        yield
+    shutil.rmtree(scratch, ignore_errors=True)
