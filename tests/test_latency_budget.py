@@ -459,9 +459,16 @@ def test_trainer_refuses_a_table_of_another_model(tmp_path):
 
 
 def test_trainer_measures_the_table_through_the_cache(tmp_path, monkeypatch):
+    import functools
+
     from trainer_helpers import make_trainer
 
+    import hf_gradprune.latency as latency
+
     monkeypatch.setenv("HF_GRADPRUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    fake = functools.partial(latency.measure_latency_table, ffn_widths=[0, 48, 96], timer=shape_timer(calls))
+    monkeypatch.setattr(latency, "measure_latency_table", fake)  # what the cache calls to measure
     trainer = make_trainer(
         tmp_path / "run",
         head_sparsity=None,
@@ -472,4 +479,4 @@ def test_trainer_measures_the_table_through_the_cache(tmp_path, monkeypatch):
     )
     t = trainer.latency_table
     assert (t.batch_size, t.seq_len) == (1, 8) and len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
-    assert math.isfinite(t.dense_ms)
+    assert calls and t.ffn_widths == [0, 48, 96] and math.isfinite(t.dense_ms)
