@@ -4,6 +4,7 @@ optional dense fine-tune before pruning, and the run itself (evaluate, prune and
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -19,6 +20,9 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloads and datasets are cached."})
     model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a classifier head whose label count differs from the data's."}
+    )
 
 
 @dataclass
@@ -52,7 +56,11 @@ def _none_or(type_fn):
 class _Parser(HfArgumentParser):
     """``HfArgumentParser`` where an option whose default is ``None`` also takes ``none`` / ``null``, so a
     recipe's value can be unset from the command line (``--head_sparsity null``). Options whose default is
-    a string keep "none" as a string (``--report_to none``)."""
+    a string keep "none" as a string (``--report_to none``). A usage error is one line."""
+
+    def error(self, message):
+        # one line without the usage block: the scripts have hundreds of options; --help lists them
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
     # HfArgumentParser adds one option per dataclass field here (a private hook; tests/test_examples.py and
     # tests/test_recipes.py fail if transformers changes it); we only wrap the type it chose.
@@ -66,13 +74,23 @@ class _Parser(HfArgumentParser):
                 action.choices = [*action.choices, None]
 
 
-def parse_args(dataclass_types, args: list[str] | None = None):
+def read_recipe(path: str) -> dict:
+    """The options of a ``--config`` recipe (a YAML mapping); ``ValueError`` for anything else."""
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping of option: value")
+    return values
+
+
+def parse_args(dataclass_types, args: list[str] | None = None, **parser_kwargs):
     """Parse ``args`` (default ``sys.argv[1:]``) into ``dataclass_types``; see the module docstring.
 
     Unknown YAML keys are an error that names them, as unknown flags are. ``none`` / ``null`` unset an
-    optional value (one whose default is ``None``), as ``null`` does in YAML.
+    optional value (one whose default is ``None``), as ``null`` does in YAML. ``parser_kwargs`` go to the
+    ``ArgumentParser`` (``prog``, ``description``).
     """
-    parser = _Parser(dataclass_types)
+    parser = _Parser(dataclass_types, **parser_kwargs)
     argv = list(sys.argv[1:] if args is None else args)
     if "--config" in argv:
         i = argv.index("--config")
@@ -80,10 +98,12 @@ def parse_args(dataclass_types, args: list[str] | None = None):
             parser.error("--config needs a path to a YAML recipe")
         path = argv[i + 1]
         del argv[i : i + 2]
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            parser.error(f"{path}: a recipe is a YAML mapping of option: value")
+        if not os.path.isfile(path):
+            parser.error(f"--config {path}: no such recipe file")
+        try:
+            values = read_recipe(path)
+        except (ValueError, yaml.YAMLError) as e:
+            parser.error(" ".join(str(e).split()))
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -158,7 +158,9 @@ def test_clm_script_jsonl_with_validation_file(tiny_setup):
 def test_parquet_without_validation_carves_the_train_split(tiny_setup):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from run_clm_prune import DataTrainingArguments, ModelArguments, load_raw
+    from run_clm_prune import DataTrainingArguments, ModelArguments
+
+    from hf_gradprune.data import load_causal_lm_data as load_raw
 
     path = tiny_setup / "train.parquet"
     pq.write_table(pa.table({"text": sentences(100, seed=4)}), path)
@@ -169,7 +171,9 @@ def test_parquet_without_validation_carves_the_train_split(tiny_setup):
 
 
 def test_bad_data_arguments_are_clear(tiny_setup):
-    from run_clm_prune import DataTrainingArguments, ModelArguments, load_raw
+    from run_clm_prune import DataTrainingArguments, ModelArguments
+
+    from hf_gradprune.data import load_causal_lm_data as load_raw
 
     with pytest.raises(ValueError, match=r"unsupported file type '\.xlsx'.*\.txt, \.json, \.jsonl, \.parquet"):
         DataTrainingArguments(train_file=str(tiny_setup / "data.xlsx"))
@@ -190,13 +194,15 @@ def test_bad_data_arguments_are_clear(tiny_setup):
 def test_unreachable_hub_dataset_says_to_use_local_files(tiny_setup, monkeypatch):
     import run_clm_prune
 
+    from hf_gradprune import data as data_module
+
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(run_clm_prune, "load_dataset", offline)
+    monkeypatch.setattr(data_module, "load_dataset", offline)
     data = run_clm_prune.DataTrainingArguments()
     with pytest.raises(ConnectionError, match=r"OfflineModeIsEnabled.*wikitext-2-raw-v1.*offline, give local text"):
-        run_clm_prune.load_raw(data, run_clm_prune.ModelArguments("unused"))
+        data_module.load_causal_lm_data(data, run_clm_prune.ModelArguments("unused"))
 
 
 def test_block_longer_than_positions_is_refused(tiny_setup):

@@ -162,4 +162,4 @@ def test_bad_data_arguments_are_clear():
     with pytest.raises(ValueError, match="unknown GLUE task"):
         DataTrainingArguments(task_name="sst3")
     with pytest.raises(ValueError, match=".csv, .json"):
-        DataTrainingArguments(train_file="data.txt")
+        DataTrainingArguments(train_file="data.xlsx")

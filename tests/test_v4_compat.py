@@ -250,7 +250,7 @@ def test_command_line_refuses_to_overwrite_unless_told(tmp_path, capsys):
     torch.testing.assert_close(out, IO["gpt2.logits"], atol=1e-5, rtol=0)
     (dst / "keep.txt").write_text("mine")
     before = snapshot(dst)
-    assert convert_main([str(FIXTURES / "v4_bert"), str(dst)]) == 1
+    assert convert_main([str(FIXTURES / "v4_bert"), str(dst)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert snapshot(dst) == before
     assert convert_main([str(FIXTURES / "v4_bert"), str(dst), "--overwrite"]) == 0
@@ -280,7 +280,7 @@ def test_bad_pruned_heads_is_refused_and_nothing_is_written(tmp_path, family, pr
     assert [f for f in os.listdir(tmp_path) if f != "hf_home"] == [f"v4_{family}"]  # no temporary folder either
     with pytest.raises(V4CheckpointError, match=message):
         load_pruned(src)
-    assert convert_main([str(src), str(dst)]) == 1 and not dst.exists()
+    assert convert_main([str(src), str(dst)]) == 2 and not dst.exists()
 
 
 def test_weights_that_do_not_match_pruned_heads_are_refused(tmp_path, family, capsys):
@@ -292,7 +292,7 @@ def test_weights_that_do_not_match_pruned_heads_are_refused(tmp_path, family, ca
         with pytest.raises(V4CheckpointError, match="do not have the shapes that config.json's pruned_heads"):
             call()
     assert not dst.exists()
-    assert convert_main([str(src), str(dst)]) == 1 and not dst.exists()
+    assert convert_main([str(src), str(dst)]) == 2 and not dst.exists()
     assert "nothing was written" in capsys.readouterr().err
 
 
@@ -337,7 +337,7 @@ def test_conversion_refuses_a_destination_that_holds_or_lies_inside_the_source(t
     ):
         with pytest.raises(ValueError, match=where):
             convert_v4_checkpoint(src, dst, overwrite=True)
-        assert convert_main([str(src), str(dst), "--overwrite"]) == 1
+        assert convert_main([str(src), str(dst), "--overwrite"]) == 2
     assert snapshot(outer) == before and not (src / "converted").exists()
 
 
@@ -397,9 +397,13 @@ def test_command_line_on_a_truncated_weights_file(tmp_path, weights):
             call()
     cmd = [sys.executable, "-m", "hf_gradprune.convert_v4", str(src), str(tmp_path / "dst")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""  # 2: bad input, as every hf-gradprune command
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("(nothing was written)"), lines
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("hf-gradprune convert-v4: error: ")
+        and lines[0].endswith("(nothing was written)")
+    ), lines
     assert f"{weights} cannot be read" in lines[0] and "Traceback" not in result.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name != "hf_home"] == ["v4_bert"]  # nothing was written
 
