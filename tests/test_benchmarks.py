@@ -176,3 +176,64 @@ def test_readme_tables_are_the_committed_results():
         rendered = render(json.loads((folder / f"{name}.json").read_text()))
         missing = [line for line in rendered.splitlines() if line.strip() and line not in readme]
         assert not missing, f"{name}: README lines out of date, e.g. {missing[:2]}"
+
+
+@pytest.fixture(scope="module")
+def latency_quick(tmp_path_factory):
+    import latency_budget
+
+    out = tmp_path_factory.mktemp("latency-quick")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        result = latency_budget.main(["--quick", "--out", str(out)])
+    return result, json.loads((out / "latency_budget.json").read_text())
+
+
+def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
+    import latency_budget
+    import speed
+
+    from hf_gradprune.latency import LatencyTable
+
+    result, data = latency_quick
+    assert data == json.loads(json.dumps(result))  # the file is what run() returned
+    names = [name for name, _ in speed.models(quick=True)]
+    kinds = [(k, f) for k in latency_budget.SHAPE_KINDS for f in latency_budget.FRACTIONS]
+    kinds += [(k, b) for k in latency_budget.LATENCY_KINDS for b in latency_budget.LATENCY_BUDGETS]
+    keys = sorted((r["model"], r["batch"], r["plan"], r["target"]) for r in data["rows"])
+    assert keys == sorted((m, b, k, t) for m in names for b in (1, 4) for k, t in kinds)  # each exactly once
+    multiple = data["ffn_multiple_of"]
+    for r in data["rows"]:
+        plan = _plan(data["geometries"][r["model"]], r)
+        table_data = {k: v for k, v in data["tables"][r["model"]][str(r["batch"])].items() if k != "measure_s"}
+        table = LatencyTable.from_dict(table_data)
+        assert (table.batch_size, table.seq_len) == (r["batch"], r["seq"]) and r["seq"] == data["seq"]
+        assert r["predicted_ms"] == pytest.approx(table.predict(plan), abs=0.006)
+        assert r["predicted_dense_ms"] == pytest.approx(table.dense_ms, abs=0.006)
+        assert r["prediction_error"] == pytest.approx(
+            r["pruned_ms"] / r["predicted_ms"] - 1, abs=2e-3 + 0.01 / r["predicted_ms"]
+        )
+        assert r["predicted_removed"] == pytest.approx(1 - table.predict(plan) / table.dense_ms, abs=1e-4)
+        removed = plan.flops_removed(r["seq"])
+        assert r["flops_removed"] == round(removed, 4)
+        if r["plan"] in ("uneven", "balanced"):  # the FLOPs budget holds
+            assert removed >= r["target"] - 1e-6
+        if r["plan"] in ("balanced", "latency+balanced"):
+            assert len(set(r["heads_per_layer"])) == 1
+            assert all(n % multiple == 0 or n == plan.geometry.intermediate_size for n in r["ffn_per_layer"])
+        if r["plan"] in latency_budget.LATENCY_KINDS:
+            assert r["budget_met"] is True and r["predicted_removed"] >= r["target"] - 1e-4
+    for entry in data["summary"]:
+        cell = {
+            (r["plan"], r["target"]): r
+            for r in data["rows"]
+            if (r["model"], r["batch"]) == (entry["model"], entry["batch"])
+        }
+        for kind in ("uneven", "balanced"):
+            for f, ratio in entry[f"{kind}_vs_uniform"].items():
+                assert ratio == pytest.approx(
+                    cell[(kind, float(f))]["speedup"] / cell[("uniform", float(f))]["speedup"], abs=1e-3
+                )
+        errors = [abs(r["prediction_error"]) for r in cell.values()]
+        assert entry["rows"] == len(errors) and entry["within_10pct"] == sum(e <= 0.1 for e in errors)
+        assert entry["prediction_error_max"] == pytest.approx(max(errors), abs=1e-4)
