@@ -129,6 +129,9 @@ def build_onnx(name: str, folder: Path, model, out: Path, tokenizer, cache: dict
 
     def info(report, seconds):
         data = {"export_s": round(seconds, 1), "max_abs_diff": report.max_abs_diff}
+        for attr in ("int8_max_abs_diff", "fused_operators"):
+            if getattr(report, attr, None) is not None:
+                data[attr] = getattr(report, attr)
         notes = getattr(report, "notes", None)
         if notes:
             data["export_notes"] = list(notes)
