@@ -922,10 +922,10 @@ def _neuron_rows(atoms, num_layers: int):
 
 
 def _balanced_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, multiple, normalize):
-    """The same number of attention atoms in every layer (swept, as ``_uniform_by_budget`` does); for each count
-    the FFN neurons fill what the budget leaves (by ``ranking``), widths rounded by ``_round_widths``. The count
-    whose plan keeps the most importance (on the scale of ``_kind_scales``) and meets the budget wins; when none
-    meets it, the smallest model."""
+    """The same number of attention atoms in every layer (swept, as ``_uniform_by_budget`` does; a layer left with
+    fewer by an earlier prune keeps all of its own); for each count the FFN neurons fill what the budget leaves (by
+    ``ranking``), widths rounded by ``_round_widths``. The count whose plan keeps the most importance (on the scale
+    of ``_kind_scales``) and meets the budget wins; when none meets it, the smallest model."""
     L = g.num_layers
     head_rows = [[] for _ in range(L)]
     for a in sorted((a for a in atoms if a.kind == HEAD), key=_order_key, reverse=True):
@@ -934,7 +934,7 @@ def _balanced_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_h
     live = [len(r) for r in rows]
     scale = _kind_scales(atoms, cost, kv_cost, normalize)
     target = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed)
-    most = min(len(r) for r in head_rows)
+    most = max(len(r) for r in head_rows)  # a layer with fewer live atoms (an earlier prune) keeps what it has
     candidates = []
     for c in range(min(1, most), most + 1):
         if c < most and any(sum(a.size for a in r[:c]) < min(min_heads, sum(a.size for a in r)) for r in head_rows):
@@ -945,7 +945,7 @@ def _balanced_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_h
         if room < -1e-9:
             candidates.append((False, False, -head_cost, c, [0] * L))
             continue
-        max_total = math.floor(room / cost[NEURON] + 1e-9) if cost[NEURON] > 0 else sum(live)
+        max_total = max(0, math.floor(room / cost[NEURON] + 1e-9)) if cost[NEURON] > 0 else sum(live)
         widths = _round_widths(prefix, live, _neuron_counts(rows, order, max_total, ranking), max_total, multiple)
         value = sum(a.score for a in heads) / scale[HEAD] + sum(p[w] for p, w in zip(prefix, widths)) / scale[NEURON]
         # an FFN kept whole with budget left over removes more than asked: such a count wins only when no other

@@ -480,3 +480,17 @@ def test_trainer_measures_the_table_through_the_cache(tmp_path, monkeypatch):
     t = trainer.latency_table
     assert (t.batch_size, t.seq_len) == (1, 8) and len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
     assert calls and t.ffn_widths == [0, 48, 96] and math.isfinite(t.dense_ms)
+
+
+def test_balanced_after_an_uneven_prune_keeps_the_smaller_layers_whole():
+    # scores of a model whose layer 2 kept 2 heads and layer 0 kept 12 neurons: balanced keeps one count for the
+    # other layers; a layer with fewer live heads keeps those; a tiny budget is still met
+    s = scores()
+    s.heads[2], s.head_ids[2] = s.heads[2][:2], [0, 4]
+    s.neurons[0], s.neuron_ids[0] = s.neurons[0][:12], list(range(12))
+    for budget in (0.3, 0.6):
+        plan = PruningPlan.from_scores(s, flops_budget=budget, balanced=True, ffn_multiple_of=8)
+        heads, widths = shape(plan)
+        assert len({h for i, h in enumerate(heads) if i != 2}) == 1 and heads[2] <= 2 and heads[2] <= heads[0]
+        assert set(plan.heads[2]) <= {0, 4} and set(plan.neurons[0]) <= set(range(12))
+        assert plan.meta["budget_met"] and all(w % 8 == 0 or w == 12 for w in widths)
