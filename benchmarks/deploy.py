@@ -4,6 +4,8 @@ Models: the dense fine-tune (``--dense``, default ``.cache/bench/dense-finetuned
 and the quickstart's pruned model (``--pruned``, default ``outputs/quickstart``, made by ``make demo``: 50% of
 heads and 50% of FFN neurons cut with Taylor importance, recovered by distillation). Data: the quickstart's
 Rotten Tomatoes validation split (1,057 sentences), tokenized as the benchmarks do (``common.load_task``).
+``--extra NAME=FOLDER`` adds another pruned model (e.g. one made with ``--balanced true``), measured and judged
+like ``pruned``.
 
 Rows, for each model (``--variants`` picks a subset):
 - ``torch-fp32``: the model in PyTorch (eval mode, asserted), timed by ``hf_gradprune.latency.measure_latency``;
@@ -59,7 +61,6 @@ VARIANTS = (
     "ort-fp32-fused",
     "ort-int8-fused",
 )
-MODELS = ("dense", "pruned")
 EVAL_BATCH = 32
 PAUSE_S = 0.05
 
@@ -332,7 +333,15 @@ def run(args) -> dict:
 
     rows, runs = [], {}
     torch_preds = {}
-    for model_name, folder in (("dense", dense_dir), ("pruned", pruned_dir)):
+    models = {"dense": dense_dir, "pruned": pruned_dir}
+    for spec in args.extra or []:
+        name, _, folder = spec.partition("=")
+        if not name or not folder or name in models or name.startswith("dense"):
+            raise SystemExit(f"deploy: --extra takes NAME=FOLDER with a new name, got {spec!r}")
+        if not (Path(folder) / "config.json").exists():
+            raise SystemExit(f"deploy: --extra {name}: no model in {folder}")
+        models[name] = Path(folder)
+    for model_name, folder in models.items():
         model = _load(folder)
         cache: dict = {}
         for variant in variants:
@@ -410,7 +419,7 @@ def run(args) -> dict:
             },
         },
         "machine": {**machine_info(threads, args.load_note), "loadavg_at_start": load_at_start},
-        "models": {"dense": str(dense_dir), "pruned": str(pruned_dir)},
+        "models": {name: str(folder) for name, folder in models.items()},
         "dense_accuracy": dense_acc,
         "quickstart_dense_accuracy": None if quick else quickstart_dense_accuracy(pruned_dir),
         "goals": goals,
@@ -445,7 +454,8 @@ def machine_info(threads: int, load_note: str | None) -> dict:
 
 
 def judge(rows: list[dict], shapes, dense_acc: float) -> dict:
-    """Each pruned int8 row against the goals; ``met`` if one row meets all three."""
+    """Each int8 row of a pruned model (``pruned`` and any ``--extra``) against the goals; ``met`` if one row
+    meets all three."""
     b1, b32 = (f"{b}x{s}" for b, s in shapes)
     out = {
         "targets": {
@@ -457,14 +467,14 @@ def judge(rows: list[dict], shapes, dense_acc: float) -> dict:
         "rows": {},
     }
     for row in rows:
-        if row["model"] != "pruned" or "int8" not in row["variant"] or "latency" not in row:
+        if row["model"] == "dense" or "int8" not in row["variant"] or "latency" not in row:
             continue
         checks = {
             f"speedup_{b1}": row["latency"][b1]["speedup"] >= GOALS["speedup_batch1"],
             f"speedup_{b32}": row["latency"][b32]["speedup"] >= GOALS["speedup_batch32"],
             "accuracy": dense_acc - row["accuracy"] <= GOALS["max_accuracy_drop"] + 1e-12,
         }
-        out["rows"][row["variant"]] = {**checks, "all": all(checks.values())}
+        out["rows"][f"{row['model']}/{row['variant']}"] = {**checks, "all": all(checks.values())}
     out["met"] = any(r["all"] for r in out["rows"].values())
     out["met_by"] = [v for v, r in out["rows"].items() if r["all"]]
     return out
@@ -519,6 +529,12 @@ def main(argv=None) -> dict:
     def add(parser: argparse.ArgumentParser):
         parser.add_argument("--dense", type=Path, default=ROOT / ".cache" / "bench" / "dense-finetuned")
         parser.add_argument("--pruned", type=Path, default=ROOT / "outputs" / "quickstart")
+        parser.add_argument(
+            "--extra",
+            action="append",
+            metavar="NAME=FOLDER",
+            help="another pruned model to measure like --pruned (e.g. a balanced plan's), repeatable",
+        )
         parser.add_argument("--work", type=Path, default=None, help="where the ONNX files go (.cache/deploy)")
         parser.add_argument("--variants", default=None, help=f"comma-separated subset of: {', '.join(VARIANTS)}")
         parser.add_argument("--rounds", type=int, default=5)
