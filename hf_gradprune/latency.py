@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -312,6 +313,7 @@ def measure_latency_table(
     ffn_samples: int = 17,
     repeats: int = 5,
     warmup: int = 1,
+    rounds: int = 2,
     timer=None,
 ) -> LatencyTable:
     """Measure a ``LatencyTable`` for an unpruned ``model`` at ``batch_size`` x ``seq_len`` on its device.
@@ -320,15 +322,18 @@ def measure_latency_table(
     ``h`` heads and no FFN for each ``h`` of ``head_counts``, to no heads and ``n`` neurons for each ``n`` of
     ``ffn_widths``, and to nothing at all (``other_ms``); a layer's part is the difference from the empty
     model, divided by the layers, and made non-decreasing in the count (timing noise must not make a larger
-    layer look faster). ``head_counts`` defaults to every count the key/value groups allow (multiples of the
-    group size), ``ffn_widths`` to ``ffn_samples`` evenly spaced widths (multiples of 8 where the width allows).
+    layer look faster). Every shape is timed once per round (``rounds``, alternating the order) and its median
+    kept, so a slow spell of the machine spreads over all shapes instead of skewing a few. ``head_counts``
+    defaults to every count the key/value groups allow (multiples of the group size), ``ffn_widths`` to
+    ``ffn_samples`` evenly spaced widths (multiples of 8 where the width allows).
     The caller's model is never changed. ``timer(model) -> ms`` replaces ``measure_latency`` (tests).
     """
     from .plan import PruningPlan  # latency.py builds plans to time them; plan.py never imports latency.py
     from .state import pruning_state
     from .surgery import prune_model
 
-    for name, value, least in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("repeats", repeats, 1)):
+    checks = (("batch_size", batch_size), ("seq_len", seq_len), ("repeats", repeats), ("rounds", rounds))
+    for name, value, least in ((name, value, 1) for name, value in checks):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     state = pruning_state(model)
@@ -369,10 +374,17 @@ def measure_latency_table(
         finally:
             del pruned
 
-    empty = time_shape(0, 0)
-    attention = _monotone([0.0] + [max(0.0, (time_shape(h, 0) - empty) / g.num_layers) for h in head_counts[1:]])
-    ffn = _monotone([0.0] + [max(0.0, (time_shape(0, n) - empty) / g.num_layers) for n in ffn_widths[1:]])
-    dense = time_shape(g.num_heads, g.intermediate_size)
+    shapes = [(0, 0), *((h, 0) for h in head_counts[1:]), *((0, n) for n in ffn_widths[1:])]
+    shapes.append((g.num_heads, g.intermediate_size))
+    times = {shape: [] for shape in shapes}
+    for r in range(rounds):
+        for shape in shapes if r % 2 == 0 else reversed(shapes):
+            times[shape].append(time_shape(*shape))
+    ms = {shape: statistics.median(t) for shape, t in times.items()}
+    empty = ms[(0, 0)]
+    attention = _monotone([0.0] + [max(0.0, (ms[(h, 0)] - empty) / g.num_layers) for h in head_counts[1:]])
+    ffn = _monotone([0.0] + [max(0.0, (ms[(0, n)] - empty) / g.num_layers) for n in ffn_widths[1:]])
+    dense = ms[(g.num_heads, g.intermediate_size)]
     key = table_key(model, batch_size, seq_len)
     return LatencyTable(
         **key,
