@@ -12,7 +12,9 @@ sequence 16) a ``LatencyTable`` is measured, then these plans are timed:
 - at a latency budget (30% and 50% of the dense time, by the table): ``latency`` and ``latency+balanced``.
 Every row has the measured and the predicted time. Every time is ``hf_gradprune.latency.measure_latency``.
 
-Run for real (writes ``benchmarks/results/cpu/latency_budget.json``): ``python benchmarks/latency_budget.py``.
+Run for real (writes ``benchmarks/results/cpu/latency_budget.json``; about 15 minutes on a quiet 2-core machine):
+``python benchmarks/latency_budget.py``. Tables are measured in 2 rounds of every shape (median kept); times are the
+median of 10 passes at batch 1 and 3 at batch 32, after one warm-up pass.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def run(quick: bool, out: Path) -> dict:
         geometries[name] = g.to_dict()
         scores = mapped_scores(taylor, g)
         for batch in batches:
-            repeats = 3 if quick else (10 if batch == 1 else 5)
+            repeats = 3 if quick or batch > 1 else 10
             start = time.monotonic()
             table = measure_latency_table(base, batch, seq, repeats=repeats, ffn_samples=5 if quick else 17)
             tables.setdefault(name, {})[str(batch)] = {**table.to_dict(), "measure_s": round(time.monotonic() - start)}
