@@ -312,7 +312,7 @@ def _optimize(src, dst, model, notes, fused) -> bool:
     return True
 
 
-def _quantize(src, dst, model, preprocess) -> None:
+def _quantize(src, dst, model, preprocess, notes) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -321,7 +321,11 @@ def _quantize(src, dst, model, preprocess) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         pre = os.path.join(os.path.dirname(dst), "preprocessed.onnx")
-        quant_pre_process(src, pre, save_as_external_data=external)
+        try:
+            quant_pre_process(src, pre, save_as_external_data=external)
+        except Exception as err:  # ONNX Runtime raises a bare Exception when its symbolic inference gives up
+            quant_pre_process(src, pre, skip_symbolic_shape=True, save_as_external_data=external)
+            notes.append(f"quant_preprocess: ran without symbolic shape inference, which failed on this graph ({err})")
         src = pre
     # fused operators (com.microsoft) have no ONNX shape inference: their outputs are fp32 like everything here
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
@@ -458,7 +462,7 @@ def export_onnx(
         if int8:
             quantized = os.path.join(tmp, QUANTIZED_FILE)
             with _in_scratch_dir(tmp):
-                _quantize(source, quantized, model, quant_preprocess)
+                _quantize(source, quantized, model, quant_preprocess, notes)
             report.int8_path = os.path.join(out_dir, QUANTIZED_FILE)
             report.int8_max_abs_diff = _max_diff(_ort_outputs(quantized, inputs), expected)
         model.config.save_pretrained(tmp)

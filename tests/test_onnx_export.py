@@ -1,10 +1,12 @@
 """ONNX export: ONNX Runtime against torch fp32 for every family and head, uneven and empty layers, both
-exporters, int8 and fusions, and the error cases. Tiny models; exports shared where a test only reads them."""
+exporters, int8 and fusions, and the error cases. Tiny models; every check runs ORT on another batch size
+and length than the export traced (2 x 8) and than export_onnx's own check (3 x 13)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -12,10 +14,15 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import make_bert, uneven_plan  # noqa: E402
+import transformers  # noqa: E402
+from conftest import VOCAB, _perturb, make_bert, make_gpt2, tiny_bert_config, tiny_gpt2_config  # noqa: E402
+from conftest import uneven_plan as mha_plan  # noqa: E402
 
-from hf_gradprune import prune_model  # noqa: E402
-from hf_gradprune.onnx_export import ExportReport, export_onnx  # noqa: E402
+from hf_gradprune import PruningPlan, prune_model, save_pruned  # noqa: E402
+from hf_gradprune import onnx_export as onnx_export_module  # noqa: E402
+from hf_gradprune.onnx_export import ExportReport, OnnxExportError, export_onnx  # noqa: E402
+from hf_gradprune.state import pruning_state  # noqa: E402
+from hf_gradprune.testing import save_tiny_tokenizer  # noqa: E402
 
 ATOL = 1e-4
 
@@ -26,72 +33,281 @@ def run_ort(path, feed):
     return session.run(None, {n: feed[n].numpy() for n in names}), names
 
 
-def bert_feed(size=5, length=17, seed=3):
-    """Another batch and length than the export traced (2 x 8) and its own check (3 x 13)."""
+def make_feed(size=5, length=17, seed=3, types=True):
+    """Right padding of different lengths, both segments when the model has them."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 97, (size, length), generator=gen)
+    ids = torch.randint(1, VOCAB, (size, length), generator=gen)
     mask = torch.ones_like(ids)
     for i in range(size):
         mask[i, length - i :] = 0
-    types = torch.zeros_like(ids)
-    types[:, length // 2 :] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if types:
+        feed["token_type_ids"] = (torch.arange(length) >= length // 2).long().expand(size, length).contiguous()
+    return feed
 
 
-def torch_logits(model, feed, names=("logits",)):
+def torch_outputs(model, feed, report):
     with torch.no_grad():
-        out = model(**feed)
-    return [out[n].numpy() for n in names]
+        out = model(**{n: feed[n] for n in report.input_names}, use_cache=False)
+    return [out[n].numpy() for n in report.output_names]
 
 
 def max_diff(a, b):
     return max(float(abs(x - y).max()) for x, y in zip(a, b))
 
 
+def assert_matches_torch(model, report, feed, file="model.onnx"):
+    got, names = run_ort(os.path.join(report.out_dir, file), feed)
+    assert names == report.input_names
+    expected = torch_outputs(model, feed, report)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert max_diff(got, expected) <= ATOL
+    return got
+
+
+def empty_layers_plan(model):
+    """Uneven heads and neurons; layer 1 keeps no head, layer 2 no FFN neuron."""
+    g = pruning_state(model).geometry
+    ffn = g.intermediate_size
+    return PruningPlan(g, [[0, 2, 3], [], [1, 2]], [list(range(0, ffn, 2)), list(range(5, 40)), []])
+
+
+def make_llama(attn, seed=0):
+    """Grouped-query Llama: 8 query heads over 2 key/value heads, head_dim 8 != hidden / heads."""
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def llama_plan(model):
+    """Layer 0 keeps 2 of 4 heads in each group, layer 1 no head, layer 2 one whole group; layer 1 no neuron."""
+    g = pruning_state(model).geometry
+    return PruningPlan(g, [[0, 2, 5, 7], [], [4, 5, 6, 7]], [list(range(0, 40, 2)), [], [1, 5, 9, 13, 38]])
+
+
+# ---------------------------------------------------------------------------------------------- BERT
 @pytest.fixture(scope="module")
 def pruned_bert():
-    """BERT classifier, uneven plan, layer 1 without heads."""
+    """BERT classifier (sdpa attention), uneven plan, layer 1 without heads."""
     model = make_bert()
-    prune_model(model, uneven_plan(model, zero_layer=1))
+    prune_model(model, mha_plan(model, zero_layer=1))
     return model
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_bert_classifier_both_exporters(tmp_path, pruned_bert, exporter):
     model = pruned_bert
-    model.train()  # the caller's mode must survive the export (the exporters switch modes)
+    model.train()  # the caller's modes must survive the export (an exporter may call train())
     model.bert.encoder.layer[0].train(False)
     modes = {name: m.training for name, m in model.named_modules()}
     report = export_onnx(model, tmp_path / "onnx", exporter=exporter)
     assert {name: m.training for name, m in model.named_modules()} == modes
+    assert model.config._attn_implementation == "sdpa"  # put back after an eager export (see notes)
     model.eval()
 
-    assert isinstance(report, ExportReport) and report.exporter == exporter
+    assert isinstance(report, ExportReport) and report.exporter == exporter and report.opset == 18
     assert report.task == "sequence-classification" and report.int8_path is None
     assert report.input_names == ["input_ids", "attention_mask", "token_type_ids"]
     assert report.output_names == ["logits"] and report.max_abs_diff <= ATOL
     assert sorted(os.listdir(tmp_path / "onnx")) == ["config.json", "model.onnx"]  # one self-contained file
     assert json.loads((tmp_path / "onnx" / "config.json").read_text())["gradprune"]["plan"]["heads"][1] == []
     assert report.to_dict()["onnx_path"] == str(tmp_path / "onnx" / "model.onnx")
+    assert os.listdir(tmp_path) == ["onnx"]  # no temporary folder left
 
-    feed = bert_feed()
-    got, names = run_ort(tmp_path / "onnx" / "model.onnx", feed)
-    assert names == report.input_names
-    expected = torch_logits(model, feed)
-    assert max_diff(got, expected) <= ATOL
+    feed = make_feed()
+    got = assert_matches_torch(model, report, feed)
     again, _ = run_ort(tmp_path / "onnx" / "model.onnx", feed)
     assert max_diff(got, again) == 0.0  # dropout is off in the graph
-    # token_type_ids are inputs of the graph, not constants: other segments give other logits
+    # token_type_ids are an input of the graph, not a constant: other segments, other logits
     zeros = {**feed, "token_type_ids": torch.zeros_like(feed["input_ids"])}
-    other, _ = run_ort(tmp_path / "onnx" / "model.onnx", zeros)
-    assert max_diff(other, got) > 1e-5 and max_diff(other, torch_logits(model, zeros)) <= ATOL
+    assert max_diff(assert_matches_torch(model, report, zeros), got) > 1e-5
 
 
 def test_dropout_is_off_in_a_model_with_dropout(tmp_path):
     model = make_bert(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5).train()
     report = export_onnx(model, tmp_path / "onnx", exporter="torchscript")
     assert model.training and report.max_abs_diff <= ATOL
-    feed = bert_feed(seed=9)
+    feed = make_feed(seed=9)
     got, _ = run_ort(tmp_path / "onnx" / "model.onnx", feed)
     assert max_diff(got, run_ort(tmp_path / "onnx" / "model.onnx", feed)[0]) == 0.0
-    assert max_diff(got, torch_logits(model.eval(), feed)) <= ATOL
+    assert max_diff(got, torch_outputs(model.eval(), feed, report)) <= ATOL
+
+
+@pytest.mark.parametrize(
+    "cls,task,outputs,exporter",  # one dynamo export here: each takes seconds
+    [
+        (transformers.BertForTokenClassification, "token-classification", ["logits"], "torchscript"),
+        (transformers.BertForQuestionAnswering, "question-answering", ["start_logits", "end_logits"], "dynamo"),
+        (transformers.BertForMaskedLM, "masked-lm", ["logits"], "torchscript"),
+    ],
+)
+def test_bert_heads_with_empty_layers_eager_attention(tmp_path, cls, task, outputs, exporter):
+    torch.manual_seed(0)
+    model = cls._from_config(tiny_bert_config(num_labels=2), attn_implementation="eager").eval()
+    _perturb(model)
+    prune_model(model, empty_layers_plan(model))
+    report = export_onnx(model, tmp_path / "onnx", exporter=exporter)  # the task is read from the class
+    assert (report.task, report.output_names, report.notes) == (task, outputs, [])
+    assert_matches_torch(model, report, make_feed(size=4, length=19))
+
+
+# ---------------------------------------------------------------------------------------------- GPT-2
+def test_gpt2_causal_lm_with_empty_blocks_and_int8(tmp_path):
+    model = make_gpt2()
+    prune_model(model, empty_layers_plan(model))  # both empty kinds run EmptyBlock forwards in GPT-2
+    report = export_onnx(model, tmp_path / "onnx", int8=True)
+    assert report.task == "causal-lm" and report.input_names == ["input_ids", "attention_mask"]
+    assert {"model.onnx", "model_quantized.onnx", "config.json", "generation_config.json"} == set(
+        os.listdir(tmp_path / "onnx")
+    )
+    feed = make_feed(size=3, length=21, types=False)
+    assert_matches_torch(model, report, feed)
+    int8, _ = run_ort(report.int8_path, feed)
+    expected = torch_outputs(model, feed, report)[0]
+    assert int8[0].shape == expected.shape
+    assert float(abs(int8[0] - expected).max()) < 0.2 * float(expected.max() - expected.min())
+
+
+def test_gpt2_sequence_classification(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=3)).eval()
+    _perturb(model)
+    prune_model(model, mha_plan(model, zero_layer=2))
+    report = export_onnx(model, tmp_path / "onnx", exporter="torchscript")
+    assert report.task == "sequence-classification"
+    assert_matches_torch(model, report, make_feed(size=4, length=15, types=False))
+
+
+# ---------------------------------------------------------------------------------------------- Llama
+@pytest.mark.parametrize("attn,exporter", [("eager", "torchscript"), ("sdpa", "dynamo")])
+def test_llama_grouped_query_with_empty_layers(tmp_path, attn, exporter):
+    model = make_llama(attn)
+    prune_model(model, llama_plan(model))
+    report = export_onnx(model, tmp_path / "onnx", exporter=exporter)
+    assert report.task == "causal-lm" and report.max_abs_diff <= ATOL
+    assert model.config._attn_implementation == attn
+    assert_matches_torch(model, report, make_feed(size=4, length=23, types=False))
+
+
+# ---------------------------------------------------------------------------------------------- int8, fusions
+def test_int8_with_fusions_and_preprocessing_on_an_uneven_bert(tmp_path, pruned_bert):
+    model = pruned_bert.eval()
+    report = export_onnx(
+        model, tmp_path / "onnx", exporter="torchscript", int8=True, optimize=True, quant_preprocess=True
+    )
+    names = set(os.listdir(tmp_path / "onnx"))
+    assert names == {"config.json", "model.onnx", "model_optimized.onnx", "model_quantized.onnx"}
+    assert report.optimized_max_abs_diff <= ATOL and report.fused_operators  # some fusion happened
+    assert "Attention" not in report.fused_operators  # uneven heads: no fused attention, or a checked one
+    feed = make_feed(size=16, length=12, seed=5)
+    assert_matches_torch(model, report, feed, "model_optimized.onnx")
+    int8, _ = run_ort(report.int8_path, feed)
+    expected = torch_outputs(model, feed, report)[0]
+    spread = float(expected.max() - expected.min())
+    assert 0 < report.int8_max_abs_diff < 0.5 * spread
+    assert float(abs(int8[0] - expected).max()) < 0.5 * spread
+    assert (
+        torch.corrcoef(torch.stack([torch.from_numpy(int8[0]).flatten(), torch.from_numpy(expected).flatten()]))[0, 1]
+        > 0.9
+    )
+
+
+def test_optimize_is_skipped_with_a_note_where_ort_has_no_fusions(tmp_path):
+    model = make_llama("eager")
+    report = export_onnx(model, tmp_path / "onnx", exporter="torchscript", optimize=True)
+    assert report.optimized_path is None and any("no fusions for model_type 'llama'" in n for n in report.notes)
+    assert "model_optimized.onnx" not in os.listdir(tmp_path / "onnx")
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def test_folder_in_tokenizer_out(tmp_path, pruned_bert):
+    tokenizer = save_tiny_tokenizer(tmp_path / "tok")
+    save_pruned(pruned_bert, tmp_path / "pruned", tokenizer=tokenizer)
+    report = export_onnx(tmp_path / "pruned", tmp_path / "onnx", exporter="torchscript")
+    names = set(os.listdir(tmp_path / "onnx"))
+    assert {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(n.endswith((".safetensors", ".py")) for n in names)
+    loaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "onnx")
+    enc = loaded(["the movie was good", "a really dull plot and the acting was bad"], padding=True, return_tensors="pt")
+    feed = {"token_type_ids": torch.zeros_like(enc["input_ids"]), **enc}  # this tokenizer gives none
+    assert_matches_torch(pruned_bert.eval(), report, feed)
+
+    # an in-memory model with a tokenizer given: its files are written too
+    report = export_onnx(pruned_bert, tmp_path / "onnx2", exporter="torchscript", tokenizer=tokenizer)
+    assert "tokenizer.json" in os.listdir(tmp_path / "onnx2")
+
+
+def test_overwrite_replaces_the_export_and_keeps_other_files(tmp_path, pruned_bert):
+    out = tmp_path / "onnx"
+    export_onnx(pruned_bert, out, exporter="torchscript", int8=True)
+    (out / "notes.txt").write_text("mine")
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_onnx(pruned_bert, out, exporter="torchscript")
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    dense = make_bert(seed=4)
+    export_onnx(dense, out, exporter="torchscript", overwrite=True)
+    assert sorted(os.listdir(out)) == ["config.json", "model.onnx", "notes.txt"]  # no stale int8 graph
+    assert "gradprune" not in json.loads((out / "config.json").read_text())
+    assert sorted(os.listdir(tmp_path)) == ["onnx"]
+    (tmp_path / "empty").mkdir()
+    export_onnx(dense, tmp_path / "empty", exporter="torchscript")  # an empty folder is fine
+    assert "model.onnx" in os.listdir(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_bad_requests_fail_before_writing(tmp_path, pruned_bert):
+    out = tmp_path / "onnx"
+    with pytest.raises(ValueError, match="unknown task 'summarization'"):
+        export_onnx(pruned_bert, out, task="summarization")
+    with pytest.raises(OnnxExportError, match="cannot do task 'causal-lm'.*sequence-classification"):
+        export_onnx(pruned_bert, out, task="causal-lm")
+    with pytest.raises(OnnxExportError, match="cannot tell the task of BertModel.*pass task="):
+        export_onnx(transformers.BertModel(tiny_bert_config()), out)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        export_onnx(tmp_path / "missing", out)
+    with pytest.raises(ValueError, match="unknown exporter 'jit'"):
+        export_onnx(pruned_bert, out, exporter="jit")
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(pruned_bert, out, opset=9)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime", "onnxscript"])
+def test_missing_dependency_names_the_extra(tmp_path, monkeypatch, pruned_bert, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "hf_gradprune\[onnx\]"') as err:
+        export_onnx(pruned_bert, tmp_path / "onnx")
+    assert module in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_parity_failure_raises_and_leaves_nothing(tmp_path, monkeypatch, pruned_bert):
+    real = onnx_export_module._ort_outputs
+
+    def off_by_a_bit(path, inputs):
+        return [x + 1e-3 for x in real(path, inputs)]
+
+    monkeypatch.setattr(onnx_export_module, "_ort_outputs", off_by_a_bit)
+    with pytest.raises(OnnxExportError, match=r"differs from torch fp32 by 0\.001.*Nothing was written"):
+        export_onnx(pruned_bert, tmp_path / "onnx", exporter="torchscript")
+    assert os.listdir(tmp_path) == []
+    # the same graph passes with a tolerance above the offset
+    report = export_onnx(pruned_bert, tmp_path / "onnx", exporter="torchscript", atol=2e-3)
+    assert 1e-3 - 1e-6 <= report.max_abs_diff <= 1e-3 + ATOL
