@@ -672,18 +672,10 @@ def _remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_hea
     full_cost = _full_cost(g, cost, kv_cost, fixed)
     removed, heads_left = set(), _sizes([a for a in atoms if a.kind == HEAD], g)
 
-    def price(a):
-        return a.size * cost[a.kind] + (0 if a.shared_kv else a.kv * kv_cost)
-
-    scale = {HEAD: 1.0, NEURON: 1.0}
-    if normalize:
-        for kind in scale:
-            values = [a.score / price(a) for a in atoms if a.kind == kind]
-            mean = sum(values) / len(values) if values else 0.0
-            scale[kind] = mean if mean > 0 else 1.0  # all-zero scores: nothing to rescale
+    scale = _kind_scales(atoms, cost, kv_cost, normalize)
 
     def ratio(a):
-        return (a.score / price(a) / scale[a.kind], a.layer, a.kind, a.rank, a.ids)
+        return (a.score / _price(a, cost, kv_cost) / scale[a.kind], a.layer, a.kind, a.rank, a.ids)
 
     groups = [atoms] if ranking == "global" else [[a for a in atoms if a.layer == i] for i in range(g.num_layers)]
     for group in groups:
