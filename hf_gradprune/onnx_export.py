@@ -215,7 +215,7 @@ def _headless_layer(model) -> bool:
     return any(adapter.num_heads(layer) == 0 for layer in layers)
 
 
-def _export(model, path, names, output_names, opset, exporter, notes) -> None:
+def _export(model, path, task, names, output_names, opset, exporter, notes) -> None:
     example = _random_inputs(model, names, _EXPORT_SHAPE, seed=0)
     args = tuple(example[n] for n in names)
     wrapper = _Wrapper(model, names, output_names).eval()
@@ -246,7 +246,8 @@ def _export(model, path, names, output_names, opset, exporter, notes) -> None:
         program.save(path, external_data=external)
     else:
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
-        axes.update({n: {0: "batch"} for n in output_names})  # the sequence axis (if any) is named by ORT
+        per_token = task != "sequence-classification"
+        axes.update({n: {0: "batch", 1: "sequence"} if per_token else {0: "batch"} for n in output_names})
         torch.onnx.export(
             wrapper,
             args,
@@ -435,7 +436,7 @@ def export_onnx(
         path = os.path.join(tmp, MODEL_FILE)
         with _modes_kept(model):
             try:
-                _export(model, path, names, output_names, opset, exporter, notes)
+                _export(model, path, task, names, output_names, opset, exporter, notes)
             except Exception as err:
                 raise OnnxExportError(
                     f"torch.onnx.export (exporter={exporter!r}) failed for {type(model).__name__}: "

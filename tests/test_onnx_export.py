@@ -130,6 +130,9 @@ def test_bert_classifier_both_exporters(tmp_path, pruned_bert, exporter):
     assert report.to_dict()["onnx_path"] == str(tmp_path / "onnx" / "model.onnx")
     assert os.listdir(tmp_path) == ["onnx"]  # no temporary folder left
 
+    session = ort.InferenceSession(report.onnx_path, providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", "sequence"]] * 3
+    assert_matches_torch(model, report, make_feed(size=1, length=1))
     feed = make_feed()
     got = assert_matches_torch(model, report, feed)
     again, _ = run_ort(tmp_path / "onnx" / "model.onnx", feed)
@@ -147,6 +150,15 @@ def test_dropout_is_off_in_a_model_with_dropout(tmp_path):
     got, _ = run_ort(tmp_path / "onnx" / "model.onnx", feed)
     assert max_diff(got, run_ort(tmp_path / "onnx" / "model.onnx", feed)[0]) == 0.0
     assert max_diff(got, torch_outputs(model.eval(), feed, report)) <= ATOL
+
+
+def test_a_float64_model_exports_as_an_fp32_copy(tmp_path):
+    model = make_bert(seed=2).to(torch.float64)
+    report = export_onnx(model, tmp_path / "onnx", exporter="torchscript")
+    assert next(model.parameters()).dtype == torch.float64  # the caller's model is left as it was
+    assert report.max_abs_diff <= ATOL and any("fp32 CPU copy" in n for n in report.notes)
+    got, _ = run_ort(report.onnx_path, make_feed())
+    assert got[0].dtype == "float32"
 
 
 @pytest.mark.parametrize(
