@@ -107,7 +107,7 @@ def parse_args(dataclass_types, args: list[str] | None = None, **parser_kwargs):
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
-            parser.error(f"{path}: unknown option(s) {', '.join(unknown)}; see --help for the valid ones")
+            parser.error(f"{path}: unknown option(s) {', '.join(unknown)}")  # error() points to --help
         parser.set_defaults(**values)
         for action in parser._actions:  # a value from the recipe satisfies a required option
             if action.dest in values:

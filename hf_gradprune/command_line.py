@@ -111,7 +111,8 @@ def _options_given(argv: list[str]) -> set[str]:
     """Option names set on the command line or in its ``--config`` recipe (not left at their defaults)."""
     from .cli import read_recipe
 
-    given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    # HfArgumentParser takes --output-dir for --output_dir too
+    given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         path = argv[argv.index("--config") + 1]
         if os.path.isfile(path):
@@ -162,7 +163,10 @@ def _model_config(model: str, cache_dir: str | None = None):
         raise CommandError(f"cannot read the config of model {model!r}: {_one_line(e)}") from e
 
 
-def _prune(argv: list[str]) -> int:
+def prune_arguments(argv: list[str]):
+    """``hf-gradprune prune``'s arguments: ``(task, model_args, data_args, training_args, prune_args, given)``,
+    ``given`` the option names set on the command line or in the recipe. Checks them (and that the model's
+    config reads) before anything is loaded."""
     from .cli import ModelArguments, parse_args
     from .data import TEXT_CLASSIFICATION, CausalLMDataArguments, ClassificationDataArguments
     from .gradprune_config import GradPruneConfig
@@ -184,7 +188,13 @@ def _prune(argv: list[str]) -> int:
         if path is not None and not os.path.isfile(path):
             raise CommandError(f"{path}: no such data file; check --train_file / --validation_file")
     _model_config(model_args.model_name_or_path, model_args.cache_dir)  # a bad model fails before any data work
+    return task, model_args, data_args, training_args, prune_args, given
 
+
+def _prune(argv: list[str]) -> int:
+    from .data import TEXT_CLASSIFICATION
+
+    task, model_args, data_args, training_args, prune_args, given = prune_arguments(argv)
     from transformers import set_seed
 
     from .cli import prune_and_report
@@ -212,6 +222,11 @@ def _prune(argv: list[str]) -> int:
 def oneshot_options(training_args, given: set[str]) -> dict:
     """``prune_oneshot``'s keyword arguments from the parsed ``GradPruneConfig``: its targets and plan options;
     importance, reconstruction and the budget split keep ``prune_oneshot``'s defaults unless ``given``."""
+    if training_args.latency_budget is not None:
+        raise CommandError(
+            "latency_budget needs training here: prune_oneshot takes no latency budget; give --flops_budget or "
+            "--params_budget for a one-shot prune, or labelled data without --oneshot"
+        )
     options = dict(
         **training_args.plan_targets(),
         ranking=training_args.ranking,
@@ -224,6 +239,8 @@ def oneshot_options(training_args, given: set[str]) -> dict:
         bias_compensation=training_args.bias_compensation,
         reconstruct_batches=training_args.reconstruct_batches,
     )
+    if training_args.balanced:
+        options["balanced"] = True
     if "importance" in given:
         options["method"] = training_args.importance
     if "reconstruct" in given:
@@ -479,6 +496,8 @@ ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 def _export_onnx(args) -> int:
     model_folder(args.folder)
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise CommandError(f"{args.out} exists and is not empty: give --overwrite to replace its export")
     try:
         from .onnx_export import OnnxExportError, export_onnx
     except ModuleNotFoundError as e:
@@ -499,7 +518,10 @@ def _export_onnx(args) -> int:
         )
     except ImportError as e:  # the onnx packages: export_onnx names the pip command
         raise CommandError(_one_line(e)) from e
-    except (OnnxExportError, ValueError, FileExistsError, NotADirectoryError) as e:
+    except (OnnxExportError, ValueError, NotADirectoryError) as e:
+        # export_onnx's own checks: a task, exporter, opset or tolerance it refuses (ValueError, checked before it
+        # loads anything), a model it cannot export or whose graph disagrees with torch, OUT being a file
+
         raise CommandError(_one_line(e)) from e
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
