@@ -77,3 +77,27 @@ def test_real_quickstart(tmp_path):
     assert all(row["speedup"] > 1.2 for row in results["latency"]), results["latency"]
     for name in ("README.md", "heads_kept.png", "ffn_kept.png", "pruning_report.json", "all_results.json"):
         assert (out / name).exists(), name
+
+    # The saved pruned model exports to ONNX (fp32 + int8) and ONNX Runtime agrees with torch on real text.
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from hf_gradprune import load_pruned
+    from hf_gradprune.onnx_export import export_onnx
+
+    report = export_onnx(out, tmp_path / "onnx", int8=True)
+    assert report.max_abs_diff <= 1e-4, report
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "onnx")  # the tokenizer came along
+    texts = ["a gripping, beautifully acted film", "dull and far too long", "a joy to watch", "a tedious mess"]
+    texts += ["one of the best films of the year", "the worst script in years"]
+    enc = tokenizer(texts, padding=True, return_tensors="np")
+    with torch.no_grad():
+        expected = load_pruned(out).eval()(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+    spread = float(expected.max() - expected.min())
+    for path, tolerance in ((report.onnx_path, 1e-4), (report.int8_path, spread)):  # int8: close, not equal
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        feed = {i.name: enc.get(i.name, np.zeros_like(enc["input_ids"])) for i in session.get_inputs()}
+        got = session.run(None, feed)[0]
+        assert got.shape == expected.shape and float(abs(got - expected).max()) < tolerance, path
