@@ -8,6 +8,7 @@ schedule needs (``head_sparsity=0.5`` means half of the original heads are gone,
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import math
@@ -96,9 +97,12 @@ class PruningPlan:
 
         ``latency_budget``: fraction of the dense model's forward time to remove, as ``latency_table``
         predicts it (a ``hf_gradprune.latency.LatencyTable``, or anything with ``predict(plan) -> ms``), i.e. at
-        the table's batch x sequence on the table's machine. Heads and neurons are priced by the table's mean ms
-        per unit, and the split (any of the options below) is searched by bisection for the smallest cut whose
-        predicted time removes at least the fraction. A fraction above what removing every head and neuron
+        the table's batch x sequence on the table's machine. With the default shape (global ranking, no
+        ``uniform`` / ``balanced`` / ``heads_kept`` / ``ffn_multiple_of``) units go by Kwon et al.'s lookup: least
+        importance per millisecond saved, read from the table at the unit's layer's current count, until the
+        prediction meets the fraction. With any of those options the option's own allocation runs with heads and
+        neurons priced at the table's mean ms per unit, and its budget is searched by bisection for the smallest
+        cut whose predicted time removes at least the fraction. A fraction above what removing every head and neuron
         gives (embeddings, norms, ... stay) is a ``PlanError`` at once; one that min_heads_per_layer, uniform or
         balanced shapes prevent gives ``meta["budget_met"] = False``. ``meta`` records the dense and predicted ms
         (``latency_dense_ms``, ``latency_predicted_ms``, ``latency_removed``) whenever a table is given.
@@ -219,7 +223,14 @@ class PruningPlan:
 
         budgets_given = [k for k, v in budgets.items() if v is not None]
         if latency_budget is not None:
-            heads, neurons = _search_latency(g, latency_table, latency_dense, latency_budget, allocate, kept)
+            _check_latency_reachable(g, latency_table, latency_dense, latency_budget)
+            if uniform or balanced or heads_kept is not None or ranking != "global" or ffn_multiple_of > 1:
+                heads, neurons = _search_latency(g, latency_table, latency_dense, latency_budget, allocate, kept)
+            else:
+                removed = _remove_by_latency(
+                    atoms, g, latency_table, latency_dense, latency_budget, min_heads_per_layer, normalize
+                )
+                heads, neurons = kept(removed)
         elif budgets_given:
             costs = _unit_costs(g, seq_len)  # only budgets need the family's costs
             # All block FLOPs are in the units; parameters also count each layer's fixed ones (biases, norms).
@@ -967,6 +978,75 @@ class _Shape(NamedTuple):
     neurons: list
 
 
+def _uniform_ms(g: Geometry, table, heads: int, neurons: int) -> float:
+    # a table reads only how many units each layer keeps, so ranges stand in for the id lists
+    return float(table.predict(_Shape(g, [range(heads)] * g.num_layers, [range(neurons)] * g.num_layers)))
+
+
+def _check_latency_reachable(g: Geometry, table, dense_ms: float, fraction: float) -> None:
+    floor_ms = _uniform_ms(g, table, 0, 0)
+    if dense_ms <= 0 or 1 - floor_ms / dense_ms < fraction - 1e-12:
+        most = 1 - floor_ms / dense_ms if dense_ms > 0 else 0.0
+        raise PlanError(
+            f"latency_budget={fraction} cannot be met: with every head and neuron removed the latency table still "
+            f"predicts {floor_ms:.3f} of the dense {dense_ms:.3f} ms (embeddings, norms, ...), at most {most:.1%} "
+            "removed; lower latency_budget"
+        )
+
+
+def _remove_by_latency(atoms, g: Geometry, table, dense_ms: float, fraction: float, min_heads: int, normalize: bool):
+    """Kwon et al.'s lookup-table allocation: remove, across all layers, the atom of least importance per
+    millisecond it saves, where what it saves is read from the table at its layer's current count, until the
+    predicted time is at most ``1 - fraction`` of ``dense_ms`` (or nothing more may go).
+
+    So where the table says a layer's last neurons cost more per neuron (the FFN's fixed overhead, spread over
+    the first samples), they are priced so, and a nearly empty layer is emptied sooner than FLOPs would say.
+    The choice is greedy, one step at a time (no lookahead past the next unit). A layer's part
+    is its share of the uniform shapes' prediction (a ``LatencyTable`` is per layer already). Importance is on
+    the scale of ``_kind_scales`` (priced at the table's mean ms per unit).
+    """
+    L, H, N = g.num_layers, g.num_heads, g.intermediate_size
+    floor = _uniform_ms(g, table, 0, 0)
+    attn = [(_uniform_ms(g, table, h, 0) - floor) / L for h in range(H + 1)]
+    ffn = [(_uniform_ms(g, table, 0, n) - floor) / L for n in range(N + 1)]
+    per_unit = {HEAD: max(attn[H] / H, 1e-12), NEURON: max(ffn[N] / N, 1e-12)}
+    scale = _kind_scales(atoms, per_unit, 0.0, normalize)
+    rows = {HEAD: [[] for _ in range(L)], NEURON: [[] for _ in range(L)]}
+    for a in _order(atoms):  # least important first (a layer's slices in rank order)
+        rows[a.kind][a.layer].append(a)
+    count = {kind: [sum(a.size for a in row) for row in rows[kind]] for kind in rows}
+    pos = {kind: [0] * L for kind in rows}
+    curve = {HEAD: attn, NEURON: ffn}
+    current = floor + sum(attn[h] for h in count[HEAD]) + sum(ffn[n] for n in count[NEURON])
+    target = (1.0 - fraction) * dense_ms
+    tiny = 1e-12 * max(dense_ms, 1e-12)  # a step the table says is free goes last, unless it is worth nothing
+    heap = []
+
+    def push(layer, kind):
+        i = pos[kind][layer]
+        if i >= len(rows[kind][layer]):
+            return
+        a, left = rows[kind][layer][i], count[kind][layer]
+        if kind == HEAD and left - a.size < min(min_heads, left):
+            return
+        saving = curve[kind][left] - curve[kind][left - a.size]
+        heapq.heappush(heap, (a.score / scale[kind] / max(saving, tiny), layer, kind, i))
+
+    for layer in range(L):
+        push(layer, HEAD)
+        push(layer, NEURON)
+    removed = set()
+    while heap and current > target + 1e-12:
+        _, layer, kind, i = heapq.heappop(heap)
+        a, left = rows[kind][layer][i], count[kind][layer]
+        current -= curve[kind][left] - curve[kind][left - a.size]
+        count[kind][layer] -= a.size
+        pos[kind][layer] += 1
+        removed.add(a.key)
+        push(layer, kind)
+    return removed
+
+
 def _search_latency(g: Geometry, table, dense_ms: float, fraction: float, allocate, kept):
     """The smallest cut whose predicted time removes ``fraction`` of ``dense_ms``: bisection over the fraction
     of the blocks' cost given to ``allocate``, with heads and neurons priced by the table's mean ms per unit.
@@ -980,15 +1060,7 @@ def _search_latency(g: Geometry, table, dense_ms: float, fraction: float, alloca
     def predict(heads, neurons):
         return float(table.predict(_Shape(g, heads, neurons)))
 
-    all_heads, all_neurons = [list(range(H))] * L, [list(range(N))] * L
-    floor_ms = predict([[]] * L, [[]] * L)
-    if dense_ms <= 0 or 1 - floor_ms / dense_ms < fraction - 1e-12:
-        most = 1 - floor_ms / dense_ms if dense_ms > 0 else 0.0
-        raise PlanError(
-            f"latency_budget={fraction} cannot be met: with every head and neuron removed the latency table still "
-            f"predicts {floor_ms:.3f} of the dense {dense_ms:.3f} ms (embeddings, norms, ...), at most {most:.1%} "
-            "removed; lower latency_budget"
-        )
+    all_heads, all_neurons = [range(H)] * L, [range(N)] * L
     # the table's mean ms per unit: what the allocators weigh heads against neurons by (the kv heads' time is in
     # the query heads' counts, so they are free here)
     per_unit = {

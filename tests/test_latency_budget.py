@@ -189,6 +189,22 @@ def test_the_prices_follow_the_table_not_the_flops():
     assert slow.num_heads < cheap.num_heads
 
 
+def test_the_lookup_prices_a_layers_last_neurons_as_the_table_says():
+    # The FFN's first 8 neurons cost 0.25 ms each (its fixed overhead), the others 0.01 ms: once a layer is down to
+    # 8 neurons, emptying it saves 25x more per neuron, so at most the layer being emptied when the budget is met
+    # is left with 1-7 neurons.
+    t = table(ffn_widths=[0, 8, 40], ffn_ms=[0.0, 2.0, 2.32])
+    s = scores(layer_scale=[1, 0.2, 1, 0.1])
+    for budget in (0.2, 0.35, 0.5):
+        plan = PruningPlan.from_scores(s, latency_budget=budget, latency_table=t)
+        widths = shape(plan)[1]
+        assert plan.meta["budget_met"] and sum(0 < w < 8 for w in widths) <= 1, widths
+    # without the overhead (the same slope everywhere) layers may stop anywhere: the property comes from the table
+    flat = table(ffn_widths=[0, 8, 40], ffn_ms=[0.0, 0.08, 0.4])
+    widths = shape(PruningPlan.from_scores(scores(), latency_budget=0.6, latency_table=flat))[1]
+    assert sum(0 < w < 8 for w in widths) > 1, widths
+
+
 def test_an_unreachable_latency_budget_fails_at_once_or_is_flagged():
     t = table(other=30.0)  # dense is 30 + 4 * (3.12 + 3) = 54.48 ms: at most 44.9% can go
     with pytest.raises(PlanError, match="cannot be met.*at most 44.9% removed; lower latency_budget"):
