@@ -19,7 +19,8 @@ Rows, for each model (``--variants`` picks a subset):
   transformer optimizer told the *original* head count and hidden size (its own detection, ``num_heads=0``, finds
   no head count in v5 BERT's ``view(..., -1, head_dim)`` and fuses no attention), then each fused ``Attention``
   node's ``num_heads`` set from its own Q width / head_dim (the pruned layers keep uneven head counts), then
-  dynamic QInt8 quantization. Correctness is what the accuracy columns and ``agree_with_torch`` show.
+  dynamic QInt8 quantization (``-perchannel``: with per-channel weight scales). Correctness is what the accuracy
+  columns and ``agree_with_torch`` show.
 
 Columns: accuracy (batches of 32 padded to their longest; ORT runs the very same tokenized batches), agreement of
 predictions with the same model in PyTorch fp32, latency at batch 1 x 64 and 32 x 64 tokens and the speedup over
@@ -60,6 +61,7 @@ VARIANTS = (
     "ort-int8-u8",
     "ort-fp32-fused",
     "ort-int8-fused",
+    "ort-int8-fused-perchannel",
 )
 EVAL_BATCH = 32
 PAUSE_S = 0.05
@@ -155,7 +157,7 @@ def build_onnx(name: str, folder: Path, model, out: Path, tokenizer, cache: dict
     if name == "ort-int8-opt-pre":
         report, seconds = export("opt-pre", int8=True, optimize=True, quant_preprocess=True)
         return Path(report.int8_path), info(report, seconds)
-    if name in ("ort-fp32-fused", "ort-int8-fused"):
+    if name in ("ort-fp32-fused", "ort-int8-fused", "ort-int8-fused-perchannel"):
         if "fused" not in cache:
             t = time.perf_counter()
             eager = _load(folder, attn_implementation="eager")
@@ -166,10 +168,13 @@ def build_onnx(name: str, folder: Path, model, out: Path, tokenizer, cache: dict
             fused = out / "fused.onnx"
             data = fuse_attention(Path(report.onnx_path), fused, g.num_heads, g.hidden_size, g.head_dim)
             _quantize(fused, out / "fused-int8.onnx")
+            _quantize(fused, out / "fused-int8-perchannel.onnx", per_channel=True)
             data.update(info(report, time.perf_counter() - t))
             cache["fused"] = data
         data = dict(cache["fused"])
-        return out / ("fused.onnx" if name == "ort-fp32-fused" else "fused-int8.onnx"), data
+        return out / {"ort-fp32-fused": "fused.onnx", "ort-int8-fused": "fused-int8.onnx"}.get(
+            name, "fused-int8-perchannel.onnx"
+        ), data
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -284,19 +289,20 @@ def quick_models(task, work: Path) -> tuple[Path, Path]:
     return dense_dir, pruned_dir
 
 
-def quickstart_dense_accuracy(pruned_dir: Path):
-    """The dense accuracy the quickstart run itself measured (its own dense fine-tune), if it wrote one."""
+def quickstart_accuracies(pruned_dir: Path):
+    """The accuracies the quickstart run itself reported (its own dense fine-tune, and the pruned model after
+    recovery), from its ``all_results.json``; None without one."""
     import json
 
-    for name in ("all_results.json", "pruning_report.json"):
-        path = pruned_dir / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            for key in ("dense_accuracy", "dense_eval_accuracy"):
-                if isinstance(data.get(key), (int, float)):
-                    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-                    return {"accuracy": data[key], "source": f"{where}:{key}"}
-    return None
+    path = pruned_dir / "all_results.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    out = {k: data[k] for k in ("dense_accuracy", "recovered_accuracy") if isinstance(data.get(k), (int, float))}
+    if not out:
+        return None
+    out["source"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -421,7 +427,7 @@ def run(args) -> dict:
         "machine": {**machine_info(threads, args.load_note), "loadavg_at_start": load_at_start},
         "models": {name: str(folder) for name, folder in models.items()},
         "dense_accuracy": dense_acc,
-        "quickstart_dense_accuracy": None if quick else quickstart_dense_accuracy(pruned_dir),
+        "quickstart_reported": None if quick else quickstart_accuracies(pruned_dir),
         "goals": goals,
         "rows": rows,
     }
@@ -514,9 +520,10 @@ def markdown(result: dict) -> str:
     for variant, checks in goals["rows"].items():
         missed = [k for k, ok in checks.items() if k != "all" and not ok]
         lines.append(f"- {variant}: {'all met' if not missed else 'missed ' + ', '.join(missed)}")
-    qs = result.get("quickstart_dense_accuracy")
+    qs = result.get("quickstart_reported")
     if qs:
-        lines.append(f"- The quickstart run's own dense fine-tune scored {qs['accuracy']:.4f} ({qs['source']}).")
+        said = [f"{k.replace('_accuracy', '')} {v:.4f}" for k, v in qs.items() if k.endswith("_accuracy")]
+        lines.append(f"- The quickstart run itself reported: {', '.join(said)} ({qs['source']}).")
     m = result["machine"]
     lines.append(
         f"- Machine: {m.get('cpu')}, {m.get('cpu_count')} cores, {m.get('threads')} threads; torch {m.get('torch')}, "
