@@ -443,6 +443,7 @@ def export_onnx(
                     f"{type(err).__name__}: {err}. Try exporter="
                     f"{'torchscript' if exporter == 'dynamo' else 'dynamo'!r}"
                 ) from err
+            model.eval()  # the reference too: an exporter may have left its wrapper (and the model) training
             inputs = _random_inputs(model, names, _CHECK_SHAPE, seed=1)
             expected = _torch_outputs(model, inputs, output_names)
         if check:
