@@ -17,6 +17,12 @@ neurons kept, measured dense-vs-pruned latency on this machine).
 Llama-family decoders: ``--uniform true`` keeps the same heads per key/value group, key/value heads and FFN width
 in every layer, so the saved folder is a stock checkpoint (no remote code); ``--attention_unit kv_group`` removes
 whole key/value groups instead of query heads within them.
+
+The same run from the installed command line (``hf-gradprune prune`` parses these arguments and runs this
+code, from ``hf_gradprune.data`` and ``hf_gradprune.cli``; ``--oneshot`` prunes without training instead):
+
+    hf-gradprune prune --model_name_or_path gpt2 --train_file train.txt --block_size 512 \\
+        --head_sparsity 0.4 --output_dir out/clm
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ neurons kept, measured dense-vs-pruned latency on this machine).
     python examples/run_glue_prune.py --model_name_or_path bert-base-uncased --task_name mrpc \\
         --dense_train_epochs 3 --head_sparsity 0.5 --ffn_sparsity 0.5 --output_dir out/mrpc
     accelerate launch --multi_gpu --num_processes 4 examples/run_glue_prune.py --config ...
+
+The same run from the installed command line (``hf-gradprune prune`` parses these arguments and runs this
+code, from ``hf_gradprune.data`` and ``hf_gradprune.cli``; ``--oneshot`` prunes without training instead):
+
+    hf-gradprune prune --model_name_or_path bert-base-uncased --task_name mrpc \\
+        --head_sparsity 0.5 --output_dir out/mrpc
 """
 
 from __future__ import annotations

@@ -251,14 +251,18 @@ def oneshot_options(training_args, given: set[str]) -> dict:
 
 
 def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[str]) -> None:
+    """``prune_oneshot`` on the first ``calibration_samples`` training examples, evaluated before and after when
+    there is labelled evaluation data, saved with its tokenizer and ``oneshot_report.json``."""
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
 
     from .hub import save_pruned
     from .modeling_gradprune import write_folder
     from .oneshot import prune_oneshot
+    from .run_report import metric_rows, stage_columns, summary_table
     from .surgery import summarize
 
+    options = oneshot_options(training_args, given)
     train = run.train_dataset
     calibration = train.select(range(min(prune_args.calibration_samples, len(train))))
     loader = DataLoader(
@@ -267,21 +271,56 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
         collate_fn=run.data_collator or default_data_collator,
     )
     model = run.model.to(training_args.device)
-    options = oneshot_options(training_args, given)
+    evaluate = _evaluator(run, training_args)
+    stages = {}
+    if evaluate is not None:
+        stages["dense"] = evaluate(model, "dense")
     model, report = prune_oneshot(model, loader, **options)
+    after = "reconstructed" if report.reconstruction is not None else "pruned"  # run_report's stage names
+    if evaluate is not None:
+        stages[after] = evaluate(model, after)
     out = training_args.output_dir
     save_pruned(model, out, tokenizer=run.tokenizer)
 
     def write_report(folder: str) -> None:
-        info = {"calibration_samples": len(calibration), "options": options, **report.to_dict()}
+        info = {"calibration_samples": len(calibration), "options": options, "metrics": stages, **report.to_dict()}
         with open(os.path.join(folder, "oneshot_report.json"), "w") as f:
             json.dump(info, f, indent=2, default=str)
 
     write_folder(out, write_report)  # atomic, next to the model's files (which it keeps)
-    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     print(summarize(model, options["seq_len"]))
+    if stages:
+        columns = stage_columns(stages)
+        keep = [0, *(i + 1 for i, stage in enumerate(columns) if stage in stages)]
+        rows = [tuple(row[i] for i in keep) for row in metric_rows(stages)]
+        print(summary_table(rows, ("metric", *(c for c in columns if c in stages))))
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     print(f"one-shot on {len(calibration)} calibration examples: {seconds}")
     print(f"saved {out}")
+
+
+def _evaluator(run, training_args):
+    """``evaluate(model, stage) -> metrics`` on the run's evaluation data with ``Trainer``, or None without
+    labelled evaluation data."""
+    if run.eval_dataset is None or not run.labelled:
+        return None
+    from transformers import Trainer
+
+    def evaluate(model, stage: str) -> dict:
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            eval_dataset=run.eval_dataset,
+            data_collator=run.data_collator,
+            processing_class=run.tokenizer,
+            **run.trainer_kwargs,
+        )
+        metrics = trainer.evaluate(metric_key_prefix=stage)
+        if run.stage_extras is not None:
+            metrics.update(run.stage_extras(metrics, stage))
+        return metrics
+
+    return evaluate
 
 
 # ---------------------------------------------------------------------- folders

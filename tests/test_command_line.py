@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -182,9 +183,23 @@ def test_a_classifier_on_unlabelled_text_is_pruned_one_shot(assets, data, capsys
     assert report["calibration_samples"] == 32 and report["options"]["flops_budget"] == 0.4
     assert report["plan"]["meta"]["method"] == "fisher"  # prune_oneshot's default, not the trainer's taylor
     assert report["reconstruction"] is not None  # prune_oneshot's default, reconstruct on
+    assert report["metrics"] == {}  # no labels, nothing to evaluate against
     plan = current_plan(load_pruned(out))
     assert plan.flops_removed() >= 0.4 - 1e-9 and plan.meta["budget_met"]
     assert {"tokenizer.json", "modeling_gradprune.py", "config.json"} <= set(os.listdir(out))
+
+
+def test_labelled_data_with_oneshot_evaluates_before_and_after(assets, capsys):
+    out = assets / "oneshot_labelled"
+    args = ["prune", "--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "train.csv")]
+    args += ["--validation_file", str(assets / "dev.csv"), "--text_column", "sentence", "--oneshot"]
+    args += ["--head_sparsity", "0.5", "--max_seq_length", "16", "--output_dir", str(out), *QUIET]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "no label column" not in captured.err and "| metric | dense | reconstructed |" in captured.out
+    metrics = json.loads((out / "oneshot_report.json").read_text())["metrics"]
+    assert 0 <= metrics["dense"]["dense_accuracy"] <= 1 and 0 <= metrics["reconstructed"]["reconstructed_accuracy"] <= 1
+    assert current_plan(load_pruned(out)).num_heads == 6
 
 
 def test_causal_lm_on_a_text_file_one_shot(assets, capsys):
@@ -193,15 +208,21 @@ def test_causal_lm_on_a_text_file_one_shot(assets, capsys):
     args = ["prune", "--model_name_or_path", str(assets / "gpt2"), "--train_file", str(assets / "texts.txt")]
     args += ["--oneshot", "--head_sparsity", "0.5", "--ffn_sparsity", "0.5", "--importance", "taylor"]
     args += ["--block_size", "16", "--reconstruct", "false", "--cache_dir", str(assets / "cache")]
-    args += ["--output_dir", str(out), *QUIET]
+    args += ["--validation_split_percentage", "20", "--output_dir", str(out), *QUIET]
     assert main(args) == 0
-    assert "saved" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| metric | dense | pruned |" in printed and "| perplexity | " in printed and f"saved {out}" in printed
     model = load_pruned(out)
     assert type(model).__name__.endswith("GPT2LMHeadModel")
     plan = current_plan(model)
     assert (plan.num_heads, plan.num_neurons, plan.meta["method"]) == (6, 144, "taylor")
     report = json.loads((out / "oneshot_report.json").read_text())
     assert report["reconstruction"] is None and "reconstruct" not in report["seconds"]
+    metrics = report["metrics"]  # evaluated on the held-out 20% before and after, as the trainer path names stages
+    assert set(metrics) == {"dense", "pruned"}
+    for stage in metrics:
+        ppl = metrics[stage][f"{stage}_perplexity"]
+        assert ppl == pytest.approx(math.exp(metrics[stage][f"{stage}_loss"])) and ppl > 1
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["heads"] == {"dense": 12, "pruned": 6}
 
