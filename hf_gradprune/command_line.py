@@ -101,9 +101,9 @@ PRUNE_DESCRIPTION = (
     "With labels: the run of examples/run_glue_prune.py / run_clm_prune.py (evaluate, prune with "
     "GradPruneTrainer, recover by training, evaluate, save, report). With --oneshot, or a classifier on unlabelled "
     "text: prune_oneshot, no training. Give one target: --head_sparsity and/or --ffn_sparsity, or one of "
-    "--flops_budget / --params_budget. --config recipe.yaml gives defaults that flags override. The data options "
-    "below are those of --task text-classification; `hf-gradprune prune --task text-generation --help` lists "
-    "those of text-generation."
+    "--flops_budget / --params_budget / --latency_budget (with training only). --config recipe.yaml gives "
+    "defaults that flags override. The data options below are those of --task text-classification; "
+    "`hf-gradprune prune --task text-generation --help` lists those of text-generation."
 )
 
 
@@ -129,7 +129,7 @@ def _prune_task(argv: list[str]) -> str:
 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name in ("--config", "--task", "--task_name", "--model_name_or_path", "--cache_dir"):
-        pre.add_argument(name)
+        pre.add_argument(*dict.fromkeys((name, name.replace("_", "-"))))  # HfArgumentParser's dashed aliases too
     known, _ = pre.parse_known_args(argv)
     recipe = {}
     if known.config and os.path.isfile(known.config):
@@ -192,14 +192,14 @@ def prune_arguments(argv: list[str]):
 
 
 def _prune(argv: list[str]) -> int:
-    from .data import TEXT_CLASSIFICATION
-
-    task, model_args, data_args, training_args, prune_args, given = prune_arguments(argv)
     from transformers import set_seed
 
     from .cli import prune_and_report
-    from .data import prepare_causal_lm, prepare_classification
+    from .data import TEXT_CLASSIFICATION, prepare_causal_lm, prepare_classification
 
+    task, model_args, data_args, training_args, prune_args, given = prune_arguments(argv)
+    if prune_args.oneshot:
+        oneshot_options(training_args, given)  # refuses what prune_oneshot cannot do before any loading
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     if task == TEXT_CLASSIFICATION:

@@ -282,6 +282,32 @@ def test_bench_dense_model_has_the_original_shape(pruned_bert):
     assert "gradprune" not in dense.config.to_dict() and "auto_map" not in dense.config.to_dict()
 
 
+def test_info_and_bench_of_a_stock_uniform_llama(tmp_path, capsys):
+    """A uniform grouped-query plan saves a stock checkpoint whose config holds the pruned head counts; info
+    and bench still know the original shape (from config.gradprune)."""
+    from test_llama import make_decoder
+
+    from hf_gradprune import prune_model, save_pruned
+    from hf_gradprune.state import pruning_state
+
+    model = make_decoder()  # 8 query heads in 2 key/value groups, FFN 40, 3 layers
+    dense_params = sum(p.numel() for p in model.parameters())
+    g = pruning_state(model).geometry
+    prune_model(model, PruningPlan(g, [[0, 1, 4, 5]] * 3, [list(range(0, 40, 2))] * 3))
+    save_pruned(model, tmp_path / "llama")
+    assert not (tmp_path / "llama" / "modeling_gradprune.py").exists()  # stock
+    assert main(["info", str(tmp_path / "llama"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["stock"] and info["pruned"] and info["kv_heads"] == {"dense": 6, "pruned": 6}
+    assert info["heads"] == {"dense": 24, "pruned": 12} and info["ffn_neurons"] == {"dense": 120, "pruned": 60}
+    assert info["params"] == {"dense": dense_params, "pruned": sum(p.numel() for p in model.parameters())}
+    dense_config = cl.original_config(model.config)
+    assert (dense_config.num_attention_heads, dense_config.num_key_value_heads) == (8, 2)
+    assert (dense_config.intermediate_size, dense_config.head_dim) == (40, 8)
+    assert main(["bench", str(tmp_path / "llama"), "--batch_sizes", "1", "--seq_len", "8", "--repeats", "1"]) == 0
+    assert "| 1 | 8 |" in capsys.readouterr().out
+
+
 def test_export_onnx(pruned_bert, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
