@@ -26,7 +26,7 @@ import torch
 from common import ROOT, bench_args, machine, write_json
 from speed import models, time_rows, uniform_plan
 
-from hf_gradprune import Geometry, PruningPlan, Scores, current_plan
+from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, current_plan
 from hf_gradprune.latency import measure_latency_table
 
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -58,8 +58,10 @@ def mapped_scores(template: Scores, g: Geometry) -> Scores:
     )
 
 
-def plans_for(scores: Scores, table, seq: int, multiple: int) -> dict[tuple[str, float], PruningPlan]:
-    """The plans of one model and batch: ``{(kind, target): plan}`` (see the module's docstring)."""
+def plans_for(scores: Scores, table, seq: int, multiple: int, skipped: list | None = None) -> dict:
+    """The plans of one model and batch: ``{(kind, target): plan}`` (see the module's docstring). A latency budget
+    the table says no plan can meet (the embeddings alone take more) is left out and its error added to
+    ``skipped``."""
     g = scores.geometry
     plans = {}
     for f in FRACTIONS:
@@ -69,10 +71,13 @@ def plans_for(scores: Scores, table, seq: int, multiple: int) -> dict[tuple[str,
             scores, flops_budget=f, seq_len=seq, balanced=True, ffn_multiple_of=multiple
         )
     for b in LATENCY_BUDGETS:
-        plans[("latency", b)] = PruningPlan.from_scores(scores, latency_budget=b, latency_table=table)
-        plans[("latency+balanced", b)] = PruningPlan.from_scores(
-            scores, latency_budget=b, latency_table=table, balanced=True, ffn_multiple_of=multiple
-        )
+        for kind, options in (("latency", {}), ("latency+balanced", {"balanced": True, "ffn_multiple_of": multiple})):
+            try:
+                plans[(kind, b)] = PruningPlan.from_scores(scores, latency_budget=b, latency_table=table, **options)
+            except PlanError as e:
+                if skipped is None:
+                    raise
+                skipped.append({"plan": kind, "target": b, "error": str(e)})
     return plans
 
 
@@ -131,7 +136,7 @@ def run(quick: bool, out: Path) -> dict:
     seq = 16 if quick else 64
     batches = (1, 4) if quick else (1, 32)
     multiple = 16 if quick else 64
-    rows, geometries, tables = [], {}, {}
+    rows, geometries, tables, unreachable = [], {}, {}, []
     for name, build in models(quick):
         base = build().eval()
         g = current_plan(base).geometry
@@ -142,7 +147,9 @@ def run(quick: bool, out: Path) -> dict:
             start = time.monotonic()
             table = measure_latency_table(base, batch, seq, repeats=repeats, ffn_samples=5 if quick else 17)
             tables.setdefault(name, {})[str(batch)] = {**table.to_dict(), "measure_s": round(time.monotonic() - start)}
-            plans = plans_for(scores, table, seq, multiple)
+            skipped = []
+            plans = plans_for(scores, table, seq, multiple, skipped)
+            unreachable += [{"model": name, "batch": batch, **entry} for entry in skipped]
             timed = time_rows(
                 name,
                 base,
@@ -164,6 +171,7 @@ def run(quick: bool, out: Path) -> dict:
         "geometries": geometries,
         "tables": tables,
         "rows": rows,
+        "unreachable": unreachable,
         "summary": summarize(rows),
     }
     write_json(out / "latency_budget.json", result)
