@@ -99,7 +99,8 @@ def with_prediction(row: dict, plan: PruningPlan, table) -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per (model, batch): each shape's speedup over uniform's at equal FLOPs, and the prediction errors."""
+    """Per (model, batch): each shape's speedup over uniform's at equal FLOPs, the latency budgets' removed
+    fractions (predicted and measured), and the prediction errors."""
     out = []
     for model, batch in sorted({(r["model"], r["batch"]) for r in rows}):
         mine = [r for r in rows if (r["model"], r["batch"]) == (model, batch)]
@@ -112,6 +113,11 @@ def summarize(rows: list[dict]) -> dict:
                 if (kind, f) in cell and ("uniform", f) in cell
             }
             entry[f"{kind}_vs_uniform"] = ratios
+        entry["latency_budgets"] = [  # asked, predicted and measured fraction of the dense time removed
+            {k: r[k] for k in ("plan", "target", "predicted_removed", "measured_removed")}
+            for r in mine
+            if r["plan"] in LATENCY_KINDS
+        ]
         errors = [abs(r["prediction_error"]) for r in mine]
         entry["prediction_error_mean"] = round(sum(errors) / len(errors), 4)
         entry["prediction_error_max"] = round(max(errors), 4)

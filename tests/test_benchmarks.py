@@ -238,6 +238,10 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
                 assert ratio == pytest.approx(
                     cell[(kind, float(f))]["speedup"] / cell[("uniform", float(f))]["speedup"], abs=1e-3
                 )
+        latency_rows = [r for r in cell.values() if r["plan"] in latency_budget.LATENCY_KINDS]
+        assert [(e["plan"], e["target"], e["measured_removed"]) for e in entry["latency_budgets"]] == [
+            (r["plan"], r["target"], r["measured_removed"]) for r in latency_rows
+        ]
         errors = [abs(r["prediction_error"]) for r in cell.values()]
         assert entry["rows"] == len(errors) and entry["within_10pct"] == sum(e <= 0.1 for e in errors)
         assert entry["prediction_error_max"] == pytest.approx(max(errors), abs=1e-4)
