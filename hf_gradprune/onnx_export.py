@@ -112,7 +112,7 @@ def _load(model_or_folder) -> tuple[nn.Module, str | None]:
             )
         from .hub import load_pruned
 
-        return load_pruned(folder), folder
+        return load_pruned(folder, dtype=torch.float32), folder  # the export is fp32 whatever the weights are
     if not isinstance(model_or_folder, nn.Module):
         raise TypeError(
             f"export_onnx takes a transformers model or a saved folder, got {type(model_or_folder).__name__}"
@@ -299,12 +299,17 @@ def _check(path, model, inputs, expected, atol, what) -> float:
 
 def _optimize(src, dst, model, notes, fused) -> bool:
     """ONNX Runtime's transformer fusions, where it knows the model_type; False if it does not."""
-    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from .architectures import UnsupportedModelError, get_adapter
 
     model_type = model.config.model_type
-    ort_type = model_type if model_type in MODEL_TYPES else None
+    try:
+        ort_type = get_adapter(model_type).onnx_optimizer_model_type
+    except UnsupportedModelError:
+        ort_type = None
     if ort_type is None:
-        notes.append(f"optimize: ONNX Runtime's optimizer has no fusions for model_type {model_type!r}; skipped")
+        notes.append(f"optimize: no ONNX Runtime fusions known to fit model_type {model_type!r}; skipped")
         return False
     # num_heads=0 / hidden_size=0: the optimizer reads them from each layer's graph (uneven heads per layer)
     optimized = optimize_model(src, model_type=ort_type, num_heads=0, hidden_size=0, opt_level=0)

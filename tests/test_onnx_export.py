@@ -240,10 +240,23 @@ def test_int8_with_fusions_and_preprocessing_on_an_uneven_bert(tmp_path, pruned_
     )
 
 
+def test_a_roberta_classifier_gets_bert_fusions(tmp_path):
+    kw = {k: v for k, v in tiny_bert_config().to_dict().items() if k != "model_type"}
+    config = transformers.RobertaConfig(**{**kw, "type_vocab_size": 1, "pad_token_id": 1})
+    torch.manual_seed(0)
+    model = transformers.RobertaForSequenceClassification(config).eval()
+    _perturb(model)
+    prune_model(model, mha_plan(model, zero_layer=0))
+    report = export_onnx(model, tmp_path / "onnx", exporter="torchscript", optimize=True)
+    assert report.input_names == ["input_ids", "attention_mask"]  # one segment: no token_type_ids input
+    assert report.fused_operators and report.optimized_max_abs_diff <= ATOL
+    assert_matches_torch(model, report, make_feed(types=False), "model_optimized.onnx")
+
+
 def test_optimize_is_skipped_with_a_note_where_ort_has_no_fusions(tmp_path):
     model = make_llama("eager")
     report = export_onnx(model, tmp_path / "onnx", exporter="torchscript", optimize=True)
-    assert report.optimized_path is None and any("no fusions for model_type 'llama'" in n for n in report.notes)
+    assert report.optimized_path is None and any("fit model_type 'llama'" in n for n in report.notes)
     assert "model_optimized.onnx" not in os.listdir(tmp_path / "onnx")
 
 

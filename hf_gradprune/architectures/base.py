@@ -60,6 +60,8 @@ class FamilyAdapter(abc.ABC):
 
     model_types: tuple[str, ...] = ()
     ffn_config_attr: str = "intermediate_size"
+    # the ``onnxruntime.transformers.optimizer`` model_type whose fusions fit the family's graphs, if any
+    onnx_optimizer_model_type: str | None = None
 
     # --- geometry -------------------------------------------------------------------------------
     @abc.abstractmethod

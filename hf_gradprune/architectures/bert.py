@@ -25,6 +25,7 @@ from .base import (
 class BertFamilyAdapter(FamilyAdapter):
     model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
     ffn_config_attr = "intermediate_size"
+    onnx_optimizer_model_type = "bert"  # RoBERTa-style encoders have BERT's graph (optimum maps them so too)
 
     def geometry(self, config) -> Geometry:
         return geometry_from_config(config, config.intermediate_size)

@@ -29,6 +29,7 @@ from .base import (
 class GPT2Adapter(FamilyAdapter):
     model_types = ("gpt2",)
     ffn_config_attr = "n_inner"
+    onnx_optimizer_model_type = "gpt2"
 
     def geometry(self, config) -> Geometry:
         # n_inner=None means GPT-2's default FFN width, four times the hidden size
