@@ -299,13 +299,13 @@ def _check(path, model, inputs, expected, atol, what) -> float:
 
 def _optimize(src, dst, model, notes, fused) -> bool:
     """ONNX Runtime's transformer fusions, where it knows the model_type; False if it does not."""
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
     from .architectures import UnsupportedModelError, get_adapter
 
     model_type = model.config.model_type
-    try:
-        ort_type = get_adapter(model_type).onnx_optimizer_model_type
+    try:  # ORT's own name for the model_type (e.g. qwen3), else what the family's adapter says fits
+        ort_type = model_type if model_type in MODEL_TYPES else get_adapter(model_type).onnx_optimizer_model_type
     except UnsupportedModelError:
         ort_type = None
     if ort_type is None:
