@@ -280,14 +280,15 @@ def _dtype_name(model: nn.Module) -> str:
     return str(next(model.parameters()).dtype)
 
 
-def table_key(model: nn.Module, batch_size: int, seq_len: int) -> dict:
-    """The key a table measured now for ``model`` at ``batch_size`` x ``seq_len`` would have."""
+def table_key(model: nn.Module, batch_size: int, seq_len: int, autocast_dtype: torch.dtype | None = None) -> dict:
+    """The key a table measured now for ``model`` at ``batch_size`` x ``seq_len`` (under ``autocast_dtype``, when
+    given: its dtype is the table's) would have."""
     from .state import pruning_state
 
     device = next(model.parameters()).device
     return {
         "device_name": device_name(device),
-        "dtype": _dtype_name(model),
+        "dtype": str(autocast_dtype) if autocast_dtype is not None else _dtype_name(model),
         "torch_threads": torch.get_num_threads(),
         "batch_size": int(batch_size),
         "seq_len": int(seq_len),
@@ -314,6 +315,7 @@ def measure_latency_table(
     repeats: int = 5,
     warmup: int = 1,
     rounds: int = 2,
+    autocast_dtype: torch.dtype | None = None,
     timer=None,
 ) -> LatencyTable:
     """Measure a ``LatencyTable`` for an unpruned ``model`` at ``batch_size`` x ``seq_len`` on its device.
@@ -326,7 +328,8 @@ def measure_latency_table(
     kept, so a slow spell of the machine spreads over all shapes instead of skewing a few. ``head_counts``
     defaults to every count the key/value groups allow (multiples of the group size), ``ffn_widths`` to
     ``ffn_samples`` evenly spaced widths (multiples of 8 where the width allows).
-    The caller's model is never changed. ``timer(model) -> ms`` replaces ``measure_latency`` (tests).
+    ``autocast_dtype``: time under ``torch.autocast`` (e.g. bf16 on a GPU); the table's dtype is then that one. The
+    caller's model is never changed. ``timer(model) -> ms`` replaces ``measure_latency`` (tests).
     """
     from .plan import PruningPlan  # latency.py builds plans to time them; plan.py never imports latency.py
     from .state import pruning_state
@@ -362,7 +365,9 @@ def measure_latency_table(
         inputs = random_inputs(model, batch_size, seq_len, seed=0)
 
         def timer(m):
-            return measure_latency(m, batch_size, seq_len, repeats, warmup, inputs=inputs)
+            return measure_latency(
+                m, batch_size, seq_len, repeats, warmup, inputs=inputs, autocast_dtype=autocast_dtype
+            )
 
     def time_shape(heads: int, width: int) -> float:
         plan = PruningPlan(g, [list(range(heads))] * g.num_layers, [list(range(width))] * g.num_layers)
@@ -385,7 +390,7 @@ def measure_latency_table(
     attention = _monotone([0.0] + [max(0.0, (ms[(h, 0)] - empty) / g.num_layers) for h in head_counts[1:]])
     ffn = _monotone([0.0] + [max(0.0, (ms[(0, n)] - empty) / g.num_layers) for n in ffn_widths[1:]])
     dense = ms[(g.num_heads, g.intermediate_size)]
-    key = table_key(model, batch_size, seq_len)
+    key = table_key(model, batch_size, seq_len, autocast_dtype)
     return LatencyTable(
         **key,
         head_counts=head_counts,
@@ -415,8 +420,9 @@ def cached_latency_table(
     model: nn.Module, batch_size: int, seq_len: int, cache_dir: str | os.PathLike | None = None, **measure_kwargs
 ) -> LatencyTable:
     """The table for ``model`` at this shape on this machine: loaded from ``cache_dir`` when one was measured
-    with the same key (device name, dtype, threads, batch, sequence, geometry), else measured and saved there."""
-    key = table_key(model, batch_size, seq_len)
+    with the same key (device name, dtype, threads, batch, sequence, geometry), else measured and saved there.
+    ``measure_kwargs`` go to ``measure_latency_table``; of them only ``autocast_dtype`` is part of the key."""
+    key = table_key(model, batch_size, seq_len, measure_kwargs.get("autocast_dtype"))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = (
         Path(cache_dir if cache_dir is not None else default_cache_dir())

@@ -410,7 +410,11 @@ def test_the_cache_loads_instead_of_measuring_again(tmp_path):
     assert len(calls) == measured and second == first  # loaded
     other = cached_latency_table(model, 2, 8, tmp_path, ffn_widths=[0, 96], timer=shape_timer(calls))
     assert len(calls) == 2 * measured and other.batch_size == 2  # another shape: measured, stored beside it
-    assert len(list(tmp_path.glob("*.json"))) == 2
+    bf16 = cached_latency_table(
+        model, 1, 8, tmp_path, ffn_widths=[0, 96], autocast_dtype=torch.bfloat16, timer=shape_timer(calls)
+    )
+    assert len(calls) == 3 * measured and bf16.dtype == "torch.bfloat16"  # autocast's dtype is part of the key
+    assert len(list(tmp_path.glob("*.json"))) == 3
 
 
 # ---------------------------------------------------------------------- GradPruneConfig and the trainer
