@@ -1,4 +1,5 @@
-"""The one place that times a model: median forward latency, and dense-vs-pruned comparisons.
+"""The one place that times a model: median forward latency, dense-vs-pruned comparisons, and latency tables
+(``LatencyTable``: one layer's attention and FFN time by units kept, measured once, predicting any plan's time).
 
 Reports, benchmarks, the examples and the GPU check all call these, so every latency in the project is
 measured the same way (warm-up passes, CUDA synchronisation, median of the repeats).
