@@ -5,6 +5,7 @@ from .budget_split import plan_gates, search_budget_split, unit_gates
 from .calibration import CalibrationError
 from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
+from .latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
 from .oneshot import OneShotReport, prune_oneshot
 from .plan import PlanError, PruningPlan
 from .rearrange import rearrange_plan
@@ -29,6 +30,8 @@ __all__ = [
     "FolderMismatchError",
     "Geometry",
     "ImportanceScorer",
+    "LatencyTable",
+    "LatencyTableError",
     "OneShotReport",
     "PlanError",
     "PruningPlan",
@@ -39,10 +42,12 @@ __all__ = [
     "UnitCosts",
     "UnsupportedModelError",
     "V4CheckpointError",
+    "cached_latency_table",
     "check_folder",
     "convert_v4_checkpoint",
     "current_plan",
     "load_pruned",
+    "measure_latency_table",
     "plan_gates",
     "prune_heads",
     "prune_model",
