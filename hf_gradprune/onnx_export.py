@@ -318,6 +318,23 @@ def _optimize(src, dst, model, notes, fused) -> bool:
     return True
 
 
+def _optimized(src, dst, model, inputs, expected, atol, report) -> bool:
+    """Write the fused graph to ``dst`` if ONNX Runtime can fuse the family and the result is still right."""
+    try:
+        with _in_scratch_dir(os.path.dirname(dst)):
+            if not _optimize(src, dst, model, report.notes, report.fused_operators):
+                return False
+        report.optimized_max_abs_diff = _check(dst, model, inputs, expected, atol, OPTIMIZED_FILE)
+        return True
+    except Exception as err:  # correctness first: the plain graph stays the one to use
+        for name in os.listdir(os.path.dirname(dst)):
+            if name.startswith(OPTIMIZED_FILE):
+                os.remove(os.path.join(os.path.dirname(dst), name))
+        report.fused_operators.clear()
+        report.notes.append(f"optimize: fusions skipped: {type(err).__name__}: {err}")
+        return False
+
+
 def _quantize(src, dst, model, preprocess, notes) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -456,22 +473,20 @@ def export_onnx(
         source = path
         if optimize:
             optimized = os.path.join(tmp, OPTIMIZED_FILE)
-            with _in_scratch_dir(tmp):
-                done = _optimize(path, optimized, model, notes, report.fused_operators)
-            if done:
-                try:
-                    report.optimized_max_abs_diff = _check(optimized, model, inputs, expected, atol, OPTIMIZED_FILE)
-                    report.optimized_path, source = os.path.join(out_dir, OPTIMIZED_FILE), optimized
-                except OnnxExportError as err:  # correctness first: keep the plain graph
-                    os.remove(optimized)
-                    report.fused_operators.clear()
-                    notes.append(f"optimize: fusions skipped, the optimized graph was wrong: {err}")
+            if _optimized(path, optimized, model, inputs, expected, atol, report):
+                report.optimized_path, source = os.path.join(out_dir, OPTIMIZED_FILE), optimized
         if int8:
             quantized = os.path.join(tmp, QUANTIZED_FILE)
-            with _in_scratch_dir(tmp):
-                _quantize(source, quantized, model, quant_preprocess, notes)
+            try:
+                with _in_scratch_dir(tmp):
+                    _quantize(source, quantized, model, quant_preprocess, notes)
+                report.int8_max_abs_diff = _max_diff(_ort_outputs(quantized, inputs), expected)
+            except Exception as err:  # ONNX Runtime's tools raise all kinds; nothing is written either way
+                raise OnnxExportError(
+                    f"int8 quantization of {os.path.basename(source)} failed: {type(err).__name__}: {err}. "
+                    "Nothing was written; export without int8=True (or without quant_preprocess/optimize)"
+                ) from err
             report.int8_path = os.path.join(out_dir, QUANTIZED_FILE)
-            report.int8_max_abs_diff = _max_diff(_ort_outputs(quantized, inputs), expected)
         model.config.save_pretrained(tmp)
         if task == "causal-lm" and getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)

@@ -346,3 +346,28 @@ def test_exporter_failure_says_which_and_what_to_try(tmp_path, monkeypatch, prun
     with pytest.raises(OnnxExportError, match="exporter='torchscript'.*unsupported operator.*Try exporter='dynamo'"):
         export_onnx(pruned_bert, tmp_path / "onnx", exporter="torchscript")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_wrong_fusion_is_dropped_and_a_failed_quantization_writes_nothing(tmp_path, monkeypatch, pruned_bert):
+    real = onnx_export_module._ort_outputs
+
+    def wrong_when_fused(path, inputs):
+        out = real(path, inputs)
+        return [x + 1.0 for x in out] if str(path).endswith("model_optimized.onnx") else out
+
+    monkeypatch.setattr(onnx_export_module, "_ort_outputs", wrong_when_fused)
+    report = export_onnx(pruned_bert, tmp_path / "onnx", exporter="torchscript", optimize=True, int8=True)
+    assert report.optimized_path is None and report.fused_operators == {}
+    assert any("fusions skipped" in n and "differs from torch" in n for n in report.notes)
+    assert sorted(os.listdir(tmp_path / "onnx")) == ["config.json", "model.onnx", "model_quantized.onnx"]
+    assert report.int8_max_abs_diff < 0.5  # quantized from the plain graph, not the wrong one
+
+    import onnxruntime.quantization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", broken)
+    with pytest.raises(OnnxExportError, match="int8 quantization of model.onnx failed: RuntimeError: no kernel"):
+        export_onnx(pruned_bert, tmp_path / "onnx2", exporter="torchscript", int8=True)
+    assert sorted(os.listdir(tmp_path)) == ["onnx"]
