@@ -371,3 +371,11 @@ def test_a_wrong_fusion_is_dropped_and_a_failed_quantization_writes_nothing(tmp_
     with pytest.raises(OnnxExportError, match="int8 quantization of model.onnx failed: RuntimeError: no kernel"):
         export_onnx(pruned_bert, tmp_path / "onnx2", exporter="torchscript", int8=True)
     assert sorted(os.listdir(tmp_path)) == ["onnx"]
+
+
+def test_a_compiled_model_exports_the_model_it_wraps(tmp_path, pruned_bert):
+    report = export_onnx(torch.compile(pruned_bert), tmp_path / "onnx", exporter="torchscript")
+    assert report.max_abs_diff <= ATOL
+    assert_matches_torch(pruned_bert.eval(), report, make_feed())
+    with pytest.raises(TypeError, match="transformers model or a saved folder"):
+        export_onnx(42, tmp_path / "other")
