@@ -405,12 +405,14 @@ def export_onnx(
 
     The graph takes ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for BERT-style models) with
     dynamic batch and sequence axes and returns the task's logits in fp32 (causal LM: no KV cache). With
-    ``check``, ONNX Runtime (CPU) runs every written fp32 graph on random inputs of another shape than the
-    export used, and an output further than ``atol`` from torch's raises ``OnnxExportError``, writing nothing.
-    ``optimize`` adds ``model_optimized.onnx`` (fusions where ONNX Runtime knows the family; checked too),
-    ``int8`` adds ``model_quantized.onnx`` (dynamic QInt8 weights, from the optimized graph if any; its
-    difference is reported, not checked). Existing non-empty ``out_dir``: refused unless ``overwrite``,
-    which replaces the previous export's ONNX files and keeps other files.
+    ``check``, ONNX Runtime (CPU) runs ``model.onnx`` twice on random inputs of another shape than the export
+    used; outputs that differ between the runs or further than ``atol`` from torch's raise
+    ``OnnxExportError``, and nothing is written. ``optimize`` adds ``model_optimized.onnx`` where ONNX
+    Runtime has fusions for the family; it is always checked, and a fusion that fails or changes the outputs
+    is dropped with a note in ``report.notes``. ``int8`` adds ``model_quantized.onnx`` (dynamic QInt8
+    weights, from the optimized graph if kept); its difference is reported, not checked. An existing
+    non-empty ``out_dir`` is refused unless ``overwrite``, which replaces the previous export's ONNX files
+    and keeps other files.
     """
     start = time.perf_counter()
     _require_onnx()
