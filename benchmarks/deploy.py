@@ -525,6 +525,13 @@ def markdown(result: dict) -> str:
         said = [f"{k.replace('_accuracy', '')} {v:.4f}" for k, v in qs.items() if k.endswith("_accuracy")]
         lines.append(f"- The quickstart run itself reported: {', '.join(said)} ({qs['source']}).")
     m = result["machine"]
+    busy = [x for x in (m.get("loadavg_at_start") or [])[:1] + (m.get("loadavg_at_end") or [])[:1] if x is not None]
+    if busy and max(busy) > 0.5 * (m.get("cpu_count") or 1):
+        lines.append(
+            f"- **Warning: the machine was busy** (1-minute load {', '.join(f'{x:.1f}' for x in busy)} at start/end on "
+            f"{m.get('cpu_count')} cores). PyTorch's multi-threaded CPU forward stalls when another process holds a "
+            "core (a tiny BERT went from 0.9 ms to 60-150 ms per pass); run alone before reading the speedups."
+        )
     lines.append(
         f"- Machine: {m.get('cpu')}, {m.get('cpu_count')} cores, {m.get('threads')} threads; torch {m.get('torch')}, "
         f"onnxruntime {m.get('onnxruntime')}" + (f"; {m['load_note']}" if m.get("load_note") else "") + "."
