@@ -7,6 +7,7 @@ from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
 from .latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
 from .oneshot import OneShotReport, prune_oneshot
+from .onnx_export import ExportReport, OnnxExportError, export_onnx
 from .plan import PlanError, PruningPlan
 from .rearrange import rearrange_plan
 from .reconstruct import ReconstructionError, ReconstructionReport, reconstruct
@@ -26,6 +27,7 @@ __all__ = [
     "NEURON",
     "CalibrationError",
     "CheckpointError",
+    "ExportReport",
     "FamilyAdapter",
     "FolderMismatchError",
     "Geometry",
@@ -33,6 +35,7 @@ __all__ = [
     "LatencyTable",
     "LatencyTableError",
     "OneShotReport",
+    "OnnxExportError",
     "PlanError",
     "PruningPlan",
     "ReconstructionError",
@@ -46,6 +49,7 @@ __all__ = [
     "check_folder",
     "convert_v4_checkpoint",
     "current_plan",
+    "export_onnx",
     "load_pruned",
     "measure_latency_table",
     "plan_gates",

@@ -196,9 +196,10 @@ class CausalLMDataArguments(RunArguments):
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set (blocks)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenizing."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Redo tokenizing instead of using the cache."})
-    # The latency comparison runs at min(block_size, 128) tokens, or at GradPruneConfig's latency_seq_len when a
-    # latency_budget gives one (one option per name: both dataclasses are parsed together).
     latency_batch_sizes: str = field(default="1,8", metadata={"help": "Batch sizes of the latency comparison."})
+    latency_seq_len: int | None = field(
+        default=None, metadata={"help": "Sequence length of the latency comparison (default: min(block_size, 128))."}
+    )
 
     def __post_init__(self):
         if self.train_file is None and self.validation_file is not None:
@@ -480,7 +481,7 @@ def prepare_causal_lm(model_args: ModelArguments, data_args: CausalLMDataArgumen
         base_model=model_args.model_name_or_path,
         card_dataset=data_args.dataset_name if data_args.train_file is None else "local files",
         card_task=TEXT_GENERATION,
-        latency_seq_len=training_args.latency_seq_len or min(block_size, 128),
+        latency_seq_len=data_args.latency_seq_len or min(block_size, 128),
         trainer_kwargs={
             "compute_metrics": next_token_accuracy,
             "preprocess_logits_for_metrics": preprocess_logits_for_metrics,

@@ -44,19 +44,19 @@ class GradPruneConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Fraction of the dense model's forward latency to remove, as a latency table predicts it (at "
-            "its batch x sequence, on its machine): give latency_table, or latency_batch_size and latency_seq_len "
-            "to measure one (cached) on the model when the trainer is built."
+            "its batch x sequence, on its machine): give latency_table, or latency_table_batch_size and "
+            "latency_table_seq_len to measure one (cached) on the model when the trainer is built."
         },
     )
     latency_table: str | None = field(
         default=None,
         metadata={"help": "latency_budget: path of a latency table JSON (hf_gradprune.latency.LatencyTable.save)."},
     )
-    latency_batch_size: int | None = field(
+    latency_table_batch_size: int | None = field(
         default=None,
         metadata={"help": "latency_budget: batch size the latency table is (or was) measured at."},
     )
-    latency_seq_len: int | None = field(
+    latency_table_seq_len: int | None = field(
         default=None,
         metadata={"help": "latency_budget: sequence length the latency table is (or was) measured at."},
     )
@@ -227,7 +227,10 @@ class GradPruneConfig(TrainingArguments):
             _fail("reconstruct=True rebuilds layers after a prune, but pruning_schedule='none' prunes nothing")
 
     def _validate_latency(self) -> None:
-        shape = {"latency_batch_size": self.latency_batch_size, "latency_seq_len": self.latency_seq_len}
+        shape = {
+            "latency_table_batch_size": self.latency_table_batch_size,
+            "latency_table_seq_len": self.latency_table_seq_len,
+        }
         for name, value in shape.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 _fail(f"{name} must be an integer >= 1, got {value!r}")
@@ -243,13 +246,15 @@ class GradPruneConfig(TrainingArguments):
             if None in shape.values():
                 _fail(
                     "latency_budget needs a latency table: give latency_table (a saved table's path), or "
-                    "latency_batch_size and latency_seq_len to measure one on the model"
+                    "latency_table_batch_size and latency_table_seq_len to measure one on the model"
                 )
             return
         from .latency import LatencyTable
 
         try:  # read now, so a missing or malformed file fails before training; the model is checked by the trainer
-            LatencyTable.load(self.latency_table, batch_size=self.latency_batch_size, seq_len=self.latency_seq_len)
+            LatencyTable.load(
+                self.latency_table, batch_size=self.latency_table_batch_size, seq_len=self.latency_table_seq_len
+            )
         except ValueError as e:
             _fail(str(e))
 

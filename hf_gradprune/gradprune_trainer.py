@@ -265,7 +265,7 @@ class GradPruneTrainer(Trainer):
         through the cache (``cached_latency_table``)."""
         args = self.args
         if args.latency_table is None:
-            return cached_latency_table(self.model, args.latency_batch_size, args.latency_seq_len)
+            return cached_latency_table(self.model, args.latency_table_batch_size, args.latency_table_seq_len)
         key = table_key(self.model, 1, 1)
         expected = {"device_name": key["device_name"], "dtype": key["dtype"]}
         if next(self.model.parameters()).device.type == "cpu":  # threads set a CPU's speed, not a GPU's
@@ -273,8 +273,8 @@ class GradPruneTrainer(Trainer):
         return LatencyTable.load(
             args.latency_table,
             self.dense_plan.geometry,
-            batch_size=args.latency_batch_size,
-            seq_len=args.latency_seq_len,
+            batch_size=args.latency_table_batch_size,
+            seq_len=args.latency_table_seq_len,
             **expected,
         )
 

@@ -339,8 +339,8 @@ BAD_PRUNE = [
     ({"--config": "{tmp}/missing.yaml"}, "no such recipe file"),
     ({"--head_sparsity": None, "--latency_budget": "0.3", "--latency_table": None}, "latency_budget needs"),
     (
-        {"--head_sparsity": None, "--latency_budget": "0.3", "--latency_batch_size": "1", "--latency_seq_len": "8"}
-        | {"--oneshot": True},
+        {"--head_sparsity": None, "--latency_budget": "0.3", "--oneshot": True}
+        | {"--latency_table_batch_size": "1", "--latency_table_seq_len": "8"},
         "prune_oneshot takes no latency budget",
     ),
 ]

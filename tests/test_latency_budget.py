@@ -425,14 +425,19 @@ def config(tmp_path, **kw):
 def test_config_validates_the_latency_fields(tmp_path):
     path = table(Geometry(**get_adapter(make_bert()).geometry(tiny_bert_config()).to_dict())).save(tmp_path / "t.json")
     assert config(tmp_path, latency_budget=0.3, latency_table=str(path)).latency_budget == 0.3
-    assert config(tmp_path, latency_budget=0.3, latency_batch_size=1, latency_seq_len=8, balanced=True).balanced
+    assert config(
+        tmp_path, latency_budget=0.3, latency_table_batch_size=1, latency_table_seq_len=8, balanced=True
+    ).balanced
     bad = [
         (dict(latency_budget=0.3), "needs a latency table"),
-        (dict(latency_budget=0.3, latency_batch_size=1), "needs a latency table"),
+        (dict(latency_budget=0.3, latency_table_batch_size=1), "needs a latency table"),
         (dict(latency_budget=0.3, latency_table=str(tmp_path / "missing.json")), "cannot read"),
-        (dict(latency_budget=0.3, latency_table=str(path), latency_batch_size=4), "stale"),
-        (dict(latency_budget=0.3, latency_batch_size=0, latency_seq_len=8), "latency_batch_size must be an integer"),
-        (dict(flops_budget=0.3, latency_seq_len=8), "set latency_budget too"),
+        (dict(latency_budget=0.3, latency_table=str(path), latency_table_batch_size=4), "stale"),
+        (
+            dict(latency_budget=0.3, latency_table_batch_size=0, latency_table_seq_len=8),
+            "latency_table_batch_size must be an integer",
+        ),
+        (dict(flops_budget=0.3, latency_table_seq_len=8), "set latency_budget too"),
         (dict(latency_budget=0.3, flops_budget=0.3, latency_table=str(path)), "cannot be combined"),
         (dict(flops_budget=0.3, balanced=True, uniform=True), "choose one"),
     ]
@@ -494,8 +499,8 @@ def test_trainer_measures_the_table_through_the_cache(tmp_path, monkeypatch):
         head_sparsity=None,
         ffn_sparsity=None,
         latency_budget=0.3,
-        latency_batch_size=1,
-        latency_seq_len=8,
+        latency_table_batch_size=1,
+        latency_table_seq_len=8,
     )
     t = trainer.latency_table
     assert (t.batch_size, t.seq_len) == (1, 8) and len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
