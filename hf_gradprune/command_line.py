@@ -101,7 +101,7 @@ PRUNE_DESCRIPTION = (
     "With labels: the run of examples/run_glue_prune.py / run_clm_prune.py (evaluate, prune with "
     "GradPruneTrainer, recover by training, evaluate, save, report). With --oneshot, or a classifier on unlabelled "
     "text: prune_oneshot, no training. Give one target: --head_sparsity and/or --ffn_sparsity, or one of "
-    "--flops_budget / --params_budget / --latency_budget (with training only). --config recipe.yaml gives "
+    "--flops_budget / --params_budget / --latency_budget. --config recipe.yaml gives "
     "defaults that flags override. The data options below are those of --task text-classification; "
     "`hf-gradprune prune --task text-generation --help` lists those of text-generation."
 )
@@ -219,14 +219,10 @@ def _prune(argv: list[str]) -> int:
     return 0
 
 
-def oneshot_options(training_args, given: set[str]) -> dict:
+def oneshot_options(training_args, given: set[str], model=None) -> dict:
     """``prune_oneshot``'s keyword arguments from the parsed ``GradPruneConfig``: its targets and plan options;
-    importance, reconstruction and the budget split keep ``prune_oneshot``'s defaults unless ``given``."""
-    if training_args.latency_budget is not None:
-        raise CommandError(
-            "latency_budget needs training here: prune_oneshot takes no latency budget; give --flops_budget or "
-            "--params_budget for a one-shot prune, or labelled data without --oneshot"
-        )
+    importance, reconstruction and the budget split keep ``prune_oneshot``'s defaults unless ``given``. With a
+    ``model``, a ``latency_budget``'s table is loaded or measured for it (``latency.latency_table_for``)."""
     options = dict(
         **training_args.plan_targets(),
         ranking=training_args.ranking,
@@ -241,6 +237,15 @@ def oneshot_options(training_args, given: set[str]) -> dict:
     )
     if training_args.balanced:
         options["balanced"] = True
+    if training_args.latency_budget is not None and model is not None:
+        from .latency import latency_table_for
+
+        options["latency_table"] = latency_table_for(
+            model,
+            training_args.latency_table,
+            training_args.latency_table_batch_size,
+            training_args.latency_table_seq_len,
+        )
     if "importance" in given:
         options["method"] = training_args.importance
     if "reconstruct" in given:
@@ -262,7 +267,8 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     from .run_report import metric_rows, stage_columns, summary_table
     from .surgery import summarize
 
-    options = oneshot_options(training_args, given)
+    model = run.model.to(training_args.device)
+    options = oneshot_options(training_args, given, model)
     train = run.train_dataset
     calibration = train.select(range(min(prune_args.calibration_samples, len(train))))
     loader = DataLoader(
@@ -270,7 +276,6 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
         batch_size=training_args.per_device_train_batch_size,
         collate_fn=run.data_collator or default_data_collator,
     )
-    model = run.model.to(training_args.device)
     evaluate = _evaluator(run, training_args)
     stages = {}
     if evaluate is not None:
@@ -283,7 +288,9 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     save_pruned(model, out, tokenizer=run.tokenizer)
 
     def write_report(folder: str) -> None:
-        info = {"calibration_samples": len(calibration), "options": options, "metrics": stages, **report.to_dict()}
+        given_options = {k: v for k, v in options.items() if k != "latency_table"}  # the plan's meta has its key
+        info = {"calibration_samples": len(calibration), "options": given_options, "metrics": stages}
+        info.update(report.to_dict())
         with open(os.path.join(folder, "oneshot_report.json"), "w") as f:
             json.dump(info, f, indent=2, default=str)
 

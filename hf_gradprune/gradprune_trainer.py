@@ -33,7 +33,7 @@ from transformers.utils import logging
 from .accelerate_compat import forget_prepared
 from .architectures import get_adapter
 from .gradprune_config import GradPruneConfig
-from .latency import LatencyTable, cached_latency_table, table_key
+from .latency import LatencyTable, latency_table_for
 from .model_card import write_model_card
 from .modeling_gradprune import CONFIG_KEY
 from .plan import PruningPlan, validate_options
@@ -260,22 +260,11 @@ class GradPruneTrainer(Trainer):
             )
 
     def _load_latency_table(self) -> LatencyTable:
-        """The table ``latency_budget`` is planned with: ``args.latency_table`` (refused unless it was measured
-        for this model on this kind of device, dtype and threads) or measured now on the model, where it is,
-        through the cache (``cached_latency_table``)."""
+        """The table ``latency_budget`` is planned with (``latency.latency_table_for``: the saved one, checked
+        against this model and machine, or measured now through the cache)."""
         args = self.args
-        if args.latency_table is None:
-            return cached_latency_table(self.model, args.latency_table_batch_size, args.latency_table_seq_len)
-        key = table_key(self.model, 1, 1)
-        expected = {"device_name": key["device_name"], "dtype": key["dtype"]}
-        if next(self.model.parameters()).device.type == "cpu":  # threads set a CPU's speed, not a GPU's
-            expected["torch_threads"] = key["torch_threads"]
-        return LatencyTable.load(
-            args.latency_table,
-            self.dense_plan.geometry,
-            batch_size=args.latency_table_batch_size,
-            seq_len=args.latency_table_seq_len,
-            **expected,
+        return latency_table_for(
+            self.model, args.latency_table, args.latency_table_batch_size, args.latency_table_seq_len
         )
 
     def _new_scorer(self) -> ImportanceScorer:

@@ -435,3 +435,27 @@ def cached_latency_table(
     table = measure_latency_table(model, batch_size, seq_len, **measure_kwargs)
     table.save(path)
     return table
+
+
+def latency_table_for(
+    model: nn.Module, path: str | os.PathLike | None = None, batch_size: int | None = None, seq_len: int | None = None
+) -> LatencyTable:
+    """The table a ``latency_budget`` on ``model`` is planned with: the one saved at ``path`` (refused unless it
+    was measured for this model's original geometry on this kind of device and dtype, with as many CPU threads,
+    and at ``batch_size`` x ``seq_len`` when given), else measured now on the model, where it is, through the
+    cache (``cached_latency_table``; needs ``batch_size`` and ``seq_len``). ``GradPruneTrainer`` and
+    ``hf-gradprune prune`` both call this."""
+    from .state import pruning_state
+
+    if path is None:
+        if batch_size is None or seq_len is None:
+            raise LatencyTableError(
+                "a latency budget needs a latency table: give its path, or the batch size and sequence length to "
+                "measure one at"
+            )
+        return cached_latency_table(model, batch_size, seq_len)
+    key = table_key(model, 1, 1)
+    expected = {"device_name": key["device_name"], "dtype": key["dtype"]}
+    if next(model.parameters()).device.type == "cpu":  # threads set a CPU's speed, not a GPU's
+        expected["torch_threads"] = key["torch_threads"]
+    return LatencyTable.load(path, pruning_state(model).geometry, batch_size=batch_size, seq_len=seq_len, **expected)

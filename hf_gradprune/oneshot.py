@@ -57,6 +57,8 @@ def prune_oneshot(
     params_budget: float | None = None,
     head_sparsity: float | None = None,
     ffn_sparsity: float | None = None,
+    latency_budget: float | None = None,
+    latency_table=None,
     method: str = "fisher",
     plan: PruningPlan | None = None,
     split: str = "search",
@@ -77,11 +79,15 @@ def prune_oneshot(
             Scoring uses the first ``scoring_batches`` (all by default), the budget search the first
             ``search_batches``, reconstruction the first ``reconstruct_batches`` (16, as ``GradPruneConfig``;
             None: all).
-        flops_budget / params_budget / head_sparsity / ffn_sparsity: the target, as in
-            ``PruningPlan.from_scores``. Or give a ready ``plan`` (then no scoring unless rearranging).
+        flops_budget / params_budget / head_sparsity / ffn_sparsity / latency_budget: the target, as in
+            ``PruningPlan.from_scores`` (``latency_budget`` with its ``latency_table``). Or give a ready ``plan``
+            (then no scoring unless rearranging).
         method: the importance score (``fisher`` by default, as Kwon et al.).
         split: how a budget is split between heads and neurons: ``"search"`` (measure the calibration
-            loss of candidate head counts), ``"ratio"`` (greedy by score per cost) or ``"normalized"``.
+            loss of candidate head counts), ``"ratio"`` (greedy by score per cost) or ``"normalized"``. Shapes
+            that sweep their own head count (``uniform`` / ``balanced`` in ``plan_options``) and a
+            ``latency_budget`` (units priced by the table) are not searched: ``report.split`` says so, and
+            ``"search"`` then plans with the default ``"normalized"`` split.
         rearrange: Kwon's greedy swap within each layer (gradient methods only). Off by default: on the
             quickstart model it lowered its objective yet cost 3-9 points of one-shot accuracy
             (benchmarks/README.md).
@@ -102,7 +108,11 @@ def prune_oneshot(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, not {split!r}")
     targets = dict(
-        flops_budget=flops_budget, params_budget=params_budget, head_sparsity=head_sparsity, ffn_sparsity=ffn_sparsity
+        flops_budget=flops_budget,
+        params_budget=params_budget,
+        latency_budget=latency_budget,
+        head_sparsity=head_sparsity,
+        ffn_sparsity=ffn_sparsity,
     )
     if plan is not None:
         if any(v is not None for v in targets.values()):
@@ -116,6 +126,11 @@ def prune_oneshot(
             )
     else:
         validate_targets(**targets)
+        if latency_budget is not None and latency_table is None:
+            raise PlanError(
+                "latency_budget needs latency_table= (hf_gradprune.latency: cached_latency_table, "
+                "measure_latency_table or LatencyTable.load)"
+            )
     rearrange = rearrange and method in GRADIENT_METHODS
     batches = list(calibration_batches(calibration, inner))
     if reconstruct:
@@ -131,9 +146,10 @@ def prune_oneshot(
     split_report = None
     if plan is None:
         t = time.perf_counter()
-        budget = flops_budget is not None or params_budget is not None
+        budget = flops_budget is not None or params_budget is not None or latency_budget is not None
         options = {"seq_len": seq_len, **plan_options}
-        if budget and split == "search":
+        sweeps = plan_options.get("uniform") or plan_options.get("balanced")
+        if budget and split == "search" and not sweeps and latency_budget is None:
             from .budget_split import search_budget_split
 
             plan, split_report = search_budget_split(
@@ -146,9 +162,12 @@ def prune_oneshot(
                 **options,
             )
         else:
-            if budget:
+            if budget and split != "search" and not plan_options.get("uniform"):
                 options["budget_split"] = split
-            plan = PruningPlan.from_scores(scores, **targets, **options)
+            if budget and split == "search":
+                why = "latency_budget: units priced by the latency table" if latency_budget is not None else None
+                split_report = {"searched": False, "why": why or "uniform/balanced sweep their own head count"}
+            plan = PruningPlan.from_scores(scores, **targets, latency_table=latency_table, **options)
         seconds["split"] = time.perf_counter() - t
     plan = plan.intersect(current_plan(inner))
     rearrangement = None

@@ -202,6 +202,24 @@ def test_labelled_data_with_oneshot_evaluates_before_and_after(assets, capsys):
     assert current_plan(load_pruned(out)).num_heads == 6
 
 
+def test_oneshot_latency_budget_measures_a_table_once_and_meets_its_prediction(assets, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_GRADPRUNE_CACHE", str(tmp_path / "cache"))
+    out = assets / "oneshot_latency"
+    args = ["prune", "--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "texts.txt")]
+    args += ["--oneshot", "--latency_budget", "0.3", "--latency_table_batch_size", "1", "--latency_table_seq_len", "8"]
+    args += ["--max_seq_length", "16", "--calibration_samples", "16", "--output_dir", str(out), *QUIET]
+    assert main(args) == 0
+    capsys.readouterr()
+    tables = list((tmp_path / "cache" / "latency").glob("*.json"))
+    assert len(tables) == 1  # measured once, cached
+    meta = json.loads((out / "oneshot_report.json").read_text())["plan"]["meta"]
+    assert meta["latency_budget"] == 0.3 and meta["budget_met"]
+    assert meta["latency_predicted_ms"] <= 0.7 * meta["latency_dense_ms"] + 1e-6
+    assert meta["latency_table"]["batch_size"] == 1 and meta["latency_table"]["seq_len"] == 8
+    plan = current_plan(load_pruned(out))
+    assert plan.num_heads + plan.num_neurons < 12 + 3 * 96  # something was cut
+
+
 def test_causal_lm_on_a_text_file_one_shot(assets, capsys):
     """The task comes from the model (a causal LM); --importance given explicitly wins over the one-shot default."""
     out = assets / "oneshot_gpt2"
@@ -338,11 +356,6 @@ BAD_PRUNE = [
     ({"--not_an_option": "1"}, "not_an_option"),
     ({"--config": "{tmp}/missing.yaml"}, "no such recipe file"),
     ({"--head_sparsity": None, "--latency_budget": "0.3", "--latency_table": None}, "latency_budget needs"),
-    (
-        {"--head_sparsity": None, "--latency_budget": "0.3", "--oneshot": True}
-        | {"--latency_table_batch_size": "1", "--latency_table_seq_len": "8"},
-        "prune_oneshot takes no latency budget",
-    ),
 ]
 
 

@@ -113,3 +113,44 @@ def test_bad_input_is_refused_before_any_change():
     with pytest.raises(ValueError, match="split must be"):
         prune_oneshot(model, calib("bert"), flops_budget=0.5, split="half")
     assert unchanged(model, snap)
+
+
+def test_uniform_and_balanced_shapes_plan_without_the_search():
+    """uniform / balanced sweep their own head count: the search (heads_kept) cannot combine with them."""
+    for shape in ("uniform", "balanced"):
+        model = make("bert")
+        _, report = prune_oneshot(
+            model, calib("bert"), flops_budget=0.3, seq_len=12, reconstruct=False, **{shape: True}
+        )
+        plan = current_plan(model)
+        assert len({len(h) for h in plan.heads}) == 1  # the same heads in every layer
+        assert plan.flops_removed(12) >= 0.3 - 1e-6 and report.plan.meta[shape]
+        assert report.split["searched"] is False and "sweep" in report.split["why"]
+
+
+def test_latency_budget_is_planned_by_the_table():
+    from hf_gradprune.latency import LatencyTable
+
+    model = make("bert")
+    g = pruning_state(model).geometry
+    h, n = g.num_heads, g.intermediate_size
+    table = LatencyTable(
+        device_name="cpu",
+        dtype="torch.float32",
+        torch_threads=1,
+        batch_size=1,
+        seq_len=8,
+        geometry=g.to_dict(),
+        head_counts=list(range(h + 1)),
+        attention_ms=[0.5 * c for c in range(h + 1)],
+        ffn_widths=[0, n],
+        ffn_ms=[0.0, 2.0],
+        other_ms=1.0,
+    )
+    with pytest.raises(PlanError, match="latency_table"):
+        prune_oneshot(make("bert"), calib("bert"), latency_budget=0.3)
+    _, report = prune_oneshot(model, calib("bert"), latency_budget=0.3, latency_table=table, reconstruct=False)
+    meta = report.plan.meta
+    assert meta["budget_met"] and meta["latency_predicted_ms"] <= 0.7 * meta["latency_dense_ms"] + 1e-9
+    assert table.predict(current_plan(model)) == pytest.approx(meta["latency_predicted_ms"], abs=1e-3)
+    assert report.split["searched"] is False and "latency" in report.split["why"]
