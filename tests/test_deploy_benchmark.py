@@ -83,6 +83,8 @@ def test_latency_cells_are_derived_from_their_rounds(quick):
             assert cell["spread"] == [min(medians), max(medians)]
             assert cell["ms"] == pytest.approx(statistics.median(medians), abs=1e-3)
             assert cell["speedup"] == pytest.approx(statistics.median(ref["round_medians"]) / cell["ms"], rel=1e-2)
+            fastest = min(ref["round_medians"]) / min(medians)
+            assert cell["speedup_fastest_rounds"] == pytest.approx(fastest, rel=1e-2)
         assert ref["speedup"] == 1.0
 
 
