@@ -225,8 +225,11 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
         if r["plan"] in ("balanced", "latency+balanced"):
             assert len(set(r["heads_per_layer"])) == 1
             assert all(n % multiple == 0 or n == plan.geometry.intermediate_size for n in r["ffn_per_layer"])
-        if r["plan"] in latency_budget.LATENCY_KINDS:
-            assert r["budget_met"] is True and r["predicted_removed"] >= r["target"] - 1e-4
+        if r["plan"] in latency_budget.LATENCY_KINDS:  # the flag says what the table predicts
+            assert r["budget_met"] is (r["predicted_removed"] >= r["target"] - 1e-4)
+        if r["plan"] == "latency":  # unconstrained: met whenever reachable (else the row is in "unreachable")
+            assert r["budget_met"] is True, r
+        # balanced shapes keep attention in every layer: a noisy table can put the budget out of their reach
     for entry in data["summary"]:
         cell = {
             (r["plan"], r["target"]): r
