@@ -557,6 +557,7 @@ def main(argv=None) -> dict:
         parser.add_argument("--repeats", type=int, default=None, help="passes per round (20 at batch 1, 5 at 32)")
         parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads")
         parser.add_argument("--load_note", default=None, help="a word on the machine's load, kept in the JSON")
+        parser.add_argument("--name", default="deploy", help="results file stem: OUT/NAME.json (e.g. deploy_threads1)")
         parser.add_argument("--table", type=Path, default=None, help="print the markdown table of a results file")
 
     args = bench_args(argv, __doc__.splitlines()[0], add)
@@ -570,7 +571,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     result = run(args)
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    write_json(args.out / "deploy.json", result)
+    write_json(args.out / f"{args.name}.json", result)
     print(markdown(result))
     return result
 
