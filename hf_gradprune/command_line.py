@@ -586,10 +586,47 @@ def _export_onnx(args) -> int:
     return 0
 
 
-def _convert_v4(args) -> int:
-    from .convert_v4 import run
+CONVERT_V4_DESCRIPTION = (
+    "Convert a folder saved by transformers v4 after model.prune_heads(...) (config.json has pruned_heads) into "
+    "an hf_gradprune folder that transformers v5 loads with trust_remote_code=True."
+)
 
-    return run(args)
+
+def _convert_v4_arguments(parser) -> None:
+    """The command's arguments, on ``hf-gradprune``'s ``convert-v4`` parser."""
+    parser.add_argument("src", help="the v4 folder (config.json with pruned_heads, and its weights)")
+    parser.add_argument("dst", help="the folder to write; must not exist or be empty unless --overwrite")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into DST even if it is not empty: the model's files are replaced, other files are kept",
+    )
+    parser.add_argument(
+        "--model_class",
+        "--model-class",
+        dest="model_class",
+        default=None,
+        help="transformers class to load as (default: config.json's architectures), e.g. BertModel",
+    )
+
+
+def _convert_v4(args) -> int:
+    """Convert ``args.src`` into ``args.dst``; bad input raises ``command_line.CommandError``."""
+    import transformers
+
+    from .v4_compat import convert_v4_checkpoint
+
+    model_class = None
+    if args.model_class:
+        model_class = getattr(transformers, args.model_class, None)
+        if not isinstance(model_class, type):
+            raise CommandError(f"transformers has no class {args.model_class!r} (--model_class)")
+    try:
+        dst = convert_v4_checkpoint(args.src, args.dst, model_class=model_class, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:  # bad input (CheckpointError is a ValueError): one line, no traceback
+        raise CommandError(f"{' '.join(str(err).split())} (nothing was written)") from err
+    print(f"wrote {dst}")
+    return 0
 
 
 # ---------------------------------------------------------------------- the parser
@@ -602,8 +639,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each (sub)command's parser by its name (``"export onnx"`` for the nested one)."""
-    from . import convert_v4
-
     parser = OneLineErrorParser(
         prog=PROG,
         description="Gradient-based structured pruning of transformers models (attention heads, FFN neurons).",
@@ -679,9 +714,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parsers["export onnx"] = onnx
 
     convert = commands.add_parser(
-        "convert-v4", help="convert a transformers-v4 pruned folder", description=convert_v4.DESCRIPTION
+        "convert-v4", help="convert a transformers-v4 pruned folder", description=CONVERT_V4_DESCRIPTION
     )
-    convert_v4.add_arguments(convert)
+    _convert_v4_arguments(convert)
     convert.set_defaults(func=_convert_v4)
     parsers["convert-v4"] = convert
     return parser, parsers
