@@ -297,42 +297,117 @@ def _check(path, model, inputs, expected, atol, what) -> float:
     return diff
 
 
-def _optimize(src, dst, model, notes, fused) -> bool:
-    """ONNX Runtime's transformer fusions, where it knows the model_type; False if it does not."""
-    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+def _optimizer_type(model, notes) -> str | None:
+    """ONNX Runtime's transformer-optimizer name for the model: its own name for the model_type (e.g. qwen3),
+    else what the family's adapter says fits; None (with a note) where it has none."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
 
     from .architectures import UnsupportedModelError, get_adapter
 
     model_type = model.config.model_type
-    try:  # ORT's own name for the model_type (e.g. qwen3), else what the family's adapter says fits
+    try:
         ort_type = model_type if model_type in MODEL_TYPES else get_adapter(model_type).onnx_optimizer_model_type
     except UnsupportedModelError:
         ort_type = None
     if ort_type is None:
         notes.append(f"optimize: no ONNX Runtime fusions known to fit model_type {model_type!r}; skipped")
-        return False
-    # num_heads=0 / hidden_size=0: the optimizer reads them from each layer's graph (uneven heads per layer)
-    optimized = optimize_model(src, model_type=ort_type, num_heads=0, hidden_size=0, opt_level=0)
+    return ort_type
+
+
+def _fusable_graph(model, tmp, task, names, output_names, opset) -> str:
+    """A TorchScript export with eager attention: the only graph in which ONNX Runtime's optimizer finds the
+    attention pattern (it matches neither dynamo graphs nor SDPA; measured on transformers 5.24 / ORT 1.32)."""
+    path = os.path.join(tmp, ".fusable.onnx")
+    attn = getattr(model.config, "_attn_implementation", None)
+    swap = attn not in (None, "eager")
+    if swap:
+        model.set_attn_implementation("eager")
+    try:
+        _export(model, path, task, names, output_names, opset, "torchscript", [])
+    finally:
+        if swap:
+            model.set_attn_implementation(attn)
+    return path
+
+
+def _optimize(src, dst, model, ort_type, fused, attention: bool = True) -> None:
+    """ONNX Runtime's transformer fusions (attention, skip layer norm, bias GeLU) of ``src`` into ``dst``.
+
+    The optimizer needs a head count to fuse attention at all (v5 graphs reshape with -1 heads, so it cannot
+    read one), and gives every fused layer that one count; a pruned layer keeps its own, so each fused
+    ``Attention`` node's ``num_heads`` is set back from its own query width. The parity check that follows
+    catches any fusion that still computes something else. ``attention=False`` keeps the other fusions only
+    (head count 0: the optimizer then finds none to fuse)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from .state import pruning_state
+
+    num_heads, hidden_size, head_dim = 0, 0, None
+    if attention:
+        try:
+            g = pruning_state(model).geometry
+            num_heads, hidden_size, head_dim = g.num_heads, g.hidden_size, g.head_dim
+        except (ValueError, TypeError):  # a family without an adapter: let the optimizer guess
+            pass
+    optimized = optimize_model(src, model_type=ort_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    if head_dim:
+        shapes = {init.name: list(init.dims) for init in optimized.model.graph.initializer}
+        for node in optimized.model.graph.node:
+            if node.op_type != "Attention":
+                continue
+            sizes = next((list(a.ints) for a in node.attribute if a.name == "qkv_hidden_sizes"), None)
+            q_width = sizes[0] if sizes else shapes[node.input[1]][-1] // 3
+            for attr in node.attribute:
+                if attr.name == "num_heads":
+                    attr.i = q_width // head_dim
     fused.update({k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
     optimized.save_model_to_file(dst, use_external_data_format=_num_bytes(model) >= _TWO_GB)
-    return True
 
 
-def _optimized(src, dst, model, inputs, expected, atol, report) -> bool:
-    """Write the fused graph to ``dst`` if ONNX Runtime can fuse the family and the result is still right."""
-    try:
-        with _in_scratch_dir(os.path.dirname(dst)):
-            if not _optimize(src, dst, model, report.notes, report.fused_operators):
-                return False
-        report.optimized_max_abs_diff = _check(dst, model, inputs, expected, atol, OPTIMIZED_FILE)
-        return True
-    except Exception as err:  # correctness first: the plain graph stays the one to use
-        for name in os.listdir(os.path.dirname(dst)):
-            if name.startswith(OPTIMIZED_FILE):
-                os.remove(os.path.join(os.path.dirname(dst), name))
-        report.fused_operators.clear()
-        report.notes.append(f"optimize: fusions skipped: {type(err).__name__}: {err}")
+def _optimized(src, dst, model, inputs, expected, atol, report, export_args) -> bool:
+    """Write the fused graph to ``dst`` if ONNX Runtime can fuse the family and the result is still right:
+    first with attention fused (from a TorchScript export with eager attention, the only graph where ONNX
+    Runtime finds it), else, e.g. for a layer without heads, which a fused Attention cannot express, with the
+    other fusions only (on ``src``)."""
+    folder = os.path.dirname(dst)
+    ort_type = _optimizer_type(model, report.notes)
+    if ort_type is None:
         return False
+
+    def attempt(source, attention):
+        try:
+            with _in_scratch_dir(folder):
+                _optimize(source, dst, model, ort_type, report.fused_operators, attention)
+            report.optimized_max_abs_diff = _check(dst, model, inputs, expected, atol, OPTIMIZED_FILE)
+            return None
+        except Exception as err:  # correctness first: the plain graph stays the one to use
+            for name in os.listdir(folder):
+                if name.startswith(OPTIMIZED_FILE):
+                    os.remove(os.path.join(folder, name))
+            report.fused_operators.clear()
+            return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+    fusable = src
+    try:
+        if report.exporter != "torchscript" or getattr(model.config, "_attn_implementation", None) != "eager":
+            fusable = _fusable_graph(model, folder, *export_args)
+        failed = attempt(fusable, attention=True)
+        if failed is None:
+            if fusable != src:
+                report.notes.append("optimize: fused a TorchScript export with eager attention (the same math)")
+            return True
+        report.notes.append(f"optimize: attention not fused ({failed}); the other fusions only")
+    except Exception as err:  # the TorchScript export itself failed: the other fusions on the plain graph
+        report.notes.append(f"optimize: attention not fused ({type(err).__name__}: {err}); the other fusions only")
+    finally:
+        for name in os.listdir(folder):
+            if name.startswith(".fusable.onnx"):
+                os.remove(os.path.join(folder, name))
+    failed = attempt(src, attention=False)
+    if failed is not None:
+        report.notes.append(f"optimize: fusions skipped: {failed}")
+        return False
+    return True
 
 
 def _quantize(src, dst, model, preprocess, notes) -> None:
@@ -475,7 +550,11 @@ def export_onnx(
         source = path
         if optimize:
             optimized = os.path.join(tmp, OPTIMIZED_FILE)
-            if _optimized(path, optimized, model, inputs, expected, atol, report):
+            with _modes_kept(model):
+                kept = _optimized(
+                    path, optimized, model, inputs, expected, atol, report, (task, names, output_names, opset)
+                )
+            if kept:
                 report.optimized_path, source = os.path.join(out_dir, OPTIMIZED_FILE), optimized
         if int8:
             quantized = os.path.join(tmp, QUANTIZED_FILE)

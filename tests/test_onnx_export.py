@@ -226,7 +226,8 @@ def test_int8_with_fusions_and_preprocessing_on_an_uneven_bert(tmp_path, pruned_
     names = set(os.listdir(tmp_path / "onnx"))
     assert names == {"config.json", "model.onnx", "model_optimized.onnx", "model_quantized.onnx"}
     assert report.optimized_max_abs_diff <= ATOL and report.fused_operators  # some fusion happened
-    assert "Attention" not in report.fused_operators  # uneven heads: no fused attention, or a checked one
+    assert "Attention" not in report.fused_operators  # a layer without heads: a fused Attention cannot say it
+    assert any("attention not fused" in n for n in report.notes)
     feed = make_feed(size=16, length=12, seed=5)
     assert_matches_torch(model, report, feed, "model_optimized.onnx")
     int8, _ = run_ort(report.int8_path, feed)
@@ -238,6 +239,28 @@ def test_int8_with_fusions_and_preprocessing_on_an_uneven_bert(tmp_path, pruned_
         torch.corrcoef(torch.stack([torch.from_numpy(int8[0]).flatten(), torch.from_numpy(expected).flatten()]))[0, 1]
         > 0.9
     )
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_fused_attention_keeps_each_layers_own_head_count(tmp_path, attn):
+    """Uneven heads (3 / 1 / 4 of 4), default exporter: attention is fused from a TorchScript eager export, each
+    fused node with its layer's head count, and the fused graph matches torch (the caller's attention kept)."""
+    import onnx
+
+    model = make_bert(attn_implementation=attn)
+    plan = mha_plan(model, zero_layer=0)
+    plan = PruningPlan(plan.geometry, [[0, 2, 3], [1], [0, 1, 2, 3]], plan.neurons)
+    prune_model(model, plan)
+    report = export_onnx(model, tmp_path / "onnx", optimize=True, int8=True)
+    assert report.fused_operators.get("Attention") == 3 and report.optimized_max_abs_diff <= ATOL
+    assert model.config._attn_implementation == attn
+    graph = onnx.load(report.optimized_path).graph
+    heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in graph.node if n.op_type == "Attention"]
+    assert heads == [3, 1, 4]
+    feed = make_feed(size=6, length=19, seed=11)
+    assert_matches_torch(model, report, feed, "model_optimized.onnx")
+    assert_matches_torch(model, report, feed)
+    assert not [n for n in os.listdir(tmp_path / "onnx") if n.startswith(".")]  # no scratch graph left
 
 
 def test_a_roberta_classifier_gets_bert_fusions(tmp_path):
