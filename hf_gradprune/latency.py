@@ -122,8 +122,10 @@ class LatencyTable:
     ``attention_ms[i]``: one layer's attention time with ``head_counts[i]`` query heads kept; ``ffn_ms[i]``:
     one layer's FFN time at ``ffn_widths[i]`` neurons (both 0 at 0: a layer's norms and residual adds are in
     ``other_ms``, the time of the model with every head and neuron removed: embeddings, norms, pooler).
-    Between samples, times are interpolated linearly. ``dense_measured_ms``: the dense model's own measured time,
-    kept to show how far the additive model is from it. Plain data: ``plan.py`` reads a table only through
+    Between samples, times are interpolated linearly. ``dense_measured_ms``: the dense model's own measured time;
+    when given, the layers' parts are scaled so that the dense prediction equals it (the parts are measured one
+    kind at a time, and at a few milliseconds a layer with both kinds costs less than their sum: without the
+    scale MiniLM at batch 1 was predicted 10-19% slow). Plain data: ``plan.py`` reads a table only through
     ``predict(plan)`` and ``seq_len``, so neither module imports the other.
     """
 
@@ -172,12 +174,20 @@ class LatencyTable:
         return _interpolate(self.ffn_widths, self.ffn_ms, width)
 
     def predict_shape(self, heads_per_layer, ffn_per_layer) -> float:
-        """Predicted forward ms of the model with these per-layer counts: the parts' sum."""
-        return (
-            self.other_ms
-            + sum(self.attention_time(h) for h in heads_per_layer)
-            + sum(self.ffn_time(n) for n in ffn_per_layer)
-        )
+        """Predicted forward ms of the model with these per-layer counts: ``other_ms`` plus the layers' parts,
+        scaled by ``scale``."""
+        parts = sum(self.attention_time(h) for h in heads_per_layer) + sum(self.ffn_time(n) for n in ffn_per_layer)
+        return self.other_ms + self.scale * parts
+
+    @property
+    def scale(self) -> float:
+        """The factor on the layers' parts that makes the dense prediction the measured dense time (1 without a
+        measured time, or when the parts are all 0)."""
+        g = self.geometry_obj
+        parts = g.num_layers * (self.attention_time(g.num_heads) + self.ffn_time(g.intermediate_size))
+        if self.dense_measured_ms is None or parts <= 0 or self.dense_measured_ms <= self.other_ms:
+            return 1.0
+        return (self.dense_measured_ms - self.other_ms) / parts
 
     def predict(self, plan) -> float:
         """Predicted forward ms (at ``batch_size`` x ``seq_len``, on this table's machine) of a model cut to

@@ -95,6 +95,20 @@ def test_predict_is_the_sum_of_its_parts():
     assert t.predict(empty) == pytest.approx(t.other_ms)
 
 
+def test_a_measured_dense_time_scales_the_layers_parts():
+    """With the dense model's measured time, the parts are scaled so the dense prediction is that time; the
+    empty model stays ``other_ms`` and every prediction stays the same affine function of the parts."""
+    plain = table()
+    parts = plain.dense_ms - plain.other_ms
+    t = table(dense_measured_ms=plain.other_ms + 0.8 * parts)
+    assert t.scale == pytest.approx(0.8) and plain.scale == 1.0
+    assert t.dense_ms == pytest.approx(t.dense_measured_ms)
+    plan = PruningPlan(G, [[0, 1, 2], [], [5], list(range(6))], [list(range(7)), list(range(40)), [], [3, 9]])
+    assert t.predict(plan) == pytest.approx(t.other_ms + 0.8 * (by_hand(plain, *shape(plan)) - plain.other_ms))
+    assert t.predict(PruningPlan(G, [[]] * 4, [[]] * 4)) == pytest.approx(t.other_ms)
+    assert table(dense_measured_ms=plain.other_ms * 0.5).scale == 1.0  # a dense time below the empty one: noise
+
+
 def test_malformed_tables_are_refused():
     with pytest.raises(LatencyTableError, match="head_counts must ascend from 0 to 6"):
         table(head_counts=[0, 2, 4], attention_ms=[0, 1, 2])
