@@ -17,6 +17,23 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGH
 
 from .modeling_gradprune import CLASS_PREFIX
 
+# A folder's tokenizer files (whatever of these it has): copied as they are by ``convert_v4_checkpoint`` and
+# ``export_onnx``.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
 # The order in which ``from_pretrained`` looks for weights in a folder: what it would load is what we read.
 _WEIGHTS_IN_LOAD_ORDER = (
     (SAFE_WEIGHTS_NAME, False),

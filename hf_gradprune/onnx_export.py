@@ -37,21 +37,6 @@ _TASK_TABLES = {
     "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
 }
 _OUTPUTS = {"question-answering": ("start_logits", "end_logits")}
-# Tokenizer files copied from a source folder (whatever of these it has).
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, less headroom for the graph itself
 _PIP_HINT = 'pip install "hf_gradprune[onnx]"'
 _CHECK_SHAPE, _EXPORT_SHAPE = (3, 13), (2, 8)  # the check runs another batch and length than the export traced
@@ -574,7 +559,9 @@ def export_onnx(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         elif folder is not None:
-            for name in _TOKENIZER_FILES:
+            from .checkpoint import TOKENIZER_FILES
+
+            for name in TOKENIZER_FILES:
                 if os.path.isfile(os.path.join(folder, name)):
                     shutil.copy2(os.path.join(folder, name), os.path.join(tmp, name))
         _check_out_dir(out_dir, overwrite)  # again: another writer may have got there meanwhile

@@ -26,28 +26,12 @@ import transformers
 from torch import nn
 
 from .architectures import Geometry, get_adapter
-from .checkpoint import CheckpointError, resolve_model_class, weight_faults
+from .checkpoint import TOKENIZER_FILES, CheckpointError, resolve_model_class, weight_faults
 from .modeling_gradprune import CONFIG_KEY, gradprune_class, write_folder
 from .plan import PlanError, PruningPlan
 from .surgery import current_plan, prune_model
 
 V4_KEY = "pruned_heads"
-
-# Files a v4 folder may carry besides the model; copied as they are by ``convert_v4_checkpoint``.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 class V4CheckpointError(CheckpointError):
