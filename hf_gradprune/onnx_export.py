@@ -208,13 +208,12 @@ def _export(model, path, task, names, output_names, opset, exporter, notes) -> N
     if exporter == "dynamo":
         dim = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
         attn = getattr(model.config, "_attn_implementation", None)
-        swap = attn not in (None, "eager") and _headless_layer(model)
-        if swap:
+        headless = attn not in (None, "eager") and _headless_layer(model)
+        if headless:
             # torch.onnx's SDPA translation reshapes keys to [batch, heads, ...] without allowzero, so zero
             # heads read as "copy that dim" and the graph fails at run time; eager attention is the same math.
-            model.set_attn_implementation("eager")
             notes.append(f"exported with eager attention instead of {attn}: a layer has no heads left")
-        try:
+        with _eager_attention(model, headless):
             program = torch.onnx.export(
                 wrapper,
                 args,
@@ -225,9 +224,6 @@ def _export(model, path, task, names, output_names, opset, exporter, notes) -> N
                 dynamic_shapes={n: dim for n in names},
                 verbose=False,
             )
-        finally:
-            if swap:
-                model.set_attn_implementation(attn)
         program.save(path, external_data=external)
     else:
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
@@ -303,16 +299,23 @@ def _fusable_graph(model, tmp, task, names, output_names, opset) -> str:
     """A TorchScript export with eager attention: the only graph in which ONNX Runtime's optimizer finds the
     attention pattern (it matches neither dynamo graphs nor SDPA; measured on transformers 5.24 / ORT 1.32)."""
     path = os.path.join(tmp, ".fusable.onnx")
+    with _eager_attention(model):
+        _export(model, path, task, names, output_names, opset, "torchscript", [])
+    return path
+
+
+@contextlib.contextmanager
+def _eager_attention(model, switch: bool = True):
+    """The model with eager attention for the block (when ``switch``), its own implementation back after."""
     attn = getattr(model.config, "_attn_implementation", None)
-    swap = attn not in (None, "eager")
-    if swap:
+    switch = switch and attn not in (None, "eager")
+    if switch:
         model.set_attn_implementation("eager")
     try:
-        _export(model, path, task, names, output_names, opset, "torchscript", [])
+        yield
     finally:
-        if swap:
+        if switch:
             model.set_attn_implementation(attn)
-    return path
 
 
 def _optimize(src, dst, model, ort_type, fused, attention: bool = True) -> None:
