@@ -613,6 +613,7 @@ def test_compiled_model_commits_each_backward_once():
 
 
 def test_scorer_on_a_ddp_wrapped_model():
+    import gc
     import socket
 
     import torch.distributed as dist
@@ -629,6 +630,7 @@ def test_scorer_on_a_ddp_wrapped_model():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    ddp = scorer = None
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         scorer = ImportanceScorer(ddp, "taylor")
@@ -638,6 +640,10 @@ def test_scorer_on_a_ddp_wrapped_model():
         assert not hooks_left(model)
         assert ImportanceScorer(ddp, "magnitude").scores.heads[0].shape == (4,)
     finally:
+        # DDP's reducer holds the process group: freed after destroy_process_group, gloo's destructor once hung
+        # the suite joining its threads, so it goes first
+        del ddp, scorer
+        gc.collect()
         dist.destroy_process_group()
 
 
