@@ -67,15 +67,19 @@ class EmptyBlock:
     At width 0 the block's output no longer depends on its input: it is the parameter named ``output``
     (dotted, relative to the block: its output projection's bias) broadcast over the tokens, or zeros
     shaped like the input when ``output`` is None (a residual block's output is as wide as its input),
-    then the module named ``dropout``, if any. ``extra_outputs`` Nones follow the tensor in a tuple (0:
-    the tensor alone). ``cache_head_dim`` (the head size it had) marks an attention block: it gives a KV
-    cache a one-value placeholder per token, so the cache's length stays right during generation.
+    then the module named ``dropout``, if any. ``zero_width`` (with ``output`` None) makes it a tensor of no
+    features instead: the context of an attention whose output projection sits outside it (BERT), which that
+    projection turns into its bias. No attention kernel runs: CUDA's fused SDPA returns None for zero heads.
+    ``extra_outputs`` Nones follow the tensor in a tuple (0: the tensor alone). ``cache_head_dim`` (the head
+    size it had) marks an attention block: it gives a KV cache a one-value placeholder per token, so the
+    cache's length stays right during generation.
     """
 
     output: str | None
     dropout: str | None = None
     extra_outputs: int = 0
     cache_head_dim: int | None = None
+    zero_width: bool = False
 
     @classmethod
     def from_dict(cls, spec: dict) -> EmptyBlock:
@@ -84,7 +88,10 @@ class EmptyBlock:
         return cls(**spec)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.zero_width:  # folders without it read as before, by any copy of this file
+            del out["zero_width"]
+        return out
 
 
 def _empty_block_forward(self, hidden_states, *args, **kwargs):
@@ -103,7 +110,9 @@ def _empty_block_forward(self, hidden_states, *args, **kwargs):
             placeholder = hidden_states.new_zeros(b, 1, t, 1)
             target = getattr(cache, "self_attention_cache", cache)
             target.update(placeholder, placeholder.clone(), self.layer_idx)
-    if spec.output is None:
+    if spec.zero_width:
+        out = hidden_states[..., :0]  # a view: no allocation, and its shape follows the input in traced graphs
+    elif spec.output is None:
         out = torch.zeros_like(hidden_states)
     else:
         value = self.get_parameter(spec.output)

@@ -18,6 +18,18 @@ torch.set_flush_denormal(True)
 VOCAB = 97
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cuda_like_attention():
+    """Every test runs with attention that fails where CUDA's does: SDPA (and each family's eager attention)
+    given zero heads raises, as CUDA's fused kernels return None there (the CPU's return an empty tensor).
+    Without it a layer left with no heads passes on the CPU and crashes on a GPU."""
+    from hf_gradprune.testing import emulate_cuda_attention
+
+    restore = emulate_cuda_attention()
+    yield
+    restore()
+
+
 def tiny_bert_config(**kw) -> BertConfig:
     base = dict(
         vocab_size=VOCAB,

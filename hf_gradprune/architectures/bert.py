@@ -2,7 +2,12 @@
 ``layer.intermediate.dense`` and ``layer.output.dense`` (all ``nn.Linear``, weight ``(out, in)``).
 
 transformers v5 reshapes with ``view(..., -1, head_dim)``, so updating ``num_attention_heads`` and
-``all_head_size`` is enough, and a layer with zero heads runs as is (the output dense adds its bias).
+``all_head_size`` is enough. A layer left with no heads must not reach the attention kernel: CUDA's fused
+``scaled_dot_product_attention`` returns None for zero heads (the CPU's returns an empty tensor). So its
+``attention.self`` gets the empty-block forward with a context of no features (``EmptyBlock.zero_width``),
+and the output dense, outside that block, turns it into its bias, broadcast. An FFN of width 0 runs as is:
+an empty matmul gives the output dense's bias, on CUDA too (addmm with an empty inner dimension returns the
+bias times beta).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..modeling_gradprune import EmptyBlock, make_block_empty
 from ..units import HEAD, UnitCosts
 from .base import (
     FamilyAdapter,
@@ -75,6 +81,9 @@ class BertFamilyAdapter(FamilyAdapter):
         dense.in_features = len(cols)
         attn.num_attention_heads = len(keep)
         attn.all_head_size = len(cols)
+        if len(keep) == 0:
+            # BertSelfAttention returns (context, attention weights) and, in a decoder, updates the KV cache
+            make_block_empty(attn, EmptyBlock(None, extra_outputs=1, cache_head_dim=head_dim, zero_width=True))
 
     def keep_neurons(self, layer, keep: torch.Tensor) -> None:
         fc, out = layer.intermediate.dense, layer.output.dense

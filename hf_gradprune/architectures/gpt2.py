@@ -106,12 +106,3 @@ class GPT2Adapter(FamilyAdapter):
 def _empty_output(block: nn.Module, dropout: str, **kw) -> EmptyBlock:
     # At width 0 the block's output is c_proj's bias (zeros if the Conv1D had none), then its dropout.
     return EmptyBlock("c_proj.bias" if block.c_proj.bias is not None else None, dropout, **kw)
-
-
-def _freeze(norm: nn.Module) -> None:
-    # The pre-norm of an emptied block feeds nothing any more: no gradient will reach it, and DDP
-    # (without find_unused_parameters) would fail on a trainable parameter that gets none.
-    # Marked so the saved structure records it and every loader freezes it again.
-    norm._gradprune_frozen = True
-    for p in norm.parameters():
-        p.requires_grad_(False)
