@@ -42,6 +42,7 @@ from .scores import GRADIENT_METHODS, Scores
 from .scoring import ImportanceScorer
 from .state import pruning_state
 from .surgery import current_plan, prune_model
+from .transformers_compat import loss_scale_setting, restore_loss_scale_setting, trainer_divides_per_batch_loss
 from .units import HEAD
 
 logger = logging.get_logger(__name__)
@@ -131,7 +132,7 @@ class GradPruneTrainer(Trainer):
         self._micro = 0
         self._batches_per_epoch: int | None = None  # of this process's training loader, measured by train()
         self._rewrapped = False
-        self._user_loss_scaled_for_ga = self.loss_is_scaled_for_ga
+        self._divide_loss_here = False  # training_step: the Trainer of this release will not divide the loss
         self._distill_sum, self._distill_count = 0.0, 0
         # evaluate_after_prune results, one entry per round ("pruned_*", and "reconstructed_*" with reconstruct)
         self.pruned_metrics: list[dict] = []
@@ -224,18 +225,21 @@ class GradPruneTrainer(Trainer):
             model = self.model_wrapped  # the loop's local reference still points at the old DDP wrapper
         self._update_scorer(step)
         scoring = self._scorer is not None and self._scorer.is_attached
+        user_loss_scale = loss_scale_setting(self)  # put back after the step
         if scoring or (self.distilling and model.training):
             # Score and distil on per-micro-batch means, so the scale is known exactly: the Trainer
             # then divides by the accumulation steps (transformers' num_items_in_batch path cannot say
             # how the model reduced its loss).
-            self.loss_is_scaled_for_ga = False
             num_items_in_batch = None
-        else:
-            self.loss_is_scaled_for_ga = self._user_loss_scaled_for_ga
+            self._divide_loss_here = not trainer_divides_per_batch_loss(self)
         if scoring:
             # Trainer divides the micro-batch mean by the accumulation steps before accelerator.backward.
             self._scorer.loss_scale = self._grad_scaler_scale() / self.current_gradient_accumulation_steps
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._divide_loss_here = False
+            restore_loss_scale_setting(self, user_loss_scale)
         self._micro += 1
         if scoring and self._scoring_bar is not None:
             self._scoring_bar.update(1)
@@ -468,8 +472,15 @@ class GradPruneTrainer(Trainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = self._compute_loss(model, inputs, num_items_in_batch)
+        if self._divide_loss_here:  # a per-micro-batch mean that this release's Trainer would not divide
+            loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    def _compute_loss(self, model, inputs, num_items_in_batch):
+        """The task loss, or with a teacher the distillation mix; and the outputs."""
         if not (self.distilling and model.training):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, True, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         with torch.no_grad(), self.accelerator.autocast():
@@ -481,8 +492,7 @@ class GradPruneTrainer(Trainer):
         alpha = self.args.effective_distill_alpha
         self._distill_sum += kd.detach().float().item()
         self._distill_count += 1
-        total = (1 - alpha) * loss + alpha * kd
-        return (total, outputs) if return_outputs else total
+        return (1 - alpha) * loss + alpha * kd, outputs
 
     def _freeze(self, model):
         teacher = copy.deepcopy(self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model)
