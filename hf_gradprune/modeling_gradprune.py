@@ -132,6 +132,17 @@ def make_block_empty(module: nn.Module, spec: EmptyBlock | dict) -> None:
         module.get_submodule(spec.dropout)
     module._gradprune_empty = spec.to_dict()
     module.forward = types.MethodType(_empty_block_forward, module)
+    freeze_empty_block(module)
+
+
+def freeze_empty_block(module: nn.Module) -> None:
+    """Freeze the parameters an empty block no longer reads (all but ``output``): no gradient reaches them, and
+    DDP without ``find_unused_parameters`` fails on a trainable parameter that gets none, even an empty one
+    (Qwen3's q/k norms are not empty). Loading replaces parameters, so loaders call this again."""
+    output = EmptyBlock.from_dict(module._gradprune_empty).output
+    for name, p in module.named_parameters():
+        if name != output:
+            p.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- structure diff
@@ -337,11 +348,14 @@ class _GradPruneMixin:
                     "they would be initialised at random. The weight files are incomplete or belong to another "
                     "model: re-save the folder from the pruned model."
                 )
-        # Loading replaces parameters after __init__: freeze again what feeds only emptied blocks.
+        # Loading replaces parameters after __init__: freeze again what feeds only emptied blocks, and what
+        # emptied blocks no longer read.
         for module in model.modules():
             if getattr(module, "_gradprune_frozen", False):
                 for p in module.parameters():
                     p.requires_grad_(False)
+            if getattr(module, "_gradprune_empty", None) is not None:
+                freeze_empty_block(module)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
