@@ -8,9 +8,13 @@ Parts, each in its own process with its own time box (one failing part is report
    ``torch.compile``; uniform and uneven plans at 25/50/75%) against the probe's limits;
 5. ``retraining-free`` and 6. ``onnx-cuda``: reported as not landed (skipped) until those features exist.
 
-It uses the machine's own Python and torch and never installs torch (``--install`` installs only this project,
-``pip install --no-deps -e .``, plus any missing dependency the check needs, with torch pinned to the version
-there). Results: ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.log`` under ``$OUT`` when set, else under
+It runs on the machine's own Python and packages when they are inside the ranges pyproject.toml declares
+(``[project].dependencies``, and pytest from the ``dev`` extra; read with ``packaging``): nothing has to be carried
+to the machine. ``--install`` installs this project (``pip install --no-deps -e .``) and only what is missing or
+outside its declared range, with torch pinned to the machine's version; torch itself is never installed. The results
+say which version of each package was used and whether it was inside its range.
+
+Results: ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.log`` under ``$OUT`` when set, else under
 ``outputs/gpu-check/``. Exit 0 only if every part passed. Without CUDA it stops at once with one line;
 ``--dry-run`` runs the same code on the CPU on tiny models (``make gpu-check DRY_RUN=1``; tests/test_gpu_check.py).
 """
@@ -18,9 +22,11 @@ there). Results: ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.log`` unde
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -33,17 +39,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DRY_ENV = "HF_GRADPRUNE_GPU_DRY_RUN"  # tests/test_gpu.py runs on the CPU when this is "1"
-# The project's dependencies that the check imports, installed by --install when missing (with torch pinned) ...
-CHECK_NEEDS = {
-    "transformers": "transformers>=5.0",
-    "accelerate": "accelerate>=1.0",
-    "safetensors": "safetensors>=0.4",
-    "huggingface_hub": "huggingface_hub>=1.0",
-    "yaml": "pyyaml>=6",
-    "pytest": "pytest>=8",
-}
-# ... and those it never installs: torch is the machine's own; the others serve the examples and reports only.
-NOT_NEEDED = {"torch", "datasets", "evaluate", "matplotlib"}
+PYPROJECT = ROOT / "pyproject.toml"
+# The machine's packages are held to the ranges pyproject.toml declares ([project].dependencies, and pytest from the
+# dev extra). torch is checked but never installed (the machine's CUDA build is the point); the dependencies in
+# NOT_NEEDED serve the examples and reports only and are neither checked nor installed.
+NEVER_INSTALLED = {"torch"}
+NOT_NEEDED = {"datasets", "evaluate", "matplotlib"}
+FROM_EXTRAS = {"dev": {"pytest"}}
 
 
 @dataclass(frozen=True)
@@ -139,21 +141,97 @@ def _run_text(cmd) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- install
-def install_commands(python: str, torch_version: str, missing: list[str], constraints: Path) -> list[list[str]]:
-    """The pip commands of ``--install``: the project without its dependencies, then the missing ones that the
-    check needs with torch pinned to the machine's own version (pip then fails rather than replace torch)."""
+def _packaging():
+    """``packaging``'s Requirement and InvalidVersion: the package (a dependency of transformers), else pip's copy."""
+    try:
+        from packaging.requirements import Requirement
+        from packaging.version import InvalidVersion
+    except ImportError:  # pragma: no cover - pip vendors it
+        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.version import InvalidVersion
+    return Requirement, InvalidVersion
+
+
+def _toml(text: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10: pip vendors tomli
+        from pip._vendor import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def canonical(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): ``PyYAML`` -> ``pyyaml``, ``huggingface_hub`` ->
+    ``huggingface-hub``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_requirements(pyproject: str) -> list:
+    """What the check holds the machine's packages to (``packaging`` Requirements): pyproject.toml's
+    ``[project].dependencies`` but NOT_NEEDED, and the FROM_EXTRAS names of its optional dependencies; requirements
+    whose marker does not hold on this Python are left out."""
+    Requirement, _ = _packaging()
+    project = _toml(pyproject)["project"]
+    specs = list(project.get("dependencies", []))
+    for extra, names in FROM_EXTRAS.items():
+        specs += [
+            s
+            for s in project.get("optional-dependencies", {}).get(extra, [])
+            if canonical(Requirement(s).name) in names
+        ]
+    reqs = [Requirement(s) for s in specs]
+    return [r for r in reqs if canonical(r.name) not in NOT_NEEDED and (r.marker is None or r.marker.evaluate())]
+
+
+def installed_versions(names) -> dict[str, str | None]:
+    """The installed version of each distribution (None: not installed), as this Python sees them."""
+    from importlib import metadata
+
+    importlib.invalidate_caches()
+    out = {}
+    for name in names:
+        try:
+            out[canonical(name)] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[canonical(name)] = None
+    return out
+
+
+def package_table(requirements, versions: dict[str, str | None]) -> list[dict]:
+    """One row per requirement: the declared range, the installed version (``versions``, by canonical name), whether
+    it is inside the range, and whether ``--install`` installs it (outside its range, and not torch)."""
+    _, InvalidVersion = _packaging()
+    rows = []
+    for req in requirements:
+        name = canonical(req.name)
+        version = versions.get(name)
+        try:
+            inside = version is not None and req.specifier.contains(version, prereleases=True)
+        except InvalidVersion:
+            inside = False
+        extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        rows.append(
+            {
+                "name": name,
+                "declared": str(req.specifier) or "any version",
+                "installed": version,
+                "in_range": inside,
+                "install": None if inside or name in NEVER_INSTALLED else f"{req.name}{extras}{req.specifier}",
+            }
+        )
+    return rows
+
+
+def install_commands(python: str, torch_version: str, specs: list[str], constraints: Path) -> list[list[str]]:
+    """The pip commands of ``--install``: the project without its dependencies, then ``specs`` (the requirements
+    missing or outside their declared ranges) with torch pinned to the machine's own version (pip then fails
+    rather than replace torch)."""
     quiet = ["--quiet", "--disable-pip-version-check", "--retries", "0", "--timeout", "10"]
     commands = [[python, "-m", "pip", "install", *quiet, "--no-deps", "--no-build-isolation", "-e", str(ROOT)]]
-    if missing:
-        commands.append([python, "-m", "pip", "install", *quiet, "--constraint", str(constraints), *missing])
+    if specs:
+        commands.append([python, "-m", "pip", "install", *quiet, "--constraint", str(constraints), *specs])
     constraints.write_text(f"torch=={torch_version}\n")
     return commands
-
-
-def missing_requirements() -> list[str]:
-    import importlib.util
-
-    return [spec for module, spec in CHECK_NEEDS.items() if importlib.util.find_spec(module) is None]
 
 
 def project_installed_here() -> bool:
@@ -169,28 +247,59 @@ def project_installed_here() -> bool:
     return out.returncode == 0 and Path(out.stdout.strip()).resolve() == (ROOT / "hf_gradprune").resolve()
 
 
-def install(log) -> dict:
-    """Install the project (never torch). Failures are reported, not fatal: the parts run from the source tree."""
+def check_packages(log, install: bool) -> dict:
+    """The machine's packages against the declared ranges; with ``install``, first install the project (no
+    dependencies) and whatever is missing or outside its range, never torch. Install failures are reported, not
+    fatal: the parts run from the source tree with what is there. ``packages`` in the result: what was used."""
     import torch
 
-    before = torch.__version__
-    missing = missing_requirements()
-    done = {"torch_before": before, "missing": missing, "commands": [], "problems": []}
-    if project_installed_here() and not missing:
-        done["skipped"] = "hf_gradprune is installed from this tree and nothing the check needs is missing"
-        return done
-    with tempfile.TemporaryDirectory() as tmp:
-        for cmd in install_commands(sys.executable, before, missing, Path(tmp) / "torch-pin.txt"):
-            done["commands"].append(" ".join(cmd))
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}\n")
-            if out.returncode:
-                done["problems"].append(f"exit {out.returncode}: {' '.join(cmd[3:6])}... {out.stderr.strip()[-300:]}")
-    after = _run_text([sys.executable, "-c", "import torch; print(torch.__version__)"])
-    done["torch_after"] = after
-    if after != before:
-        done["problems"].append(f"torch changed from {before} to {after}: that must never happen")
+    requirements = declared_requirements(PYPROJECT.read_text())
+    names = [r.name for r in requirements]
+    before = package_table(requirements, installed_versions(names))
+    specs = [r["install"] for r in before if r["install"]]
+    done = {"torch_before": torch.__version__, "to_install": specs, "commands": [], "problems": []}
+    if not install:
+        done["skipped"] = "no --install: the packages as they are"
+    elif project_installed_here() and not specs:
+        done["skipped"] = "hf_gradprune is installed from this tree and every package is inside its declared range"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for cmd in install_commands(sys.executable, torch.__version__, specs, Path(tmp) / "torch-pin.txt"):
+                done["commands"].append(" ".join(cmd))
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}\n")
+                if out.returncode:
+                    done["problems"].append(
+                        f"exit {out.returncode}: {' '.join(cmd[3:6])}... {out.stderr.strip()[-300:]}"
+                    )
+        after = _run_text([sys.executable, "-c", "import torch; print(torch.__version__)"])
+        done["torch_after"] = after
+        if after != torch.__version__:
+            done["problems"].append(f"torch changed from {torch.__version__} to {after}: that must never happen")
+    done["packages"] = package_table(requirements, installed_versions(names)) if done["commands"] else before
+    for row in done["packages"]:
+        if not row["in_range"]:
+            why = (
+                "never installed by the check"
+                if row["name"] in NEVER_INSTALLED
+                else "the install did not fix it"
+                if install
+                else "--install would install it"
+            )
+            if row["installed"] is None:
+                done["problems"].append(f"{row['name']} is not installed ({row['declared']} declared; {why})")
+            else:
+                done["problems"].append(
+                    f"{row['name']} {row['installed']} is outside its declared range {row['declared']} ({why})"
+                )
     return done
+
+
+def packages_line(rows: list[dict]) -> str:
+    return ", ".join(
+        f"{r['name']} {r['installed'] or 'missing'}{'' if r['in_range'] else ' (outside ' + r['declared'] + ')'}"
+        for r in rows
+    )
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -341,6 +450,16 @@ def markdown(report: dict) -> str:
     title = "GPU check (CPU dry run)" if env["dry_run"] else f"GPU check on {env.get('gpu')}"
     out = [f"# {title}", "", f"Verdict: **{'all parts passed' if report['ok'] else 'FAILED'}**", ""]
     out += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()]
+    install = report.get("install") or {}
+    if install.get("packages"):
+        out += ["", "| package | declared | used | in range |", "|---|---|---|---|"]
+        out += [
+            f"| {r['name']} | {r['declared']} | {r['installed'] or 'missing'} | {'yes' if r['in_range'] else '**no**'} "
+            "|"
+            for r in install["packages"]
+        ]
+        installed = ["this project (-e ., no dependencies)", *install["to_install"]] if install.get("commands") else []
+        out += ["", f"Installed by the check: {', '.join(installed) or 'nothing'}"]
     out += ["", f"Wall time: {report['wall_seconds']:.0f} s", "", "| part | status | seconds | result |"]
     out.append("|---|---|---|---|")
     for p in report["parts"]:
@@ -368,7 +487,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="the same code on the CPU on tiny models")
     parser.add_argument("--out", type=Path, default=None, help="default: $OUT, else outputs/gpu-check")
-    parser.add_argument("--install", action="store_true", help="first install the project (never torch)")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="first install the project and any package missing or outside its declared range (never torch)",
+    )
     parser.add_argument("--parts", nargs="+", choices=[p.name for p in PARTS], default=None)
     parser.add_argument("--part", help=argparse.SUPPRESS)  # a child process running one part
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -388,10 +511,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = {"environment": None, "install": None, "parts": []}
     with open(out / "gpu_check.log", "w") as log, tempfile.TemporaryDirectory() as tmp:
-        if args.install:
-            report["install"] = install(log)
-            for problem in report["install"]["problems"]:
-                print(f"gpu-check: install: {problem}", flush=True)
+        report["install"] = check_packages(log, args.install)
+        print(f"gpu-check: packages used: {packages_line(report['install']['packages'])}", flush=True)
+        for problem in report["install"]["problems"]:
+            print(f"gpu-check: install: {problem}", flush=True)
         report["environment"] = env = environment(args.dry_run)
         where = "CPU dry run" if args.dry_run else f"{env['gpu']}, driver {env.get('driver')}"
         print(f"gpu-check: {where}; torch {env['torch']} (CUDA {env['torch_cuda']}); results in {out}", flush=True)
@@ -424,8 +547,9 @@ def main(argv=None) -> int:
             for note in result.get("notes", [])[:3]:
                 print(f"|   note: {note[:300]}", flush=True)
             log.flush()
-    # An install that failed (no network, a read-only site) is reported but does not fail the check, since the
-    # parts run from the source tree; a changed torch does.
+    # An install that failed (no network, a read-only site) and packages outside their declared ranges are reported
+    # (the results then speak for those versions) but do not fail the check, since the parts run from the source
+    # tree; a changed torch does.
     torch_changed = any("torch changed" in x for x in (report["install"] or {}).get("problems", []))
     report["ok"] = all(p["status"] != "FAILED" for p in report["parts"]) and not torch_changed
     report["wall_seconds"] = round(time.monotonic() - start, 1)

@@ -167,18 +167,117 @@ def test_install_never_touches_torch(tmp_path):
     project, deps = commands
     assert project[:4] == ["py", "-m", "pip", "install"] and "--no-deps" in project and project[-1] == str(ROOT)
     assert deps[deps.index("--constraint") + 1] == str(pin) and pin.read_text() == "torch==2.11.0+cu130\n"
+    assert deps[-2:] == ["accelerate>=1.0", "pytest>=8"]
     assert not [arg for cmd in commands for arg in cmd if arg.split("=")[0].split(">")[0] == "torch"]
     assert gpu_check.install_commands("py", "2.11.0", [], pin) == [project]  # nothing missing: the project only
 
 
-def test_install_covers_every_project_dependency_but_torch():
+# The floors of the GPU image's versions, as pyproject.toml will declare them, and a marker that never holds.
+FLOOR_PYPROJECT = """
+[project]
+name = "x"
+dependencies = [
+    "torch>=2.11",
+    "transformers>=5.17",
+    "datasets>=3.0",
+    "accelerate>=1.15",
+    "evaluate>=0.4",
+    "safetensors>=0.4",
+    "huggingface_hub>=1.33",
+    "PyYAML>=6",
+    "matplotlib>=3.7",
+    "tomli>=2; python_version < '3.0'",
+]
+[project.optional-dependencies]
+dev = ["pytest>=8", "ruff>=0.6"]
+onnx = ["onnxruntime>=1.20"]
+"""
+IMAGE = {  # the H200 image of 2026-12-04, as read there
+    "torch": "2.11.0+cu130",
+    "transformers": "5.17.0",
+    "accelerate": "1.15.0",
+    "safetensors": "0.8.0",
+    "huggingface-hub": "1.33.0",
+    "pyyaml": "6.0.2",
+    "pytest": "8.3.5",
+}
+
+
+def test_the_checked_packages_are_pyprojects_dependencies():
     import tomllib
 
+    reqs = gpu_check.declared_requirements(FLOOR_PYPROJECT)
+    assert [(gpu_check.canonical(r.name), str(r.specifier)) for r in reqs] == [
+        ("torch", ">=2.11"),
+        ("transformers", ">=5.17"),
+        ("accelerate", ">=1.15"),
+        ("safetensors", ">=0.4"),
+        ("huggingface-hub", ">=1.33"),
+        ("pyyaml", ">=6"),
+        ("pytest", ">=8"),  # from the dev extra; ruff and the onnx extra are not the check's
+    ]
+    # The real file: every dependency is either checked or said not to be needed, torch among the checked.
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=!~ \[]", d)[0].lower().replace("-", "_") for d in deps}
-    needs = {re.split(r"[<>=]", spec)[0].lower().replace("-", "_") for spec in gpu_check.CHECK_NEEDS.values()}
-    assert "torch" in gpu_check.NOT_NEEDED and "torch" not in needs
-    assert names <= needs | gpu_check.NOT_NEEDED  # a new dependency must be sorted into one of the two
+    checked = {
+        gpu_check.canonical(r.name) for r in gpu_check.declared_requirements((ROOT / "pyproject.toml").read_text())
+    }
+    names = {gpu_check.canonical(re.split(r"[<>=!~ \[;]", d)[0]) for d in deps}
+    assert names == (checked - {"pytest"}) | gpu_check.NOT_NEEDED and "torch" in checked and "pytest" in checked
+
+
+def test_packages_inside_their_ranges_need_nothing_installed():
+    rows = gpu_check.package_table(gpu_check.declared_requirements(FLOOR_PYPROJECT), IMAGE)
+    assert {r["name"]: (r["installed"], r["in_range"], r["install"]) for r in rows} == {
+        name: (version, True, None) for name, version in IMAGE.items()
+    }
+
+
+def test_only_what_is_missing_or_outside_its_range_is_installed_and_never_torch():
+    versions = {**IMAGE, "torch": "2.10.1+cu128", "transformers": "5.10.0", "pytest": None, "pyyaml": "not-a-version"}
+    rows = {r["name"]: r for r in gpu_check.package_table(gpu_check.declared_requirements(FLOOR_PYPROJECT), versions)}
+    assert [n for n, r in rows.items() if not r["in_range"]] == ["torch", "transformers", "pyyaml", "pytest"]
+    assert [r["install"] for r in rows.values() if r["install"]] == ["transformers>=5.17", "PyYAML>=6", "pytest>=8"]
+    assert rows["torch"]["install"] is None and rows["torch"]["declared"] == ">=2.11"
+    assert gpu_check.packages_line(list(rows.values())).startswith("torch 2.10.1+cu128 (outside >=2.11), transformers")
+
+
+def test_check_packages_installs_the_gaps_and_reports_the_versions_used(tmp_path, monkeypatch):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(FLOOR_PYPROJECT)
+    tables = [{**IMAGE, "transformers": "5.10.0", "pytest": None}, {**IMAGE, "pytest": "9.0.0"}]  # before, after
+    ran = []
+
+    def run(cmd, **kw):
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(gpu_check, "PYPROJECT", pyproject)
+    monkeypatch.setattr(gpu_check, "installed_versions", lambda names: tables.pop(0))
+    monkeypatch.setattr(gpu_check, "project_installed_here", lambda: True)
+    monkeypatch.setattr(gpu_check.subprocess, "run", run)
+    monkeypatch.setattr(gpu_check, "_run_text", lambda cmd: torch.__version__)
+    with open(tmp_path / "log", "w") as log:
+        done = gpu_check.check_packages(log, install=True)
+    assert done["to_install"] == ["transformers>=5.17", "pytest>=8"] and done["problems"] == []
+    assert ran[0][-2:] == ["-e", str(ROOT)] and ran[1][-2:] == ["transformers>=5.17", "pytest>=8"]
+    used = {r["name"]: (r["installed"], r["in_range"]) for r in done["packages"]}
+    assert used["transformers"] == ("5.17.0", True) and used["pytest"] == ("9.0.0", True)
+
+    # Inside every range and installed from this tree: nothing runs. Without --install: nothing either, but a
+    # package outside its range is said, with what would fix it.
+    ran.clear()
+    tables[:] = [IMAGE]
+    with open(tmp_path / "log", "w") as log:
+        done = gpu_check.check_packages(log, install=True)
+    assert ran == [] and done["commands"] == [] and "inside its declared range" in done["skipped"]
+    assert done["problems"] == [] and all(r["in_range"] for r in done["packages"])
+    tables[:] = [{**IMAGE, "torch": "2.10.1", "accelerate": "1.2.0"}]
+    with open(tmp_path / "log", "w") as log:
+        done = gpu_check.check_packages(log, install=False)
+    assert ran == [] and done["problems"] == [
+        "torch 2.10.1 is outside its declared range >=2.11 (never installed by the check)",
+        "accelerate 1.2.0 is outside its declared range >=1.15 (--install would install it)",
+    ]
 
 
 def test_make_target_uses_the_machines_python_and_never_installs_torch():
