@@ -6,7 +6,11 @@ Parts, each in its own process with its own time box (one failing part is report
 3. ``trainer-fp16``: the same in fp16 with the GradScaler;
 4. ``speed``: the GPU speed rows (BERT-base, GPT-2-small; bf16 at batch 64 and 256 x 128; eager and
    ``torch.compile``; uniform and uneven plans at 25/50/75%) against the probe's limits;
-5. ``retraining-free`` and 6. ``onnx-cuda``: reported as not landed (skipped) until those features exist.
+5. ``retraining-free``: reported as not landed (skipped) until that part exists.
+
+There is no ONNX Runtime CUDA part: the GPU image has only the CPU build of onnxruntime, and the GPU wheel
+(onnxruntime-gpu) is too large to carry to the machine. ``hf_gradprune.export_onnx`` is checked on the CPU
+(tests/test_onnx_export.py, benchmarks/deploy.py).
 
 It runs on the machine's own Python and packages when they are inside the ranges pyproject.toml declares
 (``[project].dependencies``, and pytest from the ``dev`` extra; read with ``packaging``): nothing has to be carried
@@ -63,7 +67,6 @@ PARTS = (
     Part("trainer-fp16", "the same pass in fp16 with the GradScaler", 80, 180),
     Part("speed", "GPU speed rows: bf16 b64/b256 x 128, eager and torch.compile, 25/50/75%", 200, 180),
     Part("retraining-free", "retraining-free pruning timing (BERT-base)", 0, 0, "retraining-free pruning"),
-    Part("onnx-cuda", "ONNX Runtime CUDA provider on an exported pruned model", 0, 0, "ONNX export"),
 )
 
 

@@ -51,7 +51,6 @@ def test_dry_run_passes_every_part_and_writes_its_reports(dry_run):
         "trainer-fp16": "passed",
         "speed": "passed",
         "retraining-free": "skipped",
-        "onnx-cuda": "skipped",
     }
     env = report["environment"]
     assert env["dry_run"] is True and env["torch"] == torch.__version__
