@@ -189,17 +189,6 @@ def _num_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _headless_layer(model) -> bool:
-    from .architectures import get_adapter
-    from .state import pruning_state
-
-    try:
-        adapter, layers = get_adapter(model), pruning_state(model).layers
-    except (ValueError, TypeError):  # a family without an adapter: nothing of ours is in it
-        return False
-    return any(adapter.num_heads(layer) == 0 for layer in layers)
-
-
 def _export(model, path, task, names, output_names, opset, exporter, notes) -> None:
     example = _random_inputs(model, names, _EXPORT_SHAPE, seed=0)
     args = tuple(example[n] for n in names)
@@ -207,23 +196,18 @@ def _export(model, path, task, names, output_names, opset, exporter, notes) -> N
     external = _num_bytes(model) >= _TWO_GB
     if exporter == "dynamo":
         dim = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
-        attn = getattr(model.config, "_attn_implementation", None)
-        headless = attn not in (None, "eager") and _headless_layer(model)
-        if headless:
-            # torch.onnx's SDPA translation reshapes keys to [batch, heads, ...] without allowzero, so zero
-            # heads read as "copy that dim" and the graph fails at run time; eager attention is the same math.
-            notes.append(f"exported with eager attention instead of {attn}: a layer has no heads left")
-        with _eager_attention(model, headless):
-            program = torch.onnx.export(
-                wrapper,
-                args,
-                input_names=names,
-                output_names=list(output_names),
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes={n: dim for n in names},
-                verbose=False,
-            )
+        # A layer without heads never reaches SDPA (its empty-block forward): torch.onnx's SDPA translation
+        # reshapes keys to [batch, heads, ...] without allowzero, so zero heads would fail at run time.
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            input_names=names,
+            output_names=list(output_names),
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={n: dim for n in names},
+            verbose=False,
+        )
         program.save(path, external_data=external)
     else:
         axes = {n: {0: "batch", 1: "sequence"} for n in names}

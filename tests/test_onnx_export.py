@@ -226,10 +226,21 @@ def test_int8_with_fusions_and_preprocessing_on_an_uneven_bert(tmp_path, pruned_
     names = set(os.listdir(tmp_path / "onnx"))
     assert names == {"config.json", "model.onnx", "model_optimized.onnx", "model_quantized.onnx"}
     assert report.optimized_max_abs_diff <= ATOL and report.fused_operators  # some fusion happened
-    assert "Attention" not in report.fused_operators  # a layer without heads: a fused Attention cannot say it
-    assert any("attention not fused" in n for n in report.notes)
+    # the layer without heads has no attention left to fuse (its empty-block forward); the two others fuse theirs
+    assert report.fused_operators["Attention"] == 2
+    assert not any("attention not fused" in n for n in report.notes)
     feed = make_feed(size=16, length=12, seed=5)
-    assert_matches_torch(model, report, feed, "model_optimized.onnx")
+    # Rows with tokens match; a row of padding only has no meaningful output, and a fused Attention (mask -10000)
+    # gives it another one than torch (mask finfo.min): 6e-4 here.
+    fused, _ = run_ort(os.path.join(report.out_dir, "model_optimized.onnx"), feed)
+    has_tokens = feed["attention_mask"].sum(1) > 0
+    assert not has_tokens.all()  # the feed has such a row
+    torch.testing.assert_close(
+        torch.from_numpy(fused[0])[has_tokens],
+        torch.from_numpy(torch_outputs(model, feed, report)[0])[has_tokens],
+        atol=ATOL,
+        rtol=0,
+    )
     int8, _ = run_ort(report.int8_path, feed)
     expected = torch_outputs(model, feed, report)[0]
     spread = float(expected.max() - expected.min())
