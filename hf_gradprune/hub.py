@@ -1,7 +1,8 @@
 """Saving and loading pruned Hub folders without remote code.
 
 Imports only the shipped modeling file and ``checkpoint`` (never scoring, plans or surgery), so loading
-stays light; a transformers-v4 folder is handed to ``v4_compat``, imported only then.
+stays light; a transformers-v4 folder is handed to ``v4_compat``, imported only then, and a folder with a
+headless layer saved before its family's empty-block forward existed gets it through its adapter (``state``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import transformers
 from torch import nn
 
 from .checkpoint import CheckpointError, resolve_model_class, weight_faults
-from .modeling_gradprune import CONFIG_KEY, gradprune_class, push_kwargs, write_folder
+from .modeling_gradprune import CONFIG_KEY, EmptyBlock, gradprune_class, push_kwargs, write_folder
 
 
 class FolderMismatchError(CheckpointError):
@@ -87,4 +88,25 @@ def load_pruned(folder: str | os.PathLike, model_class=None, **kwargs) -> nn.Mod
         check_folder(folder, cls, kwargs.get("variant"))
         if getattr(config, CONFIG_KEY).get("structure"):  # an empty one: the config alone builds a stock model
             cls = gradprune_class(cls)
-    return cls.from_pretrained(folder, config=config, **kwargs)
+    model = cls.from_pretrained(folder, config=config, **kwargs)
+    _empty_headless_attention(model)
+    return model
+
+
+def _empty_headless_attention(model: nn.Module) -> None:
+    """Give the empty-block forward to a layer saved without heads and without it (BERT-family folders written
+    before it existed), whose attention kernel would get zero heads: CUDA's fused SDPA returns None there."""
+    plan = (getattr(model.config, CONFIG_KEY, None) or {}).get("plan") or {}
+    if not any(len(heads) == 0 for heads in plan.get("heads", [])):
+        return
+    from .state import pruning_state  # family knowledge, needed only for such a folder
+
+    state = pruning_state(model)
+    for layer in state.layers:
+        emptied = any(
+            EmptyBlock.from_dict(m._gradprune_empty).cache_head_dim is not None
+            for m in layer.modules()
+            if getattr(m, "_gradprune_empty", None) is not None
+        )
+        if state.adapter.num_heads(layer) == 0 and not emptied:
+            state.adapter.keep_heads(layer, torch.zeros(0, dtype=torch.long), state.geometry.head_dim)

@@ -30,6 +30,17 @@ def cuda_like_attention():
     restore()
 
 
+# The same for a subprocess that cannot import hf_gradprune (torch only): paste it after `import torch`.
+CUDA_LIKE_SDPA = """
+_real_sdpa = torch.nn.functional.scaled_dot_product_attention
+def _cuda_like_sdpa(query, key, *args, **kwargs):
+    if query.shape[1] == 0 or key.shape[1] == 0:
+        raise RuntimeError("scaled_dot_product_attention got zero heads (CUDA's fused kernels return None)")
+    return _real_sdpa(query, key, *args, **kwargs)
+torch.nn.functional.scaled_dot_product_attention = _cuda_like_sdpa
+"""
+
+
 def tiny_bert_config(**kw) -> BertConfig:
     base = dict(
         vocab_size=VOCAB,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import batch, make, tiny_bert_config, uneven_plan
+from conftest import CUDA_LIKE_SDPA, batch, make, tiny_bert_config, uneven_plan
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
@@ -89,6 +89,7 @@ def test_remote_code_loads_without_hf_gradprune_installed(tmp_path, family):
         except ImportError:
             pass
         import torch, transformers
+        {{CUDA_LIKE_SDPA}}
         io = torch.load({str(tmp_path / "io.pt")!r})
         m = transformers.{AUTO[family].__name__}.from_pretrained({str(tmp_path / "out")!r}, trust_remote_code=True)
         m.eval()
@@ -98,7 +99,7 @@ def test_remote_code_loads_without_hf_gradprune_installed(tmp_path, family):
         assert not any(k.startswith("hf_gradprune") for k in sys.modules), "hf_gradprune was imported"
         print("MAXDIFF", diff)
         """
-    )
+    ).replace("{CUDA_LIKE_SDPA}", CUDA_LIKE_SDPA)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
