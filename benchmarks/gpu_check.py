@@ -6,7 +6,12 @@ Parts, each in its own process with its own time box (one failing part is report
 3. ``trainer-fp16``: the same in fp16 with the GradScaler;
 4. ``speed``: the GPU speed rows (BERT-base, GPT-2-small; bf16 at batch 64 and 256 x 128; eager and
    ``torch.compile``; uniform and uneven plans at 25/50/75%) against the probe's limits;
-5. ``retraining-free``: reported as not landed (skipped) until that part exists.
+5. ``oneshot``: ``prune_oneshot`` timed step by step (score, split, prune, reconstruct) with peak CUDA memory, on a
+   BERT-base shape (fp32) and a Llama-3.2-1B shape (bf16, SDPA), random weights and random-token calibration;
+6. ``speed-llama``: bf16 speed rows of a Llama-3.2-1B body at 8 x 512, dense vs uniform plans, eager and
+   ``torch.compile``.
+
+The GPU time boxes add up to 8 minutes (``GPU_BOX_TOTAL_S``), inside a 10-minute command.
 
 There is no ONNX Runtime CUDA part: the GPU image has only the CPU build of onnxruntime, and the GPU wheel
 (onnxruntime-gpu) is too large to carry to the machine. ``hf_gradprune.export_onnx`` is checked on the CPU
@@ -56,18 +61,19 @@ FROM_EXTRAS = {"dev": {"pytest"}}
 class Part:
     name: str
     what: str
-    box_gpu: int  # seconds; the boxes of a GPU run add up to 7.5 minutes
+    box_gpu: int  # seconds; the boxes of a GPU run add up to GPU_BOX_TOTAL_S
     box_dry: int
-    not_landed: str | None = None
 
 
 PARTS = (
-    Part("tests", "gpu-marked tests: surgery, scoring in bf16/fp16, GradScaler overflow, save/reload", 90, 240),
-    Part("trainer-bf16", "GradPruneTrainer pass in bf16: prune at step 0, distil, second round", 80, 180),
-    Part("trainer-fp16", "the same pass in fp16 with the GradScaler", 80, 180),
-    Part("speed", "GPU speed rows: bf16 b64/b256 x 128, eager and torch.compile, 25/50/75%", 200, 180),
-    Part("retraining-free", "retraining-free pruning timing (BERT-base)", 0, 0, "retraining-free pruning"),
+    Part("tests", "gpu-marked tests: surgery, scoring in bf16/fp16, GradScaler overflow, save/reload", 45, 240),
+    Part("trainer-bf16", "GradPruneTrainer pass in bf16: prune at step 0, distil, second round", 35, 180),
+    Part("trainer-fp16", "the same pass in fp16 with the GradScaler", 35, 180),
+    Part("speed", "GPU speed rows: bf16 b64/b256 x 128, eager and torch.compile, 25/50/75%", 120, 180),
+    Part("oneshot", "prune_oneshot timed: BERT-base shape (fp32), Llama-3.2-1B shape (bf16)", 140, 120),
+    Part("speed-llama", "Llama-3.2-1B body, bf16 b8 x 512: dense vs uniform plans, eager and torch.compile", 105, 120),
 )
+GPU_BOX_TOTAL_S = 480  # the GPU boxes add up to 8 minutes, inside a 10-minute command
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -407,13 +413,19 @@ def child(name: str, dry: bool, box: int, result_path: Path) -> int:
     if name in ("trainer-bf16", "trainer-fp16"):
         with tempfile.TemporaryDirectory() as tmp:
             result = gpu_parts.trainer_pass(name.split("-")[1], dry, Path(tmp))
-    elif name == "speed":
-        deadline = time.monotonic() + box - (15 if dry else 25)  # leave time to write the result
+    elif name in ("speed", "speed-llama", "oneshot"):
+        deadline = time.monotonic() + box - (15 if dry else 20)  # leave time to write the result
+        key = "runs" if name == "oneshot" else "rows"
 
-        def partial(rows):
-            result_path.write_text(json.dumps({"rows": rows, "partial": True, "ok": False, "problems": []}))
+        def partial(made):  # what is made so far, kept if the box kills the process
+            result_path.write_text(json.dumps({key: made, "partial": True, "ok": False, "problems": []}))
 
-        result = gpu_parts.speed_part(dry, deadline, on_rows=partial)
+        if name == "speed":
+            result = gpu_parts.speed_part(dry, deadline, on_rows=partial)
+        elif name == "speed-llama":
+            result = gpu_parts.llama_speed_part(dry, deadline, on_rows=partial)
+        else:
+            result = gpu_parts.oneshot_part(dry, on_runs=partial)
     else:
         raise SystemExit(f"unknown part {name!r}")
     result_path.write_text(json.dumps(result, indent=1))
@@ -421,15 +433,17 @@ def child(name: str, dry: bool, box: int, result_path: Path) -> int:
 
 
 def summarize(name: str, r: dict) -> str:
-    if name.startswith("trainer") and "loss_after_round_1" in r:
+    if name.startswith("trainer") and "loss_round_1" in r:
         bits = [f"{r['steps_per_second']} steps/s"]
         if r.get("peak_memory_mb") is not None:
             bits.append(f"peak {r['peak_memory_mb'] / 1024:.1f} GiB")
         if r.get("scoring_memory_overhead") is not None:
             bits.append(f"scoring memory {r['scoring_memory_overhead']:+.1%}")
         for k in (1, 2):
-            w = r[f"loss_after_round_{k}"]
-            bits.append(f"loss after round {k} {w['first']:.3f}→{w['last']:.3f}{'' if w['falls'] else ' (flat)'}")
+            w = r[f"loss_round_{k}"]
+            if not w.get("short"):
+                rose = "" if w["ok"] else " (rose)"
+                bits.append(f"loss round {k} {w['before']:.3f} | {w['right_after']:.3f}→{w['after']:.3f}{rose}")
         if r.get("optimizer_steps_skipped_by_gradscaler") is not None:
             bits.append(f"{r['optimizer_steps_skipped_by_gradscaler']} overflow steps")
         bits.append(f"{r['flops_removed']:.0%} FLOPs removed")
@@ -442,6 +456,15 @@ def summarize(name: str, r: dict) -> str:
         if r.get("not_reached"):
             text += f"; {len(r['not_reached'])} group(s) not reached"
         return text
+    if name == "speed-llama" and "rows" in r:
+        return "; ".join(f"{x['precision']} {x['plan']} {x['target']:.0%}: {x['speedup']:.2f}×" for x in r["rows"])
+    if name == "oneshot" and "runs" in r:
+        bits = []
+        for x in r["runs"]:
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in x["seconds"].items() if k != "total")
+            peak = f", peak {x['peak_memory_gib']:.1f} GiB" if x.get("peak_memory_gib") is not None else ""
+            bits.append(f"{x['model']}: {x['seconds']['total']:.1f} s ({steps}){peak}")
+        return "; ".join(bits)
     return r.get("summary", "")
 
 
@@ -472,6 +495,31 @@ def markdown(report: dict) -> str:
             out += ["", f"**{p['name']}: problems**", ""] + [f"- {x}" for x in p["problems"]]
         if p.get("notes"):
             out += ["", f"**{p['name']}: notes**", ""] + [f"- {x}" for x in p["notes"]]
+    oneshot = next((p for p in report["parts"] if p["name"] == "oneshot"), {})
+    if oneshot.get("runs"):
+        out += ["", "## One-shot pruning (`prune_oneshot`, seconds per step)", ""]
+        out += ["| model | dtype | calibration | target | score | split | prune | reconstruct | total | peak GiB |"]
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for x in oneshot["runs"]:
+            c, sec = x["calibration"], x["seconds"]
+            target = ", ".join(f"{k} {v}" for k, v in x["target"].items())
+            steps = " | ".join(str(sec.get(k, "")) for k in ("score", "split", "prune", "reconstruct", "total"))
+            out.append(
+                f"| {x['model']} | {x['dtype']} | {c['batches']} x {c['batch']} x {c['seq']} | {target} | {steps} "
+                f"| {x['peak_memory_gib'] if x['peak_memory_gib'] is not None else ''} |"
+            )
+    llama = next((p for p in report["parts"] if p["name"] == "speed-llama"), {})
+    if llama.get("rows"):
+        out += ["", f"## Llama speed rows (batch {llama['batch']} x {llama['seq']}, {llama['precision']})", ""]
+        out += [
+            "| precision | plan | target | dense ms | pruned ms | speedup | ideal |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in llama["rows"]:
+            out.append(
+                f"| {x['precision']} | {x['plan']} | {x['target']:.0%} | {x['dense_ms']} | {x['pruned_ms']} "
+                f"| {x['speedup']:.2f}× | {x['ideal_speedup']:.2f}× |"
+            )
     speed = next((p for p in report["parts"] if p["name"] == "speed"), {})
     if speed.get("rows"):
         out += ["", "## Speed rows", "", tables.speed_tables({"rows": speed["rows"]})]
@@ -526,21 +574,17 @@ def main(argv=None) -> int:
             if args.parts and part.name not in args.parts:
                 continue
             box = part.box_dry if args.dry_run else part.box_gpu
-            if part.not_landed:
-                result = {"ok": True, "problems": [], "summary": f"not landed: hf_gradprune has no {part.not_landed}"}
-                status = "skipped"
-            else:
-                print(f"| {part.name:<15} | running | box {box} s: {part.what}", flush=True)
-                try:
-                    work = Path(tmp) / part.name
-                    work.mkdir()
-                    if part.name == "tests":
-                        result = run_tests_part(args.dry_run, box, work, log)
-                    else:
-                        result = run_child_part(part, args.dry_run, box, work, log)
-                except Exception as err:  # noqa: BLE001 - one part failing must not stop the others
-                    result = {"ok": False, "problems": [f"{type(err).__name__}: {err}"], "summary": "error"}
-                status = "passed" if result["ok"] else "FAILED"
+            print(f"| {part.name:<15} | running | box {box} s: {part.what}", flush=True)
+            try:
+                work = Path(tmp) / part.name
+                work.mkdir()
+                if part.name == "tests":
+                    result = run_tests_part(args.dry_run, box, work, log)
+                else:
+                    result = run_child_part(part, args.dry_run, box, work, log)
+            except Exception as err:  # noqa: BLE001 - one part failing must not stop the others
+                result = {"ok": False, "problems": [f"{type(err).__name__}: {err}"], "summary": "error"}
+            status = "passed" if result["ok"] else "FAILED"
             result = {"name": part.name, "what": part.what, "status": status, "box_seconds": box, **result}
             report["parts"].append(result)
             seconds = result.get("seconds", 0)

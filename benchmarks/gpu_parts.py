@@ -1,8 +1,10 @@
 """The parts of ``benchmarks/gpu_check.py`` that are more than a test run: a real ``GradPruneTrainer`` pass (bf16,
-and fp16 with the GradScaler) and the GPU speed rows. Each returns a JSON-able dict with ``ok`` (bool) and
-``problems`` (what failed). ``dry=True`` runs the same code on the CPU on tiny models.
+and fp16 with the GradScaler), the GPU speed rows (BERT-base and GPT-2 bodies; a Llama-3.2-1B body) and the timing
+of ``prune_oneshot``. Each returns a JSON-able dict with ``ok`` (bool) and ``problems`` (what failed). ``dry=True``
+runs the same code on the CPU on tiny models.
 
-Imports only torch, transformers and hf_gradprune's public API (no ``datasets``: the GPU machine may lack it).
+Imports only torch, transformers, hf_gradprune's public API and the benchmarks' own modules (no ``datasets``: the
+GPU machine may lack it).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_gradprune import Geometry, GradPruneConfig, GradPruneTrainer, Scores, current_plan, supported_model_types
+from hf_gradprune import Geometry, GradPruneConfig, GradPruneTrainer, PruningPlan, Scores, current_plan
 
 HERE = Path(__file__).resolve().parent
 CPU_SPEED = HERE / "results" / "cpu" / "speed.json"  # the committed CPU rows: their uneven plans are reused
 BERT_BASE = Geometry("bert", num_layers=12, num_heads=12, head_dim=64, hidden_size=768, intermediate_size=3072)
-COMPILE_MARGIN_S = 45  # a compiled row is not started with less than this left: one compile can take that long
+# A compiled row is not started with less than this left. On the 2026-12-04 H200 run a compiled BERT-base or GPT-2
+# row (compile, 3 warm-ups, 20 repeats) took about 6 s; a Llama-3.2-1B body has not been compiled there yet.
+COMPILE_MARGIN_S = 30
+COMPILE_MARGIN_LLAMA_S = 60
 PROBE_LIMITS = {0.25: 1.23, 0.5: 1.58, 0.75: 2.21}  # the probe: H200, BERT-base, bf16, batch 256 x 128, uniform
 
 
@@ -60,10 +65,11 @@ class SyntheticTask(torch.utils.data.Dataset):
 
 
 def trainer_sizes(dry: bool) -> dict:
-    """Steps and shapes: a few hundred steps of BERT-base at 32 x 128 on the GPU; tiny on the CPU."""
+    """Steps and shapes: a few hundred steps of BERT-base at 32 x 128 on the GPU; tiny on the CPU. Both log every step
+    and leave at least ``LOSS_WINDOW`` logged steps before and after each round."""
     if dry:
         config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-        sizes = dict(vocab=64, keys=8, seq=8, batch=16, dense_steps=30, steps=24, round2=12, scoring=2, lr=3e-3)
+        sizes = dict(vocab=64, keys=8, seq=8, batch=16, dense_steps=40, steps=80, round2=40, scoring=2, lr=3e-3)
         return dict(config=config, n=512, **sizes)
     sizes = dict(vocab=30522, keys=512, seq=128, batch=32, dense_steps=120, steps=300, round2=150, scoring=16, lr=2e-4)
     return dict(config={}, n=8192, **sizes)
@@ -109,14 +115,40 @@ def _median(values):
     return round(statistics.median(values), 4) if values else None
 
 
-def _falls(losses: list[float]) -> dict:
-    """Mean loss over the first tenth (at least 2 steps: right after the prune) and the last fifth of a window of
-    logged losses. ``falls``: the last is lower. ``ok``: it falls, or stays within 10% (+0.01) of where it started,
-    as after a prune that did not set the model back; a loss that rises means training broke after the prune."""
-    k0, k1 = max(len(losses) // 10, 2), max(len(losses) // 5, 1)
-    first, last = sum(losses[:k0]) / len(losses[:k0]), sum(losses[-k1:]) / k1
-    ok = last < first or last <= 1.1 * first + 0.01
-    return {"first": round(first, 4), "last": round(last, 4), "falls": last < first, "ok": ok, "steps": len(losses)}
+LOSS_WINDOW = 20  # logged steps per mean: single steps of the synthetic task jump between 0.01 and 0.4
+
+
+def task_losses(log_history: list[dict], alpha: float) -> dict[int, float]:
+    """``{step: the task's own loss}`` from a Trainer's logs (one per step with ``logging_steps=1``). Under
+    distillation the logged loss is ``(1 - alpha) * task + alpha * distill`` and ``distill_loss`` is logged next to
+    it: solved for the task loss, so that it compares with the dense run's."""
+    out = {}
+    for e in log_history:
+        if "loss" in e and "step" in e:
+            kd = e.get("distill_loss")
+            out[e["step"]] = e["loss"] if kd is None or alpha >= 1 else (e["loss"] - alpha * kd) / (1 - alpha)
+    return out
+
+
+def loss_windows(before: list[float], after: list[float], window: int = LOSS_WINDOW) -> dict:
+    """The task loss around one prune, as means of ``window`` logged steps: ``before`` (the last ``window`` steps
+    before the prune), ``right_after`` (the first after it) and ``after`` (the last of its recovery: before the next
+    prune, or the end). ``ok``: the recovery ends no higher than the loss on either side of the prune (within
+    10% + 0.01); a loss that climbs while recovering means training broke (stale optimizer state, frozen or NaN
+    weights), while a prune that set the model back and was partly recovered is fine. ``recovered``: back within
+    10% + 0.01 of ``before``."""
+    if len(before) < window or len(after) < window:
+        return {"window": window, "steps_before": len(before), "steps_after": len(after), "ok": False, "short": True}
+    b, r, a = (round(sum(x) / window, 4) for x in (before[-window:], after[:window], after[-window:]))
+    return {
+        "window": window,
+        "before": b,
+        "right_after": r,
+        "after": a,
+        "steps_after": len(after),
+        "ok": a <= 1.1 * max(b, r) + 0.01,
+        "recovered": a <= 1.1 * b + 0.01,
+    }
 
 
 def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
@@ -144,7 +176,8 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
     )
     start = time.perf_counter()
     dense_args = TrainingArguments(output_dir=str(work / "dense"), max_steps=sizes["dense_steps"], **common)
-    dense_out = Trainer(model=model, args=dense_args, train_dataset=data).train()
+    dense_trainer = Trainer(model=model, args=dense_args, train_dataset=data)
+    dense_out = dense_trainer.train()
     dense_seconds = time.perf_counter() - start
     geometry = current_plan(model).geometry
 
@@ -171,10 +204,12 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
     peak_total = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
 
     logs = trainer.state.log_history
-    losses = {e["step"]: e["loss"] for e in logs if "loss" in e}
+    losses = task_losses(logs, args.distill_alpha)
+    dense_losses = task_losses(dense_trainer.state.log_history, 0.0)
     rounds = [e for e in logs if "prune/round" in e]
     r2 = sizes["round2"]
     # Round 2 prunes inside step r2 + 1 (training_step at global_step r2); its scoring is the steps just before.
+    dense_window = [dense_losses[s] for s in sorted(dense_losses)]
     window1 = [losses[s] for s in sorted(losses) if s <= r2]
     window2 = [losses[s] for s in sorted(losses) if s > r2]
     scoring_steps = set(range(r2 - sizes["scoring"] + 1, r2 + 1))
@@ -220,8 +255,8 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
         "peak_memory_mb_before_training": _median([probe.peak_before_training_mb]),
         "median_step_peak_mb_plain": _median([s["peak_mb"] for s in plain]),
         "median_step_peak_mb_scoring": _median([s["peak_mb"] for s in scoring]),
-        "loss_after_round_1": _falls(window1),
-        "loss_after_round_2": _falls(window2),
+        "loss_round_1": loss_windows(dense_window, window1),
+        "loss_round_2": loss_windows(window1, window2),
         "optimizer_steps_skipped_by_gradscaler": (
             sum(bool(s["skipped"]) for s in probe.steps)
             if probe.steps and probe.steps[0]["skipped"] is not None
@@ -247,9 +282,18 @@ def trainer_pass(precision: str, dry: bool, work: Path) -> dict:
     problems = []
     if len(rounds) != 2 or result["rounds_at_steps"][0] != 0:
         problems.append(f"expected 2 rounds, the first at step 0; got rounds at {result['rounds_at_steps']}")
-    for key in ("loss_after_round_1", "loss_after_round_2"):
-        if not result[key]["ok"]:
-            problems.append(f"{key}: the loss rose ({result[key]['first']} -> {result[key]['last']})")
+    for key in ("loss_round_1", "loss_round_2"):
+        w = result[key]
+        if w.get("short"):
+            problems.append(
+                f"{key}: fewer than {w['window']} logged steps around the prune "
+                f"({w['steps_before']} before, {w['steps_after']} after)"
+            )
+        elif not w["ok"]:
+            problems.append(
+                f"{key}: the task loss rose while recovering (means of {w['window']} logged steps: {w['before']} "
+                f"before the prune, {w['right_after']} right after, {w['after']} at the end)"
+            )
     if len(round_scores) != 2:
         problems.append(f"expected the scores of 2 rounds under pruning/, found {len(round_scores)}")
     for r in round_scores:
@@ -305,7 +349,10 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
     bases, plans, geometries, dense_ms, rows, problems, not_reached = {}, {}, {}, {}, [], [], []
     compile_failures = 0
 
+    start = time.monotonic()
+
     def keep(row):  # every row is kept (and written) as soon as it is made: a kill at the time box loses none
+        row["made_at_s"] = round(time.monotonic() - start, 1)  # for sizing the time box
         speed.print_row(row)
         rows.append(row)
         if on_rows is not None:
@@ -394,7 +441,7 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
             if dry
             else []
         )
-        + ([] if "llama" in supported_model_types() else ["Llama-shaped rows: not landed (no llama family yet)"]),
+        + ["Llama-shaped rows: the speed-llama part"],
         "ok": not problems,
         "problems": problems,
     }
@@ -407,3 +454,220 @@ def _order(item):
 
 def write_rows(path: Path, rows: list[dict]) -> None:
     path.write_text(json.dumps(rows))
+
+
+# ---------------------------------------------------------------------------------------------- one-shot
+def oneshot_settings(dry: bool) -> list[dict]:
+    """The ``prune_oneshot`` runs, in order: a BERT-base shape (fp32, Kwon et al.'s setting: 2,048 sequences of 128,
+    50% of block FLOPs; their anchor is under 3 minutes on one GPU), then a Llama-3.2-1B shape (bf16, SDPA) with the
+    2026-12-04 probe's setting (16 batches of 4 x 512, 20% of block parameters: 90 s on an H200). Tiny shapes on the
+    CPU in the dry run."""
+    from llm_speed import LLAMA_1B, TINY
+
+    if dry:
+        bert = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=100)
+        return [
+            dict(name="tiny-bert", family="bert", config=bert, dtype="float32", batches=4, batch=4, seq=16,
+                 target={"flops_budget": 0.5}),
+            dict(name="tiny-llama", family="llama", config=TINY, dtype="bfloat16", batches=4, batch=2, seq=32,
+                 target={"params_budget": 0.2}),
+        ]  # fmt: skip
+    return [
+        dict(name="bert-base (random)", family="bert", config={}, dtype="float32", batches=64, batch=32, seq=128,
+             target={"flops_budget": 0.5}),
+        dict(name="llama-3.2-1b (random)", family="llama", config=LLAMA_1B, dtype="bfloat16", batches=16, batch=4,
+             seq=512, target={"params_budget": 0.2}),
+    ]  # fmt: skip
+
+
+def build_on(device: torch.device, dtype: torch.dtype, make):
+    """``make()`` built directly on ``device`` (random init there: fast for a 1B model on a GPU), cast to ``dtype``."""
+    with torch.device(device):
+        model = make()
+    return model.to(dtype=dtype).eval()
+
+
+def oneshot_model(setting: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if setting["family"] == "bert":
+        return BertForSequenceClassification(BertConfig(num_labels=2, **setting["config"]))
+    return LlamaForCausalLM(LlamaConfig(**setting["config"], attn_implementation="sdpa"))
+
+
+def oneshot_run(setting: dict, device: torch.device) -> dict:
+    """One ``prune_oneshot`` call with its defaults (Fisher, budget search, reconstruction) on random-token batches:
+    its step seconds (as its report gives them), peak device memory during the call, what it removed."""
+    from hf_gradprune import prune_oneshot
+    from hf_gradprune.latency import random_inputs
+
+    cuda = device.type == "cuda"
+    dtype = getattr(torch, setting["dtype"])
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    model = build_on(device, dtype, lambda: oneshot_model(setting))
+    build_s = time.perf_counter() - t
+    params = sum(p.numel() for p in model.parameters())
+    batches = [random_inputs(model, setting["batch"], setting["seq"], seed=i) for i in range(setting["batches"])]
+    dense = current_plan(model)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    memory_before = torch.cuda.memory_allocated() if cuda else None
+    t = time.perf_counter()
+    model, report = prune_oneshot(model, batches, seq_len=setting["seq"], **setting["target"])
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    plan = current_plan(model)
+    with torch.inference_mode():
+        logits = model(**batches[0]).logits
+    rec = report.reconstruction
+    return {
+        "model": setting["name"],
+        "dtype": setting["dtype"],
+        "geometry": dense.geometry.to_dict(),
+        "params": params,
+        "params_after": sum(p.numel() for p in model.parameters()),
+        "build_s": round(build_s, 2),
+        "calibration": {k: setting[k] for k in ("batches", "batch", "seq")}
+        | {"tokens": setting["batches"] * setting["batch"] * setting["seq"]},
+        "target": setting["target"],
+        "seconds": {k: round(v, 2) for k, v in report.seconds.items()},
+        "wall_s": round(wall, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "model_memory_gib": round(memory_before / 2**30, 2) if cuda else None,
+        "flops_removed": round(plan.flops_removed(setting["seq"]), 4),
+        "params_removed": round(plan.params_removed(), 4),
+        "heads_kept": plan.num_heads,
+        "neurons_kept": plan.num_neurons,
+        "split": None if report.split is None else {k: v for k, v in report.split.items() if k != "candidates"},
+        "reconstruction": None
+        if rec is None
+        else {
+            "tokens": rec.tokens,
+            "sublayers": len(rec.sublayers),
+            "skipped": len(rec.skipped),
+            "error_before": rec.error_before,
+            "error_after": rec.error_after,
+        },
+        "finite_after": bool(torch.isfinite(logits.float()).all()),
+    }
+
+
+def oneshot_part(dry: bool, on_runs=None) -> dict:
+    """Every ``oneshot_settings`` run, each written (``on_runs``) as soon as it is made: a kill at the time box keeps
+    the runs before it. A run that fails is reported and the next still runs."""
+    device = device_of(dry)
+    runs, problems = [], []
+    for setting in oneshot_settings(dry):
+        try:
+            run = oneshot_run(setting, device)
+        except Exception as err:  # noqa: BLE001 - reported; the next model still runs
+            problems.append(f"{setting['name']}: {type(err).__name__}: {err}"[:2000])
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if not run["finite_after"]:
+            problems.append(f"{setting['name']}: the pruned model's logits are not finite")
+        print({k: run[k] for k in ("model", "seconds", "peak_memory_gib", "params_removed")}, flush=True)
+        runs.append(run)
+        if on_runs is not None:
+            on_runs(runs)
+    notes = ["CPU dry run: tiny shapes, no device memory"] if dry else []
+    return {"device": str(device), "runs": runs, "notes": notes, "ok": not problems, "problems": problems}
+
+
+# ---------------------------------------------------------------------------------------------- Llama speed rows
+def llama_speed_settings(dry: bool) -> dict:
+    """A Llama-3.2-1B-shaped body (``LlamaModel``: embeddings in, no LM head), random weights in bf16, SDPA; a batch of
+    8 x 512 (the CPU prefill rows of llm_speed.py). Tiny on the CPU."""
+    from llm_speed import LLAMA_1B, TINY
+
+    if dry:
+        return dict(name="tiny-llama", config=TINY, batch=2, seq=16, repeats=2, warmup=1, backend="eager")
+    return dict(
+        name="llama-3.2-1b (random)", config=LLAMA_1B, batch=8, seq=512, repeats=20, warmup=3, backend="inductor"
+    )
+
+
+def llama_plans(model) -> dict[tuple[str, float], PruningPlan]:
+    """llm_speed.py's uniform plans (stock Llama shapes; random scores pick the units, which does not matter for
+    speed): FFN only at 20% of block parameters, and one query head of every KV group plus FFN at 50%."""
+    from llm_speed import uniform_plans
+
+    plans = uniform_plans(model)
+    ffn20 = next(p for name, (f, p) in plans.items() if name.startswith("FFN only") and f == 0.2)
+    heads50 = next(p for name, (f, p) in plans.items() if "q heads per group" in name)
+    return {("ffn-only", 0.2): ffn20, ("heads+ffn", 0.5): heads50}
+
+
+def llama_speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
+    """bf16 latency of the Llama shape, dense vs its uniform plans: eager (both plans), then ``torch.compile``
+    (the 50% plan). A compiled row is not started with less than ``COMPILE_MARGIN_LLAMA_S`` left."""
+    import speed
+    from transformers import LlamaConfig, LlamaModel
+
+    s = llama_speed_settings(dry)
+    device = device_of(dry)
+    torch.manual_seed(0)
+    start = time.monotonic()
+    base = build_on(device, torch.bfloat16, lambda: LlamaModel(LlamaConfig(**s["config"], attn_implementation="sdpa")))
+    plans = llama_plans(base)
+    rows, problems, not_reached = [], [], []
+
+    def keep(row):
+        row["made_at_s"] = round(time.monotonic() - start, 1)  # for sizing the time box
+        speed.print_row(row)
+        rows.append(row)
+        if on_rows is not None:
+            on_rows(rows)
+
+    for compiled, chosen in ((False, plans), (True, {k: p for k, p in plans.items() if k[0] == "heads+ffn"})):
+        label = f"{s['name']} b{s['batch']} {'compile' if compiled else 'eager'}"
+        margin = COMPILE_MARGIN_LLAMA_S if compiled and not dry else 0
+        if time.monotonic() > deadline - margin:
+            not_reached.append(label)
+            continue
+        try:
+            made = speed.time_rows(
+                s["name"],
+                base,
+                chosen,
+                precision="bf16+compile" if compiled else "bf16",
+                batch=s["batch"],
+                seq=s["seq"],
+                repeats=s["repeats"],
+                warmup=s["warmup"],
+                compile_backend=s["backend"] if compiled else None,
+                device=device,
+                deadline=deadline - margin,
+                on_row=keep,
+                on_error=lambda kind, target, err, label=label: problems.append(
+                    f"{label} {kind} {target:.0%}: {type(err).__name__}: {err}"[:2000]
+                ),
+            )
+        except Exception as err:  # noqa: BLE001 - the dense model failed: the compiled rows still run
+            problems.append(f"{label} dense: {type(err).__name__}: {err}"[:2000])
+            continue
+        if len(made) < len(chosen):
+            not_reached.append(f"{label}: {len(chosen) - len(made)} of {len(chosen)} rows")
+    for precision in ("bf16", "bf16+compile"):
+        if not any(r["precision"] == precision for r in rows):
+            problems.append(f"no {precision} row was made")
+    return {
+        "device": str(device),
+        "seq": s["seq"],
+        "batch": s["batch"],
+        "precision": "bf16 weights, no autocast; SDPA attention",
+        "compile_backend": s["backend"],
+        "repeats": s["repeats"],
+        "warmup": s["warmup"],
+        "geometries": {s["name"]: current_plan(base).geometry.to_dict()},
+        "rows": rows,
+        "not_reached": not_reached,
+        "notes": ["CPU dry run: a tiny Llama, torch.compile with backend='eager'"] if dry else [],
+        "ok": not problems,
+        "problems": problems,
+    }
