@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # transformers reads the LLM demo's GGUF model file with this package (the `llm` extra pins the same).
 GGUF_SPEC ?= gguf==0.19.0
 
-.PHONY: install test test-all demo demo-llm example bench bench-quick gpu-check lint format clean
+.PHONY: install test test-floor test-all demo demo-llm example bench bench-quick gpu-check lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,18 @@ install: $(BIN)/.installed
 
 test: install  ## the offline test suite (slow tests deselected)
 	$(BIN)/python -m pytest -q
+
+# The declared floors: a second venv with the lowest version of every dependency (.ci/floors.txt), tested by CI.
+FLOOR_VENV ?= .venv-floor
+
+$(FLOOR_VENV)/bin/.installed: pyproject.toml .ci/floors.txt
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	PIP_CONSTRAINT=.ci/floors.txt $(FLOOR_VENV)/bin/python -m pip install --quiet -e ".[dev,onnx]"
+	touch $@
+
+test-floor: $(FLOOR_VENV)/bin/.installed  ## the suite on the lowest versions pyproject.toml declares (torch 2.11 is a CUDA build: ~3 GB)
+	$(FLOOR_VENV)/bin/python -m pytest -q
 
 test-all: install  ## also the slow tests on real assets
 	$(BIN)/python -m pytest -q -m ""
@@ -55,4 +67,4 @@ format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) outputs .pytest_cache .ruff_cache *.egg-info
