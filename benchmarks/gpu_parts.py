@@ -331,9 +331,10 @@ def speed_settings(dry: bool) -> list[dict]:
 
 
 def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
-    """bf16 (weights cast) latency rows, dense vs pruned, eager and ``torch.compile``, with the plans of the committed
-    CPU rows (uniform, uneven, uneven+r64 at 25/50/75%). ``deadline`` is a ``time.monotonic()`` value after which
-    no group is started."""
+    """bf16 (weights cast) latency rows, dense vs pruned, eager and ``torch.compile``, with the uniform and uneven plans
+    of the committed CPU rows at 25/50/75% and the package's rounding of each uneven plan to multiples of 64
+    (``speed.rounded_plan``: ``PruningPlan.from_scores(..., ffn_multiple_of=64)``). ``deadline`` is a
+    ``time.monotonic()`` value after which no group is started."""
     import speed
 
     device = device_of(dry)
@@ -374,12 +375,15 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
             geometries[name] = g.to_dict()
             if dry:  # the committed BERT-base rows' uneven shapes mapped onto the tiny model; uniform plans of its own
                 recorded = speed.recorded_plans(BERT_BASE, CPU_SPEED, "bert-base (random)")
-                plans[name] = {
-                    k: speed.shaped_plan(g, p, 64 if k[0] == "uneven+r64" else 1) for k, p in recorded.items()
-                }
-                plans[name].update({("uniform", f): speed.uniform_plan(g, f) for f in speed.FRACTIONS})
-            else:  # exactly the plans of the committed CPU rows of this model
-                plans[name] = speed.recorded_plans(g, CPU_SPEED, name)
+                plans[name] = {("uniform", f): speed.uniform_plan(g, f) for f in speed.FRACTIONS}
+                plans[name].update({k: speed.shaped_plan(g, p) for k, p in recorded.items() if k[0] == "uneven"})
+            else:  # the uniform and uneven plans of the committed CPU rows of this model
+                recorded = speed.recorded_plans(g, CPU_SPEED, name)
+                plans[name] = {k: p for k, p in recorded.items() if k[0] in ("uniform", "uneven")}
+            # uneven+r64: the package's rounding of each uneven plan (speed.rounded_plan), not the committed rows' own
+            plans[name].update(
+                {("uneven+r64", k[1]): speed.rounded_plan(p) for k, p in plans[name].items() if k[0] == "uneven"}
+            )
         chosen = {k: p for k, p in sorted(plans[name].items(), key=_order) if k[0] in group["kinds"]}
         failed = []
 

@@ -6,7 +6,8 @@ weights (the body: ``BertModel`` / ``GPT2Model``; embeddings included, task head
 - ``uniform``: every layer keeps the same number of heads and FFN neurons;
 - ``uneven``: the per-layer shape of a plan made from real Taylor scores (MiniLM fine-tuned on the
   quickstart task, global ranking, FLOPs budget); 12-layer models take layer ``l // 2`` of MiniLM's 6;
-- ``uneven+r64``: the same, with each layer's FFN width rounded to a multiple of 64 (the remedy).
+- ``uneven+r64``: the same, with each layer's FFN width rounded to a multiple of 64 (the remedy) by the package's
+  own rounding, ``PruningPlan.from_scores(..., ffn_multiple_of=64)`` (``rounded_plan``).
 CPU fp32 at batch 1, 8 and 32, sequence 128. The GPU rows (bf16 at batch 64 and 256, eager and
 ``torch.compile``) are made by ``benchmarks/gpu_check.py`` with the same functions (``time_rows``).
 Every latency is ``hf_gradprune.latency.measure_latency``.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import torch
 from common import ROOT, bench_args, machine, write_json
 from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2Model
 
-from hf_gradprune import Geometry, PruningPlan, current_plan, prune_model
+from hf_gradprune import Geometry, PruningPlan, Scores, current_plan, prune_model
 from hf_gradprune.latency import measure_latency
 
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -39,7 +39,7 @@ def uniform_plan(g: Geometry, fraction: float) -> PruningPlan:
     return PruningPlan(g, [list(range(h))] * g.num_layers, [list(range(n))] * g.num_layers)
 
 
-def shaped_plan(g: Geometry, template: PruningPlan, multiple: int = 1) -> PruningPlan:
+def shaped_plan(g: Geometry, template: PruningPlan) -> PruningPlan:
     """``template``'s per-layer keep fractions mapped onto ``g`` (layer l takes template layer l * L_t // L)."""
     t = template.geometry
     heads, neurons = [], []
@@ -47,20 +47,42 @@ def shaped_plan(g: Geometry, template: PruningPlan, multiple: int = 1) -> Prunin
         src = layer * t.num_layers // g.num_layers
         h = round(len(template.heads[src]) / t.num_heads * g.num_heads)
         n = round(len(template.neurons[src]) / t.intermediate_size * g.intermediate_size)
-        if multiple > 1:
-            n = min(g.intermediate_size, multiple * math.floor(n / multiple + 0.5))
         heads.append(list(range(h)))
         neurons.append(list(range(n)))
     return PruningPlan(g, heads, neurons)
 
 
+def rounded_plan(plan: PruningPlan, multiple: int = 64) -> PruningPlan:
+    """``plan`` with its FFN widths rounded the package's way, ``PruningPlan.from_scores(..., ffn_multiple_of=
+    multiple)``, at ``plan``'s own FFN sparsity, on scores that rank every neuron ``plan`` keeps above every one it
+    removes (within each, a layer's first units first, as the plans here keep them). The heads stay ``plan``'s. With
+    ``multiple=1`` it gives ``plan``'s widths back."""
+    g = plan.geometry
+    if g.num_key_value_heads != g.num_heads:
+        raise ValueError("rounded_plan keeps the plan's heads as they are: it is for the BERT/GPT-2 plans here")
+
+    def ranked(kept) -> torch.Tensor:  # kept neurons in (1, 2], removed ones in (0, 1]
+        kept, n = set(kept), g.intermediate_size
+        return torch.tensor([(2.0 if i in kept else 1.0) - i / n for i in range(n)])
+
+    scores = Scores(
+        "taylor",
+        g,
+        heads=[torch.ones(g.num_heads) for _ in range(g.num_layers)],
+        neurons=[ranked(n) for n in plan.neurons],
+        head_ids=[list(range(g.num_heads)) for _ in range(g.num_layers)],
+        neuron_ids=[list(range(g.intermediate_size)) for _ in range(g.num_layers)],
+        num_examples=1,
+    )
+    total = g.num_layers * g.intermediate_size
+    rounded = PruningPlan.from_scores(scores, ffn_sparsity=(total - plan.num_neurons) / total, ffn_multiple_of=multiple)
+    return PruningPlan(g, plan.heads, rounded.neurons, rounded.meta)
+
+
 def plan_variants(g: Geometry, template: PruningPlan, fraction: float) -> dict[str, PruningPlan]:
     """The three plans of one target: uniform, uneven (``template``'s shape) and uneven rounded to 64."""
-    return {
-        "uniform": uniform_plan(g, fraction),
-        "uneven": shaped_plan(g, template),
-        "uneven+r64": shaped_plan(g, template, 64),
-    }
+    uneven = shaped_plan(g, template)
+    return {"uniform": uniform_plan(g, fraction), "uneven": uneven, "uneven+r64": rounded_plan(uneven)}
 
 
 def recorded_plans(g: Geometry, results: Path, model: str) -> dict[tuple[str, float], PruningPlan]:

@@ -248,3 +248,24 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
         errors = [abs(r["prediction_error"]) for r in cell.values()]
         assert entry["rows"] == len(errors) and entry["within_10pct"] == sum(e <= 0.1 for e in errors)
         assert entry["prediction_error_max"] == pytest.approx(max(errors), abs=1e-4)
+
+
+def test_uneven_r64_is_the_packages_rounding_of_the_uneven_plan():
+    """speed.py rounds no width itself: ``rounded_plan`` asks ``PruningPlan.from_scores(ffn_multiple_of=...)``, on
+    scores that stand for the uneven plan exactly (with a multiple of 1 they give its widths back)."""
+    import speed
+
+    g = Geometry("bert", num_layers=12, num_heads=12, head_dim=64, hidden_size=768, intermediate_size=3072)
+    recorded = speed.recorded_plans(g, ROOT / "benchmarks" / "results" / "cpu" / "speed.json", "bert-base (random)")
+    uneven = {t: p for (kind, t), p in recorded.items() if kind == "uneven"}
+    assert sorted(uneven) == list(speed.FRACTIONS)
+    for plan in uneven.values():
+        widths = [len(n) for n in plan.neurons]
+        assert [len(n) for n in speed.rounded_plan(plan, 1).neurons] == widths
+        rounded = speed.rounded_plan(plan)
+        assert rounded.heads == plan.heads and rounded.meta["ffn_multiple_of"] == 64
+        assert all(len(n) % 64 == 0 or len(n) == g.intermediate_size for n in rounded.neurons)
+        assert all(abs(len(r) - w) < 64 for r, w in zip(rounded.neurons, widths))  # each width moves to a neighbour
+    variants = speed.plan_variants(g, uneven[0.5], 0.5)
+    assert variants["uneven"].heads == uneven[0.5].heads  # a 12-layer template maps onto itself
+    assert [len(n) for n in variants["uneven+r64"].neurons] == [len(n) for n in speed.rounded_plan(uneven[0.5]).neurons]
