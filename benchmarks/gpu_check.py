@@ -273,7 +273,9 @@ def check_packages(log, install: bool) -> dict:
         done["skipped"] = "hf_gradprune is installed from this tree and every package is inside its declared range"
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            for cmd in install_commands(sys.executable, torch.__version__, specs, Path(tmp) / "torch-pin.txt"):
+            # pinned to the version pip sees (PyPI's CUDA wheels say 2.11.0 where torch.__version__ says 2.11.0+cu130)
+            pin = next((r["installed"] for r in before if r["name"] == "torch" and r["installed"]), torch.__version__)
+            for cmd in install_commands(sys.executable, pin, specs, Path(tmp) / "torch-pin.txt"):
                 done["commands"].append(" ".join(cmd))
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}\n")

@@ -311,11 +311,15 @@ def test_only_what_is_missing_or_outside_its_range_is_installed_and_never_torch(
 def test_check_packages_installs_the_gaps_and_reports_the_versions_used(tmp_path, monkeypatch):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(FLOOR_PYPROJECT)
-    tables = [{**IMAGE, "transformers": "5.10.0", "pytest": None}, {**IMAGE, "pytest": "9.0.0"}]  # before, after
-    ran = []
+    # PyPI's CUDA wheel of torch says 2.11.0 to pip and 2.11.0+cu130 in torch.__version__: pip's is pinned.
+    before = {**IMAGE, "torch": "2.11.0", "transformers": "5.10.0", "pytest": None}
+    tables = [before, {**IMAGE, "pytest": "9.0.0"}]  # before and after the install
+    ran, pins = [], []
 
     def run(cmd, **kw):
         ran.append(cmd)
+        if "--constraint" in cmd:
+            pins.append(Path(cmd[cmd.index("--constraint") + 1]).read_text())
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(gpu_check, "PYPROJECT", pyproject)
@@ -327,6 +331,7 @@ def test_check_packages_installs_the_gaps_and_reports_the_versions_used(tmp_path
         done = gpu_check.check_packages(log, install=True)
     assert done["to_install"] == ["transformers>=5.17", "pytest>=8"] and done["problems"] == []
     assert ran[0][-2:] == ["-e", str(ROOT)] and ran[1][-2:] == ["transformers>=5.17", "pytest>=8"]
+    assert pins == ["torch==2.11.0\n"]
     used = {r["name"]: (r["installed"], r["in_range"]) for r in done["packages"]}
     assert used["transformers"] == ("5.17.0", True) and used["pytest"] == ("9.0.0", True)
 
