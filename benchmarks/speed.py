@@ -152,6 +152,7 @@ def time_rows(
     dtype: torch.dtype | None = None,
     autocast_dtype: torch.dtype | None = None,
     compile_backend: str | None = None,
+    compile_layers: str | None = None,
     device: torch.device | str = "cpu",
     dense_ms: float | None = None,
     deadline: float | None = None,
@@ -161,7 +162,10 @@ def time_rows(
     """Dense vs pruned latency of ``base`` (an unpruned model, left unchanged) for each plan of ``plans``.
 
     Every model is a copy of ``base`` moved to ``device`` (and cast to ``dtype`` when given), optionally
-    wrapped in ``torch.compile(backend=compile_backend)``; each time is ``measure_latency``'s median. ``dense_ms``
+    wrapped in ``torch.compile(backend=compile_backend)``, or with ``compile_layers`` (the name of the model's
+    ``ModuleList`` of blocks, e.g. ``"layers"``) each block compiled in place instead (regional compilation: blocks
+    of equal shapes share one compiled graph, so a 16-layer model compiles about as fast as one layer); each time is
+    ``measure_latency``'s median. ``dense_ms``
     reuses a dense time measured before. Rows stop being started once ``time.monotonic()`` passes ``deadline``
     (the rows not made are simply absent). With ``on_error(kind, target, error)`` a pruned model that fails is
     reported there and the other rows still run; without it the error propagates.
@@ -172,6 +176,10 @@ def time_rows(
         if not compile_backend:
             return model
         torch._dynamo.reset()  # a fresh cache per model: never the recompile limit, never a shape-generic graph
+        if compile_layers:
+            for block in getattr(model, compile_layers):
+                block.compile(backend=compile_backend)
+            return model
         return torch.compile(model, backend=compile_backend)
 
     def latency(model):

@@ -148,6 +148,18 @@ def test_dry_run_llama_speed_rows_eager_and_compiled(dry_run):
     assert s["not_reached"] == [] and s["compile_backend"] == "eager"
 
 
+def test_llama_rows_compile_one_graph_per_model():
+    """Regional compilation: one compiled decoder layer serves every layer of the model (no KV cache, whose guards
+    would make each layer its own graph and pass torch.compile's recompile limit at 16 layers)."""
+    import gpu_parts
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    result = gpu_parts.llama_speed_part(True, deadline=time.monotonic() + 600)
+    assert result["ok"], result["problems"]
+    assert counters["stats"]["unique_graphs"] == 2  # the dense and the pruned model, 4 layers each
+
+
 def test_gpu_time_boxes_add_up_to_eight_minutes():
     assert sum(p.box_gpu for p in gpu_check.PARTS) == gpu_check.GPU_BOX_TOTAL_S == 480
     assert len({p.name for p in gpu_check.PARTS}) == len(gpu_check.PARTS) and all(
