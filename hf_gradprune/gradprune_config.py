@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .plan import BUDGET_NAMES, TARGET_NAMES, PlanError, validate_options, validate_targets
+from .plan import BUDGET_NAMES, DEFAULT_FFN_MULTIPLE_OF, TARGET_NAMES, PlanError, validate_options, validate_targets
 from .scores import GRADIENT_METHODS, METHODS
 
 
@@ -70,10 +70,11 @@ class GradPruneConfig(TrainingArguments):
         default=0, metadata={"help": "Heads every layer keeps; 0 lets a layer lose all of its heads."}
     )
     ffn_multiple_of: int = field(
-        default=1,
+        default=DEFAULT_FFN_MULTIPLE_OF,
         metadata={
-            "help": "Round each layer's kept FFN width up to a multiple of this (e.g. 8 or 64), capped at the "
-            "layer's width: rounding never removes more than the target."
+            "help": f"Keep each layer's FFN width a multiple of this (default {DEFAULT_FFN_MULTIPLE_OF}: odd widths "
+            "can run slower than dense on a GPU) or the layer's live width: rounded to the nearest, then fixed up so "
+            "the target is still met (never less removed than asked). 1: no rounding."
         },
     )
     attention_unit: str = field(

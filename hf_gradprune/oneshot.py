@@ -94,7 +94,8 @@ def prune_oneshot(
         reconstruct: least-squares rescaling of every pruned layer against a copy of the model
             taken before the prune (the copy costs one model's memory while it runs).
         loss_fn: ``loss_fn(model, batch) -> loss`` for scoring and the search, instead of the default.
-        plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...).
+        plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
+            defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
 
     Everything is checked before the model changes: the targets, the method, a given plan's model,
     the calibration data (an empty loader, a loss that is NaN on every batch).

@@ -28,6 +28,12 @@ class PlanError(ValueError):
     """A plan that cannot be made or does not fit the model."""
 
 
+# New plans keep FFN widths that are multiples of this (or a layer's live width): on a GPU, odd widths ran slower
+# than the dense model (BERT-base 0.78x at 25% of FLOPs removed) where the same plans rounded to 64 ran 1.14-1.25x.
+# ``PruningPlan.from_scores``, ``GradPruneConfig``, the command line and ``prune_oneshot`` all default to it.
+DEFAULT_FFN_MULTIPLE_OF = 64
+
+
 @dataclass
 class PruningPlan:
     geometry: Geometry
@@ -80,7 +86,7 @@ class PruningPlan:
         ranking: str = "global",
         normalize_heads: bool = False,
         min_heads_per_layer: int = 0,
-        ffn_multiple_of: int = 1,
+        ffn_multiple_of: int = DEFAULT_FFN_MULTIPLE_OF,
         seq_len: int = 128,
         attention_unit: str = HEAD,
         uniform: bool = False,
@@ -97,20 +103,29 @@ class PruningPlan:
 
         ``latency_budget``: fraction of the dense model's forward time to remove, as ``latency_table``
         predicts it (a ``hf_gradprune.latency.LatencyTable``, or anything with ``predict(plan) -> ms``), i.e. at
-        the table's batch x sequence on the table's machine. With the default shape (global ranking, no
-        ``uniform`` / ``balanced`` / ``heads_kept`` / ``ffn_multiple_of``) units go by Kwon et al.'s lookup: least
-        importance per millisecond saved, read from the table at the unit's layer's current count, until the
-        prediction meets the fraction. With any of those options the option's own allocation runs with heads and
-        neurons priced at the table's mean ms per unit, and its budget is searched by bisection for the smallest
-        cut whose predicted time removes at least the fraction. A fraction above what removing every head and neuron
-        gives (embeddings, norms, ... stay) is a ``PlanError`` at once; one that min_heads_per_layer, uniform or
-        balanced shapes prevent gives ``meta["budget_met"] = False``. ``meta`` records the dense and predicted ms
-        (``latency_dense_ms``, ``latency_predicted_ms``, ``latency_removed``) whenever a table is given.
+        the table's batch x sequence on the table's machine. With ``ffn_multiple_of=1``, global ranking and no
+        ``uniform`` / ``balanced`` / ``heads_kept``, units go by Kwon et al.'s lookup: least importance per
+        millisecond saved, read from the table at the unit's layer's current count, until the prediction meets the
+        fraction. Otherwise (the default ``ffn_multiple_of`` among them) the option's own allocation runs with heads
+        and neurons priced at the table's mean ms per unit, widths rounded as below, and its budget is searched by
+        bisection for the smallest cut whose predicted time removes at least the fraction. A fraction above what
+        removing every head and neuron gives (embeddings, norms, ... stay) is a ``PlanError`` at once; one that
+        min_heads_per_layer, uniform or balanced shapes prevent gives ``meta["budget_met"] = False``. ``meta``
+        records the dense and predicted ms (``latency_dense_ms``, ``latency_predicted_ms``, ``latency_removed``)
+        whenever a table is given.
 
         ``ranking="global"`` compares units across layers; ``"per_layer"`` removes the same fraction from
         every layer. ``normalize_heads`` divides each layer's head scores by their L2 norm (Michel et al.).
-        ``ffn_multiple_of`` rounds each layer's kept FFN width *up* to a multiple (hardware-friendly
-        shapes), capped at the layer's live width: rounding never removes more than the target asks.
+        ``ffn_multiple_of`` (default ``DEFAULT_FFN_MULTIPLE_OF`` = 64; 1 turns rounding off) makes every layer's
+        kept FFN width a multiple of it or the layer's live width (a live width of 96 may keep 0, 64 or 96): odd
+        widths can run slower than the dense model on a GPU. Each width is rounded to the *nearest* allowed width,
+        then whole blocks are taken away (the block of least importance per neuron first; under
+        ``ranking="per_layer"`` from the layer most above its own unrounded width) until the target holds again,
+        and given back (most important first) while it still holds. So a rounded plan still removes at least what
+        ``ffn_sparsity`` or the budget asks (``budget_met`` as without rounding), at most about one block per
+        layer more. Heads are not rounded; under a budget they are chosen first and the neurons fill what they
+        leave. ``uniform=True`` takes the widest allowed width (the same in every layer) that still meets the
+        target, i.e. the unrounded width rounded down.
 
         Grouped-query attention (``geometry.num_key_value_heads < num_heads``): with ``attention_unit="head"``
         (the default) every key/value head stays while its layer keeps any head, and each group of a layer
@@ -137,16 +152,14 @@ class PruningPlan:
         says it). ``search_budget_split`` (``budget_split.py``) picks ``k`` by calibration loss.
 
         ``balanced=True`` keeps the same number of attention atoms (query heads, or slices / groups under
-        grouped-query attention) in every layer, like ``uniform``, but lets FFN widths differ by score; each width
-        is rounded to the *nearest* multiple of ``ffn_multiple_of`` (or the layer's live width), then widths are
-        stepped down (least important block first) until the target is met and up again while it stays met, so
-        a balanced plan meets its budget exactly as far as the multiples allow. Under a budget the head count is
+        grouped-query attention) in every layer, like ``uniform``, but lets FFN widths differ by score, rounded as
+        above for every head count it tries (so the rounding weighs in the choice). Under a budget the head count is
         the one keeping the most importance (each kind's scores divided by its mean score per unit cost, unless
         ``budget_split="ratio"``); every layer keeps some attention, as under ``uniform``.
 
         ``meta["budget_met"]`` (budgets only) says whether the plan removes at least the budget; it is False
         when the heads kept (or ``min_heads_per_layer``) cost more than the budget leaves even with every
-        neuron removed, or when ``ffn_multiple_of`` rounded widths back up.
+        neuron removed (or, under a latency budget, when the shapes the options allow cannot reach it).
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget, "latency_budget": latency_budget}
@@ -204,12 +217,19 @@ class PruningPlan:
         def allocate(per_unit, per_kv, fixed, fraction):
             args = (atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
             if uniform:
-                return _uniform_by_budget(*args)
+                return _uniform_by_budget(*args, ffn_multiple_of)
             if balanced:
                 return _balanced_by_budget(*args, ffn_multiple_of, normalize)
             if heads_kept is not None:
-                return _keep_heads_then_neurons(*args, heads_kept)
-            return _remove_by_budget(*args, normalize=normalize)
+                removed = _keep_heads_then_neurons(*args, heads_kept)
+            else:
+                removed = _remove_by_budget(*args, normalize=normalize)
+            if ffn_multiple_of == 1:
+                return removed
+            # the heads stay as chosen; the neurons are rounded within what the budget leaves them
+            head_cost = sum(a.cost(per_unit, per_kv) for a in atoms if a.kind == HEAD and a.key not in removed)
+            room = _neuron_room(g, per_unit, per_kv, fixed, fraction, head_cost)
+            return _round_neurons(atoms, g, removed, ffn_multiple_of, ranking, room)
 
         def kept(removed):
             heads = [[] for _ in range(g.num_layers)]
@@ -217,8 +237,6 @@ class PruningPlan:
             for atom in atoms:
                 if atom.key not in removed:
                     (heads if atom.kind == HEAD else neurons)[atom.layer].extend(atom.ids)
-            if ffn_multiple_of > 1 and not balanced:  # balanced plans are rounded by their own allocator
-                neurons = _round_ffn(atoms, neurons, ffn_multiple_of)
             return heads, neurons
 
         budgets_given = [k for k, v in budgets.items() if v is not None]
@@ -248,9 +266,9 @@ class PruningPlan:
                     min_keep = min_heads_per_layer if kind == HEAD else 0
                     even = uniform or (balanced and kind == HEAD)
                     rank = "per_layer" if even else ranking
-                    removed |= _remove_by_count(atoms, g, kind, sparsity, total, rank, min_keep, even)
-            if balanced and ffn_sparsity is not None and ffn_multiple_of > 1:
-                removed = _round_balanced_count(atoms, g, removed, ffn_multiple_of)
+                    removed |= _remove_by_count(atoms, g, kind, sparsity, total, rank, min_keep, even, ffn_multiple_of)
+            if ffn_sparsity is not None and ffn_multiple_of > 1 and not uniform:  # uniform rounds in _remove_by_count
+                removed = _round_neurons(atoms, g, removed, ffn_multiple_of, ranking)
             heads, neurons = kept(removed)
         meta = {
             "method": scores.method,
@@ -461,7 +479,7 @@ def validate_options(
     *,
     ranking: str = "global",
     min_heads_per_layer: int = 0,
-    ffn_multiple_of: int = 1,
+    ffn_multiple_of: int = DEFAULT_FFN_MULTIPLE_OF,
     seq_len: int = 128,
     num_heads: int | None = None,
     attention_unit: str = HEAD,
@@ -638,9 +656,10 @@ def _sizes(atoms, g: Geometry) -> list[int]:
     return sizes
 
 
-def _remove_by_count(atoms, g, kind, sparsity, per_layer_total, ranking, min_keep, uniform=False):
+def _remove_by_count(atoms, g, kind, sparsity, per_layer_total, ranking, min_keep, uniform=False, multiple=1):
     """Remove the least important ``kind`` atoms until ``sparsity`` of the original units are gone (to the
-    nearest count the atoms allow), keeping at least ``min_keep`` units per layer."""
+    nearest count the atoms allow), keeping at least ``min_keep`` units per layer. ``uniform``: every layer keeps
+    the same count, for neurons rounded down to a ``multiple`` unless it is the layers' live width."""
     live = [a for a in atoms if a.kind == kind]
     left = _sizes(live, g)
     removed = set()
@@ -648,6 +667,8 @@ def _remove_by_count(atoms, g, kind, sparsity, per_layer_total, ranking, min_kee
         keep = per_layer_total - math.floor(sparsity * per_layer_total + 0.5)
         if uniform:  # a layer cannot grow back: the narrowest one sets every layer's count
             keep = min([keep, *left])
+            if kind == NEURON and keep < min(left, default=0):
+                keep -= keep % multiple  # down: the rounded plan still removes what was asked
         for layer in range(g.num_layers):
             for a in _order([a for a in live if a.layer == layer]):
                 # remove while that brings the layer nearer its target (no nearer: keep the atom)
@@ -779,9 +800,10 @@ def _keep_heads_then_neurons(atoms, g, cost, kv_cost, fixed, fraction, ranking, 
     return removed
 
 
-def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads):
+def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, multiple=1):
     """The same counts in every layer: for each number of attention atoms kept per layer, the widest FFN
-    that meets the budget; the pair that keeps the most importance wins (Kwon et al.'s head-count sweep).
+    that meets the budget (a ``multiple`` of neurons, or the layers' live width); the pair that keeps the most
+    importance wins (Kwon et al.'s head-count sweep).
 
     ``ranking`` does not apply: every layer keeps the same counts by construction. Every layer keeps some
     attention (a config cannot say "no heads", and a decoder without attention is no language model). When
@@ -807,31 +829,17 @@ def _uniform_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_he
         head_cost = sum(a.cost(cost, kv_cost) for row in rows[HEAD] for a in row[:c])
         room = target - g.num_layers * fixed - head_cost
         width = min(width_max, max(0, math.floor(room / (g.num_layers * cost[NEURON]) + 1e-9)))
+        if width < width_max:
+            width -= width % multiple  # down: the widest allowed width that still meets the budget
         kept = [a for row in rows[HEAD] for a in row[:c]] + [a for row in rows[NEURON] for a in row[:width]]
         left = room - width * g.num_layers * cost[NEURON]  # budget the FFN could not take back: removed beyond it
         fits = left >= -1e-9
         # With the FFN at full width and budget left over, this head count removes more than asked: only
-        # when no count meets the budget closely (within one neuron per layer) may such a plan win.
-        close = fits and left < g.num_layers * cost[NEURON]
+        # when no count meets the budget closely (as close as the allowed widths go) may such a plan win.
+        close = fits and (width < width_max or left < g.num_layers * cost[NEURON])
         candidates.append((fits, close, sum(a.score for a in kept) if fits else -head_cost, c, width))
     *_, c, width = max(candidates)
     return {a.key for row in rows[HEAD] for a in row[c:]} | {a.key for row in rows[NEURON] for a in row[width:]}
-
-
-def _round_ffn(atoms, neurons, multiple):
-    """Round each layer's kept FFN width *up* to a multiple, capped at the layer's live width.
-
-    Up, so rounding never removes more than the target asked; capped, so a layer narrower than the
-    multiple (or whose live width is no multiple) keeps what it has. Re-added neurons go by score.
-    """
-    out = []
-    for layer, kept in enumerate(neurons):
-        live = [a for a in atoms if a.layer == layer and a.kind == NEURON]
-        width = min(multiple * math.ceil(len(kept) / multiple), len(live))
-        kept_set = set(kept)
-        ranked = sorted(live, key=lambda a: (a.ids[0] in kept_set, a.score, -a.ids[0]), reverse=True)
-        out.append(sorted(a.ids[0] for a in ranked[:width]))
-    return out
 
 
 # ---------------------------------------------------------------------- balanced shapes
@@ -875,17 +883,24 @@ def _neuron_counts(rows, order, max_total: int, ranking: str) -> list[int]:
     return counts
 
 
-def _round_widths(prefix, live, counts, max_total: int, multiple: int) -> list[int]:
+def _round_widths(prefix, live, counts, max_total: int, multiple: int, ranking: str = "global") -> list[int]:
     """Each layer's width rounded to the nearest multiple of ``multiple`` (or its live width), then stepped
-    down (the block of least importance per neuron first) while more than ``max_total`` neurons are kept, and
-    up (most important first) while a step still fits. ``prefix[l][k]``: importance of layer l's top k."""
+    down one block at a time while more than ``max_total`` neurons are kept, and up while a step still fits.
+    ``"global"``: down the block of least importance per neuron first, up the most important first;
+    ``"per_layer"``: down the layer most above its own ``counts`` first, up the one most below (ties by
+    importance), so layers stay as near their own targets as the multiples allow. ``prefix[l][k]``: importance
+    of layer l's top k neurons. Serves every plan: balanced, budgets and counts."""
 
-    def down(layer, w):
+    def down(w):
         return w - (w % multiple or multiple)
 
     def up(layer, w):
         return None if w >= live[layer] else min(w + multiple, live[layer])
 
+    def density(layer, a, b):  # importance per neuron of layer's neurons a..b (a < b)
+        return (prefix[layer][b] - prefix[layer][a]) / (b - a)
+
+    per_layer = ranking == "per_layer"
     widths = []
     for layer, c in enumerate(counts):
         lower = c - c % multiple
@@ -896,11 +911,12 @@ def _round_widths(prefix, live, counts, max_total: int, multiple: int) -> list[i
         layer = min(
             options,
             key=lambda i: (
-                (prefix[i][widths[i]] - prefix[i][down(i, widths[i])]) / (widths[i] - down(i, widths[i])),
+                counts[i] - widths[i] if per_layer else 0,
+                density(i, down(widths[i]), widths[i]),
                 i,
             ),
         )
-        widths[layer] = down(layer, widths[layer])
+        widths[layer] = down(widths[layer])
     while True:
         total = sum(widths)
         options = [i for i, w in enumerate(widths) if up(i, w) is not None and total + up(i, w) - w <= max_total]
@@ -908,7 +924,11 @@ def _round_widths(prefix, live, counts, max_total: int, multiple: int) -> list[i
             return widths
         layer = max(
             options,
-            key=lambda i: ((prefix[i][up(i, widths[i])] - prefix[i][widths[i]]) / (up(i, widths[i]) - widths[i]), -i),
+            key=lambda i: (
+                counts[i] - widths[i] if per_layer else 0,
+                density(i, widths[i], up(i, widths[i])),
+                -i,
+            ),
         )
         widths[layer] = up(layer, widths[layer])
 
@@ -936,7 +956,6 @@ def _balanced_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_h
     rows, prefix, order = _neuron_rows(atoms, L)
     live = [len(r) for r in rows]
     scale = _kind_scales(atoms, cost, kv_cost, normalize)
-    target = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed)
     most = max(len(r) for r in head_rows)  # a layer with fewer live atoms (an earlier prune) keeps what it has
     candidates = []
     for c in range(min(1, most), most + 1):
@@ -944,27 +963,43 @@ def _balanced_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_h
             continue
         heads = [a for r in head_rows for a in r[:c]]
         head_cost = sum(a.cost(cost, kv_cost) for a in heads)
-        room = target - L * fixed - head_cost
+        room = _neuron_room(g, cost, kv_cost, fixed, fraction, head_cost)
         if room < -1e-9:
             candidates.append((False, False, -head_cost, c, [0] * L))
             continue
-        max_total = max(0, math.floor(room / cost[NEURON] + 1e-9)) if cost[NEURON] > 0 else sum(live)
-        widths = _round_widths(prefix, live, _neuron_counts(rows, order, max_total, ranking), max_total, multiple)
+        max_total = _neurons_allowed(room, sum(live))
+        counts = _neuron_counts(rows, order, max_total, ranking)
+        widths = _round_widths(prefix, live, counts, max_total, multiple, ranking)
         value = sum(a.score for a in heads) / scale[HEAD] + sum(p[w] for p, w in zip(prefix, widths)) / scale[NEURON]
         # an FFN kept whole with budget left over removes more than asked: such a count wins only when no other
         # count meets the budget closely (as in _uniform_by_budget)
-        close = sum(widths) < sum(live) or room - sum(widths) * cost[NEURON] < L * cost[NEURON]
+        close = sum(widths) < sum(live) or room - sum(widths) < L
         candidates.append((True, close, value, c, widths))
     *_, c, widths = max(candidates, key=lambda t: t[:4])
     return {a.key for r in head_rows for a in r[c:]} | {a.key for r, w in zip(rows, widths) for a in r[w:]}
 
 
-def _round_balanced_count(atoms, g, removed: set, multiple: int) -> set:
-    """A count target's neurons (``removed`` says which go) with each layer's width rounded by ``_round_widths``,
-    keeping no more neurons in total than the target left."""
+def _neuron_room(g: Geometry, cost, kv_cost, fixed, fraction, head_cost: float) -> float:
+    """How many neurons (fractional; inf if neurons are free) a budget of ``fraction`` of the blocks' cost leaves
+    once each layer's fixed cost and the attention kept (``head_cost``) are paid; negative when those already
+    cost more."""
+    room = (1.0 - fraction) * _full_cost(g, cost, kv_cost, fixed) - g.num_layers * fixed - head_cost
+    return room / cost[NEURON] if cost[NEURON] > 0 else math.inf
+
+
+def _neurons_allowed(room: float, live_total: int) -> int:
+    return max(0, math.floor(min(room, live_total) + 1e-9))
+
+
+def _round_neurons(atoms, g, removed: set, multiple: int, ranking: str, room: float | None = None) -> set:
+    """``removed`` with each layer's FFN width rounded by ``_round_widths``: at most as many neurons kept in
+    total as ``removed`` keeps (a count target), or as ``room`` allows (a budget, in neurons; ``_neuron_room``),
+    so the target still holds. Which neurons: each layer's most important."""
     rows, prefix, _ = _neuron_rows(atoms, g.num_layers)
+    live = [len(r) for r in rows]
     counts = [sum(a.key not in removed for a in row) for row in rows]
-    widths = _round_widths(prefix, [len(r) for r in rows], counts, sum(counts), multiple)
+    max_total = sum(counts) if room is None else _neurons_allowed(room, sum(live))
+    widths = _round_widths(prefix, live, counts, max_total, multiple, ranking)
     kept = {a.key for r, w in zip(rows, widths) for a in r[:w]}
     return {k for k in removed if k[1] != NEURON} | {a.key for r in rows for a in r if a.key not in kept}
 

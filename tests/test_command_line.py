@@ -79,6 +79,7 @@ def pruned_bert(assets):
     args = ["prune", "--config", str(recipe), "--model_name_or_path", str(assets / "bert")]
     args += ["--train_file", str(assets / "train.csv"), "--validation_file", str(assets / "dev.csv")]
     args += ["--text_column", "sentence", "--output_dir", str(out), "--ffn_sparsity", "0.5", *QUIET]
+    args += ["--ffn_multiple_of", "1"]  # exact counts below (the default rounds widths to multiples of 64)
     assert main(args) == 0
     return out
 
@@ -245,6 +246,7 @@ def test_causal_lm_on_a_text_file_one_shot(assets, capsys):
     args = ["prune", "--model_name_or_path", str(assets / "gpt2"), "--train_file", str(assets / "texts.txt")]
     args += ["--oneshot", "--head_sparsity", "0.5", "--ffn_sparsity", "0.5", "--importance", "taylor"]
     args += ["--block_size", "16", "--reconstruct", "false", "--cache_dir", str(assets / "cache")]
+    args += ["--ffn_multiple_of", "1"]  # exact counts below
     args += ["--validation_split_percentage", "20", "--output_dir", str(out), *QUIET]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -277,6 +279,18 @@ def test_every_recipe_parses_for_prune(assets):
             args += ["--train_file", str(assets / "train.csv")]
         got_task, _, data, training, prune, _ = cl.prune_arguments(args)
         assert got_task == task and training.plan_targets() and not prune.oneshot, recipe
+
+
+def test_the_ffn_multiple_defaults_to_the_plans_constant(assets):
+    from hf_gradprune.plan import DEFAULT_FFN_MULTIPLE_OF
+
+    args = ["--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "train.csv")]
+    args += ["--output_dir", str(assets / "o"), "--use_cpu", "true", "--head_sparsity", "0.5"]
+    *_, training, _, given = cl.prune_arguments(args)
+    assert training.ffn_multiple_of == DEFAULT_FFN_MULTIPLE_OF == 64
+    assert cl.oneshot_options(training, given)["ffn_multiple_of"] == DEFAULT_FFN_MULTIPLE_OF
+    *_, training, _, given = cl.prune_arguments([*args, "--ffn_multiple_of", "1"])
+    assert training.ffn_multiple_of == 1 and cl.oneshot_options(training, given)["ffn_multiple_of"] == 1
 
 
 # ---------------------------------------------------------------------- convert-v4, bench, export

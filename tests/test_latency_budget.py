@@ -156,15 +156,16 @@ def test_a_stale_table_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "options",
     [
-        {},
-        {"ranking": "per_layer"},
-        {"budget_split": "ratio"},
-        {"uniform": True},
-        {"balanced": True},
+        {"ffn_multiple_of": 1},
+        {"ranking": "per_layer", "ffn_multiple_of": 1},
+        {"budget_split": "ratio", "ffn_multiple_of": 1},
+        {"uniform": True, "ffn_multiple_of": 1},
+        {"balanced": True, "ffn_multiple_of": 1},
         {"balanced": True, "ffn_multiple_of": 8},
         {"ffn_multiple_of": 8},
+        {},
     ],
-    ids=["global", "per_layer", "ratio", "uniform", "balanced", "balanced8", "round8"],
+    ids=["global", "per_layer", "ratio", "uniform", "balanced", "balanced8", "round8", "default64"],
 )
 def test_latency_budget_is_met_by_prediction(budget, options):
     t = table()
@@ -177,7 +178,7 @@ def test_latency_budget_is_met_by_prediction(budget, options):
     assert plan.meta["latency_dense_ms"] == pytest.approx(t.dense_ms, abs=1e-4)
     assert plan.meta["latency_removed"] == pytest.approx(removed, abs=1e-5)
     assert plan.meta["latency_table"]["batch_size"] == 1 and plan.meta["latency_table"]["seq_len"] == 16
-    if not options:  # the search stops at the first cut that meets the budget: one atom more at most
+    if options == {"ffn_multiple_of": 1}:  # the search stops at the first cut that meets the budget: one atom more
         steps = [b - a for a, b in zip(t.attention_ms, t.attention_ms[1:])]
         steps += [(b - a) / (x1 - x0) for a, b, x0, x1 in zip(t.ffn_ms, t.ffn_ms[1:], t.ffn_widths, t.ffn_widths[1:])]
         assert removed <= budget + max(steps) / t.dense_ms + 1e-9
@@ -210,12 +211,12 @@ def test_the_lookup_prices_a_layers_last_neurons_as_the_table_says():
     t = table(ffn_widths=[0, 8, 40], ffn_ms=[0.0, 2.0, 2.32])
     s = scores(layer_scale=[1, 0.2, 1, 0.1])
     for budget in (0.2, 0.35, 0.5):
-        plan = PruningPlan.from_scores(s, latency_budget=budget, latency_table=t)
+        plan = PruningPlan.from_scores(s, latency_budget=budget, latency_table=t, ffn_multiple_of=1)
         widths = shape(plan)[1]
         assert plan.meta["budget_met"] and sum(0 < w < 8 for w in widths) <= 1, widths
     # without the overhead (the same slope everywhere) layers may stop anywhere: the property comes from the table
     flat = table(ffn_widths=[0, 8, 40], ffn_ms=[0.0, 0.08, 0.4])
-    widths = shape(PruningPlan.from_scores(scores(), latency_budget=0.6, latency_table=flat))[1]
+    widths = shape(PruningPlan.from_scores(scores(), latency_budget=0.6, latency_table=flat, ffn_multiple_of=1))[1]
     assert sum(0 < w < 8 for w in widths) > 1, widths
 
 
@@ -266,18 +267,42 @@ def test_balanced_plans_keep_equal_heads_and_rounded_widths_and_meet_the_budget(
         assert set(kept) == set(s.neurons[layer].topk(len(kept)).indices.tolist())
 
 
-def test_balanced_rounds_to_the_nearest_multiple_then_fixes_up():
-    # Rounding up alone (ffn_multiple_of without balanced) may break the budget; balanced rounds to the nearest
-    # multiple and steps down until the budget holds, so it removes no less and stays close.
+def test_plans_round_to_the_nearest_multiple_then_fix_up():
+    # Rounding each width up (what plans without balanced once did) may break the budget; every plan now rounds to
+    # the nearest multiple and steps down until the budget holds, so it removes no less and stays close.
     s = scores(layer_scale=[1, 3, 1, 0.5])
+    full = PruningPlan.full(G)
+    one_neuron = 1 - PruningPlan(G, full.heads, [list(range(39))] + full.neurons[1:]).block_flops() / full.block_flops()
     missed = 0
     for budget in (0.3, 0.45, 0.6):
-        up = PruningPlan.from_scores(s, flops_budget=budget, ffn_multiple_of=16)
-        bal = PruningPlan.from_scores(s, flops_budget=budget, ffn_multiple_of=16, balanced=True)
-        assert bal.flops_removed() >= budget - 1e-9 and bal.meta["budget_met"]
-        assert all(w % 16 == 0 or w == 40 for w in shape(bal)[1])
-        missed += not up.meta["budget_met"]
-    assert missed  # rounding up alone misses the budget somewhere: the case balanced is for
+        plain = PruningPlan.from_scores(s, flops_budget=budget, ffn_multiple_of=1)
+        up = PruningPlan(G, plain.heads, [list(range(min(math.ceil(w / 16) * 16, 40))) for w in shape(plain)[1]])
+        missed += up.flops_removed() < budget - 1e-9
+        for options in ({}, {"balanced": True}):
+            plan = PruningPlan.from_scores(s, flops_budget=budget, ffn_multiple_of=16, **options)
+            assert plan.flops_removed() >= budget - 1e-9 and plan.meta["budget_met"]
+            assert all(w % 16 == 0 or w == 40 for w in shape(plan)[1])
+            if not options:  # the heads as without rounding; the neurons within one block of the budget
+                assert plan.heads == plain.heads and plan.flops_removed() < budget + 17 * one_neuron
+    assert missed  # rounding up alone misses the budget somewhere: the case this rounding is for
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"ranking": "per_layer"}, {"uniform": True}, {"balanced": True}],
+    ids=["global", "per_layer", "uniform", "balanced"],
+)
+@pytest.mark.parametrize("budget", [0.2, 0.6])
+def test_default_rounded_latency_plans_meet_the_budget_on_wide_ffns(budget, options):
+    # the default multiple (64) on FFNs of width 1536: the bisection over rounded plans still meets the budget
+    wide = Geometry("bert", num_layers=4, num_heads=8, head_dim=32, hidden_size=256, intermediate_size=1536)
+    t = table(wide, ffn_widths=[0, 8, 384, 1536], ffn_ms=[0.0, 0.5, 1.5, 4.0])
+    plan = PruningPlan.from_scores(
+        scores(wide, layer_scale=[1, 3, 0.5, 1.5]), latency_budget=budget, latency_table=t, **options
+    )
+    assert plan.meta["budget_met"] is True and plan.meta["ffn_multiple_of"] == 64
+    assert 1 - by_hand(t, *shape(plan)) / t.dense_ms >= budget - 1e-9
+    assert all(w % 64 == 0 for w in shape(plan)[1]), shape(plan)
 
 
 def test_balanced_under_count_targets():

@@ -392,9 +392,10 @@ def test_uniform_plans_keep_the_same_counts_in_every_layer(target, unit):
     inputs = batch()
     with scorer:
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
-    plan = PruningPlan.from_scores(scorer.scores, **target, uniform=True, attention_unit=unit)
+    exact = dict(ffn_multiple_of=1)  # the tiny FFN (40 wide) would round to 0 or 40 at the default 64
+    plan = PruningPlan.from_scores(scorer.scores, **target, uniform=True, attention_unit=unit, **exact)
     assert plan.is_uniform() and plan.meta["uniform"] is True
-    free = PruningPlan.from_scores(scorer.scores, **target, attention_unit=unit)
+    free = PruningPlan.from_scores(scorer.scores, **target, attention_unit=unit, **exact)
     if "params_budget" in target:
         assert abs(plan.params_removed() - 0.3) < 0.05 and abs(free.params_removed() - 0.3) < 0.05
 
@@ -403,16 +404,19 @@ def test_uniform_budget_picks_the_split_that_keeps_the_most_importance():
     # Heads matter far more than neurons here: under a budget, a uniform plan spends it on neurons.
     model = make_decoder("llama")
     s = crafted_scores(model, [[100.0] * 8] * 3)
-    plan = PruningPlan.from_scores(s, params_budget=0.2, uniform=True)
+    plan = PruningPlan.from_scores(s, params_budget=0.2, uniform=True, ffn_multiple_of=1)  # exact widths
     assert plan.num_heads == 24 and plan.is_uniform() and plan.num_neurons < 120
     s = crafted_scores(model, [[1e-6] * 8] * 3)
-    cheap = PruningPlan.from_scores(s, params_budget=0.2, uniform=True)
+    cheap = PruningPlan.from_scores(s, params_budget=0.2, uniform=True, ffn_multiple_of=1)
     assert cheap.num_heads < 24
     # Cheap heads must not make a plan remove more than the budget: cutting heads and keeping the whole FFN
     # would remove 25% here against a 10% budget (a plan that removes 10% exists)
-    assert abs(PruningPlan.from_scores(s, params_budget=0.1, uniform=True).params_removed() - 0.1) < 0.01
+    assert (
+        abs(PruningPlan.from_scores(s, params_budget=0.1, uniform=True, ffn_multiple_of=1).params_removed() - 0.1)
+        < 0.01
+    )
     # However cheap heads look, a budget never leaves a uniform model without attention (one slice per layer)
-    cheapest = PruningPlan.from_scores(s, params_budget=0.6, uniform=True)
+    cheapest = PruningPlan.from_scores(s, params_budget=0.6, uniform=True, ffn_multiple_of=1)
     assert [len(h) for h in cheapest.heads] == [KV] * 3 and cheapest.is_uniform()
 
 
@@ -423,7 +427,7 @@ def _uniform_pruned(variant="llama"):
     inputs = batch()
     with scorer:
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
-    plan = PruningPlan.from_scores(scorer.scores, head_sparsity=0.5, ffn_sparsity=0.25, uniform=True)
+    plan = PruningPlan.from_scores(scorer.scores, head_sparsity=0.5, ffn_sparsity=0.25, uniform=True, ffn_multiple_of=1)
     return prune_model(model, plan), plan
 
 
@@ -540,6 +544,7 @@ def test_trainer_prunes_a_decoder_uniformly_and_saves_a_stock_folder(tmp_path):
         params_budget=0.3,
         uniform=True,
         scoring_steps=2,
+        ffn_multiple_of=1,  # the tiny FFN would round to 0 or its full width at the default 64
     )
     trainer.train()
     plan = current_plan(trainer.model)

@@ -23,7 +23,7 @@ def scores(seed=0, method="taylor", geometry=G, examples=10):
 
 def test_global_sparsity_keeps_the_most_important():
     s = scores()
-    plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.25)
+    plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.25, ffn_multiple_of=1)
     assert plan.num_heads == 12 and plan.num_neurons == 120
     all_heads = sorted(((v.item(), layer, i) for layer, t in enumerate(s.heads) for i, v in enumerate(t)), reverse=True)
     assert {(layer, i) for _, layer, i in all_heads[:12]} == {
@@ -33,7 +33,7 @@ def test_global_sparsity_keeps_the_most_important():
 
 def test_per_layer_is_uniform_and_picks_within_each_layer():
     s = scores()
-    plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.5, ranking="per_layer")
+    plan = PruningPlan.from_scores(s, head_sparsity=0.5, ffn_sparsity=0.5, ranking="per_layer", ffn_multiple_of=1)
     assert [len(h) for h in plan.heads] == [3] * 4 and [len(n) for n in plan.neurons] == [20] * 4
     for layer in range(4):
         assert set(plan.heads[layer]) == set(s.heads[layer].topk(3).indices.tolist())
@@ -58,7 +58,7 @@ def test_normalize_heads_rescales_each_layer():
 
 @pytest.mark.parametrize("budget", [0.25, 0.5, 0.7])
 def test_flops_budget_is_met_by_at_most_one_unit(budget):
-    plan = PruningPlan.from_scores(scores(), flops_budget=budget)
+    plan = PruningPlan.from_scores(scores(), flops_budget=budget, ffn_multiple_of=1)
     full = PruningPlan.full(G)
     removed = 1 - plan.block_flops() / full.block_flops()
     head_share = (full.block_flops() / (G.num_layers * G.num_heads)) / full.block_flops()
@@ -66,7 +66,7 @@ def test_flops_budget_is_met_by_at_most_one_unit(budget):
 
 
 def test_params_budget_counts_fixed_parameters():
-    plan = PruningPlan.from_scores(scores(), params_budget=0.5)
+    plan = PruningPlan.from_scores(scores(), params_budget=0.5, ffn_multiple_of=1)
     removed = 1 - plan.block_params() / PruningPlan.full(G).block_params()
     assert 0.5 <= removed < 0.5 + 0.05
 
@@ -74,25 +74,24 @@ def test_params_budget_counts_fixed_parameters():
 def test_budget_compares_heads_and_neurons_per_flop():
     s = scores()
     s.neurons = [t * 1e-6 for t in s.neurons]  # neurons nearly worthless: they go first
-    plan = PruningPlan.from_scores(s, flops_budget=0.1, budget_split="ratio")  # FFN is ~15% of the FLOPs
+    plan = PruningPlan.from_scores(
+        s, flops_budget=0.1, budget_split="ratio", ffn_multiple_of=1
+    )  # FFN is ~15% of the FLOPs
     assert plan.num_heads == G.num_layers * G.num_heads and plan.num_neurons < G.num_layers * G.intermediate_size
     s.heads[1] = s.heads[1] * 1e-9  # now layer 1's heads are cheaper per FLOP than any neuron
-    plan = PruningPlan.from_scores(s, flops_budget=0.1)
+    plan = PruningPlan.from_scores(s, flops_budget=0.1, ffn_multiple_of=1)
     assert len(plan.heads[1]) == 3 and plan.num_heads == 21 and plan.num_neurons == G.num_layers * G.intermediate_size
 
 
-def test_ffn_multiple_of_rounds_every_layer():
+def test_ffn_multiple_of_rounds_every_layer_and_still_removes_what_was_asked():
     s = scores()
     plan = PruningPlan.from_scores(s, ffn_sparsity=0.37, ffn_multiple_of=8)
     assert all(len(n) % 8 == 0 for n in plan.neurons)
-    unrounded = PruningPlan.from_scores(s, ffn_sparsity=0.37)
+    unrounded = PruningPlan.from_scores(s, ffn_sparsity=0.37, ffn_multiple_of=1)
+    assert unrounded.num_neurons - 8 < plan.num_neurons <= unrounded.num_neurons  # never fewer removed than asked
     for layer, (a, b) in enumerate(zip(plan.neurons, unrounded.neurons)):
-        assert 0 <= len(a) - len(b) < 8
-        assert set(b) <= set(a)  # rounding only adds back, the best-scored first
-        added = set(a) - set(b)
-        if added:
-            dropped = set(range(G.intermediate_size)) - set(a)
-            assert min(s.neurons[layer][i] for i in added) >= max((s.neurons[layer][i] for i in dropped), default=0)
+        assert abs(len(a) - len(b)) <= 8  # each layer within one block of its unrounded width
+        assert set(a) == set(s.neurons[layer].topk(len(a)).indices.tolist())  # the layer's most important
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
@@ -196,14 +195,16 @@ def test_ffn_rounding_on_an_already_pruned_layer_keeps_its_live_width():
 @pytest.mark.parametrize("ranking", ["global", "per_layer"])
 @pytest.mark.parametrize("multiple", [3, 16, 64])
 @pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.9])
-def test_ffn_rounding_only_adds_back_up_to_a_multiple_or_the_live_width(ranking, multiple, sparsity):
+def test_ffn_rounding_keeps_multiples_or_the_live_width_and_the_count_target(ranking, multiple, sparsity):
     s = _live_scores([list(range(40)), list(range(37)), list(range(5, 30)), list(range(40))])
     rounded = PruningPlan.from_scores(s, ffn_sparsity=sparsity, ffn_multiple_of=multiple, ranking=ranking)
-    plain = PruningPlan.from_scores(s, ffn_sparsity=sparsity, ranking=ranking)
-    for kept, asked, live in zip(rounded.neurons, plain.neurons, s.neuron_ids):
-        assert set(asked) <= set(kept) <= set(live)  # never removes more than asked
+    plain = PruningPlan.from_scores(s, ffn_sparsity=sparsity, ranking=ranking, ffn_multiple_of=1)
+    for kept, live in zip(rounded.neurons, s.neuron_ids):
+        assert set(kept) <= set(live)
         assert len(kept) % multiple == 0 or len(kept) == len(live)
-        assert len(kept) - len(asked) < multiple
+    # at most as many kept as asked, and no whole block more removed (a step up would have fitted)
+    assert plain.num_neurons - multiple < rounded.num_neurons <= plain.num_neurons
+    assert rounded.meta["ffn_multiple_of"] == multiple and plain.meta["ffn_multiple_of"] == 1
 
 
 # ---------------------------------------------------------------------- ids and options (issue 10, item 9)
@@ -287,7 +288,7 @@ def _ranked_heads(s, top):
 @pytest.mark.parametrize("k", [0, 5, 13, 24])
 def test_heads_kept_keeps_the_best_heads_then_the_best_neurons(budget, k):
     s = scores()
-    plan = PruningPlan.from_scores(s, flops_budget=budget, heads_kept=k)
+    plan = PruningPlan.from_scores(s, flops_budget=budget, heads_kept=k, ffn_multiple_of=1)
     assert plan.num_heads == k
     assert {(layer, i) for layer, h in enumerate(plan.heads) for i in h} == _ranked_heads(s, k)
     removed = plan.flops_removed()
@@ -313,7 +314,7 @@ def test_heads_kept_beyond_the_budget_is_recorded_not_hidden():
 
 def test_heads_kept_per_layer_spreads_heads_evenly_and_honours_min_heads():
     s = scores()
-    plan = PruningPlan.from_scores(s, params_budget=0.4, heads_kept=10, ranking="per_layer")
+    plan = PruningPlan.from_scores(s, params_budget=0.4, heads_kept=10, ranking="per_layer", ffn_multiple_of=1)
     assert sorted(len(h) for h in plan.heads) == [2, 2, 3, 3]
     for layer, h in enumerate(plan.heads):
         assert set(h) == set(s.heads[layer].topk(len(h)).indices.tolist())
@@ -387,3 +388,135 @@ def test_normalized_split_compares_each_unit_with_its_own_kind():
 def test_bad_budget_split_options_are_refused_clearly(kw, match):
     with pytest.raises(PlanError, match=match):
         PruningPlan.from_scores(scores(), **kw)
+
+
+# ---------------------------------------------------------------------- GPU-friendly widths by default (issue 19)
+# Wide FFNs (1536, a multiple of 64), some layers' neurons worth more than others' so global plans are uneven.
+W = Geometry("bert", num_layers=4, num_heads=8, head_dim=32, hidden_size=256, intermediate_size=1536)
+
+
+def wide_scores(seed=0, layer_scale=(1.0, 3.0, 0.5, 1.5)):
+    s = scores(seed=seed, geometry=W)
+    s.neurons = [t * f for t, f in zip(s.neurons, layer_scale)]
+    return s
+
+
+def _share_of_one_neuron(kind):
+    """The fraction of the wide model's block FLOPs (``"flops"``) or parameters one neuron is."""
+    full = PruningPlan.full(W)
+    one_less = PruningPlan(W, full.heads, [list(range(W.intermediate_size - 1))] + full.neurons[1:])
+    return one_less.flops_removed() if kind == "flops" else one_less.params_removed()
+
+
+def _allowed(plan, live=W.intermediate_size, multiple=64):
+    return all(len(n) % multiple == 0 or len(n) == live for n in plan.neurons)
+
+
+def test_the_default_multiple_is_64_everywhere_a_plan_is_made():
+    import inspect
+
+    from hf_gradprune import GradPruneConfig
+    from hf_gradprune.plan import DEFAULT_FFN_MULTIPLE_OF, validate_options
+
+    assert DEFAULT_FFN_MULTIPLE_OF == 64
+    for fn in (PruningPlan.from_scores, validate_options):
+        assert inspect.signature(fn).parameters["ffn_multiple_of"].default == DEFAULT_FFN_MULTIPLE_OF
+    assert GradPruneConfig(output_dir="unused", head_sparsity=0.5).ffn_multiple_of == DEFAULT_FFN_MULTIPLE_OF
+    plan = PruningPlan.from_scores(wide_scores(), ffn_sparsity=0.3)
+    assert plan.meta["ffn_multiple_of"] == 64 and _allowed(plan)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"ffn_sparsity": 0.3},
+        {"ffn_sparsity": 0.3, "ranking": "per_layer"},
+        {"head_sparsity": 0.5, "ffn_sparsity": 0.55},
+        {"flops_budget": 0.4},
+        {"flops_budget": 0.4, "ranking": "per_layer"},
+        {"params_budget": 0.35},
+        {"flops_budget": 0.5, "heads_kept": 12},
+        {"flops_budget": 0.5, "balanced": True},
+        {"flops_budget": 0.5, "uniform": True},
+        {"ffn_sparsity": 0.3, "uniform": True},
+    ],
+    ids=lambda t: ",".join(f"{k}={v}" for k, v in t.items()),
+)
+def test_default_plans_keep_every_width_a_multiple_of_64_or_the_live_width(target):
+    plan = PruningPlan.from_scores(wide_scores(), **target)
+    assert _allowed(plan), [len(n) for n in plan.neurons]
+    # and after an earlier prune left odd live widths, those widths stay allowed
+    live = [list(range(1000)), list(range(1536)), list(range(0, 1536, 2)), list(range(77))]
+    s = wide_scores()
+    s.neurons = [t[torch.tensor(ids)] for t, ids in zip(s.neurons, live)]
+    s.neuron_ids = live
+    if not target.get("uniform"):  # uniform needs layers alike
+        again = PruningPlan.from_scores(s, **{**target, "ffn_sparsity": 0.4} if "ffn_sparsity" in target else target)
+        for kept, ids in zip(again.neurons, live):
+            assert set(kept) <= set(ids) and (len(kept) % 64 == 0 or len(kept) == len(ids))
+
+
+@pytest.mark.parametrize("ranking", ["global", "per_layer"])
+@pytest.mark.parametrize("sparsity", [0.1, 0.33, 0.52, 0.9])
+def test_rounded_ffn_sparsity_removes_at_least_what_was_asked(ranking, sparsity):
+    s = wide_scores()
+    plan = PruningPlan.from_scores(s, ffn_sparsity=sparsity, ranking=ranking)
+    asked = W.num_layers * W.intermediate_size - math.floor(sparsity * W.num_layers * W.intermediate_size + 0.5)
+    assert asked - 64 < plan.num_neurons <= asked and _allowed(plan)
+    widths = [len(n) for n in plan.neurons]
+    if ranking == "per_layer":  # every layer near the same width: within one block of each other
+        assert max(widths) - min(widths) <= 64, widths
+    else:  # by score: the layer whose neurons matter most keeps the most
+        assert widths[1] == max(widths) and widths[2] == min(widths), widths
+    for layer, kept in enumerate(plan.neurons):
+        assert set(kept) == set(s.neurons[layer].topk(len(kept)).indices.tolist())
+
+
+@pytest.mark.parametrize("ranking", ["global", "per_layer"])
+@pytest.mark.parametrize("kind", ["flops", "params"])
+@pytest.mark.parametrize("budget", [0.2, 0.37, 0.55, 0.8])
+def test_rounded_budgets_are_met_and_not_overshot_by_more_than_a_block(ranking, kind, budget):
+    plan = PruningPlan.from_scores(wide_scores(), **{f"{kind}_budget": budget}, ranking=ranking)
+    removed = plan.flops_removed() if kind == "flops" else plan.params_removed()
+    assert plan.meta["budget_met"] is True and removed >= budget - 1e-9 and _allowed(plan)
+    if plan.num_neurons < W.num_layers * W.intermediate_size:  # the neurons fill what the heads leave
+        assert removed < budget + 65 * _share_of_one_neuron(kind)
+    if ranking == "per_layer":  # each layer within one block of its own unrounded width
+        plain = PruningPlan.from_scores(wide_scores(), **{f"{kind}_budget": budget}, ranking=ranking, ffn_multiple_of=1)
+        assert plain.heads == plan.heads
+        assert all(abs(len(a) - len(b)) < 64 for a, b in zip(plan.neurons, plain.neurons))
+
+
+def test_rounded_heads_kept_meets_the_budget():
+    for budget in (0.3, 0.5, 0.7):
+        plan = PruningPlan.from_scores(wide_scores(), flops_budget=budget, heads_kept=10)
+        assert plan.num_heads == 10 and plan.meta["budget_met"] and _allowed(plan)
+        assert budget <= plan.flops_removed() + 1e-9 < budget + 65 * _share_of_one_neuron("flops")
+
+
+@pytest.mark.parametrize("target", [{"flops_budget": 0.45}, {"params_budget": 0.6}, {"ffn_sparsity": 0.3}])
+def test_uniform_takes_the_widest_multiple_that_meets_the_target(target):
+    plan = PruningPlan.from_scores(wide_scores(), uniform=True, **target)
+    widths = {len(n) for n in plan.neurons}
+    assert plan.is_uniform() and len(widths) == 1 and widths.pop() % 64 == 0
+    if "ffn_sparsity" in target:
+        assert plan.num_neurons <= (1 - target["ffn_sparsity"]) * W.num_layers * W.intermediate_size
+    else:
+        assert plan.meta["budget_met"]
+    unrounded = PruningPlan.from_scores(wide_scores(), uniform=True, ffn_multiple_of=1, **target)
+    if plan.num_heads == unrounded.num_heads:  # the same head count: the width is the unrounded one rounded down
+        assert len(plan.neurons[0]) == len(unrounded.neurons[0]) // 64 * 64
+
+
+def test_ffn_multiple_of_1_gives_the_unrounded_plan():
+    s = wide_scores()
+    plan = PruningPlan.from_scores(s, ffn_sparsity=0.3, ffn_multiple_of=1)
+    total = W.num_layers * W.intermediate_size
+    assert plan.num_neurons == total - round(0.3 * total) and not _allowed(plan)  # odd widths, exactly the count
+    ranked = sorted(((v.item(), layer, i) for layer, t in enumerate(s.neurons) for i, v in enumerate(t)), reverse=True)
+    assert {(layer, i) for _, layer, i in ranked[: plan.num_neurons]} == {
+        (layer, i) for layer, n in enumerate(plan.neurons) for i in n
+    }
+    budget = PruningPlan.from_scores(s, flops_budget=0.4, ffn_multiple_of=1)
+    assert 0.4 <= budget.flops_removed() + 1e-9 < 0.4 + 1.01 * _share_of_one_neuron("flops") or budget.num_neurons == 0
+    assert budget.meta["ffn_multiple_of"] == 1

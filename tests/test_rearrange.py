@@ -132,7 +132,7 @@ def test_refuses_what_it_cannot_rearrange():
     model = make_bert()
     scorer = scored(model)
     scores = scorer.scores
-    plan = PruningPlan.from_scores(scores, ffn_sparsity=0.5)
+    plan = PruningPlan.from_scores(scores, ffn_sparsity=0.5, ffn_multiple_of=1)  # keeps part of every layer
     grads = scorer.batch_gradients
     with pytest.raises(ValueError, match="record_batches=True"):
         rearrange_plan(plan, scored(model, passes=0).batch_gradients, scores.head_ids, scores.neuron_ids)
@@ -157,7 +157,8 @@ def test_grouped_query_llama_rearranges_neurons_and_skips_heads():
             lm_loss(model, llama_batch(seed=seed + 1)).backward()
             model.zero_grad(set_to_none=True)
     scores = scorer.scores
-    plan = PruningPlan.from_scores(scores, head_sparsity=0.5, ffn_sparsity=0.5)
+    # unrounded: the tiny FFN (40 wide) would keep 0 or 40 per layer at the default multiple, nothing to swap
+    plan = PruningPlan.from_scores(scores, head_sparsity=0.5, ffn_sparsity=0.5, ffn_multiple_of=1)
     new, report = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)
     assert new.heads == plan.heads and counts(new) == counts(plan)
     heads = [r for r in report if r["kind"] == "head"]

@@ -34,7 +34,8 @@ def optimizer_params(trainer):
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_one_shot_before_training_reaches_target_and_recovers(tmp_path, kind):
-    trainer = make_trainer(tmp_path, kind=kind, max_steps=40, learning_rate=1e-3 if kind == "bert" else 3e-3)
+    lr = 1e-3 if kind == "bert" else 3e-3
+    trainer = make_trainer(tmp_path, kind=kind, max_steps=40, learning_rate=lr, ffn_multiple_of=1)  # exact counts
     trainer.train()
     plan = current_plan(trainer.model)
     assert plan.num_heads == 6 and plan.num_neurons == 144
@@ -84,7 +85,13 @@ def test_one_shot_mid_training_rebuilds_optimizer_and_keeps_untouched_state(tmp_
 
 def test_iterative_schedule_follows_cubic_ramp(tmp_path):
     trainer = make_trainer(
-        tmp_path, pruning_schedule="iterative", prune_start_step=5, prune_end_step=25, num_rounds=3, max_steps=40
+        tmp_path,
+        pruning_schedule="iterative",
+        prune_start_step=5,
+        prune_end_step=25,
+        num_rounds=3,
+        max_steps=40,
+        ffn_multiple_of=1,  # exact counts below
     )
     trainer.train()
     events = prune_logs(trainer)
@@ -275,7 +282,11 @@ def test_accumulation_and_batch_size_give_the_same_scores(tmp_path, batch, accum
 
 def test_save_model_writes_hub_folder_with_card(tmp_path):
     trainer = make_trainer(
-        tmp_path, max_steps=10, model_card_dataset="synthetic-parity", model_card_task="text-classification"
+        tmp_path,
+        max_steps=10,
+        model_card_dataset="synthetic-parity",
+        model_card_task="text-classification",
+        ffn_multiple_of=1,  # exact counts in the card
     )
     trainer.train()
     trainer.evaluate(ParityData(n=32, seed=5))
