@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, machine, score, write_json
+from common import ROOT, UNROUNDED, accuracy, bench_args, copy_model, dense_model, load_task, machine, score, write_json
 
 from hf_gradprune import METHODS, PruningPlan, prune_model
 from hf_gradprune.budget_split import search_budget_split
@@ -33,7 +33,9 @@ def calibration_loader(task, n_batches: int = 4, batch_size: int = 32, seed: int
 
 def make_plan(split: str, scores, budget: float, seq: int, dense, calib) -> tuple[PruningPlan, dict]:
     if split in ("ratio", "normalized"):
-        return PruningPlan.from_scores(scores, flops_budget=budget, seq_len=seq, budget_split=split), {}
+        return PruningPlan.from_scores(
+            scores, flops_budget=budget, seq_len=seq, budget_split=split, ffn_multiple_of=UNROUNDED
+        ), {}
     criterion = split.removeprefix("search_")
     plan, report = search_budget_split(
         dense, scores, calib if criterion == "loss" else None, flops_budget=budget, seq_len=seq, criterion=criterion

@@ -230,6 +230,11 @@ def copy_model(model):
     return copy.deepcopy(model)
 
 
+# ``ffn_multiple_of`` of the plans whose committed results were measured before plans rounded FFN widths to 64 by
+# default, and of the "uneven" rows that the rounded ones are compared with: the exact widths the scores chose.
+UNROUNDED = 1
+
+
 def bench_args(argv, doc: str, add=None) -> argparse.Namespace:
     """The command line every benchmark takes (``--quick``, ``--out``; ``add(parser)`` adds more). ``out`` defaults
     to ``results/quick`` or ``results/cpu``."""

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, bench_args, machine, write_json
+from common import ROOT, UNROUNDED, bench_args, machine, write_json
 from speed import models, time_rows, uniform_plan
 
 from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, current_plan
@@ -66,7 +66,7 @@ def plans_for(scores: Scores, table, seq: int, multiple: int, skipped: list | No
     plans = {}
     for f in FRACTIONS:
         plans[("uniform", f)] = uniform_plan(g, f)
-        plans[("uneven", f)] = PruningPlan.from_scores(scores, flops_budget=f, seq_len=seq)
+        plans[("uneven", f)] = PruningPlan.from_scores(scores, flops_budget=f, seq_len=seq, ffn_multiple_of=UNROUNDED)
         plans[("balanced", f)] = PruningPlan.from_scores(
             scores, flops_budget=f, seq_len=seq, balanced=True, ffn_multiple_of=multiple
         )

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, TINY_LLAMA, Task, bench_args, copy_model, machine, recover, score, write_json
+from common import ROOT, TINY_LLAMA, UNROUNDED, Task, bench_args, copy_model, machine, recover, score, write_json
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, default_data_collator
 
 from hf_gradprune import GRADIENT_METHODS, METHODS, PruningPlan, current_plan, prune_model
@@ -180,8 +180,10 @@ def make_plan(scores, target: float, kind: str) -> PruningPlan:
     """``kind``: "uniform" / "non-uniform" (``params_budget`` with ``uniform`` True / False), or "ffn-only"
     (every head kept, a uniform FFN width: ``ffn_sparsity``)."""
     if kind == "ffn-only":
-        return PruningPlan.from_scores(scores, ffn_sparsity=ffn_sparsity_for(scores.geometry, target), uniform=True)
-    return PruningPlan.from_scores(scores, params_budget=target, uniform=kind == "uniform")
+        return PruningPlan.from_scores(
+            scores, ffn_sparsity=ffn_sparsity_for(scores.geometry, target), uniform=True, ffn_multiple_of=UNROUNDED
+        )
+    return PruningPlan.from_scores(scores, params_budget=target, uniform=kind == "uniform", ffn_multiple_of=UNROUNDED)
 
 
 def plan_row(plan: PruningPlan, method: str, target: float, kind: str) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import ROOT, bench_args, copy_model, machine, write_json
+from common import ROOT, UNROUNDED, bench_args, copy_model, machine, write_json
 from llm_quality import model_and_text, perplexity, token_blocks
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,7 +38,7 @@ def run(quick: bool, out) -> dict:
     calib = [{"input_ids": blocks[i : i + 4]} for i in range(n_score, n_score + n_calib, 4)]
     rows = []
     for uniform in (False, True):
-        plan = PruningPlan.from_scores(scorer.scores, params_budget=0.2, uniform=uniform)
+        plan = PruningPlan.from_scores(scorer.scores, params_budget=0.2, uniform=uniform, ffn_multiple_of=UNROUNDED)
         model = copy_model(dense)
         prune_model(model, plan)
         one_shot = perplexity(model, eval_blocks)

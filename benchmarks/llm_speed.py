@@ -30,7 +30,7 @@ import gc
 import time
 
 import torch
-from common import TINY_LLAMA, bench_args, machine, write_json
+from common import TINY_LLAMA, UNROUNDED, bench_args, machine, write_json
 from llm_quality import ffn_sparsity_for
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -114,14 +114,22 @@ def uniform_plans(model, fractions=FRACTIONS) -> dict[str, tuple[float, PruningP
     for f in fractions:
         plans[f"FFN only, {f:.0%}"] = (
             f,
-            PruningPlan.from_scores(scores, ffn_sparsity=ffn_sparsity_for(g, f), uniform=True),
+            PruningPlan.from_scores(
+                scores, ffn_sparsity=ffn_sparsity_for(g, f), uniform=True, ffn_multiple_of=UNROUNDED
+            ),
         )
     f, h = max(fractions), 1 / g.group_size
-    heads_only = PruningPlan.from_scores(scores, head_sparsity=h, uniform=True).params_removed()
+    heads_only = PruningPlan.from_scores(
+        scores, head_sparsity=h, uniform=True, ffn_multiple_of=UNROUNDED
+    ).params_removed()
     plans[f"{g.group_size - 1} of {g.group_size} q heads per group + FFN, {f:.0%}"] = (
         f,
         PruningPlan.from_scores(
-            scores, head_sparsity=h, ffn_sparsity=ffn_sparsity_for(g, f - heads_only), uniform=True
+            scores,
+            head_sparsity=h,
+            ffn_sparsity=ffn_sparsity_for(g, f - heads_only),
+            uniform=True,
+            ffn_multiple_of=UNROUNDED,
         ),
     )
     return plans

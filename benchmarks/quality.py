@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from common import (
     ROOT,
+    UNROUNDED,
     accuracy,
     bench_args,
     copy_model,
@@ -50,7 +51,7 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
     targets = TARGETS if not quick else QUICK_TARGETS
     for method in METHODS:
         for target in targets:
-            plan = PruningPlan.from_scores(scores[method], flops_budget=target, seq_len=seq)
+            plan = PruningPlan.from_scores(scores[method], flops_budget=target, seq_len=seq, ffn_multiple_of=UNROUNDED)
             model = copy_model(dense)
             prune_model(model, plan)
             one_shot = accuracy(model, task)
@@ -71,7 +72,9 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
 
     # global vs per-layer ranking, one-shot vs iterative, at 50%
     extra = {}
-    plan = PruningPlan.from_scores(scores["taylor"], flops_budget=0.5, seq_len=seq, ranking="per_layer")
+    plan = PruningPlan.from_scores(
+        scores["taylor"], flops_budget=0.5, seq_len=seq, ranking="per_layer", ffn_multiple_of=UNROUNDED
+    )
     model = copy_model(dense)
     prune_model(model, plan)
     extra["taylor_per_layer_50"] = {
@@ -93,6 +96,7 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
         prune_start_step=0,
         prune_end_step=recovery_steps // 2,
         scoring_steps=max(n_score // 32 // 3, 1),
+        ffn_multiple_of=UNROUNDED,
     )
     iterative.train()
     extra["taylor_iterative3_50"] = {
@@ -148,7 +152,9 @@ def balanced_rows(dense, task, scores, recovery_steps, work, seq) -> dict:
     of competing per FLOP: the FLOPs split is fixed, the ranking inside each type stays global."""
     out = {}
     for method in GRADIENT_METHODS:
-        plan = PruningPlan.from_scores(scores[method], head_sparsity=0.5, ffn_sparsity=0.5, seq_len=seq)
+        plan = PruningPlan.from_scores(
+            scores[method], head_sparsity=0.5, ffn_sparsity=0.5, seq_len=seq, ffn_multiple_of=UNROUNDED
+        )
         model = copy_model(dense)
         prune_model(model, plan)
         out[method] = {

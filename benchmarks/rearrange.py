@@ -11,7 +11,18 @@ from __future__ import annotations
 import sys
 import time
 
-from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, machine, scorers, write_json
+from common import (
+    ROOT,
+    UNROUNDED,
+    accuracy,
+    bench_args,
+    copy_model,
+    dense_model,
+    load_task,
+    machine,
+    scorers,
+    write_json,
+)
 
 from hf_gradprune import PruningPlan, prune_model
 from hf_gradprune.rearrange import objective, rearrange_plan
@@ -63,7 +74,9 @@ def run(quick: bool, n_score: int) -> dict:
     for method, scorer in by_method.items():
         scores, grads = scorer.scores, scorer.batch_gradients
         for sparsity in SPARSITIES:
-            plan = PruningPlan.from_scores(scores, head_sparsity=sparsity, ffn_sparsity=sparsity)
+            plan = PruningPlan.from_scores(
+                scores, head_sparsity=sparsity, ffn_sparsity=sparsity, ffn_multiple_of=UNROUNDED
+            )
             t0 = time.perf_counter()
             new, report = rearrange_plan(plan, grads, scores.head_ids, scores.neuron_ids)
             elapsed = time.perf_counter() - t0

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, bench_args, machine, write_json
+from common import ROOT, UNROUNDED, bench_args, machine, write_json
 from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2Model
 
 from hf_gradprune import Geometry, PruningPlan, Scores, current_plan, prune_model
@@ -225,7 +225,9 @@ def run(quick: bool, out: Path) -> dict:
     task = load_task(quick, work)
     dense = dense_model(task, work, quick)
     taylor = score(dense, task, ("taylor",), n_examples=64 if quick else 1024)["taylor"]
-    templates = {f: PruningPlan.from_scores(taylor, flops_budget=f, seq_len=128) for f in FRACTIONS}
+    templates = {
+        f: PruningPlan.from_scores(taylor, flops_budget=f, seq_len=128, ffn_multiple_of=UNROUNDED) for f in FRACTIONS
+    }
     seq = 16 if quick else 128
     rows, geometries = [], {}
     for name, build in models(quick):

@@ -8,7 +8,7 @@ from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
 from .latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
 from .oneshot import OneShotReport, prune_oneshot
 from .onnx_export import ExportReport, OnnxExportError, export_onnx
-from .plan import PlanError, PruningPlan
+from .plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan
 from .rearrange import rearrange_plan
 from .reconstruct import ReconstructionError, ReconstructionReport, reconstruct
 from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
@@ -20,6 +20,7 @@ from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_FFN_MULTIPLE_OF",
     "GRADIENT_METHODS",
     "METHODS",
     "HEAD",
