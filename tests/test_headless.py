@@ -15,10 +15,10 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import batch, make
+from conftest import batch, make, tiny_bert_config
 from test_llama import make_decoder
 from test_llama import uneven_plan as decoder_plan
-from transformers import BertConfig, BertLMHeadModel
+from transformers import BertLMHeadModel
 
 from hf_gradprune import PruningPlan, load_pruned, prune_model
 from hf_gradprune.modeling_gradprune import structure_of
@@ -82,18 +82,7 @@ def test_ddp_trains_a_model_with_emptied_blocks(kind, attn):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_a_bert_decoder_generates_through_a_headless_layer(attn):
-    config = BertConfig(
-        vocab_size=97,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=96,
-        max_position_embeddings=64,
-        is_decoder=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-    )
+    config = tiny_bert_config(is_decoder=True, pad_token_id=0)
     torch.manual_seed(0)
     model = BertLMHeadModel._from_config(config, attn_implementation=attn).eval()
     prune_model(model, empty_plan(model))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import make
 from packaging.version import Version
-from trainer_helpers import ParityData
+from trainer_helpers import ParityData, make_trainer
 
-from hf_gradprune import GradPruneConfig, GradPruneTrainer, Scores, transformers_compat
+from hf_gradprune import Scores, transformers_compat
 
 
 def test_the_flag_is_read_from_the_installed_release():
@@ -31,26 +30,17 @@ def test_scores_with_a_compute_loss_func_do_not_depend_on_accumulation(tmp_path,
     monkeypatch.setattr(transformers_compat, "HAS_LOSS_SCALE_FLAG", flag)
 
     def scores_for(batch, accumulation, out):
-        args = GradPruneConfig(
-            output_dir=str(out),
+        trainer = make_trainer(
+            out,
             per_device_train_batch_size=batch,
             gradient_accumulation_steps=accumulation,
-            head_sparsity=0.5,
-            ffn_sparsity=0.5,
             prune_step=2,
             scoring_steps=32 // batch,
             max_steps=3,
             learning_rate=0.0,
             distill_alpha=0.0,
-            report_to=[],
-            save_strategy="no",
-            use_cpu=True,
-            seed=0,
-            data_seed=0,
-            disable_tqdm=True,
-        )
-        trainer = GradPruneTrainer(
-            model=make("bert"), args=args, train_dataset=ParityData(n=64), compute_loss_func=_mean_cross_entropy
+            data=ParityData(n=64),
+            compute_loss_func=_mean_cross_entropy,
         )
         trainer.train()
         return Scores.load(out / "pruning" / "round-1-step-2" / "scores.safetensors")
@@ -65,19 +55,7 @@ def test_scores_with_a_compute_loss_func_do_not_depend_on_accumulation(tmp_path,
 def test_a_users_loss_scale_setting_survives_the_scored_steps(tmp_path):
     if not transformers_compat.HAS_LOSS_SCALE_FLAG:
         pytest.skip("this transformers release has no loss_is_scaled_for_ga")
-    args = GradPruneConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=16,
-        head_sparsity=0.5,
-        prune_step=2,
-        scoring_steps=2,
-        max_steps=4,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    trainer = GradPruneTrainer(model=make("bert"), args=args, train_dataset=ParityData(n=64))
+    trainer = make_trainer(tmp_path, prune_step=2, scoring_steps=2, max_steps=4, ffn_sparsity=None)
     trainer.loss_is_scaled_for_ga = True
     trainer.train()
     assert trainer.loss_is_scaled_for_ga is True  # put back after the scored (and distilled) steps

@@ -37,7 +37,9 @@ class ParityData(torch.utils.data.Dataset):
         return item
 
 
-def make_trainer(output_dir, kind: str = "bert", model=None, data=None, callbacks=None, **overrides):
+def make_trainer(
+    output_dir, kind: str = "bert", model=None, data=None, callbacks=None, compute_loss_func=None, **overrides
+):
     config = dict(
         output_dir=str(output_dir),
         max_steps=40,
@@ -61,4 +63,5 @@ def make_trainer(output_dir, kind: str = "bert", model=None, data=None, callback
         args=args,
         train_dataset=data if data is not None else ParityData(kind=kind),
         callbacks=callbacks,
+        compute_loss_func=compute_loss_func,
     )
