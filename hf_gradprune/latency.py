@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import math
+import numbers
 import os
 import platform
 import statistics
@@ -144,21 +145,46 @@ class LatencyTable:
     version: int = TABLE_VERSION
 
     def __post_init__(self):
+        # every field, here, once: a table read from JSON may hold anything, and a NaN or a string found later
+        # would plan silently wrong (a NaN dense time removes nothing) or fail deep in the arithmetic
+        for name in ("device_name", "dtype"):
+            _require(name, getattr(self, name), isinstance(getattr(self, name), str), "a string")
+        for name in ("torch_threads", "batch_size", "seq_len"):
+            _require(name, getattr(self, name), _is_int(getattr(self, name), 1), "an integer >= 1")
+        _require("geometry", self.geometry, isinstance(self.geometry, dict), "a Geometry's fields (a dict)")
+        for name in ("num_layers", "num_heads", "head_dim", "hidden_size", "intermediate_size"):
+            value = self.geometry.get(name)
+            _require(f"geometry.{name}", value, _is_int(value, 1), "an integer >= 1")
         try:
             geometry = Geometry(**self.geometry)
-        except TypeError as e:
-            raise LatencyTableError(f"a latency table's geometry must be a Geometry's fields: {e}") from None
-        for name, counts, times, top in (
-            ("head_counts", self.head_counts, self.attention_ms, geometry.num_heads),
-            ("ffn_widths", self.ffn_widths, self.ffn_ms, geometry.intermediate_size),
+        except (TypeError, ValueError) as e:
+            raise LatencyTableError(
+                f"a latency table's geometry must be a Geometry's fields: {e}; {_REMEASURE}"
+            ) from None
+        for name, counts, times_name, times, top in (
+            ("head_counts", self.head_counts, "attention_ms", self.attention_ms, geometry.num_heads),
+            ("ffn_widths", self.ffn_widths, "ffn_ms", self.ffn_ms, geometry.intermediate_size),
         ):
+            _require(name, counts, isinstance(counts, (list, tuple)), "a list of unit counts")
+            _require(times_name, times, isinstance(times, (list, tuple)), "a list of times in ms")
+            for i, count in enumerate(counts):
+                _require(f"{name}[{i}]", count, _is_int(count, 0), "an integer >= 0")
             counts = list(counts)
             if counts != sorted(set(counts)) or not counts or counts[0] != 0 or counts[-1] != top:
                 raise LatencyTableError(f"{name} must ascend from 0 to {top} without repeats, got {counts}")
-            if len(times) != len(counts) or any(not (math.isfinite(t) and t >= 0) for t in times):
+            if len(times) != len(counts):
                 raise LatencyTableError(f"{name}: need one finite time >= 0 per sample, got {list(times)}")
-        if not (math.isfinite(self.other_ms) and self.other_ms >= 0):
-            raise LatencyTableError(f"other_ms must be a finite time >= 0, got {self.other_ms!r}")
+            for i, t in enumerate(times):
+                _require(f"{times_name}[{i}]", t, _is_time(t), "one finite time >= 0 per sample (ms)")
+        _require("other_ms", self.other_ms, _is_time(self.other_ms), "a finite time >= 0 (ms)")
+        dense = self.dense_measured_ms
+        _require(
+            "dense_measured_ms",
+            dense,
+            dense is None or _is_time(dense, strict=True),
+            "None or a finite time > 0 (ms)",
+        )
+        _require("version", self.version, self.version == TABLE_VERSION, f"{TABLE_VERSION}")
 
     # ------------------------------------------------------------------ prediction
     @property
@@ -270,11 +296,30 @@ class LatencyTable:
         """Read a table; with ``geometry`` / ``expected`` keys (see ``check``) a stale one is refused."""
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise LatencyTableError(f"cannot read a latency table from {os.fspath(path)!r}: {e}") from None
         table = cls.from_dict(data)
         table.check(geometry, **expected)
         return table
+
+
+_REMEASURE = "measure the table again (measure_latency_table / cached_latency_table)"
+
+
+def _is_int(value, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def _is_time(value, least: float = 0.0, strict: bool = False) -> bool:
+    """A finite number of milliseconds >= ``least`` (> with ``strict``); NaN, inf, None, strings and bools fail."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value > least if strict else value >= least
+
+
+def _require(name: str, value, ok: bool, what: str) -> None:
+    if not ok:
+        raise LatencyTableError(f"latency table field {name} must be {what}, got {value!r}: {_REMEASURE}")
 
 
 def _interpolate(xs: list[int], ys: list[float], x: float) -> float:

@@ -118,6 +118,59 @@ def test_malformed_tables_are_refused():
         table(other=-1.0)
 
 
+# issue 20, cases 7 and 10: every field is checked when a table is built or loaded, and named in the error
+BAD_FIELDS = [
+    ("dense_measured_ms", float("nan")),
+    ("dense_measured_ms", float("inf")),
+    ("dense_measured_ms", -3.0),
+    ("dense_measured_ms", 0.0),
+    ("dense_measured_ms", "12.5"),
+    ("other_ms", None),
+    ("other_ms", "5"),
+    ("other_ms", float("inf")),
+    ("attention_ms", [0.0, 0.4, None, 1.4, 2.0, 2.5, 3.1]),
+    ("attention_ms", [0.0, 0.4, "0.9", 1.4, 2.0, 2.5, 3.1]),
+    ("ffn_ms", [0.0, 1.0, -1.5, 3.0]),
+    ("ffn_ms", None),
+    ("head_counts", [0, 1, 2, "3", 4, 5, 6]),
+    ("ffn_widths", [0, 10, None, 40]),
+    ("batch_size", None),
+    ("seq_len", "16"),
+    ("torch_threads", 0),
+    ("device_name", None),
+    ("dtype", 32),
+    ("geometry", None),
+    ("geometry", {**G.to_dict(), "num_heads": "6"}),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_FIELDS, ids=[f"{n}={v!r}" for n, v in BAD_FIELDS])
+def test_every_field_of_a_table_is_checked_and_named(tmp_path, name, value):
+    """A NaN dense time used to plan a model that removed nothing (predicted ms NaN, no error); a null or a
+    string gave a bare TypeError. Each is now one LatencyTableError naming the field, when built and loaded."""
+    field = name.split("[")[0]
+    data = table().to_dict() | {name: value}
+    with pytest.raises(LatencyTableError, match=rf"{field}\b.*measure") as built:
+        LatencyTable(**data)
+    assert "latency table" in str(built.value)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(data))  # json writes NaN and Infinity, which json.loads reads back
+    with pytest.raises(LatencyTableError, match=rf"{field}\b"):
+        LatencyTable.load(path)
+
+
+def test_a_nan_dense_time_never_reaches_a_plan(tmp_path):
+    """The issue's case 7 end to end: the table is refused before any plan is made from it."""
+    data = table().to_dict() | {"dense_measured_ms": float("nan")}
+    (tmp_path / "nan.json").write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match="dense_measured_ms must be None or a finite time > 0"):
+        t = LatencyTable.load(tmp_path / "nan.json")
+        PruningPlan.from_scores(scores(), latency_budget=0.3, latency_table=t)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(LatencyTableError, match="cannot read a latency table"):
+        LatencyTable.load(tmp_path / "binary.json")
+
+
 def test_save_load_round_trip_is_atomic(tmp_path):
     t = table(dense_measured_ms=17.5)
     path = t.save(tmp_path / "sub" / "table.json")
