@@ -40,7 +40,7 @@ from .plan import PruningPlan, validate_options
 from .reconstruct import ReconstructionReport, reconstruct
 from .scores import GRADIENT_METHODS, Scores
 from .scoring import ImportanceScorer
-from .state import pruning_state
+from .state import pruning_state, unwrap_model
 from .surgery import current_plan, prune_model
 from .transformers_compat import loss_scale_setting, restore_loss_scale_setting, trainer_divides_per_batch_loss
 from .units import HEAD
@@ -541,23 +541,42 @@ class GradPruneTrainer(Trainer):
     def _restore(self, checkpoint: str) -> None:
         """Rebuild the checkpoint's pruned shapes (before Trainer loads its weights) and the schedule."""
         with open(os.path.join(checkpoint, "config.json")) as f:
-            record = json.load(f).get("gradprune")
+            record = json.load(f).get(CONFIG_KEY)
         state_path = os.path.join(checkpoint, STATE_FILE)
         rounds_done = 0
         if os.path.exists(state_path):
             with open(state_path) as f:
                 rounds_done = json.load(f)["rounds_done"]
-        if record and rounds_done and self.teacher is None and self.args.effective_distill_alpha > 0:
+        history = list(record.get("history", [])) if record else []
+        if rounds_done:
+            # The model given stands for the one the run started from: it is the teacher (a prune at step 0
+            # saves none) and the model card's "before". Its record must be the checkpoint's, less this run's.
+            started = history[: len(history) - rounds_done]
+            given = (getattr(unwrap_model(self.model).config, CONFIG_KEY, None) or {}).get("history", [])
+            if json.loads(json.dumps(given)) != started:
+                raise ValueError(
+                    f"resuming from {checkpoint}: its run pruned {rounds_done} time(s), starting from a model with "
+                    f"{len(started)} prune(s) recorded, but the model given has {len(given)}. Pass the model the "
+                    "run started from (the checkpoint's weights are loaded over it): its pruning record, its "
+                    "teacher and its model card start there"
+                )
+        teacher = None
+        if rounds_done and self.teacher is None and self.args.effective_distill_alpha > 0:
             teacher_dir = os.path.join(self.args.output_dir, TEACHER_DIR)
             if os.path.isdir(teacher_dir):
                 from .hub import load_pruned
 
-                self.teacher = self._freeze(load_pruned(teacher_dir))
-            else:  # the first prune was before training: the model given is the unpruned one
-                self.teacher = self._freeze(self.model)
+                teacher = self._freeze(load_pruned(teacher_dir))
+            else:  # the first prune was before training: the model given is the one the run started from
+                teacher = self._freeze(self.model)
         if record:
             target = PruningPlan.from_dict({"geometry": record["geometry"], **record["plan"]})
-            prune_model(self.model, target)
+            prune_model(self.model, target)  # checks everything before it cuts
+            # prune_model recorded this restore as a prune of its own (a plan without meta); the checkpoint's
+            # history is the run's real record (method, targets, round, step...), and the model card's source.
+            getattr(unwrap_model(self.model).config, CONFIG_KEY)["history"] = history
+        if teacher is not None:
+            self.teacher = teacher
         self._rounds_done = rounds_done
         partial = os.path.join(checkpoint, SCORER_FILE.format(rank=self.args.process_index))
         if os.path.exists(partial):
