@@ -492,6 +492,52 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _torch_device(text: str | None):
+    """``--device`` as a device this machine has; by default CUDA where available, else the CPU."""
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {text!r} is not a torch device: give e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cpu":
+        return device
+    # torch.accelerator (torch >= 2.6) says which accelerator this machine has, and how many
+    have = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if have is None or have.type != device.type:
+        found = f"its accelerator is {have.type}" if have is not None else "torch finds no accelerator on it"
+        raise CommandError(f"--device {text}: this machine has no {device.type} device ({found}); use --device cpu")
+    count = torch.accelerator.device_count()
+    if device.index is not None and device.index >= count:
+        raise CommandError(f"--device {text}: this machine has {count} {device.type} device(s), numbered from 0")
+    return device
+
+
+def _dense_config(name: str):
+    """The config of ``bench --dense``: a model folder, else a Hub id; a ``CommandError`` if neither reads."""
+    if os.path.exists(name) and not os.path.isdir(name):
+        raise CommandError(f"--dense {name} is a file: give a model folder or a Hub model id")
+    if not os.path.exists(name) and (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1):
+        raise CommandError(f"--dense {name}: no such folder; give the dense model's folder or its Hub id")
+    try:
+        return _model_config(model_folder(name) if os.path.isdir(name) else name)
+    except CommandError as e:
+        raise CommandError(f"--dense: {e}") from e
+
+
+def _original_geometry(config):
+    """The shape of the model before any prune: the one ``config.gradprune`` records, else the config's own."""
+    from .architectures import Geometry, get_adapter
+    from .modeling_gradprune import CONFIG_KEY
+
+    record = getattr(config, CONFIG_KEY, None) or {}
+    if record.get("geometry"):
+        return Geometry(**record["geometry"])
+    return get_adapter(config.model_type).geometry(config)
+
+
 def _bench(args) -> int:
     import torch
 
@@ -506,7 +552,14 @@ def _bench(args) -> int:
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions is not None and args.seq_len > positions:
         raise CommandError(f"--seq_len {args.seq_len} is longer than the model's {positions} position embeddings")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _torch_device(args.device)
+    if args.dense is not None:  # a missing, unreadable or other dense model fails before anything loads
+        have, want = _original_geometry(_dense_config(args.dense)), _original_geometry(config)
+        if have != want:
+            raise CommandError(
+                f"--dense {args.dense} is not the dense model of {args.folder}: its shape is {have.to_dict()}, the "
+                f"folder was pruned from {want.to_dict()}; give the model it was pruned from, or leave --dense out"
+            )
     pruned = load_pruned(args.folder).to(device).eval()
     if args.dense is None:
         # random weights: the time of a forward pass does not depend on the weights' values
@@ -514,9 +567,12 @@ def _bench(args) -> int:
         dense = resolve_model_class(config)(original_config(config))
         reference = "random weights, the original shape"
     elif os.path.isdir(args.dense):
-        dense, reference = load_pruned(model_folder(args.dense)), args.dense
+        dense, reference = load_pruned(args.dense), args.dense
     else:
-        dense, reference = resolve_model_class(config).from_pretrained(args.dense), args.dense
+        try:
+            dense, reference = resolve_model_class(config).from_pretrained(args.dense), args.dense
+        except OSError as e:  # transformers' words for weights it cannot find or read
+            raise CommandError(f"--dense {args.dense}: cannot load its weights: {_one_line(e)}") from e
     dense = dense.to(device=device, dtype=pruned.dtype).eval()
     rows = latency_comparison(dense, pruned, args.batch_sizes, args.seq_len, args.repeats)
     if args.json:

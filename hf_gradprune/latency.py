@@ -172,8 +172,7 @@ class LatencyTable:
             counts = list(counts)
             if counts != sorted(set(counts)) or not counts or counts[0] != 0 or counts[-1] != top:
                 raise LatencyTableError(f"{name} must ascend from 0 to {top} without repeats, got {counts}")
-            if len(times) != len(counts):
-                raise LatencyTableError(f"{name}: need one finite time >= 0 per sample, got {list(times)}")
+            _require(times_name, times, len(times) == len(counts), f"one time per {name} sample ({len(counts)})")
             for i, t in enumerate(times):
                 _require(f"{times_name}[{i}]", t, _is_time(t), "one finite time >= 0 per sample (ms)")
         _require("other_ms", self.other_ms, _is_time(self.other_ms), "a finite time >= 0 (ms)")

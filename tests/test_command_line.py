@@ -448,3 +448,109 @@ def test_a_bug_keeps_its_traceback(assets, monkeypatch):
     monkeypatch.setattr(cl, "folder_info", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["info", str(assets / "bert")])
+
+
+# ---------------------------------------------------------------------- issue 20, case 11: bench and prune input
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory):
+    """A tiny BERT cut by prune_model (no training) and saved, its dense folder, a BERT of another shape, an
+    empty folder and a file."""
+    from hf_gradprune import prune_model, save_pruned
+    from hf_gradprune.state import pruning_state
+
+    tmp = tmp_path_factory.mktemp("cut")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(vocab_size=5 + len(WORDS), num_labels=2))
+    model.save_pretrained(tmp / "dense")
+    g = pruning_state(model).geometry
+    prune_model(model, PruningPlan(g, [[0, 1]] * g.num_layers, [list(range(48))] * g.num_layers))
+    save_pruned(model, tmp / "pruned")
+    config = tiny_bert_config(vocab_size=5 + len(WORDS), num_labels=2, intermediate_size=32)
+    BertForSequenceClassification(config).save_pretrained(tmp / "other")
+    (tmp / "empty").mkdir()
+    (tmp / "file.txt").write_text("x")
+    return tmp
+
+
+def one_error_line(capsys, command: str) -> str:
+    """stderr is exactly one line, ``hf-gradprune <command>: error: ...``, and no traceback."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"hf-gradprune {command}: error: "), err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def _no_such_accelerator() -> str:
+    """A device this machine lacks: cuda without one, else one index past its last."""
+    if not torch.accelerator.is_available():
+        return "cuda"
+    return f"{torch.accelerator.current_accelerator().type}:{torch.accelerator.device_count()}"
+
+
+BAD_BENCH = [
+    (["--dense", "{cut}/nothing"], "--dense {cut}/nothing: no such folder"),
+    (["--dense", "{cut}/empty"], "empty is not a model folder: it has no config.json"),
+    (["--dense", "{cut}/file.txt"], "file.txt is a file: give a model folder or a Hub model id"),
+    (["--dense", "{cut}/other"], "is not the dense model of"),
+    (["--device", "bogus"], "--device 'bogus' is not a torch device"),
+    (["--device", "{missing}"], "--device {missing}: this machine has"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_BENCH, ids=[m for _, m in BAD_BENCH])
+def test_bad_bench_input_is_one_line_and_exit_code_2(cut, options, message, capsys):
+    """Today these ended in a traceback (42 lines for a missing --dense folder) and exit code 1, or (a dense model
+    of another shape) compared the wrong model without a word."""
+    fill = {"cut": cut, "missing": _no_such_accelerator()}
+    argv = ["bench", str(cut / "pruned"), "--batch_sizes", "1", "--seq_len", "8", "--repeats", "1"]
+    argv += [o.format(**fill) for o in options]
+    assert main(argv) == 2
+    assert message.format(**fill) in one_error_line(capsys, "bench")
+
+
+def test_bench_with_a_right_dense_folder_and_device_still_runs(cut, capsys):
+    argv = ["bench", str(cut / "pruned"), "--batch_sizes", "1", "--seq_len", "8", "--repeats", "1", "--json"]
+    assert main([*argv, "--dense", str(cut / "dense"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["dense"] == str(cut / "dense")
+
+
+def test_a_missing_dense_folder_from_the_shell(cut):
+    """The issue's own run: the installed entry point, one line on stderr, exit code 2."""
+    argv = [sys.executable, "-m", "hf_gradprune", "bench", str(cut / "pruned"), "--dense", str(cut / "nothing")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr == f"hf-gradprune bench: error: --dense {cut / 'nothing'}: no such folder; give the dense "
+        "model's folder or its Hub id\n"
+    )
+
+
+CORRUPT_TABLES = [
+    ("other_ms", None, []),
+    ("attention_ms", [0.0, "x", 1.0, 1.5, 2.0], []),
+    ("dense_measured_ms", float("nan"), ["--oneshot"]),
+]
+
+
+@pytest.mark.parametrize("field, value, extra", CORRUPT_TABLES, ids=[f for f, _, _ in CORRUPT_TABLES])
+def test_prune_with_a_corrupt_latency_table_is_one_line(assets, tmp_path, field, value, extra, capsys):
+    """A null or a string in the table gave a bare TypeError; a NaN dense time planned a model that removed
+    nothing. Each is now refused by name before anything is loaded or written."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_gradprune.latency import table_key
+
+    key = table_key(AutoModelForSequenceClassification.from_pretrained(assets / "bert"), 1, 8)
+    h, n = key["geometry"]["num_heads"], key["geometry"]["intermediate_size"]
+    data = key | {"head_counts": list(range(h + 1)), "attention_ms": [0.5 * c for c in range(h + 1)]}
+    data |= {"ffn_widths": [0, n], "ffn_ms": [0.0, 2.0], "other_ms": 1.0, "version": 1, field: value}
+    (tmp_path / "table.json").write_text(json.dumps(data))
+    capsys.readouterr()  # the progress bar of the load above
+    argv = ["prune", "--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "train.csv")]
+    argv += ["--text_column", "sentence", "--latency_budget", "0.3", "--latency_table", str(tmp_path / "table.json")]
+    argv += ["--latency_table_batch_size", "1", "--latency_table_seq_len", "8", *extra]
+    argv += ["--max_seq_length", "16", "--calibration_samples", "16", "--output_dir", str(tmp_path / "out"), *QUIET]
+    assert main(argv) == 2
+    line = one_error_line(capsys, "prune")
+    assert f"latency table field {field}" in line and "measure the table again" in line, line
+    assert not (tmp_path / "out").exists()
