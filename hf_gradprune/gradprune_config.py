@@ -18,8 +18,9 @@ class GradPruneConfig(TrainingArguments):
     ``params_budget`` / ``latency_budget``; all are fractions of the original model. The schedule is one-shot (a single
     prune at ``prune_step``) or iterative (``num_rounds`` prunes between ``prune_start_step`` and
     ``prune_end_step`` on a cubic sparsity ramp, Zhu & Gupta 2017), each preceded by ``scoring_steps``
-    training batches during which importance is accumulated. A schedule that cannot run in full (a round
-    after the last step, too few batches to score) is an error, here when ``max_steps`` is given, else at
+    training batches during which importance is accumulated (at step 0, before training, the training set
+    is read as many times as that takes). A schedule that cannot run in full (a round after the last step,
+    too few batches between rounds to score) is an error, here when ``max_steps`` is given, else at
     the start of ``GradPruneTrainer.train``. With ``reconstruct``, every prune is followed, before
     recovery, by layer-wise least-squares reconstruction against the model just before that prune, on
     ``reconstruct_batches`` training batches.
@@ -125,7 +126,8 @@ class GradPruneConfig(TrainingArguments):
         default=0,
         metadata={
             "help": "one_shot: optimizer step at which to prune. 0 scores the model as given on scoring_steps "
-            "batches before training starts (no updates), then prunes and trains to recover."
+            "batches before training starts (no updates; a shorter training set is read again), then prunes and "
+            "trains to recover."
         },
     )
     num_rounds: int = field(default=3, metadata={"help": "iterative: number of pruning rounds."})
@@ -267,7 +269,7 @@ class GradPruneConfig(TrainingArguments):
 
         ``max_steps`` is the run's number of optimizer steps (``GradPruneTrainer.train`` computes it as
         ``Trainer`` does, also from epochs). ``batches_per_epoch`` is the length of this process's training
-        loader, when known: scoring before training reads at most one pass of it.
+        loader, when known. A round at step 0 always fits: scoring before training cycles the loader.
         """
         rounds = self.round_schedule(max_steps)
         if not rounds:
@@ -295,20 +297,16 @@ class GradPruneConfig(TrainingArguments):
             )
         if self.importance not in GRADIENT_METHODS:
             return
+        if batches_per_epoch == 0:
+            _fail("the training set gives no batches (an empty train_dataset?): there is nothing to score or train on")
         previous = 0
         for step, _ in rounds:
-            if step == 0:  # scored before training, on one pass at most
-                available = batches_per_epoch
-            else:  # the scorer starts afresh after each prune
-                available = self.micro_batches_before(step, batches_per_epoch)
-                available -= self.micro_batches_before(previous, batches_per_epoch)
-            if available is not None and available < self.scoring_steps:
-                if step == 0:
-                    _fail(
-                        f"scoring_steps={self.scoring_steps} asks for more batches than one pass over the training "
-                        f"set gives ({available}) to score before training: lower scoring_steps to {available} or "
-                        "fewer, or lower per_device_train_batch_size"
-                    )
+            if step == 0:  # scored before training, cycling the training set as often as it takes: always fits
+                continue
+            # the scorer starts afresh after each prune; it reads the batches training reads
+            available = self.micro_batches_before(step, batches_per_epoch)
+            available -= self.micro_batches_before(previous, batches_per_epoch)
+            if available < self.scoring_steps:
                 since = f"the round at step {previous}" if previous else "the start"
                 _fail(
                     f"the round at step {step} can score only {available} batches (those since {since}), but "

@@ -69,6 +69,20 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return kl.mean()
 
 
+def _cycle(loader, n: int):
+    """The first ``n`` batches of ``loader``, read again from its start (a new shuffle) as often as needed."""
+    given = 0
+    while given < n:
+        before = given
+        for batch in loader:
+            if given >= n:
+                return
+            yield batch
+            given += 1
+        if given == before:
+            raise ValueError("the training data loader gives no batches to score the model on: check train_dataset")
+
+
 class GradPruneTrainer(Trainer):
     """``Trainer`` that prunes attention heads and FFN neurons by gradient importance while it trains.
 
@@ -187,11 +201,18 @@ class GradPruneTrainer(Trainer):
         scorer = self._new_scorer()
         loader = self.get_train_dataloader()
         n = self.args.scoring_steps if scorer.method in GRADIENT_METHODS else 0
+        if self._batches_per_epoch is not None and n > self._batches_per_epoch:
+            # Scoring is not training: reading the training set more than once only averages more passes.
+            logger.warning(
+                "hf_gradprune: scoring_steps=%d is more than one pass over the training set (%d batches): scoring "
+                "before training cycles it (%.1f passes)",
+                n,
+                self._batches_per_epoch,
+                n / self._batches_per_epoch,
+            )
         bar = tqdm(total=n, desc="scoring heads and neurons", disable=not self.is_local_process_zero())
         with scorer:
-            for i, inputs in enumerate(loader):
-                if i >= n:
-                    break
+            for inputs in _cycle(loader, n):
                 inputs = self._prepare_inputs(inputs)
                 with self.compute_loss_context_manager():
                     loss = self.compute_loss(model, inputs)

@@ -235,3 +235,25 @@ def test_gpt2_recipe_parses():
     assert train.importance == "taylor" and train.plan_targets() == {"head_sparsity": 0.4, "ffn_sparsity": 0.4}
     assert train.scoring_steps == 64 and train.effective_distill_alpha == 0.5 and not train.bf16
     assert "python examples/run_clm_prune.py --config recipes/gpt2/wikitext-2.yaml" in Path(recipe).read_text()
+
+
+def test_no_recipe_small_dataset_runs_with_the_default_scoring_steps(tiny_setup, caplog):
+    """Issue 20: one epoch of 12 batches (48 blocks, batch 4), the default 32 scoring batches, no recipe."""
+    import run_clm_prune
+
+    from hf_gradprune import GradPruneConfig
+
+    out = tiny_setup / "small"
+    args = base_args(tiny_setup, out)
+    for flag in ("--max_steps", "--scoring_steps", "--per_device_train_batch_size"):  # back to the defaults
+        del args[args.index(flag) : args.index(flag) + 2]
+    args += ["--per_device_train_batch_size", "4", "--num_train_epochs", "1", "--max_train_samples", "48"]
+    args += ["--validation_split_percentage", "10", "--latency_batch_sizes", "1"]
+    assert GradPruneConfig.__dataclass_fields__["scoring_steps"].default == 32  # the default, which this run keeps
+    with caplog.at_level("WARNING", logger="hf_gradprune"):
+        results = run_clm_prune.main(args)
+    assert "scoring_steps=32 is more than one pass over the training set (12 batches)" in caplog.text
+    assert results["train_samples"] == 48 and math.isfinite(results["recovered_perplexity"])
+    assert json.loads((out / "pruning_report.json").read_text())["heads"]["pruned"] == 6
+    (entry,) = load_pruned(out).config.gradprune["history"]
+    assert entry["step"] == 0 and entry["num_examples"] == 32 * 4  # every default scoring batch, 2.7 passes

@@ -163,3 +163,32 @@ def test_bad_data_arguments_are_clear():
         DataTrainingArguments(task_name="sst3")
     with pytest.raises(ValueError, match=".csv, .json"):
         DataTrainingArguments(train_file="data.xlsx")
+
+
+def test_no_recipe_small_dataset_runs_with_the_default_scoring_steps(tiny_setup, caplog):
+    """Issue 20: 384 examples, batch 32, one epoch, no recipe: 12 batches, the default 32 scoring batches."""
+    import run_glue_prune
+
+    from hf_gradprune import GradPruneConfig
+
+    write_csv(tiny_setup / "train384.csv", sentiment_rows(384, seed=4))
+    out = tiny_setup / "small"
+    args = [
+        *("--model_name_or_path", str(tiny_setup / "tiny-bert"), "--train_file", str(tiny_setup / "train384.csv")),
+        *("--validation_file", str(tiny_setup / "dev.csv"), "--text_column", "sentence", "--output_dir", str(out)),
+        *("--max_seq_length", "16", "--per_device_train_batch_size", "32", "--num_train_epochs", "1"),
+        *("--head_sparsity", "0.5", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"),
+        *("--latency_batch_sizes", "1", "--latency_repeats", "1"),
+    ]
+    assert GradPruneConfig.__dataclass_fields__["scoring_steps"].default == 32  # the default, which this run keeps
+    with caplog.at_level("WARNING", logger="hf_gradprune"):
+        results = run_glue_prune.main(args)
+    assert "scoring_steps=32 is more than one pass over the training set (12 batches)" in caplog.text
+    assert 0.0 <= results["recovered_accuracy"] <= 1.0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["heads"]["dense"] == 12 and report["heads"]["pruned"] == 6
+    plan = json.loads((out / "pruning" / "round-1-step-0" / "plan.json").read_text())
+    assert sum(map(len, plan["heads"])) == 6
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())  # one epoch: 12 steps
+    (event,) = [e for e in state["log_history"] if "prune/round" in e]
+    assert event["prune/examples_scored"] == 32 * 32  # all 32 default scoring batches, 2.7 passes

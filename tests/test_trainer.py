@@ -133,8 +133,8 @@ SMALL = dict(max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4, da
         ),
         # epochs x batches / accumulation, as Trainer counts: 2 steps
         (dict(prune_step=2, gradient_accumulation_steps=2), "training stops after 2 optimizer steps"),
-        (dict(prune_step=0, scoring_steps=32), "one pass over the training set gives \\(4\\).*scoring_steps to 4"),
         (dict(prune_step=1, scoring_steps=3, gradient_accumulation_steps=2), "can score only 2 batches"),
+        (dict(max_steps=4, data=ParityData(n=3), dataloader_drop_last=True), "the training set gives no batches"),
     ],
 )
 def test_schedule_that_cannot_complete_fails_at_train_start(tmp_path, overrides, match):
@@ -146,6 +146,18 @@ def test_schedule_that_cannot_complete_fails_at_train_start(tmp_path, overrides,
     assert current_plan(trainer.model).num_heads == 12 and not (tmp_path / "pruning").exists()
     assert trainer._scorer is None and trainer.state.global_step == 0
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_scoring_before_training_cycles_a_short_training_set(tmp_path, caplog):
+    # 4 batches per pass, scoring_steps=10: scoring is not training, so it reads the set 2.5 times (issue 20).
+    trainer = make_trainer(tmp_path, **SMALL, prune_step=0, scoring_steps=10, distill_alpha=0.0)
+    with caplog.at_level("WARNING", logger="hf_gradprune"):
+        trainer.train()
+    (event,) = prune_logs(trainer)
+    assert event["step"] == 0 and event["prune/examples_scored"] == 10 * 4
+    assert current_plan(trainer.model).num_heads == 6 and trainer.state.global_step == 4
+    assert "scoring_steps=10 is more than one pass over the training set (4 batches)" in caplog.text
+    assert "cycles it (2.5 passes)" in caplog.text
 
 
 def test_scoring_window_counts_the_short_last_step_of_an_epoch(tmp_path):
