@@ -48,8 +48,18 @@ class CheckpointError(ValueError):
 
 
 def resolve_model_class(config, model_class=None) -> type:
-    """``model_class`` if given, else the transformers class named by ``config.architectures``."""
+    """``model_class`` if given (refused unless a model class of the config's family), else the transformers
+    class named by ``config.architectures``."""
     if model_class is not None:
+        if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+            raise TypeError(f"model_class must be a transformers model class (e.g. BertModel), got {model_class!r}")
+        family = getattr(model_class.config_class, "model_type", None)
+        if not isinstance(config, model_class.config_class or transformers.PretrainedConfig):
+            raise CheckpointError(
+                f"the folder holds a {config.model_type!r} model (config.json model_type), but model_class "
+                f"{model_class.__name__} is for {family!r} models: pass a {config.model_type} class (e.g. "
+                f"{(getattr(config, 'architectures', None) or ['its AutoModel class'])[0]}), or leave model_class out"
+            )
         return model_class
     names = getattr(config, "architectures", None) or []
     if not names:

@@ -1,8 +1,9 @@
 """Saving and loading pruned Hub folders without remote code.
 
-Imports only the shipped modeling file and ``checkpoint`` (never scoring, plans or surgery), so loading
-stays light; a transformers-v4 folder is handed to ``v4_compat``, imported only then, and a folder with a
-headless layer saved before its family's empty-block forward existed gets it through its adapter (``state``).
+Imports the shipped modeling file, ``checkpoint`` and ``state`` (which checks a folder's config against its
+recorded plan before anything loads; never scoring or surgery), so loading stays light; a transformers-v4
+folder is handed to ``v4_compat``, imported only then, and a folder with a headless layer saved before its
+family's empty-block forward existed gets it through its adapter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import transformers
 from torch import nn
 
 from .checkpoint import CheckpointError, resolve_model_class, weight_faults
-from .modeling_gradprune import CONFIG_KEY, EmptyBlock, gradprune_class, push_kwargs, write_folder
+from .modeling_gradprune import (
+    CONFIG_KEY,
+    EmptyBlock,
+    check_format,
+    gradprune_class,
+    push_kwargs,
+    stock_class,
+    write_folder,
+)
+from .state import RecordError, pruning_state
 
 
 class FolderMismatchError(CheckpointError):
@@ -42,15 +52,27 @@ def check_folder(folder: str | os.PathLike, model_class=None, variant: str | Non
     """Raise unless the folder's weights (of ``variant``, as ``save_pretrained(variant=...)`` names them) fit
     the model its config (and plan) rebuilds.
 
-    ``FolderMismatchError`` for a tensor of another shape or a base-model tensor the weights lack (it
-    would load as random values); ``CheckpointError`` (its parent) for a folder without weights or a
-    weight file that cannot be read. Reads tensor headers only.
+    ``FolderMismatchError`` for a config.json that contradicts its recorded plan (or a plan naming units the
+    model never had), a tensor of another shape or a base-model tensor the weights lack (it would load as
+    random values); ``CheckpointError`` (its parent) for a folder without weights or a weight file that
+    cannot be read; ``FolderFormatError`` for a folder of a newer hf_gradprune. Reads tensor headers only.
     """
     folder = os.fspath(folder)
     config = transformers.AutoConfig.from_pretrained(folder)
+    record = getattr(config, CONFIG_KEY, None)
+    if record:
+        check_format(record)
     cls = gradprune_class(resolve_model_class(config, model_class))
     with torch.device("meta"):
         skeleton = cls(config)
+    if record:
+        try:
+            pruning_state(skeleton)  # the one check of a config against its recorded plan
+        except RecordError as e:
+            raise FolderMismatchError(
+                f"{folder}: {e}. It would load as another model than the one pruned; restore config.json from the "
+                "save, or re-save the folder from the pruned model."
+            ) from None
     missing, mismatched = weight_faults(folder, skeleton, config, variant)
     if mismatched:
         raise FolderMismatchError(
@@ -86,8 +108,8 @@ def load_pruned(folder: str | os.PathLike, model_class=None, **kwargs) -> nn.Mod
     cls = resolve_model_class(config, model_class)
     if getattr(config, CONFIG_KEY, None):
         check_folder(folder, cls, kwargs.get("variant"))
-        if getattr(config, CONFIG_KEY).get("structure"):  # an empty one: the config alone builds a stock model
-            cls = gradprune_class(cls)
+        # An empty structure: the config alone builds the model, a stock one (that saves atomically, as pruned).
+        cls = gradprune_class(cls) if getattr(config, CONFIG_KEY).get("structure") else stock_class(cls)
     model = cls.from_pretrained(folder, config=config, **kwargs)
     _empty_headless_attention(model)
     return model
@@ -99,8 +121,6 @@ def _empty_headless_attention(model: nn.Module) -> None:
     plan = (getattr(model.config, CONFIG_KEY, None) or {}).get("plan") or {}
     if not any(len(heads) == 0 for heads in plan.get("heads", [])):
         return
-    from .state import pruning_state  # family knowledge, needed only for such a folder
-
     state = pruning_state(model)
     for layer in state.layers:
         emptied = any(

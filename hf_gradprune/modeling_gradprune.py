@@ -25,8 +25,39 @@ import transformers
 from torch import nn
 
 CONFIG_KEY = "gradprune"
+# What ``config.gradprune`` means. A reader reads every format up to its own and refuses a newer one, naming
+# ``requires``: the first hf_gradprune release that reads it. Raise both together, and only when a folder
+# written now would be misread by the previous release (keys older readers can ignore keep the version).
 FORMAT_VERSION = 1
+FORMAT_REQUIRES = "0.1.0"
 CLASS_PREFIX = "GradPrune"
+
+
+class FolderFormatError(ValueError):
+    """A pruning record of a format this copy of hf_gradprune cannot read."""
+
+
+def check_format(record: dict) -> None:
+    """Refuse a ``config.gradprune`` record of a newer (or no valid) format, before anything reads it."""
+    version = record.get("format_version", 1)  # folders of the first release may lack it
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise FolderFormatError(
+            f"config.json's {CONFIG_KEY}.format_version is {version!r}, not a format number: the config was "
+            "edited or damaged; restore it or re-save the folder from the pruned model"
+        )
+    if version > FORMAT_VERSION:
+        needs = record.get("requires")
+        try:  # the package's version, when installed (this file may run as remote code without it)
+            from importlib.metadata import version as installed
+
+            reader = f"hf_gradprune {installed('hf-gradprune')}"
+        except Exception:
+            reader = "this copy of modeling_gradprune.py"
+        raise FolderFormatError(
+            f"this folder needs hf_gradprune >= {needs or 'a newer release'} (format {version}); {reader} reads "
+            f"format {FORMAT_VERSION} at most: pip install -U hf-gradprune"
+        )
+
 
 # Which auto class loads which head class (names in transformers.models.auto.modeling_auto).
 _AUTO_MAPPINGS = {
@@ -149,7 +180,7 @@ def freeze_empty_block(module: nn.Module) -> None:
 def transformers_class(cls: type) -> type:
     """The transformers class under a pruned-model class (by name, so copies of this file agree)."""
     for klass in cls.__mro__:
-        if not klass.__name__.startswith((CLASS_PREFIX, "_GradPrune")):
+        if not klass.__name__.startswith((CLASS_PREFIX, "_GradPrune")) and "_gradprune_stock" not in vars(klass):
             return klass
     return cls
 
@@ -312,19 +343,31 @@ def _writer_base_keys(config) -> set[str] | None:
     return {k.removeprefix(prefix + ".") for k in writer.state_dict()}
 
 
-class _GradPruneMixin:
-    """Mixed in front of a transformers head class: applies the recorded structure at construction."""
+class _GradPruneAtomicSave:
+    """Mixed in front of a transformers head class: ``save_pretrained`` becomes atomic."""
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, made atomic by ``write_folder`` on the process that writes.
+
+        Other ranks, distributed checkpoints and a path that is a file go to transformers unchanged.
+        """
+        save = super().save_pretrained
+        should_save = getattr(self, "should_save_on_this_rank", lambda main: main)(is_main_process)
+        if not should_save or kwargs.get("distributed_checkpoint") or os.path.isfile(save_directory):
+            return save(save_directory, is_main_process, *args, **kwargs)
+        kwargs = push_kwargs(save_directory, kwargs)
+        write_folder(save_directory, lambda folder: save(folder, is_main_process, *args, **kwargs))
+
+
+class _GradPruneMixin(_GradPruneAtomicSave):
+    """Applies the recorded structure at construction (and saves atomically)."""
 
     def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
         record = getattr(config, CONFIG_KEY, None)
         if record:
-            version = record.get("format_version", FORMAT_VERSION)
-            if version > FORMAT_VERSION:
-                raise ValueError(
-                    f"this folder was written by a newer hf_gradprune (format {version}); "
-                    f"this loader understands format {FORMAT_VERSION}"
-                )
+            check_format(record)
+        super().__init__(config, *args, **kwargs)
+        if record:
             apply_structure(self, record.get("structure", {}))
 
     @classmethod
@@ -358,20 +401,25 @@ class _GradPruneMixin:
                 freeze_empty_block(module)
         return (model, info) if want_info else model
 
-    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``, made atomic by ``write_folder`` on the process that writes.
-
-        Other ranks, distributed checkpoints and a path that is a file go to transformers unchanged.
-        """
-        save = super().save_pretrained
-        should_save = getattr(self, "should_save_on_this_rank", lambda main: main)(is_main_process)
-        if not should_save or kwargs.get("distributed_checkpoint") or os.path.isfile(save_directory):
-            return save(save_directory, is_main_process, *args, **kwargs)
-        kwargs = push_kwargs(save_directory, kwargs)
-        write_folder(save_directory, lambda folder: save(folder, is_main_process, *args, **kwargs))
-
 
 _CLASSES: dict[str, type] = {}
+_STOCK_CLASSES: dict[str, type] = {}
+
+
+def stock_class(base_cls: type) -> type:
+    """The class of a pruned model that its config alone describes: the transformers class, under the same
+    name, with only an atomic ``save_pretrained`` added (transformers' own writer is not atomic). Saves stay
+    stock (``architectures`` is the name; no ``auto_map``, no modeling file). Cached, and reachable as an
+    attribute of this module, so pickling finds it."""
+    base_cls = transformers_class(base_cls)
+    name = base_cls.__name__
+    if name not in _STOCK_CLASSES:
+        _STOCK_CLASSES[name] = type(
+            name,
+            (_GradPruneAtomicSave, base_cls),
+            {"__module__": __name__, "__qualname__": name, "__doc__": base_cls.__doc__, "_gradprune_stock": True},
+        )
+    return _STOCK_CLASSES[name]
 
 
 def gradprune_class(base_cls: type) -> type:
@@ -394,9 +442,11 @@ def gradprune_class(base_cls: type) -> type:
 
 
 def __getattr__(name: str):
-    # transformers resolves ``auto_map`` entries with getattr(module, class_name): build them on demand.
-    if name.startswith(CLASS_PREFIX):
-        base_cls = getattr(transformers, name[len(CLASS_PREFIX) :], None)
-        if isinstance(base_cls, type) and issubclass(base_cls, transformers.PreTrainedModel):
-            return gradprune_class(base_cls)
+    # transformers resolves ``auto_map`` entries with getattr(module, class_name), and pickle the stock classes'
+    # names: build them on demand.
+    stock = not name.startswith(CLASS_PREFIX)
+    base_name = name if stock else name[len(CLASS_PREFIX) :]
+    base_cls = None if name.startswith("_") else getattr(transformers, base_name, None)
+    if isinstance(base_cls, type) and issubclass(base_cls, transformers.PreTrainedModel):
+        return stock_class(base_cls) if stock else gradprune_class(base_cls)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,8 +42,13 @@ class PruningPlan:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.heads = [_unit_ids(h, HEAD, layer) for layer, h in enumerate(self.heads)]
-        self.neurons = [_unit_ids(n, NEURON, layer) for layer, n in enumerate(self.neurons)]
+        if not isinstance(self.geometry, Geometry):
+            raise PlanError(f"a plan's geometry must be a Geometry, got {type(self.geometry).__name__}")
+        self.heads = [_unit_ids(h, HEAD, layer) for layer, h in enumerate(_layers(self.heads, HEAD))]
+        self.neurons = [_unit_ids(n, NEURON, layer) for layer, n in enumerate(_layers(self.neurons, NEURON))]
+        self.meta = plain_json(self.meta, "meta")
+        if not isinstance(self.meta, dict):
+            raise PlanError(f"a plan's meta must be a dict, got {type(self.meta).__name__}")
         g = self.geometry
         if len(self.heads) != g.num_layers or len(self.neurons) != g.num_layers:
             raise PlanError(f"a plan for this model needs {g.num_layers} layers of heads and neurons")
@@ -400,11 +405,27 @@ class PruningPlan:
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
-        return {"geometry": self.geometry.to_dict(), "heads": self.heads, "neurons": self.neurons, "meta": self.meta}
+        meta = plain_json(self.meta, "meta")  # meta may have been added to since construction
+        return {"geometry": self.geometry.to_dict(), "heads": self.heads, "neurons": self.neurons, "meta": meta}
 
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
-        return cls(Geometry(**data["geometry"]), data["heads"], data["neurons"], dict(data.get("meta", {})))
+        """The plan ``to_dict`` gave; a missing or malformed field is a ``PlanError`` naming it."""
+        if not isinstance(data, dict):
+            raise PlanError(f"a plan is a dict (JSON object) of geometry, heads, neurons and meta, got {data!r:.80}")
+        missing = [k for k in ("geometry", "heads", "neurons") if k not in data]
+        if missing:
+            raise PlanError(
+                f"the plan lacks {', '.join(map(repr, missing))} (it has {sorted(data)}); a plan file is what "
+                "PruningPlan.to_json writes"
+            )
+        if not isinstance(data["geometry"], dict):
+            raise PlanError(f"the plan's 'geometry' must be a dict of Geometry fields, got {data['geometry']!r:.80}")
+        try:
+            geometry = Geometry(**data["geometry"])
+        except (TypeError, ValueError) as e:
+            raise PlanError(f"the plan's 'geometry' is not valid: {e}") from None
+        return cls(geometry, data["heads"], data["neurons"], data.get("meta", {}))
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict())
@@ -416,10 +437,16 @@ class PruningPlan:
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> PruningPlan:
         text = os.fspath(path_or_text)
+        source = "the text"
         if not text.lstrip().startswith("{"):
+            source = text
             with open(text) as f:
                 text = f.read()
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise PlanError(f"{source} is not valid JSON ({e}); a plan file is what PruningPlan.to_json writes") from e
+        return cls.from_dict(data)
 
 
 # ---------------------------------------------------------------------- validation
@@ -553,6 +580,34 @@ def validate_options(
 
 
 # ---------------------------------------------------------------------- ids and costs
+def _layers(per_layer, kind: str) -> list:
+    if isinstance(per_layer, (str, bytes, dict)) or not hasattr(per_layer, "__iter__"):
+        raise PlanError(
+            f"a plan's {kind}s must be a list of one list of kept {kind} ids per layer, got {per_layer!r:.80}"
+        )
+    return list(per_layer)
+
+
+def plain_json(value, name: str):
+    """``value`` with NumPy / torch scalars made plain Python numbers, so that a config or plan holding it saves
+    as JSON; anything JSON cannot hold is a ``PlanError`` naming where it is (``name``)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise PlanError(f"{name} has keys that are not strings: {sorted(map(repr, value))[:5]}; JSON needs strings")
+        return {k: plain_json(v, f"{name}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # NumPy bool_, 0-d arrays and tensors
+        return plain_json(value.item(), name)
+    raise PlanError(f"{name} is a {type(value).__name__} ({value!r:.60}), which JSON cannot hold; give a plain value")
+
+
 def _unit_ids(ids, kind: str, layer: int) -> list[int]:
     """One layer's kept ids, sorted: Python, NumPy or torch integers; anything else (e.g. 1.7) is refused
     rather than truncated."""

@@ -8,7 +8,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .architectures import FamilyAdapter, Geometry, get_adapter
-from .modeling_gradprune import CONFIG_KEY
+from .modeling_gradprune import CONFIG_KEY, check_format
+from .plan import PruningPlan
+
+
+class RecordError(ValueError):
+    """A model's config contradicts its recorded pruning (``config.gradprune``), or the record is malformed."""
 
 
 @dataclass
@@ -44,32 +49,82 @@ def unwrap_model(model, *, allow_distributed: bool = True) -> PreTrainedModel:
     return inner
 
 
+def uniform_config(adapter: FamilyAdapter, geometry: Geometry, heads, neurons) -> dict:
+    """The config attributes a cut to ``heads`` / ``neurons`` writes: what every layer shares and the config can
+    say (the FFN width; head counts where the family's config states them)."""
+    out = {}
+    widths = {len(n) for n in neurons}
+    if len(widths) == 1:
+        out[adapter.ffn_config_attr] = widths.pop()
+    counts = {(len(h), len({i // geometry.group_size for i in h})) for h in heads}
+    if len(counts) == 1:
+        out.update(adapter.uniform_head_config(geometry, *counts.pop()) or {})
+    return out
+
+
+def _recorded_plan(record: dict) -> PruningPlan:
+    try:
+        geometry = Geometry(**record["geometry"])
+        return PruningPlan(geometry, record["plan"]["heads"], record["plan"]["neurons"])
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"is not valid: {e}"
+        raise RecordError(f"the recorded pruning plan (config.{CONFIG_KEY}) {what}") from None
+
+
+def _config_contradictions(config, adapter: FamilyAdapter, plan: PruningPlan) -> list[str]:
+    """Where the config says other than the recorded plan: the shape a cut never writes (layers, hidden and head
+    size; head counts where the family's config cannot state them), and what it wrote (``uniform_config``)."""
+    g = plan.geometry
+    try:
+        said = adapter.geometry(config)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError) as e:
+        return [f"it describes no {g.model_type} model ({type(e).__name__}: {e})"]
+    fixed = ["model_type", "num_layers", "hidden_size", "head_dim"]
+    if adapter.uniform_head_config(g, g.num_heads, g.num_key_value_heads) is None:
+        fixed += ["num_heads", "num_key_value_heads"]
+    found = [
+        f"{k} {getattr(said, k)!r} (recorded: {getattr(g, k)!r})" for k in fixed if getattr(said, k) != getattr(g, k)
+    ]
+    for k, v in uniform_config(adapter, g, plan.heads, plan.neurons).items():
+        if getattr(config, k, None) != v:
+            found.append(f"{k}={getattr(config, k, None)!r} (the plan gives {v!r})")
+    return found
+
+
 def pruning_state(model: nn.Module) -> PruningState:
-    """Read the recorded plan (if any) and check it against the live modules (through any wrapper)."""
+    """Read the recorded plan (if any) and check it against the config and the live modules (through any
+    wrapper). ``RecordError`` for a contradiction; ``FolderFormatError`` for a record of a newer format."""
     model = unwrap_model(model)
     adapter = get_adapter(model)
     record = getattr(model.config, CONFIG_KEY, None) or {}
+    if record:
+        check_format(record)
     if record.get("geometry"):
-        geometry = Geometry(**record["geometry"])
-        head_ids = [list(h) for h in record["plan"]["heads"]]
-        neuron_ids = [list(n) for n in record["plan"]["neurons"]]
+        plan = _recorded_plan(record)
+        geometry, head_ids, neuron_ids = plan.geometry, plan.heads, plan.neurons
+        wrong = _config_contradictions(model.config, adapter, plan)
+        if wrong:
+            raise RecordError(
+                f"the config contradicts its recorded pruning plan (config.{CONFIG_KEY}): it says {'; '.join(wrong)}. "
+                "The config was edited or mixed with another model's; restore it, or prune the original model again"
+            )
     else:
         geometry = adapter.geometry(model.config)
         head_ids = [list(range(geometry.num_heads)) for _ in range(geometry.num_layers)]
         neuron_ids = [list(range(geometry.intermediate_size)) for _ in range(geometry.num_layers)]
     layers = adapter.layers(model)
     if len(layers) != geometry.num_layers:
-        raise ValueError(f"the model has {len(layers)} layers but its config describes {geometry.num_layers}")
+        raise RecordError(f"the model has {len(layers)} layers but its config describes {geometry.num_layers}")
     for i, layer in enumerate(layers):
         if adapter.num_heads(layer) != len(head_ids[i]) or adapter.ffn_width(layer) != len(neuron_ids[i]):
-            raise ValueError(
+            raise RecordError(
                 f"layer {i} has {adapter.num_heads(layer)} heads and {adapter.ffn_width(layer)} FFN neurons, but "
                 f"the recorded plan says {len(head_ids[i])} and {len(neuron_ids[i])}: the model was changed "
                 "outside hf_gradprune"
             )
         kv = len({h // geometry.group_size for h in head_ids[i]})
         if adapter.num_kv_heads(layer) != kv:
-            raise ValueError(
+            raise RecordError(
                 f"layer {i} has {adapter.num_kv_heads(layer)} key/value heads, but the recorded plan's query heads "
                 f"read {kv}: the model was changed outside hf_gradprune"
             )

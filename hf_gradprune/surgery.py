@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .modeling_gradprune import (
     CONFIG_KEY,
+    FORMAT_REQUIRES,
     FORMAT_VERSION,
     auto_map_for,
     gradprune_class,
+    stock_class,
     structure_of,
-    transformers_class,
 )
-from .plan import PlanError, PruningPlan
-from .state import pruning_state, unwrap_model
+from .plan import PlanError, PruningPlan, plain_json
+from .state import pruning_state, uniform_config, unwrap_model
 from .units import HEAD, NEURON
 
 
@@ -28,9 +32,13 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     Whatever the config can say is written into it: an FFN width shared by every layer, and (for families
     whose config can express it, the Llama family) a head and key/value-head count shared by every layer.
     When that describes the whole model, it stays a stock transformers model whose folder loads anywhere
-    with plain ``from_pretrained``. Otherwise its class becomes ``GradPrune<Class>`` (a thin subclass) so
-    that ``save_pretrained`` writes a folder that reloads with ``trust_remote_code=True`` anywhere. The plan
-    is recorded in ``config.gradprune`` either way. Returns the same model object.
+    with plain ``from_pretrained`` (its class is the transformers one, under the same name, with an atomic
+    ``save_pretrained``). Otherwise its class becomes ``GradPrune<Class>`` (a thin subclass) so that
+    ``save_pretrained`` writes a folder that reloads with ``trust_remote_code=True`` anywhere. The plan is
+    recorded in ``config.gradprune`` either way. Returns the same model object.
+
+    The cut makes new parameters: create the optimizer after it (``optimizer = torch.optim.AdamW(
+    model.parameters(), ...)``). A step of an optimizer that still holds replaced parameters raises.
     """
     target = unwrap_model(model, allow_distributed=False)
     if not isinstance(plan, PruningPlan):
@@ -61,35 +69,37 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
     # The rest that can fail, also before the first cut: the pruned class, its auto_map, and the
     # structure diff (which refuses modules a fresh model lacks; cutting adds or removes none).
-    pruned_class = gradprune_class(type(target))
+    pruned_class, plain_class = gradprune_class(type(target)), stock_class(type(target))
     auto_map = auto_map_for(target.config.model_type)
     structure_of(target)
+    meta = plain_json(plan.meta, "plan.meta")  # the config saves as JSON: no NumPy numbers, nothing it cannot hold
+    if not _HOOK:  # one global hook (torch's registry of optimizer step hooks), registered before the first cut
+        _HOOK.append(register_optimizer_step_pre_hook(_refuse_replaced))
 
     adapter = state.adapter
-    device = next(target.parameters()).device
+    before = list(target.parameters())
+    device = before[0].device
     for layer_module, (heads, neurons) in zip(state.layers, positions):
         if heads is not None:
             adapter.keep_heads(layer_module, torch.tensor(heads, dtype=torch.long, device=device), g.head_dim)
         if neurons is not None:
             adapter.keep_neurons(layer_module, torch.tensor(neurons, dtype=torch.long, device=device))
 
+    _watch_replaced(before, target)
+
     config = target.config
-    widths = {len(n) for n in plan.neurons}
-    if len(widths) == 1:
-        # Uniform FFN: say so in the config, so the FFN needs no structure entry.
-        setattr(config, adapter.ffn_config_attr, widths.pop())
-    head_counts = {(len(h), len(plan.kv_heads(i))) for i, h in enumerate(plan.heads)}
-    if len(head_counts) == 1:
-        for name, value in (adapter.uniform_head_config(g, *head_counts.pop()) or {}).items():
-            setattr(config, name, value)
+    # What every layer shares goes into the config (an FFN width, Llama's head counts): no structure entry needed.
+    for name, value in uniform_config(adapter, g, plan.heads, plan.neurons).items():
+        setattr(config, name, value)
     record = getattr(config, CONFIG_KEY, None) or {}
     history = list(record.get("history", []))
-    history.append(dict(plan.meta))  # a copy: the caller may reuse the plan
+    history.append(meta)  # a copy: the caller may reuse the plan
     setattr(
         config,
         CONFIG_KEY,
         {
             "format_version": FORMAT_VERSION,
+            "requires": FORMAT_REQUIRES,
             "geometry": g.to_dict(),
             "plan": {"heads": plan.heads, "neurons": plan.neurons},
             "history": history,
@@ -102,10 +112,35 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
         target.__class__ = pruned_class
         config.auto_map = auto_map
     else:  # the config alone builds this model: a stock one (no remote code; plain from_pretrained)
-        target.__class__ = transformers_class(type(target))
+        target.__class__ = plain_class  # the transformers class, saving atomically
         if getattr(config, "auto_map", None) == auto_map:  # ours, from an earlier prune; never another's
             del config.auto_map
     return model
+
+
+# Parameters a cut replaced (id -> parameter), while anything (an optimizer made before the cut) still holds them.
+_REPLACED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_HOOK = []
+
+
+def _watch_replaced(before: list[nn.Parameter], model: nn.Module) -> None:
+    """Remember the parameters the cut replaced (it makes new, smaller ones), and refuse any optimizer step that
+    would still update them: it would leave the model's sliced weights untouched, silently."""
+    now = {id(p) for p in model.parameters()}
+    _REPLACED.update((id(p), p) for p in before if id(p) not in now)
+
+
+def _refuse_replaced(optimizer, args, kwargs) -> None:
+    if not _REPLACED:  # nothing holds a replaced parameter any more: nothing to look at
+        return
+    stale = sum(_REPLACED.get(id(p)) is p for group in optimizer.param_groups for p in group["params"])
+    if stale:
+        raise RuntimeError(
+            f"{type(optimizer).__name__}.step(): this optimizer holds {stale} parameter(s) that prune_model replaced "
+            "(a cut makes new, smaller parameters), so it would never update the pruned weights. Create the "
+            "optimizer (and its LR scheduler) after prune_model: optimizer = torch.optim.AdamW(model.parameters(), "
+            "...). GradPruneTrainer does this itself."
+        )
 
 
 def current_plan(model: nn.Module) -> PruningPlan:

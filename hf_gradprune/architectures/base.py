@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,6 +32,17 @@ class Geometry:
     features: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise ValueError(f"model_type must be a model type name such as 'bert', got {self.model_type!r}")
+        for name in ("num_layers", "num_heads", "head_dim", "hidden_size", "intermediate_size", "num_key_value_heads"):
+            value = getattr(self, name)
+            if name == "num_key_value_heads" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            object.__setattr__(self, name, int(value))  # a NumPy integer would not save as JSON
+        if not isinstance(self.features, (list, tuple)) or not all(isinstance(f, str) for f in self.features):
+            raise ValueError(f"features must be a list of names, got {self.features!r}")
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_heads)
         object.__setattr__(self, "features", tuple(sorted(self.features)))  # JSON gives a list
