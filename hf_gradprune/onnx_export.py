@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import inspect
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +30,9 @@ OPTIMIZED_FILE = "model_optimized.onnx"
 QUANTIZED_FILE = "model_quantized.onnx"
 # what an export may write beside the graphs' own names (external weights): removed before an overwrite
 _ONNX_FILES = {name + end for name in (MODEL_FILE, OPTIMIZED_FILE, QUANTIZED_FILE) for end in ("", ".data", "_data")}
+# the files an export wrote beside its graphs (config, tokenizer), with their SHA-256: an overwrite replaces such a
+# file only while it is still the export's own, never a config.json or tokenizer that a save put there
+MANIFEST_FILE = "onnx_export.json"
 # transformers' auto-class tables say which class does which task for each model_type
 _TASK_TABLES = {
     "sequence-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
@@ -434,14 +439,62 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace its export")
 
 
-def _move_into(tmp: str, out_dir: str) -> None:
-    """Move an export into an existing folder: a previous export's ONNX files go, other files stay."""
-    new = set(os.listdir(tmp))
-    for name in os.listdir(out_dir):
-        if name in _ONNX_FILES and name not in new:
-            os.remove(os.path.join(out_dir, name))
-    for name in sorted(new, key=lambda n: n == "config.json"):  # config.json last
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest(folder: str, names) -> dict:
+    """What an export wrote: every file by name, each non-graph file with its SHA-256 (graphs are ours by name)."""
+    files = {n: None if n in _ONNX_FILES else _sha256(os.path.join(folder, n)) for n in sorted(names)}
+    return {"written_by": "hf_gradprune.onnx_export.export_onnx", "files": files}
+
+
+def _write_manifest(folder: str, manifest: dict) -> None:
+    tmp = os.path.join(folder, f".{MANIFEST_FILE}.{uuid.uuid4().hex[:12]}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(folder, MANIFEST_FILE))
+
+
+def _previous_export(out_dir: str) -> set[str]:
+    """The files of ``out_dir`` a previous export wrote and nobody changed since: the graphs, and what its
+    manifest lists with the SHA-256 the file still has."""
+    owned = {n for n in _ONNX_FILES if os.path.isfile(os.path.join(out_dir, n))}
+    try:
+        with open(os.path.join(out_dir, MANIFEST_FILE)) as f:
+            files = json.load(f)["files"]
+        listed = {n: h for n, h in files.items() if n == os.path.basename(n)}  # names in the folder only
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or not ours to trust: keep it all
+        return owned
+    for name, digest in listed.items():
+        path = os.path.join(out_dir, name)
+        if name not in owned and name != MANIFEST_FILE and os.path.isfile(path) and digest == _sha256(path):
+            owned.add(name)
+    return owned
+
+
+def _move_into(tmp: str, out_dir: str, notes: list[str]) -> None:
+    """Move an export into an existing folder. The previous export's files go (``_previous_export``); every other
+    file stays, also one this export would write under the same name (the ``config.json`` and tokenizer of a
+    model saved there): the export's copy of it is left out, with a note."""
+    owned = _previous_export(out_dir)
+    new = set(os.listdir(tmp)) - {MANIFEST_FILE}
+    kept = sorted(n for n in new if n not in owned and os.path.lexists(os.path.join(out_dir, n)))
+    written = new - set(kept)
+    if kept:
+        notes.append(
+            f"kept the folder's own {', '.join(kept)} (not written by an export); the export's copies left out"
+        )
+    # the manifest first, listing both exports' files: stopped half way, the next overwrite still knows them all
+    both = _manifest(tmp, written)
+    both["files"] = _manifest(out_dir, owned)["files"] | both["files"]
+    _write_manifest(out_dir, both)
+    for name in owned - written:
+        os.remove(os.path.join(out_dir, name))
+    for name in sorted(written, key=lambda n: n == "config.json"):  # config.json last
         os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    _write_manifest(out_dir, _manifest(out_dir, written))
 
 
 @contextlib.contextmanager
@@ -576,8 +629,9 @@ def export_onnx(
                     shutil.copy2(os.path.join(folder, name), os.path.join(tmp, name))
         _check_out_dir(out_dir, overwrite)  # again: another writer may have got there meanwhile
         if os.path.isdir(out_dir):
-            _move_into(tmp, out_dir)
+            _move_into(tmp, out_dir, notes)
         else:
+            _write_manifest(tmp, _manifest(tmp, os.listdir(tmp)))
             os.rename(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -125,7 +125,11 @@ def test_bert_classifier_both_exporters(tmp_path, pruned_bert, exporter):
     assert report.task == "sequence-classification" and report.int8_path is None
     assert report.input_names == ["input_ids", "attention_mask", "token_type_ids"]
     assert report.output_names == ["logits"] and report.max_abs_diff <= ATOL
-    assert sorted(os.listdir(tmp_path / "onnx")) == ["config.json", "model.onnx"]  # one self-contained file
+    assert sorted(os.listdir(tmp_path / "onnx")) == [
+        "config.json",
+        "model.onnx",
+        "onnx_export.json",
+    ]  # one self-contained graph
     assert json.loads((tmp_path / "onnx" / "config.json").read_text())["gradprune"]["plan"]["heads"][1] == []
     assert report.to_dict()["onnx_path"] == str(tmp_path / "onnx" / "model.onnx")
     assert os.listdir(tmp_path) == ["onnx"]  # no temporary folder left
@@ -185,7 +189,7 @@ def test_gpt2_causal_lm_with_empty_blocks_and_int8(tmp_path):
     prune_model(model, empty_layers_plan(model))  # both empty kinds run EmptyBlock forwards in GPT-2
     report = export_onnx(model, tmp_path / "onnx", int8=True)
     assert report.task == "causal-lm" and report.input_names == ["input_ids", "attention_mask"]
-    assert {"model.onnx", "model_quantized.onnx", "config.json", "generation_config.json"} == set(
+    assert {"model.onnx", "model_quantized.onnx", "config.json", "generation_config.json", "onnx_export.json"} == set(
         os.listdir(tmp_path / "onnx")
     )
     feed = make_feed(size=3, length=21, types=False)
@@ -224,7 +228,7 @@ def test_int8_with_fusions_and_preprocessing_on_an_uneven_bert(tmp_path, pruned_
         model, tmp_path / "onnx", exporter="torchscript", int8=True, optimize=True, quant_preprocess=True
     )
     names = set(os.listdir(tmp_path / "onnx"))
-    assert names == {"config.json", "model.onnx", "model_optimized.onnx", "model_quantized.onnx"}
+    assert names == {"config.json", "model.onnx", "model_optimized.onnx", "model_quantized.onnx", "onnx_export.json"}
     assert report.optimized_max_abs_diff <= ATOL and report.fused_operators  # some fusion happened
     # the layer without heads has no attention left to fuse (its empty-block forward); the two others fuse theirs
     assert report.fused_operators["Attention"] == 2
@@ -343,12 +347,56 @@ def test_overwrite_replaces_the_export_and_keeps_other_files(tmp_path, pruned_be
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
     dense = make_bert(seed=4)
     export_onnx(dense, out, exporter="torchscript", overwrite=True)
-    assert sorted(os.listdir(out)) == ["config.json", "model.onnx", "notes.txt"]  # no stale int8 graph
+    assert sorted(os.listdir(out)) == ["config.json", "model.onnx", "notes.txt", "onnx_export.json"]  # no int8 graph
     assert "gradprune" not in json.loads((out / "config.json").read_text())
     assert sorted(os.listdir(tmp_path)) == ["onnx"]
     (tmp_path / "empty").mkdir()
     report = export_onnx(dense, tmp_path / "empty", exporter="torchscript", check=False)  # an empty folder is fine
     assert "model.onnx" in os.listdir(tmp_path / "empty") and report.max_abs_diff is None
+
+
+def test_overwrite_next_to_a_saved_model_keeps_its_config(tmp_path):
+    """Issue 20, case 5: exporting next to a saved bf16 model rewrote its config.json to float32, so load_pruned
+    gave a float32 model. Now the model's files stay byte for byte; only the export's own files are replaced."""
+    from hf_gradprune import load_pruned
+
+    model = make_bert()
+    prune_model(model, mha_plan(model))
+    model = model.to(torch.bfloat16)
+    folder = tmp_path / "model"
+    save_pruned(model, folder, tokenizer=save_tiny_tokenizer(tmp_path / "tok"))
+    before = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    report = export_onnx(folder, folder, exporter="torchscript", overwrite=True)
+    assert {n: (folder / n).read_bytes() for n in before} == before
+    assert set(os.listdir(folder)) == set(before) | {"model.onnx", "onnx_export.json"}
+    assert load_pruned(folder).dtype == torch.bfloat16
+    assert any("kept the folder's own config.json" in note for note in report.notes), report.notes
+    manifest = json.loads((folder / "onnx_export.json").read_text())["files"]
+    assert set(manifest) == {"model.onnx"}
+    assert_matches_torch(load_pruned(folder, dtype=torch.float32).eval(), report, make_feed())
+    # a second export replaces its own graphs only: an int8 graph comes, then goes; the model's files stay
+    export_onnx(folder, folder, exporter="torchscript", overwrite=True, int8=True)
+    assert "model_quantized.onnx" in os.listdir(folder)
+    export_onnx(model, folder, exporter="torchscript", overwrite=True)  # the in-memory bf16 model: fp32 copy
+    assert "model_quantized.onnx" not in os.listdir(folder)
+    assert {n: (folder / n).read_bytes() for n in before} == before
+    assert load_pruned(folder).dtype == torch.bfloat16
+
+
+def test_overwrite_keeps_an_exported_file_someone_changed(tmp_path, pruned_bert):
+    """The manifest records each file's SHA-256: a config.json the export wrote is replaced by the next export,
+    unless it was edited since (then it is the user's)."""
+    out = tmp_path / "onnx"
+    export_onnx(pruned_bert, out, exporter="torchscript")
+    assert set(json.loads((out / "onnx_export.json").read_text())["files"]) == {"config.json", "model.onnx"}
+    exported = (out / "config.json").read_text()
+    export_onnx(make_bert(seed=4), out, exporter="torchscript", overwrite=True)
+    assert (out / "config.json").read_text() != exported  # its own: replaced (the dense model's has no plan)
+    edited = (out / "config.json").read_text().replace("{", '{"edited": true,', 1)
+    (out / "config.json").write_text(edited)
+    report = export_onnx(pruned_bert, out, exporter="torchscript", overwrite=True)
+    assert (out / "config.json").read_text() == edited and "kept the folder's own config.json" in report.notes[-1]
+    assert sorted(os.listdir(tmp_path)) == ["onnx"]  # no temporary sibling left
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -414,7 +462,12 @@ def test_a_wrong_fusion_is_dropped_and_a_failed_quantization_writes_nothing(tmp_
     report = export_onnx(pruned_bert, tmp_path / "onnx", exporter="torchscript", optimize=True, int8=True)
     assert report.optimized_path is None and report.fused_operators == {}
     assert any("fusions skipped" in n and "differs from torch" in n for n in report.notes)
-    assert sorted(os.listdir(tmp_path / "onnx")) == ["config.json", "model.onnx", "model_quantized.onnx"]
+    assert sorted(os.listdir(tmp_path / "onnx")) == [
+        "config.json",
+        "model.onnx",
+        "model_quantized.onnx",
+        "onnx_export.json",
+    ]
     assert report.int8_max_abs_diff < 0.5  # quantized from the plain graph, not the wrong one
 
     import onnxruntime.quantization
