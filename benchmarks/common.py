@@ -4,11 +4,13 @@ the dense fine-tune (cached), scoring, evaluation and a fixed-budget recovery. P
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,13 +247,60 @@ def bench_args(argv, doc: str, add=None) -> argparse.Namespace:
         add(parser)
     args = parser.parse_args(argv)
     args.out = args.out or (RESULTS / ("quick" if args.quick else "cpu"))
+    _STARTED["load_average"] = load_average()
     return args
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (None where the platform has none): a busy machine's
+    timings are not the model's."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# the load average when the benchmark started: bench_args (every benchmark's first call) sets it again
+_STARTED = {"load_average": load_average()}
+
+# a run whose dense model's time moved by more than this between its first and last rounds is flagged: the
+# machine's speed changed under it (another process, thermal throttling), so its speedups are suspect
+DRIFT_LIMIT = 0.10
+
+
+def dense_drift(where: str, first_ms: float, last_ms: float) -> dict:
+    """The dense model's time at the first and last rounds of ``where``; printed when it is flagged."""
+    drift = (last_ms - first_ms) / first_ms
+    flagged = abs(drift) > DRIFT_LIMIT
+    if flagged:
+        print(
+            f"[drift] {where}: the dense model took {first_ms:.3f} ms in the first round and {last_ms:.3f} ms in "
+            f"the last ({drift:+.1%}, over {DRIFT_LIMIT:.0%}): the machine's speed changed during the run",
+            flush=True,
+        )
+    first_ms, last_ms, drift = round(first_ms, 3), round(last_ms, 3), round(drift, 4)
+    return {"where": where, "first_ms": first_ms, "last_ms": last_ms, "drift": drift, "flagged": flagged}
+
+
+def drift_record(drifts: list[dict]) -> dict:
+    """What a results file says about the dense timings' drift: the limit, whether any run passed it, each run."""
+    return {"limit": DRIFT_LIMIT, "flagged": any(d["flagged"] for d in drifts), "runs": drifts}
+
+
 def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON atomically (a temporary sibling renamed into place: an interrupted run leaves the
+    previous results whole). ``data`` gets ``load_average``: at the benchmark's start and now, at its end."""
+    data["load_average"] = {"start": _STARTED["load_average"], "end": load_average()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # ours: the temporary file made just above
+        raise
 
 
 # The LLM benchmarks' tiny stand-in for a Llama (quick mode): grouped-query attention with 4 query heads per

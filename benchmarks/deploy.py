@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, bench_args, dense_model, load_task, machine, write_json
+from common import ROOT, bench_args, dense_drift, dense_model, drift_record, load_task, machine, write_json
 
 from hf_gradprune import PruningPlan, current_plan, load_pruned, prune_model, save_pruned
 from hf_gradprune.latency import measure_latency
@@ -388,6 +388,9 @@ def run(args) -> dict:
         row["accuracy_drop_vs_dense"] = round(dense_acc - row["accuracy"], 4)
 
     goals = judge(rows, shapes, dense_acc)
+    drifts = [
+        dense_drift(f"{ref_key} {b}x{s}", timings[(b, s)][ref_key][0], timings[(b, s)][ref_key][-1]) for b, s in shapes
+    ]
     result = {
         "task": task.name,
         "eval_examples": int(len(labels)),
@@ -413,6 +416,7 @@ def run(args) -> dict:
         "quickstart_reported": None if quick else quickstart_accuracies(pruned_dir),
         "goals": goals,
         "rows": rows,
+        "dense_drift": drift_record(drifts),
     }
     return result
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, UNROUNDED, bench_args, machine, write_json
+from common import ROOT, UNROUNDED, bench_args, drift_record, machine, write_json
 from speed import models, time_rows, uniform_plan
 
 from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, current_plan
@@ -142,7 +142,7 @@ def run(quick: bool, out: Path) -> dict:
     seq = 16 if quick else 64
     batches = (1, 4) if quick else (1, 32)
     multiple = 16 if quick else 64
-    rows, geometries, tables, unreachable = [], {}, {}, []
+    rows, geometries, tables, unreachable, drifts = [], {}, {}, [], []
     for name, build in models(quick):
         base = build().eval()
         g = current_plan(base).geometry
@@ -164,6 +164,7 @@ def run(quick: bool, out: Path) -> dict:
                 batch=batch,
                 seq=seq,
                 repeats=repeats,
+                drifts=drifts,
             )
             for row in timed:
                 row = with_prediction(row, plans[(row["plan"], row["target"])], table)
@@ -179,6 +180,7 @@ def run(quick: bool, out: Path) -> dict:
         "rows": rows,
         "unreachable": unreachable,
         "summary": summarize(rows),
+        "dense_drift": drift_record(drifts),
     }
     write_json(out / "latency_budget.json", result)
     return result

@@ -30,7 +30,7 @@ import gc
 import time
 
 import torch
-from common import TINY_LLAMA, UNROUNDED, bench_args, machine, write_json
+from common import TINY_LLAMA, UNROUNDED, bench_args, dense_drift, drift_record, machine, write_json
 from llm_quality import ffn_sparsity_for
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -163,7 +163,7 @@ def run(quick: bool, out, threads: int, skip: set[str]) -> dict:
     models = QUICK_MODELS if quick else MODELS
     new_tokens = QUICK_NEW_TOKENS if quick else NEW_TOKENS
     prompt_len = QUICK_PROMPT_LEN if quick else PROMPT_LEN
-    rows, geometries = [], {}
+    rows, geometries, drifts = [], {}, []
     for name, (config, prefill, decode) in models.items():
         prefill = {k: v for k, v in prefill.items() if not skipped(name, k, skip)}
         dense = build(config)
@@ -235,6 +235,11 @@ def run(quick: bool, out, threads: int, skip: set[str]) -> dict:
             if model is not dense:
                 del model
                 gc.collect()
+        if prefill:  # the dense model's first prefill shape once more, after every plan: did the machine drift?
+            (batch, seq), (repeats, warmup) = next(iter(prefill.items()))
+            inputs = {**random_inputs(dense, batch, seq, seed=0), "logits_to_keep": 1}
+            last = measure_latency(dense, batch, seq, repeats, warmup, inputs=inputs)
+            drifts.append(dense_drift(f"{name} prefill {batch}x{seq}", base["prefill"][(batch, seq)], last))
         del dense
         gc.collect()
     result = {
@@ -244,6 +249,7 @@ def run(quick: bool, out, threads: int, skip: set[str]) -> dict:
         "geometries": geometries,
         "skipped": sorted(skip),
         "rows": rows,
+        "dense_drift": drift_record(drifts),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "llm_speed.json", result)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, UNROUNDED, bench_args, machine, write_json
+from common import ROOT, UNROUNDED, bench_args, dense_drift, drift_record, machine, write_json
 from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2Model
 
 from hf_gradprune import Geometry, PruningPlan, Scores, current_plan, prune_model
@@ -158,6 +158,7 @@ def time_rows(
     deadline: float | None = None,
     on_row=None,
     on_error=None,
+    drifts: list[dict] | None = None,
 ) -> list[dict]:
     """Dense vs pruned latency of ``base`` (an unpruned model, left unchanged) for each plan of ``plans``.
 
@@ -168,7 +169,9 @@ def time_rows(
     ``measure_latency``'s median. ``dense_ms``
     reuses a dense time measured before. Rows stop being started once ``time.monotonic()`` passes ``deadline``
     (the rows not made are simply absent). With ``on_error(kind, target, error)`` a pruned model that fails is
-    reported there and the other rows still run; without it the error propagates.
+    reported there and the other rows still run; without it the error propagates. With a ``drifts`` list, the
+    dense model is timed again after the last row and its drift from the first time is appended
+    (``common.dense_drift``: flagged past 10%).
     """
 
     def ready(model):
@@ -208,6 +211,10 @@ def time_rows(
         rows.append(row)
         if on_row is not None:
             on_row(row)
+    if drifts is not None:
+        dense = ready(copy.deepcopy(base))
+        drifts.append(dense_drift(f"{name} {precision} {batch}x{seq}", dense_ms, latency(dense)))
+        del dense
     return rows
 
 
@@ -229,7 +236,7 @@ def run(quick: bool, out: Path) -> dict:
         f: PruningPlan.from_scores(taylor, flops_budget=f, seq_len=128, ffn_multiple_of=UNROUNDED) for f in FRACTIONS
     }
     seq = 16 if quick else 128
-    rows, geometries = [], {}
+    rows, geometries, drifts = [], {}, []
     for name, build in models(quick):
         base = build().eval()
         g = current_plan(base).geometry
@@ -238,9 +245,18 @@ def run(quick: bool, out: Path) -> dict:
         for batch in (1, 4) if quick else (1, 8, 32):
             repeats = 3 if batch >= 8 and not name.startswith(("all-MiniLM", "tiny")) else 10
             rows += time_rows(
-                name, base, plans, precision="fp32", batch=batch, seq=seq, repeats=repeats, on_row=print_row
+                name,
+                base,
+                plans,
+                precision="fp32",
+                batch=batch,
+                seq=seq,
+                repeats=repeats,
+                on_row=print_row,
+                drifts=drifts,
             )
     result = {"machine": machine(), "device": "cpu", "geometries": geometries, "rows": rows}
+    result["dense_drift"] = drift_record(drifts)
     write_json(out / "speed.json", result)
     return result
 

@@ -57,6 +57,10 @@ def test_all_three_ran_and_wrote_their_files(quick):
     for name, data in files.items():
         assert data == json.loads(json.dumps(results[name])), name  # the file is what run() returned
         assert data["machine"]["torch"] and data["machine"]["cpu_count"] >= 1
+        assert set(data["load_average"]) == {"start", "end"}  # issue 20: the machine's load around the run
+    drift = files["speed"]["dense_drift"]  # one re-timing of the dense model per model and batch
+    assert len(drift["runs"]) == len(files["speed"]["geometries"]) * 2 and drift["limit"] == 0.1
+    assert drift["flagged"] == any(abs(r["last_ms"] / r["first_ms"] - 1) > 0.1 for r in drift["runs"])
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -197,6 +201,7 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
 
     result, data = latency_quick
     assert data == json.loads(json.dumps(result))  # the file is what run() returned
+    assert len(data["dense_drift"]["runs"]) == len(data["geometries"]) * 2 and "load_average" in data
     names = [name for name, _ in speed.models(quick=True)]
     kinds = [(k, f) for k in latency_budget.SHAPE_KINDS for f in latency_budget.FRACTIONS]
     kinds += [(k, b) for k in latency_budget.LATENCY_KINDS for b in latency_budget.LATENCY_BUDGETS]
@@ -269,3 +274,52 @@ def test_uneven_r64_is_the_packages_rounding_of_the_uneven_plan():
     variants = speed.plan_variants(g, uneven[0.5], 0.5)
     assert variants["uneven"].heads == uneven[0.5].heads  # a 12-layer template maps onto itself
     assert [len(n) for n in variants["uneven+r64"].neurons] == [len(n) for n in speed.rounded_plan(uneven[0.5]).neurons]
+
+
+# ---------------------------------------------------------------------- issue 20: benchmark hygiene
+def test_write_json_is_atomic_and_records_the_load_average(tmp_path):
+    """A failed write leaves the previous results whole (it used to truncate them) and no temporary file; a
+    written file has the load average at the benchmark's start and end."""
+    import common
+
+    path = tmp_path / "results" / "speed.json"
+    common.write_json(path, {"rows": [1]})
+    data = json.loads(path.read_text())
+    assert data["rows"] == [1] and set(data["load_average"]) == {"start", "end"}
+    for when in ("start", "end"):
+        load = data["load_average"][when]
+        assert load is None or (len(load) == 3 and all(x >= 0 for x in load))
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        common.write_json(path, {"rows": [object()]})  # not JSON: fails half way through the dump
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["speed.json"]
+
+
+def test_a_dense_time_that_drifts_over_ten_percent_is_flagged(capsys):
+    import common
+
+    calm, drifted = common.dense_drift("a", 10.0, 10.9), common.dense_drift("b", 10.0, 11.2)
+    assert not calm["flagged"] and calm["drift"] == pytest.approx(0.09)
+    assert drifted["flagged"] and drifted["drift"] == pytest.approx(0.12)
+    assert common.dense_drift("c", 10.0, 8.5)["flagged"]  # faster counts too
+    printed = capsys.readouterr().out
+    assert "[drift] b:" in printed and "[drift] c:" in printed and "[drift] a:" not in printed
+    assert common.drift_record([calm])["flagged"] is False
+    assert common.drift_record([calm, drifted]) == {"limit": 0.1, "flagged": True, "runs": [calm, drifted]}
+
+
+def test_time_rows_times_the_dense_model_again_at_the_end(monkeypatch):
+    """speed.time_rows (speed and latency_budget) times the dense model after its last row and records the drift."""
+    import speed
+    from conftest import tiny_bert_config
+    from transformers import BertModel
+
+    base = BertModel(tiny_bert_config()).eval()
+    g = Geometry(**speed.current_plan(base).geometry.to_dict())
+    plans = {("uniform", 0.5): PruningPlan(g, [[0, 1]] * g.num_layers, [list(range(48))] * g.num_layers)}
+    times = iter([10.0, 6.0, 12.0])  # dense, the pruned row, dense again: 20% slower
+    monkeypatch.setattr(speed, "measure_latency", lambda *args, **kwargs: next(times))
+    drifts = []
+    rows = speed.time_rows("tiny", base, plans, precision="fp32", batch=1, seq=8, repeats=1, drifts=drifts)
+    assert [r["dense_ms"] for r in rows] == [10.0]
+    assert drifts == [{"where": "tiny fp32 1x8", "first_ms": 10.0, "last_ms": 12.0, "drift": 0.2, "flagged": True}]
