@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -122,21 +123,27 @@ class GradPruneConfig(TrainingArguments):
             "recover an already pruned model, distilling from teacher_model when given)."
         },
     )
-    prune_step: int = field(
+    # The three steps below take a float below 1 as a fraction of the run's optimizer steps (rounded up), as
+    # transformers' warmup_steps does: a schedule so written scales with the number of processes, the batch
+    # size and the epochs, so one recipe fits any launch.
+    prune_step: float = field(
         default=0,
         metadata={
-            "help": "one_shot: optimizer step at which to prune. 0 scores the model as given on scoring_steps "
-            "batches before training starts (no updates; a shorter training set is read again), then prunes and "
-            "trains to recover."
+            "help": "one_shot: optimizer step at which to prune (a float below 1: that fraction of the run's steps). "
+            "0 scores the model as given on scoring_steps batches before training starts (no updates; a shorter "
+            "training set is read again), then prunes and trains to recover."
         },
     )
     num_rounds: int = field(default=3, metadata={"help": "iterative: number of pruning rounds."})
-    prune_start_step: int = field(default=0, metadata={"help": "iterative: optimizer step of the first round."})
-    prune_end_step: int | None = field(
+    prune_start_step: float = field(
+        default=0,
+        metadata={"help": "iterative: optimizer step of the first round (a float below 1: fraction of the run)."},
+    )
+    prune_end_step: float | None = field(
         default=None,
         metadata={
-            "help": "iterative: optimizer step of the last round (reaching the full target). "
-            "Default: half of max steps."
+            "help": "iterative: optimizer step of the last round, reaching the full target (a float below 1: "
+            "fraction of the run). Default: half of max steps."
         },
     )
     distill_alpha: float | None = field(
@@ -207,13 +214,20 @@ class GradPruneConfig(TrainingArguments):
             isinstance(self.scoring_steps, int) and self.scoring_steps >= 1
         ):
             _fail(f"scoring_steps must be an integer >= 1 for {self.importance} importance, got {self.scoring_steps!r}")
-        for name, least in (("prune_step", 0), ("num_rounds", 1), ("prune_start_step", 0), ("prune_end_step", 0)):
+        if isinstance(self.num_rounds, bool) or not (isinstance(self.num_rounds, int) and self.num_rounds >= 1):
+            _fail(f"num_rounds must be an integer >= 1, got {self.num_rounds!r}")
+        for name in STEP_NAMES:
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= least):
-                _fail(f"{name} must be an integer >= {least}, got {value!r}")
-        end = self.prune_end_step
-        if self.pruning_schedule == "iterative" and end is not None and end < self.prune_start_step:
-            _fail(f"need prune_start_step <= prune_end_step, got {self.prune_start_step} and {end}")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+                _fail(f"{name} must be an optimizer step (>= 0) or a fraction of the run (below 1), got {value!r}")
+            if value >= 1 and value != int(value):
+                _fail(f"{name}={value!r}: a step is a whole number; a fraction of the run is below 1")
+            setattr(self, name, int(value) if value >= 1 or value == 0 else float(value))
+        start, end = self.prune_start_step, self.prune_end_step
+        if self.pruning_schedule == "iterative" and end is not None and (start < 1) == (end < 1) and end < start:
+            _fail(f"need prune_start_step <= prune_end_step, got {start} and {end}")
         if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
             _fail(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:
@@ -264,6 +278,23 @@ class GradPruneConfig(TrainingArguments):
     def _targets(self) -> dict:
         return {name: getattr(self, name) for name in (*TARGET_NAMES, *BUDGET_NAMES) if getattr(self, name) is not None}
 
+    def step_at(self, value: float, max_steps: int) -> int:
+        """The optimizer step a step field means in a run of ``max_steps``: a value below 1 is that fraction of
+        the run, rounded up (transformers' rule for ``warmup_steps``)."""
+        return int(value) if value >= 1 else math.ceil(max_steps * value)
+
+    def _steps_text(self, max_steps: int) -> str:
+        """The schedule's step fields, with what each fraction of the run comes to (for error messages)."""
+        names = ("prune_step",) if self.pruning_schedule == "one_shot" else ("prune_start_step", "prune_end_step")
+        parts = []
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and 0 < value < 1:
+                parts.append(f"{name}={value} (step {self.step_at(value, max_steps)} of {max_steps})")
+            else:
+                parts.append(f"{name}={value}")
+        return ", ".join(parts)
+
     def check_schedule(self, max_steps: int, batches_per_epoch: int | None = None) -> None:
         """Raise ``PlanError`` unless every round runs, with all its scoring batches, in ``max_steps`` steps.
 
@@ -271,25 +302,26 @@ class GradPruneConfig(TrainingArguments):
         ``Trainer`` does, also from epochs). ``batches_per_epoch`` is the length of this process's training
         loader, when known. A round at step 0 always fits: scoring before training cycles the loader.
         """
+        if self.pruning_schedule == "iterative":
+            start, end = self.step_at(self.prune_start_step, max_steps), self._end_step(max_steps)
+            if end < start:
+                _fail(f"the last round comes before the first: {self._steps_text(max_steps)}")
         rounds = self.round_schedule(max_steps)
         if not rounds:
             return
         last = rounds[-1][0]
         if last > 0 and last >= max_steps:  # a round runs at the start of its step, so step max_steps never comes
             if self.pruning_schedule == "one_shot":
-                change = f"set prune_step below {max_steps} (0 prunes before training)"
+                change = f"set prune_step below {max_steps} (0 prunes before training; 0.5 at half of the run)"
             else:
-                change = (
-                    f"make the rounds end before step {max_steps} (prune_start_step={self.prune_start_step}, "
-                    f"prune_end_step={self.prune_end_step})"
-                )
+                change = f"make the rounds end before step {max_steps} ({self._steps_text(max_steps)})"
             _fail(
                 f"the {self.pruning_schedule} schedule prunes at step {last}, but training stops after {max_steps} "
                 f"optimizer steps, so the model would never be pruned: {change}, or train longer "
                 "(max_steps, num_train_epochs)"
             )
         if self.pruning_schedule == "iterative" and len(rounds) < self.num_rounds:
-            start, end = self.prune_start_step, self._end_step(max_steps)
+            start, end = self.step_at(self.prune_start_step, max_steps), self._end_step(max_steps)
             _fail(
                 f"num_rounds={self.num_rounds} rounds between steps {start} and {end} fall on only {len(rounds)} "
                 f"distinct steps: lower num_rounds, or widen the range (prune_start_step, prune_end_step"
@@ -308,16 +340,25 @@ class GradPruneConfig(TrainingArguments):
             available -= self.micro_batches_before(previous, batches_per_epoch)
             if available < self.scoring_steps:
                 since = f"the round at step {previous}" if previous else "the start"
+                world = self.world_size
+                processes = (
+                    f" Each of the {world} processes scores scoring_steps batches of its own, so the run has "
+                    f"{world}x fewer steps than on one process (a recipe states the launches it fits)."
+                    if world > 1
+                    else ""
+                )
                 _fail(
-                    f"the round at step {step} can score only {available} batches (those since {since}), but "
-                    f"scoring_steps={self.scoring_steps}: lower scoring_steps, or space the rounds further apart "
-                    "(prune_step; prune_start_step, prune_end_step, num_rounds)"
+                    f"the round at step {step} of {max_steps} can score only {available} batches (those since "
+                    f"{since}), but scoring_steps={self.scoring_steps}: lower scoring_steps, or space the rounds "
+                    f"further apart ({self._steps_text(max_steps)}, num_rounds={self.num_rounds}).{processes}"
                 )
             previous = step
 
     def _end_step(self, max_steps: int) -> int:
         """Step of the iterative schedule's last round (default: half of the run)."""
-        return self.prune_end_step if self.prune_end_step is not None else max(self.prune_start_step, max_steps // 2)
+        start = self.step_at(self.prune_start_step, max_steps)
+        end = self.prune_end_step
+        return self.step_at(end, max_steps) if end is not None else max(start, max_steps // 2)
 
     def micro_batches_before(self, step: int, batches_per_epoch: int | None = None) -> int:
         """Micro-batches (forward and backward passes) the training loop runs before optimizer step ``step``.
@@ -345,8 +386,8 @@ class GradPruneConfig(TrainingArguments):
         if self.pruning_schedule == "none":
             return []
         if self.pruning_schedule == "one_shot":
-            return [(self.prune_step, 1.0)]
-        start, end, n = self.prune_start_step, self._end_step(max_steps), self.num_rounds
+            return [(self.step_at(self.prune_step, max_steps), 1.0)]
+        start, end, n = self.step_at(self.prune_start_step, max_steps), self._end_step(max_steps), self.num_rounds
         steps = [start] if n == 1 else [start + round(r * (end - start) / (n - 1)) for r in range(n)]
         # Zhu & Gupta's cubic ramp from 0 to the target, sampled at rounds 1..n.
         rounds: dict[int, float] = {}
@@ -356,6 +397,7 @@ class GradPruneConfig(TrainingArguments):
 
 
 SCHEDULES = ("one_shot", "iterative", "none")
+STEP_NAMES = ("prune_step", "prune_start_step", "prune_end_step")  # a step, or below 1 a fraction of the run
 
 
 def _fail(message: str):

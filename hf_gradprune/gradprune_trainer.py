@@ -159,8 +159,11 @@ class GradPruneTrainer(Trainer):
         rounds = self.args.round_schedule(self.state.max_steps if max_steps is None else max_steps)
         return rounds[self._rounds_done] if self._rounds_done < len(rounds) else None
 
-    def _check_schedule(self) -> int:
-        """Fail unless every round runs in this run's optimizer steps; return that number of steps."""
+    def check_schedule(self) -> int:
+        """Fail unless every round runs in this run's optimizer steps; return that number of steps.
+
+        ``train()`` calls it first; a caller with work to do before ``train()`` (a dense fine-tune) can call it
+        earlier, so that a schedule the data cannot give fails before that work."""
         loader = self.get_train_dataloader()
         max_steps = self.set_initial_training_values(self.args, loader)[-1]  # Trainer's own count, from epochs too
         self._batches_per_epoch = len(loader) if has_length(loader) else None
@@ -178,7 +181,7 @@ class GradPruneTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
-        max_steps = self._check_schedule()  # before anything is scored or cut
+        max_steps = self.check_schedule()  # before anything is scored or cut
         if resume_from_checkpoint:
             self._restore(resume_from_checkpoint)
         elif self._rounds_done == 0 and self.state.global_step == 0:

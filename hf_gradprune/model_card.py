@@ -11,17 +11,16 @@ from .run_report import STAGES, stage_metrics
 from .surgery import current_plan
 
 
-def _schedule_text(args) -> str:
+def _schedule_text(args, max_steps: int) -> str:
     targets = ", ".join(f"{k}={v}" for k, v in args.plan_targets().items())
+    steps = [step for step, _ in args.round_schedule(max_steps)]  # the run's steps (fractions resolved)
     if args.pruning_schedule == "none":
         sched = "no pruning in this run (recovery of an already pruned model)"
         targets = "-"
     elif args.pruning_schedule == "one_shot":
-        when = "before training" if args.prune_step == 0 else f"at step {args.prune_step}"
-        sched = f"one-shot {when}"
+        sched = "one-shot before training" if steps == [0] else f"one-shot at step {steps[0]}"
     else:
-        end = args.prune_end_step if args.prune_end_step is not None else "half of training"
-        sched = f"iterative, {args.num_rounds} rounds from step {args.prune_start_step} to {end} (cubic ramp)"
+        sched = f"iterative, {len(steps)} rounds at steps {', '.join(map(str, steps))} (cubic ramp)"
     distill = (
         f"distillation from the unpruned model (alpha={args.effective_distill_alpha}, T={args.distill_temperature})"
         if args.effective_distill_alpha > 0
@@ -85,7 +84,7 @@ fine-tuning.
 - Base model: {base}
 - Task: {task}
 - Dataset: {dataset}
-- Pruning: {_schedule_text(args)}
+- Pruning: {_schedule_text(args, trainer.state.max_steps)}
 
 ## Size
 

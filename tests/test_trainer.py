@@ -141,6 +141,8 @@ def test_schedule_that_cannot_complete_fails_at_train_start(tmp_path, overrides,
     trainer = make_trainer(tmp_path, **{**SMALL, **overrides})
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with pytest.raises(PlanError, match=match):
+        trainer.check_schedule()  # what train() runs first, public for callers with work before train()
+    with pytest.raises(PlanError, match=match):
         trainer.train()
     # before anything was scored or cut, and before any step
     assert current_plan(trainer.model).num_heads == 12 and not (tmp_path / "pruning").exists()
@@ -158,6 +160,22 @@ def test_scoring_before_training_cycles_a_short_training_set(tmp_path, caplog):
     assert current_plan(trainer.model).num_heads == 6 and trainer.state.global_step == 4
     assert "scoring_steps=10 is more than one pass over the training set (4 batches)" in caplog.text
     assert "cycles it (2.5 passes)" in caplog.text
+
+
+def test_steps_below_one_are_fractions_of_the_run(tmp_path):
+    # As transformers' warmup_steps: the schedule follows the run's length (epochs, batch, processes).
+    trainer = make_trainer(
+        tmp_path, **{**SMALL, "num_train_epochs": 2}, pruning_schedule="iterative", prune_start_step=0.25,
+        prune_end_step=0.75, num_rounds=2, scoring_steps=2, distill_alpha=0.0,
+    )  # fmt: skip
+    trainer.train()
+    assert [e["step"] for e in prune_logs(trainer)] == [2, 6]  # of 8 steps
+    assert "iterative, 2 rounds at steps 2, 6" in trainer_card(trainer, tmp_path)
+
+
+def trainer_card(trainer, folder) -> str:
+    trainer.save_model(str(folder / "final"))
+    return (folder / "final" / "README.md").read_text()
 
 
 def test_scoring_window_counts_the_short_last_step_of_an_epoch(tmp_path):
@@ -487,6 +505,13 @@ def test_two_processes_agree_with_each_other_and_with_one(tmp_path):
             dict(head_sparsity=0.5, max_steps=10, pruning_schedule="iterative", prune_start_step=6, scoring_steps=1),
             "num_rounds=3 rounds between steps 6 and 6 fall on only 1 distinct steps",
         ),
+        (dict(head_sparsity=0.5, prune_step=2.5), r"prune_step=2.5: a step is a whole number"),
+        (dict(head_sparsity=0.5, prune_end_step=-0.5), "prune_end_step must be an optimizer step"),
+        (
+            dict(head_sparsity=0.5, max_steps=10, pruning_schedule="iterative", prune_start_step=8, prune_end_step=0.5),
+            r"last round comes before the first: prune_start_step=8, prune_end_step=0.5 \(step 5 of 10\)",
+        ),
+        (dict(head_sparsity=0.5, max_steps=10, prune_step=0.95), r"prunes at step 10, .*0.5 at half of the run"),
         (dict(head_sparsity=0.5, flops_seq_len=-5), "seq_len"),
         (dict(head_sparsity=0.5, min_heads_per_layer="1"), "min_heads_per_layer must be an integer"),
         (dict(head_sparsity=0.5, ffn_multiple_of=0), "ffn_multiple_of"),
