@@ -5,6 +5,14 @@ with neurons; ``search_budget_split`` sweeps ``k`` (Kwon et al. 2022, "A Fast Po
 Framework for Transformers") and keeps the plan whose calibration loss is lowest. Candidates are not cut:
 ``unit_gates`` multiplies each unit's input to the output projections at run time, and zeroing a unit's
 column there is exactly removing the unit, so one model serves every candidate.
+
+Which candidate wins: the best calibration loss (or kept importance) among those that meet the budget
+without removing more than one unit's cost beyond it (the costliest atom a plan removes: a head, a slice or
+group under grouped-query attention, or a block of ``ffn_multiple_of`` neurons), unless none comes that
+close, when only the tightest are eligible. Values within ``TIE`` (relative) of the best count as tied, and
+among tied candidates the one that removes least beyond the budget wins. The head counts searched start at
+the fewest heads whose plan still stays within that cost of the budget. Without the rule, near-equal losses
+(a random model) picked a plan with no head left that removed 59% of the FLOPs for a budget of 30%.
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .calibration import CalibrationError, LossFn, calibration_batches, model_loss
-from .plan import PlanError, PruningPlan, validate_targets
+from .calibration import CalibrationError, LossFn, calibration_batches, check_count, model_loss
+from .plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan, validate_targets
 from .scores import Scores
 from .state import pruning_state, unwrap_model
 
 CRITERIA = ("loss", "importance")
+# Candidates whose losses (or kept importances) differ by less than this fraction of the best one's are tied.
+TIE = 1e-3
 
 Factors = Sequence[torch.Tensor | None] | None
 
@@ -142,6 +152,47 @@ def _kept_importance(plan: PruningPlan, scores: Scores) -> float:
     return total
 
 
+def _removed(plan: PruningPlan, flops: bool, seq_len: int) -> float:
+    """The fraction of the budget's measure (block FLOPs or parameters) that ``plan`` removes."""
+    return plan.flops_removed(seq_len) if flops else plan.params_removed()
+
+
+def _unit_step(plan: PruningPlan, flops: bool, seq_len: int, attention_unit: str, multiple: int) -> float:
+    """What the costliest atom a plan removes costs, as a fraction of the budget's measure: one head (a slice
+    of one query head per group, or a whole group, under grouped-query attention) or one block of
+    ``multiple`` FFN neurons. Measured on the full plan with that atom gone, by the plan's own arithmetic."""
+    g = plan.geometry
+    if g.group_size == 1:
+        head_atom = {0}
+    elif attention_unit == "kv_group":
+        head_atom = set(range(g.group_size))
+    else:
+        head_atom = set(range(0, g.num_heads, g.group_size))
+    full = PruningPlan.full(g)
+    steps = []
+    for heads, neurons in ((head_atom, set()), (set(), set(range(min(multiple, g.intermediate_size))))):
+        cut = PruningPlan(
+            g,
+            [[h for h in hs if not (layer == 0 and h in heads)] for layer, hs in enumerate(full.heads)],
+            [[n for n in ns if not (layer == 0 and n in neurons)] for layer, ns in enumerate(full.neurons)],
+        )
+        steps.append(_removed(cut, flops, seq_len))
+    return max(steps)
+
+
+def _pick(rows: list[dict], criterion: str, step: float) -> dict:
+    """The winning row under the rule in the module docstring."""
+    sign = 1.0 if criterion == "loss" else -1.0  # loss: lower is better; importance: higher
+    met = [r for r in rows if r["budget_met"]]
+    if not met:  # none meets the budget: the best of those that miss it
+        return min(rows, key=lambda r: (sign * r[criterion], r["heads_kept"]))
+    tightest = min(r["overshoot"] for r in met)
+    eligible = [r for r in met if r["overshoot"] <= max(step, tightest) + 1e-9]
+    best = min(sign * r[criterion] for r in eligible)
+    tied = [r for r in eligible if sign * r[criterion] <= best + TIE * abs(best)]
+    return min(tied, key=lambda r: (r["overshoot"], r["heads_kept"]))
+
+
 def _grid(lo: int, hi: int, n: int) -> list[int]:
     if hi <= lo:
         return [lo]
@@ -173,20 +224,24 @@ def search_budget_split(
 ) -> tuple[PruningPlan, dict]:
     """Pick how many heads a budget keeps: sweep ``heads_kept`` and keep the best plan.
 
-    Candidates: ``num_candidates`` head totals evenly over the live range, then as many between the best
-    one's neighbours. Each is ``PruningPlan.from_scores(scores, <budget>, heads_kept=k, **plan_kwargs)``.
+    Candidates: ``num_candidates`` head totals evenly from the fewest heads whose plan removes at most one
+    unit's cost beyond the budget (found by bisection on the plans alone) to every live head, then as many
+    between the best one's neighbours. Each is ``PruningPlan.from_scores(scores, <budget>, heads_kept=k,
+    **plan_kwargs)``.
     ``criterion="loss"``: the mean calibration loss (``calibration.model_loss``; ``loss_fn`` if given) over
     the first ``max_batches`` batches of ``calibration``, with the candidate's removed units gated off in
     eval mode (no model is cut). Unlabelled classifier batches get the unpruned model's predictions as
     labels, so the loss measures how far a candidate strays from the model. ``criterion="importance"``:
     the sum of the kept units' scores, no forward (``calibration`` may be None); it only compares heads and
     neurons fairly when scores estimate the loss increase on one scale (``fisher``), not for ``taylor``,
-    ``magnitude`` or ``random``. A candidate that misses the budget (its heads alone cost too much) wins
-    only if none meets it.
+    ``magnitude`` or ``random``. The winner is chosen by the rule in the module docstring: within one unit's
+    cost of the budget, best value, near ties to the tightest; a candidate that misses the budget (its heads
+    alone cost too much) wins only if none meets it.
 
     Returns the best plan (``meta``: ``budget_split="search"``, ``criterion``, ``heads_kept``,
-    ``candidates``: [heads kept, value] pairs) and a report (``candidates``: one row per plan tried,
-    ``best``, ``dense_loss``, ``seconds``).
+    ``candidates``: [heads kept, value] pairs) and a report (``candidates``: one row per plan tried, with its
+    ``overshoot``: the fraction removed beyond the budget; ``unit_step``: one unit's cost, the overshoot
+    allowed; ``best``, ``dense_loss``, ``batches``, ``seconds``).
     """
     started = time.perf_counter()
     if criterion not in CRITERIA:
@@ -199,18 +254,42 @@ def search_budget_split(
             raise PlanError(f"search_budget_split chooses the split itself: do not pass {name}")
     if plan_kwargs.get("uniform"):
         raise PlanError("uniform=True sweeps its own per-layer head count: call PruningPlan.from_scores directly")
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 2:
-        raise PlanError(f"num_candidates must be an integer >= 2, got {num_candidates!r}")
+    num_candidates = check_count("num_candidates", num_candidates, minimum=2, error=PlanError)
+    if num_candidates is None:
+        raise PlanError("num_candidates must be an integer >= 2, got None")
+    max_batches = check_count("max_batches", max_batches)
     _check_scores(scores, model)
     budget = {"flops_budget": flops_budget, "params_budget": params_budget}
+    target = flops_budget if flops_budget is not None else params_budget
+    plans: dict[int, PruningPlan] = {}
 
     def make(k: int) -> PruningPlan:
-        return PruningPlan.from_scores(scores, **budget, heads_kept=k, **plan_kwargs)
+        if k not in plans:
+            plans[k] = PruningPlan.from_scores(scores, **budget, heads_kept=k, **plan_kwargs)
+        return plans[k]
+
+    def overshoot(plan: PruningPlan) -> float:
+        return _removed(plan, flops_budget is not None, plan.meta["seq_len"]) - target
 
     live = sum(len(h) for h in scores.head_ids)
     min_heads = plan_kwargs.get("min_heads_per_layer", 0)
     lo = sum(min(min_heads, len(h)) for h in scores.head_ids)
-    make(live)  # every option checked (PlanError) before any forward
+    top = make(live)  # every option checked (PlanError) before any forward
+    step = _unit_step(
+        top,
+        flops_budget is not None,
+        top.meta["seq_len"],
+        plan_kwargs.get("attention_unit", "head"),
+        plan_kwargs.get("ffn_multiple_of", DEFAULT_FFN_MULTIPLE_OF),
+    )
+    # Fewer heads kept remove more once the heads alone pass the budget: the fewest that stay within one
+    # unit's cost of it bound the search from below (no plan is offered that is far past the budget).
+    if overshoot(top) <= step + 1e-9:
+        low, high = lo, live
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if overshoot(make(mid)) <= step + 1e-9 else (mid + 1, high)
+        lo = low
 
     inner = unwrap_model(model)
     batches, dense_loss = [], None
@@ -257,15 +336,14 @@ def search_budget_split(
                     "flops_removed": round(plan.flops_removed(plan.meta["seq_len"]), 6),
                     "params_removed": round(plan.params_removed(), 6),
                     "budget_met": plan.meta["budget_met"],
+                    "overshoot": round(overshoot(plan), 6),
                     criterion: value,
                     "_plan": plan,
                 }
             )
 
         def best_row():
-            # loss: lower is better; importance: higher is better; meeting the budget first
-            sign = 1.0 if criterion == "loss" else -1.0
-            return min(rows, key=lambda r: (not r["budget_met"], sign * r[criterion], r["heads_kept"]))
+            return _pick(rows, criterion, step)
 
         coarse = _grid(lo, live, num_candidates)
         for k in coarse:
@@ -293,6 +371,7 @@ def search_budget_split(
         "criterion": criterion,
         "candidates": table,
         "best": {k: v for k, v in winner.items() if k != "_plan"},
+        "unit_step": round(step, 6),
         "dense_loss": dense_loss,
         "batches": len(batches),
         "seconds": time.perf_counter() - started,

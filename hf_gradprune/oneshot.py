@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .calibration import CalibrationError, LossFn, calibration_batches, model_loss
+from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs, model_loss
 from .plan import PlanError, PruningPlan, validate_targets
-from .reconstruct import ReconstructionReport
+from .reconstruct import ReconstructionReport, calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
 from .scores import GRADIENT_METHODS, METHODS, Scores
 from .scoring import ImportanceScorer
@@ -38,11 +38,13 @@ class OneShotReport:
     rearrangement: list | None = None  # per layer and kind: objective before / after
     reconstruction: ReconstructionReport | None = None
     seconds: dict = field(default_factory=dict)
+    batches: dict = field(default_factory=dict)  # calibration batches each step used ("score", "search", ...)
 
     def to_dict(self) -> dict:
         return {
             "plan": self.plan.to_dict(),
             "split": self.split,
+            "batches": self.batches,
             "rearrangement": self.rearrangement,
             "reconstruction": None if self.reconstruction is None else self.reconstruction.to_dict(),
             "seconds": self.seconds,
@@ -66,7 +68,7 @@ def prune_oneshot(
     reconstruct: bool = True,
     bias_compensation: bool = False,
     scoring_batches: int | None = None,
-    search_batches: int = 4,
+    search_batches: int | None = 4,
     reconstruct_batches: int | None = 16,
     loss_fn: LossFn | None = None,
     seq_len: int = 128,
@@ -77,8 +79,11 @@ def prune_oneshot(
     Args:
         calibration: batches of model inputs (dicts; labels optional, see ``calibration.model_loss``).
             Scoring uses the first ``scoring_batches`` (all by default), the budget search the first
-            ``search_batches``, reconstruction the first ``reconstruct_batches`` (16, as ``GradPruneConfig``;
-            None: all).
+            ``search_batches`` (4), reconstruction the first ``reconstruct_batches`` (16, as ``GradPruneConfig``):
+            each an integer >= 1, or None for all; fewer batches than a count are all used, and
+            ``report.batches`` says how many each step had. To skip reconstruction pass ``reconstruct=False``.
+            Batches may give ``inputs_embeds`` instead of ``input_ids``; unlabelled ones then need a
+            ``loss_fn`` for a causal LM (its default loss predicts the batch's own token ids).
         flops_budget / params_budget / head_sparsity / ffn_sparsity / latency_budget: the target, as in
             ``PruningPlan.from_scores`` (``latency_budget`` with its ``latency_table``). Or give a ready ``plan``
             (then no scoring unless rearranging).
@@ -97,11 +102,17 @@ def prune_oneshot(
         plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
             defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
 
-    Everything is checked before the model changes: the targets, the method, a given plan's model,
-    the calibration data (an empty loader, a loss that is NaN on every batch).
+    Everything is checked before the model changes: the targets, the method, the batch counts, a given plan's
+    model, the calibration data (an empty loader, a batch no loss can be made for, reconstruction batches
+    without tokens, a loss that is NaN on every batch).
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    scoring_batches = check_count("scoring_batches", scoring_batches)
+    search_batches = check_count("search_batches", search_batches)
+    reconstruct_batches = check_count(
+        "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
+    )
     inner = unwrap_model(model, allow_distributed=False)
     state = pruning_state(inner)
     if method not in METHODS:
@@ -133,33 +144,43 @@ def prune_oneshot(
                 "measure_latency_table or LatencyTable.load)"
             )
     rearrange = rearrange and method in GRADIENT_METHODS
+    budget = flops_budget is not None or params_budget is not None or latency_budget is not None
+    sweeps = plan_options.get("uniform") or plan_options.get("balanced")
+    searching = plan is None and budget and split == "search" and not sweeps and latency_budget is None
+    needs_scores = plan is None or rearrange
     batches = list(calibration_batches(calibration, inner))
+    used = {
+        "score": batches[:scoring_batches] if needs_scores and method in GRADIENT_METHODS else [],
+        "search": batches[:search_batches] if searching else [],
+        "reconstruct": batches[:reconstruct_batches] if reconstruct else [],
+    }
+    for b in used["score"] + used["search"]:
+        check_loss_inputs(inner, b, loss_fn)
     if reconstruct:
+        calibration_tokens(used["reconstruct"])
         # fails here, before any change, if the family cannot say where its sub-layers end
         state.adapter.residual_output(state.layers[0], HEAD)
 
     scores, scorer = None, None
-    needs_scores = plan is None or rearrange
     if needs_scores:
         t = time.perf_counter()
-        scorer, scores = _score(inner, batches[:scoring_batches], method, loss_fn, record=rearrange)
+        scorer, scores = _score(inner, used["score"], method, loss_fn, record=rearrange)
         seconds["score"] = time.perf_counter() - t
     split_report = None
     if plan is None:
         t = time.perf_counter()
-        budget = flops_budget is not None or params_budget is not None or latency_budget is not None
         options = {"seq_len": seq_len, **plan_options}
-        sweeps = plan_options.get("uniform") or plan_options.get("balanced")
-        if budget and split == "search" and not sweeps and latency_budget is None:
+        if searching:
             from .budget_split import search_budget_split
 
             plan, split_report = search_budget_split(
                 inner,
                 scores,
-                batches[:search_batches],
+                used["search"],
                 flops_budget=flops_budget,
                 params_budget=params_budget,
                 loss_fn=loss_fn,
+                max_batches=None,  # search_batches chose them
                 **options,
             )
         else:
@@ -183,11 +204,14 @@ def prune_oneshot(
     t = time.perf_counter()
     prune_model(inner, plan)
     seconds["prune"] = time.perf_counter() - t
-    report = OneShotReport(plan=plan, scores=scores, split=split_report, rearrangement=rearrangement)
+    counts = {step: len(b) for step, b in used.items() if b}
+    if split_report is not None and "batches" in split_report:
+        counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
+    report = OneShotReport(plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts)
     if reconstruct:
         t = time.perf_counter()
         report.reconstruction = reconstruct_layers(
-            inner, dense, batches[:reconstruct_batches], bias_compensation=bias_compensation
+            inner, dense, used["reconstruct"], bias_compensation=bias_compensation
         )
         seconds["reconstruct"] = time.perf_counter() - t
         del dense

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .calibration import calibration_batches, model_inputs
+from .calibration import calibration_batches, check_count, model_inputs, token_mask
 from .state import pruning_state, unwrap_model
 from .units import HEAD, NEURON
 
@@ -143,12 +143,10 @@ def reconstruct(
         raise ReconstructionError(f"max_scale must be a number > 0, got {max_scale!r}")
     if isinstance(raise_ridge, bool) or not isinstance(raise_ridge, int) or raise_ridge < 0:
         raise ReconstructionError(f"raise_ridge must be an integer >= 0, got {raise_ridge!r}")
+    max_batches = check_count("max_batches", max_batches)
     student, teacher = _check_pair(model, dense)
     batches = list(calibration_batches(calibration, student, max_batches=max_batches))
-    masks = [_token_mask(b) for b in batches]
-    tokens = int(sum(m.sum() for m in masks))
-    if tokens == 0:
-        raise ReconstructionError("the calibration batches hold no tokens (every attention_mask is 0)")
+    masks, tokens = calibration_tokens(batches)
 
     s_state, t_state = pruning_state(student), pruning_state(teacher)
     adapter = s_state.adapter
@@ -248,15 +246,16 @@ def _check_pair(model, dense):
     return student, teacher
 
 
-def _token_mask(batch: dict) -> torch.Tensor:
-    """[batch, seq] booleans of the real (non-padding) tokens."""
-    mask = batch.get("attention_mask")
-    ids = batch.get("input_ids")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        return mask.bool()
-    if isinstance(ids, torch.Tensor):
-        return torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device)
-    raise ReconstructionError("calibration batches need input_ids (and an attention_mask where they are padded)")
+def calibration_tokens(batches: list[dict]) -> tuple[list[torch.Tensor], int]:
+    """Per batch the [batch, seq] mask of its real tokens, and their count; ``CalibrationError`` /
+    ``ReconstructionError`` when a batch has no tokens to read or all of them are padding."""
+    masks = [token_mask(b) for b in batches]
+    tokens = int(sum(m.sum() for m in masks))
+    if tokens == 0:
+        raise ReconstructionError(
+            f"the {len(batches)} calibration batches for reconstruction hold no tokens (every attention_mask is 0)"
+        )
+    return masks, tokens
 
 
 def _forward_kwargs(model) -> dict:

@@ -14,7 +14,7 @@ from test_llama import make_decoder
 from test_llama import uneven_plan as llama_uneven_plan
 
 from hf_gradprune import ImportanceScorer, PlanError, PruningPlan, prune_model
-from hf_gradprune.budget_split import plan_gates, search_budget_split, unit_gates
+from hf_gradprune.budget_split import TIE, plan_gates, search_budget_split, unit_gates
 from hf_gradprune.calibration import CalibrationError
 from hf_gradprune.state import pruning_state
 
@@ -162,6 +162,34 @@ def recomputed_loss(model, plan, loader):
         return sum(float(cut(**b).loss) for b in loader) / len(loader)
 
 
+def one_unit(model, seq_len, multiple=64, flops=True):
+    """The costliest atom a plan removes (a head, or a slice of one query head per group under grouped-query
+    attention; a block of ``multiple`` neurons) as a fraction of the blocks' FLOPs, from the adapter's costs."""
+    state = pruning_state(model)
+    g = state.geometry
+    c = state.adapter.unit_costs(g, seq_len)
+    heads_per_atom = g.num_key_value_heads if g.group_size > 1 else 1
+    if flops:
+        total = PruningPlan.full(g).block_flops(seq_len) / seq_len
+        return max(heads_per_atom * c.head_flops, min(multiple, g.intermediate_size) * c.neuron_flops) / total
+    total = PruningPlan.full(g).block_params()
+    return max(heads_per_atom * c.head_params, min(multiple, g.intermediate_size) * c.neuron_params) / total
+
+
+def assert_the_rule_picked(report, step):
+    """The winner meets the budget within one unit's cost (or is among the tightest), no eligible candidate is
+    better by more than TIE, and no tied one removes less beyond the budget."""
+    assert report["unit_step"] == pytest.approx(step, abs=1e-5)
+    met = [r for r in report["candidates"] if r["budget_met"]]
+    tightest = min(r["overshoot"] for r in met)
+    eligible = [r for r in met if r["overshoot"] <= max(step, tightest) + 1e-6]
+    best = report["best"]
+    assert best["overshoot"] <= max(step, tightest) + 1e-6
+    assert all(r["loss"] >= best["loss"] - TIE * abs(best["loss"]) for r in eligible)
+    tied = [r for r in eligible if r["loss"] <= best["loss"] + TIE * abs(best["loss"])]
+    assert all(r["overshoot"] >= best["overshoot"] for r in tied)
+
+
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 def test_search_meets_the_budget_and_returns_its_best_candidate(kind):
     model, scores, loader = scored(kind)
@@ -171,13 +199,40 @@ def test_search_meets_the_budget_and_returns_its_best_candidate(kind):
     assert plan.flops_removed(plan.meta["seq_len"]) >= 0.5 - 1e-9 and plan.meta["budget_met"]
     rows = report["candidates"]
     assert len(rows) >= 3 and len({r["heads_kept"] for r in rows}) == len(rows)
-    best = min(r["loss"] for r in rows if r["budget_met"])
-    assert report["best"]["loss"] == best and plan.num_heads == report["best"]["heads_kept"]
+    best = report["best"]
+    assert plan.num_heads == best["heads_kept"] and best["budget_met"]
+    assert_the_rule_picked(report, one_unit(model, plan.meta["seq_len"]))
     assert plan.meta["budget_split"] == "search" and plan.meta["criterion"] == "loss"
     # the reported loss is the loss of the model really cut to the plan
-    assert math.isclose(recomputed_loss(model.eval(), plan, loader), best, rel_tol=1e-4)
+    assert math.isclose(recomputed_loss(model.eval(), plan, loader), best["loss"], rel_tol=1e-4)
     # and the head counts differ between candidates, so the choice was a real one
     assert len({round(r["loss"], 6) for r in rows}) > 1
+
+
+@pytest.mark.parametrize("labels", [False, True])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_tied_losses_do_not_pick_a_plan_far_past_the_budget(kind, labels):
+    """Issue 20 case 8: on these random models the candidates' losses nearly tie, and flops_budget=0.3 picked
+    a plan with no head left that removed 59% of the FLOPs (55% and 2 heads on Llama). The plan and every
+    candidate offered now stay within one unit's cost of the budget, and the tie goes to the tightest."""
+    model, scores, loader = scored(kind)
+    if not labels:
+        loader = [{k: v for k, v in b.items() if k != "labels"} for b in loader]
+    plan, report = search_budget_split(model, scores, loader, flops_budget=0.3, seq_len=12)
+    step = one_unit(model, 12)
+    assert 0.3 - 1e-9 <= plan.flops_removed(12) <= 0.3 + step + 1e-9, (plan.flops_removed(12), step)
+    assert plan.num_heads > 0
+    assert all(r["flops_removed"] <= 0.3 + step + 1e-6 for r in report["candidates"])
+    assert_the_rule_picked(report, step)
+
+
+def test_a_params_budget_is_held_to_one_units_parameters():
+    model, scores, loader = scored("bert")
+    plan, report = search_budget_split(model, scores, loader, params_budget=0.3)
+    step = one_unit(model, 128, flops=False)
+    assert 0.3 - 1e-9 <= plan.params_removed() <= 0.3 + step + 1e-9
+    assert all(r["params_removed"] <= 0.3 + step + 1e-6 for r in report["candidates"])  # none offered far past it
+    assert_the_rule_picked(report, step)
 
 
 def test_search_by_importance_keeps_the_most_importance():
@@ -239,3 +294,23 @@ def test_unlabelled_classifier_batches_are_scored_against_the_unpruned_predictio
     with torch.no_grad():
         relabelled = [{**b, "labels": model(**b).logits.argmax(-1)} for b in unlabelled]
     assert math.isclose(recomputed_loss(model, plan, relabelled), report["best"]["loss"], rel_tol=1e-4)
+
+
+def test_counts_take_numpy_integers_and_name_a_bad_one_before_any_forward():
+    """Issue 20 case 4: max_batches / num_candidates are integers (numpy's too); bad ones are named up front."""
+    np = pytest.importorskip("numpy")
+    model, scores, loader = scored("bert")
+    _, report = search_budget_split(
+        model, scores, loader, flops_budget=0.5, max_batches=np.int64(2), num_candidates=np.int32(3)
+    )
+    assert report["batches"] == 2
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(
+            CalibrationError, match=rf"max_batches must be an integer >= 1 or None \(all\), got {bad!r}"
+        ):
+            search_budget_split(model, scores, loader, flops_budget=0.5, max_batches=bad)
+    with pytest.raises(PlanError, match=r"num_candidates must be an integer >= 2"):
+        search_budget_split(model, scores, loader, flops_budget=0.5, num_candidates=2.5)
+    assert calls == []

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import batch, make_bert, make_gpt2
+from conftest import batch, make_bert, make_gpt2, uneven_plan
 from test_llama import batch as llama_batch
 from test_llama import make_decoder
 
@@ -154,3 +154,127 @@ def test_latency_budget_is_planned_by_the_table():
     assert meta["budget_met"] and meta["latency_predicted_ms"] <= 0.7 * meta["latency_dense_ms"] + 1e-9
     assert table.predict(current_plan(model)) == pytest.approx(meta["latency_predicted_ms"], abs=1e-3)
     assert report.split["searched"] is False and "latency" in report.split["why"]
+
+
+# ---------------------------------------------------------------------- issue 20: counts and inputs_embeds
+def config_and_weights(model):
+    return model.config.to_dict(), snapshot(model)
+
+
+def assert_unchanged(model, before):
+    config, snap = before
+    assert model.config.to_dict() == config and unchanged(model, snap)
+
+
+BAD_COUNTS = [
+    ("scoring_batches", 0),
+    ("scoring_batches", -1),
+    ("scoring_batches", 2.5),
+    ("scoring_batches", True),
+    ("scoring_batches", "2"),
+    ("search_batches", 0),
+    ("search_batches", -1),
+    ("search_batches", 2.5),
+    ("reconstruct_batches", 0),
+    ("reconstruct_batches", -1),
+    ("reconstruct_batches", 2.5),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_COUNTS)
+def test_every_count_is_checked_before_any_change(name, value):
+    """Issue 20 case 4: reconstruct_batches=0 cut the model, then raised; -1 dropped the last batch; 2.5 was a
+    slice TypeError; scoring_batches=0 was 'the loss was NaN on every batch (0 batches)'."""
+    model = make_bert()
+    before = config_and_weights(model)
+    with pytest.raises(CalibrationError, match=rf"{name} must be an integer >= 1 or None \(all\), got {value!r}"):
+        prune_oneshot(model, calib("bert", labels=False), flops_budget=0.3, seq_len=12, **{name: value})
+    assert_unchanged(model, before)
+
+
+def test_reconstruct_batches_zero_says_how_to_skip_reconstruction():
+    with pytest.raises(CalibrationError, match="reconstruct=False"):
+        prune_oneshot(make_bert(), calib("bert"), flops_budget=0.3, reconstruct_batches=0)
+
+
+def test_numpy_counts_are_taken_and_the_report_says_how_many_batches_each_step_used():
+    np = pytest.importorskip("numpy")
+    data = calib("bert", n=6, labels=False)
+    model = make_bert()
+    _, report = prune_oneshot(
+        model,
+        data,
+        flops_budget=0.3,
+        seq_len=12,
+        scoring_batches=np.int64(2),
+        search_batches=np.int32(5),  # more than search_budget_split's own default of 4
+        reconstruct_batches=np.int64(3),
+    )
+    assert report.batches == {"score": 2, "search": 5, "reconstruct": 3}
+    assert report.scores.num_examples == 8 and report.split["batches"] == 5
+    assert report.reconstruction.tokens == int(sum(b["attention_mask"].sum() for b in data[:3]))
+    assert report.to_dict()["batches"] == report.batches
+    # None: all; a count above what the data holds uses all of it
+    _, report = prune_oneshot(
+        make_bert(), data, flops_budget=0.3, seq_len=12, search_batches=None, reconstruct_batches=100
+    )
+    assert report.batches == {"score": 6, "search": 6, "reconstruct": 6}
+
+
+def test_reconstruction_batches_without_tokens_are_refused_before_the_cut():
+    model = make_bert()
+    before = config_and_weights(model)
+    data = calib("bert")
+    for b in data:
+        b["attention_mask"] = torch.zeros_like(b["attention_mask"])
+    with pytest.raises(ValueError, match="hold no tokens"):
+        prune_oneshot(model, data, plan=uneven_plan(model))
+    assert_unchanged(model, before)
+
+
+def embedded(model, kind, labels, mask):
+    out = []
+    for b in calib(kind, n=3):
+        with torch.no_grad():
+            e = {"inputs_embeds": model.get_input_embeddings()(b["input_ids"])}
+        if mask:
+            e["attention_mask"] = b["attention_mask"]
+        if labels:
+            e["labels"] = b["labels"]
+        out.append(e)
+    return out
+
+
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("kind,labels", [("bert", False), ("bert", True), ("gpt2", True)])
+def test_inputs_embeds_batches_are_pruned_and_reconstructed(kind, labels, mask):
+    """Issue 20 case 10: batches of inputs_embeds work; without an attention_mask every position is a token
+    (reconstruction counted tokens from input_ids only, and refused after the cut)."""
+    model = make(kind)
+    data = embedded(model, kind, labels, mask)
+    _, report = prune_oneshot(model, data, flops_budget=0.3, seq_len=12)
+    expected = sum(int(b["attention_mask"].sum()) if mask else b["inputs_embeds"].shape[0] * 12 for b in data)
+    assert report.reconstruction.tokens == expected
+    assert current_plan(model).flops_removed(12) >= 0.3 - 1e-9
+    with torch.no_grad():
+        assert torch.isfinite(model(**{k: v for k, v in data[0].items() if k != "labels"}).logits).all()
+
+
+@pytest.mark.parametrize("plan_given", [False, True])
+def test_unlabelled_inputs_embeds_of_a_causal_lm_are_refused_up_front(plan_given):
+    """Issue 20 case 10: the default causal-LM loss predicts the batch's own token ids, which inputs_embeds lack
+    (it was KeyError: 'input_ids'). Refused before any change, saying what to pass."""
+    model = make_gpt2()
+    before = config_and_weights(model)
+    data = embedded(model, "gpt2", labels=False, mask=True)
+    kwargs = {"plan": current_plan(model), "rearrange": True} if plan_given else {"flops_budget": 0.3}
+    with pytest.raises(
+        CalibrationError, match=r"needs input_ids.*\['attention_mask', 'inputs_embeds'\].*labels.*loss_fn"
+    ):
+        prune_oneshot(model, data, **kwargs)
+    assert_unchanged(model, before)
+    # with a loss_fn they are fine
+    _, report = prune_oneshot(
+        model, data, flops_budget=0.3, seq_len=12, loss_fn=lambda m, b: m(**b).logits.float().logsumexp(-1).mean()
+    )
+    assert report.reconstruction.tokens > 0 and current_plan(model).flops_removed(12) >= 0.3 - 1e-9

@@ -300,3 +300,31 @@ def test_an_absurd_fit_raises_the_ridge_before_it_gives_up():
         assert max(abs(r.min_scale), abs(r.max_scale)) <= 3.0
     with pytest.raises(ReconstructionError, match="raise_ridge"):
         reconstruct(model, dense, batches, raise_ridge=-1)
+
+
+def test_max_batches_takes_numpy_integers_and_names_a_bad_count_before_any_change():
+    """Issue 20 case 4: a count is an integer >= 1 (numpy's too) or None; anything else is named up front."""
+    np = pytest.importorskip("numpy")
+    data = loader("bert")
+    model, dense = pruned_pair("bert")
+    report = reconstruct(model, dense, data, max_batches=np.int64(2))
+    assert report.tokens == int(sum(b["attention_mask"].sum() for b in data[:2]))
+    model, dense = pruned_pair("bert")
+    snap = copy.deepcopy(model.state_dict())
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(
+            CalibrationError, match=rf"max_batches must be an integer >= 1 or None \(all\), got {bad!r}"
+        ):
+            reconstruct(model, dense, data, max_batches=bad)
+    assert _unchanged(model, snap)
+
+
+def test_inputs_embeds_without_a_mask_count_every_position():
+    """Issue 20 case 10: tokens are counted from inputs_embeds when a batch has no input_ids."""
+    model, dense = pruned_pair("bert")
+    data = []
+    for b in loader("bert", n=2):
+        with torch.no_grad():
+            data.append({"inputs_embeds": dense.get_input_embeddings()(b["input_ids"])})
+    report = reconstruct(model, dense, data)
+    assert report.tokens == 2 * 4 * 12 and report.error_after <= report.error_before
