@@ -12,10 +12,12 @@ import torch
 import transformers
 from conftest import batch, make, uneven_plan
 from safetensors.torch import save_file
+from test_llama import batch as llama_batch
+from test_llama import make_decoder as make_llama
+from test_llama import uneven_plan as llama_uneven_plan
 from transformers import (
     AutoModelForCausalLM,
     BertForSequenceClassification,
-    LlamaConfig,
     LlamaForCausalLM,
     Trainer,
     TrainingArguments,
@@ -37,33 +39,6 @@ from hf_gradprune.state import pruning_state
 from hf_gradprune.surgery import current_plan
 
 
-def make_llama(seed=0):
-    """A tiny grouped-query Llama (8 query heads of size 8 in 2 groups; head_dim explicit)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=40,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model
-
-
-def llama_batch():
-    return {k: v for k, v in batch("gpt2").items() if k != "labels"}
-
-
 def logits(model, inputs):
     with torch.no_grad():
         return model(**inputs).logits
@@ -82,7 +57,7 @@ def stock_llama():
     """A Llama cut by a uniform plan: stock-shaped (the config alone describes it)."""
     model = make_llama()
     g = pruning_state(model).geometry
-    plan = PruningPlan(g, [[0, 1, 4, 5]] * 2, [list(range(0, 40, 2))] * 2)
+    plan = PruningPlan(g, [[0, 1, 4, 5]] * 3, [list(range(0, 40, 2))] * 3)
     return prune_model(model, plan)
 
 
@@ -100,8 +75,7 @@ def structured_bert():
 
 def structured_llama():
     model = make_llama()
-    g = pruning_state(model).geometry
-    return prune_model(model, PruningPlan(g, [[0, 4], [0, 1, 2, 4, 5, 6]], [list(range(30)), list(range(5, 40))]))
+    return prune_model(model, llama_uneven_plan(model, zero_layer=1))
 
 
 MODELS = {"bert-stock": stock_bert, "bert-structured": structured_bert, "llama-stock": stock_llama}
@@ -147,7 +121,7 @@ def test_numpy_options_are_stored_as_plain_numbers_and_the_stock_save_works(tmp_
     assert saved["gradprune"]["history"][-1]["min_heads_per_layer"] == 1
     assert saved["gradprune"]["history"][-1]["extra"] == 3
     assert PruningPlan.from_json(plan.to_json()).meta == plan.meta | {"extra": 3}
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     assert torch.equal(logits(loaded, llama_batch()), logits(model, llama_batch()))
 
 
@@ -208,13 +182,14 @@ def test_a_stock_shaped_model_stays_stock_in_every_way_users_see(tmp_path, kind)
     inputs = batch("bert") if kind.startswith("bert") else llama_batch()
     inputs.pop("labels", None)
     auto = transformers.AutoModelForSequenceClassification if kind.startswith("bert") else AutoModelForCausalLM
-    plain = auto.from_pretrained(tmp_path / "out")  # no remote code
+    attn = {} if kind.startswith("bert") else {"attn_implementation": "eager"}  # as make_decoder builds it
+    plain = auto.from_pretrained(tmp_path / "out", **attn)  # no remote code
     assert type(plain) is base and torch.equal(logits(plain.eval(), inputs), logits(model, inputs))
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert type(other) is type(model) and torch.equal(logits(other, inputs), logits(model, inputs))
     torch.save(model, tmp_path / "whole.pt")
     assert type(torch.load(tmp_path / "whole.pt", weights_only=False)) is type(model)
-    loaded = load_pruned(tmp_path / "out")  # saves atomically as well
+    loaded = load_pruned(tmp_path / "out", **attn)  # saves atomically as well
     assert type(loaded) is type(model) and torch.equal(logits(loaded, inputs), logits(model, inputs))
 
 
