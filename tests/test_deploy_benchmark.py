@@ -89,6 +89,12 @@ def test_latency_cells_are_derived_from_their_rounds(quick):
             rounding = 0.0006 * (1 / fast + 1 / ref_fast) + 1e-3
             assert cell["speedup_fastest_rounds"] == pytest.approx(ref_fast / fast, rel=rounding, abs=6e-4)
         assert ref["speedup"] == 1.0
+        # issue 20: the dense model's first and last rounds, flagged past 10%
+        (drift,) = [d for d in data["dense_drift"]["runs"] if d["where"] == f"dense/torch-fp32 {shape}"]
+        first, last = ref["round_medians"][0], ref["round_medians"][-1]
+        assert (drift["first_ms"], drift["last_ms"]) == (first, last)
+        assert drift["flagged"] == (abs(last / first - 1) > 0.1)
+    assert set(data["load_average"]) == {"start", "end"}
 
 
 def test_goals_are_judged_from_the_rows(quick):

@@ -153,6 +153,15 @@ def test_speed_rows_are_complete_and_self_consistent(quick):
 
     s = quick[1]
     ((name, (_, prefill, _)),) = llm_speed.QUICK_MODELS.items()
+    ((batch, seq), *_) = prefill  # issue 20: the dense model's first prefill shape timed again at the end
+    (drift,) = s["dense_drift"]["runs"]
+    dense_first = next(
+        r for r in s["rows"] if (r["plan"], r["kind"], r["batch"], r["seq"]) == ("dense", "prefill", batch, seq)
+    )
+    assert drift["where"] == f"{name} prefill {batch}x{seq}" and drift["first_ms"] == pytest.approx(
+        dense_first["ms"], abs=0.006
+    )
+    assert set(s["load_average"]) == {"start", "end"}
     plans = list(llm_speed.uniform_plans(llm_speed.build(llm_speed.TINY)))
     assert len(plans) == 2 + len(llm_speed.FRACTIONS)
     keys = sorted((r["plan"], r["kind"], r["batch"], r["seq"]) for r in s["rows"])
