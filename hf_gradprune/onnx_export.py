@@ -2,8 +2,9 @@
 
 ``export_onnx`` writes a folder an ONNX Runtime user needs nothing else from: ``model.onnx`` (fp32),
 optionally ``model_optimized.onnx`` (ONNX Runtime's transformer fusions) and ``model_quantized.onnx`` (dynamic
-int8 weights, the name optimum uses), ``config.json`` and the tokenizer files. Uneven plans export as they
-are: every layer's shapes are in its weights, so the graph needs no per-layer head counts.
+int8 weights, the name optimum uses), ``config.json``, the tokenizer files and ``onnx_export.json`` (what the export
+wrote, so that an overwrite replaces only that). Uneven plans export as they are: every layer's shapes are in its
+weights, so the graph needs no per-layer head counts.
 """
 
 from __future__ import annotations
@@ -534,8 +535,9 @@ def export_onnx(
     Runtime has fusions for the family; it is always checked, and a fusion that fails or changes the outputs
     is dropped with a note in ``report.notes``. ``int8`` adds ``model_quantized.onnx`` (dynamic QInt8
     weights, from the optimized graph if kept); its difference is reported, not checked. An existing
-    non-empty ``out_dir`` is refused unless ``overwrite``, which replaces the previous export's ONNX files
-    and keeps other files.
+    non-empty ``out_dir`` is refused unless ``overwrite``, which replaces the previous export's files (its ONNX
+    graphs, and what its ``onnx_export.json`` lists, unchanged since) and keeps every other file, also a
+    ``config.json`` or tokenizer saved there (exporting into a model's own folder leaves the model as it was).
     """
     start = time.perf_counter()
     _require_onnx()
