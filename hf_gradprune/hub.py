@@ -70,8 +70,8 @@ def check_folder(folder: str | os.PathLike, model_class=None, variant: str | Non
             pruning_state(skeleton)  # the one check of a config against its recorded plan
         except RecordError as e:
             raise FolderMismatchError(
-                f"{folder}: {e}. It would load as another model than the one pruned; restore config.json from the "
-                "save, or re-save the folder from the pruned model."
+                f"{folder}: {e}. As it is, the folder would load as another model than the one pruned: restore "
+                "config.json from the save, or re-save the folder from the pruned model."
             ) from None
     missing, mismatched = weight_faults(folder, skeleton, config, variant)
     if mismatched:

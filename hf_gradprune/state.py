@@ -82,13 +82,14 @@ def _config_contradictions(config, adapter: FamilyAdapter, plan: PruningPlan) ->
     fixed = ["model_type", "num_layers", "hidden_size", "head_dim"]
     if adapter.uniform_head_config(g, g.num_heads, g.num_key_value_heads) is None:
         fixed += ["num_heads", "num_key_value_heads"]
-    found = [
-        f"{k} {getattr(said, k)!r} (recorded: {getattr(g, k)!r})" for k in fixed if getattr(said, k) != getattr(g, k)
-    ]
+    found = {}
+    for k in fixed:
+        if getattr(said, k) != getattr(g, k):
+            found[k] = f"{k}={getattr(said, k)!r} (recorded: {getattr(g, k)!r})"
     for k, v in uniform_config(adapter, g, plan.heads, plan.neurons).items():
         if getattr(config, k, None) != v:
-            found.append(f"{k}={getattr(config, k, None)!r} (the plan gives {v!r})")
-    return found
+            found.setdefault(k, f"{k}={getattr(config, k, None)!r} (the plan gives {v!r})")
+    return list(found.values())
 
 
 def pruning_state(model: nn.Module) -> PruningState:
@@ -106,7 +107,7 @@ def pruning_state(model: nn.Module) -> PruningState:
         if wrong:
             raise RecordError(
                 f"the config contradicts its recorded pruning plan (config.{CONFIG_KEY}): it says {'; '.join(wrong)}. "
-                "The config was edited or mixed with another model's; restore it, or prune the original model again"
+                "It was edited or mixed with another model's config: restore those values"
             )
     else:
         geometry = adapter.geometry(model.config)

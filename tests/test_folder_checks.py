@@ -233,7 +233,7 @@ def test_a_recorded_plan_naming_units_the_model_never_had_is_refused(tmp_path, k
 def test_pruning_state_of_a_live_model_runs_the_same_check():
     model = stock_llama()
     model.config.head_dim = 16
-    with pytest.raises(state.RecordError, match=r"head_dim 16 \(recorded: 8\)"):
+    with pytest.raises(state.RecordError, match=r"head_dim=16 \(recorded: 8\)"):
         pruning_state(model)
     model.config.head_dim = 8
     model.config.gradprune["plan"]["heads"][1] = [0, 1, 4, 12]
