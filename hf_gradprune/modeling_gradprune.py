@@ -39,6 +39,11 @@ class FolderFormatError(ValueError):
 
 def check_format(record: dict) -> None:
     """Refuse a ``config.gradprune`` record of a newer (or no valid) format, before anything reads it."""
+    if not isinstance(record, dict):
+        raise FolderFormatError(
+            f"config.json's {CONFIG_KEY} is a {type(record).__name__}, not a pruning record: the config was edited "
+            "or damaged; restore it or re-save the folder from the pruned model"
+        )
     version = record.get("format_version", 1)  # folders of the first release may lack it
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise FolderFormatError(
@@ -46,7 +51,7 @@ def check_format(record: dict) -> None:
             "edited or damaged; restore it or re-save the folder from the pruned model"
         )
     if version > FORMAT_VERSION:
-        needs = record.get("requires")
+        needs = f"hf_gradprune >= {record['requires']}" if record.get("requires") else "a newer hf_gradprune"
         try:  # the package's version, when installed (this file may run as remote code without it)
             from importlib.metadata import version as installed
 
@@ -54,7 +59,7 @@ def check_format(record: dict) -> None:
         except Exception:
             reader = "this copy of modeling_gradprune.py"
         raise FolderFormatError(
-            f"this folder needs hf_gradprune >= {needs or 'a newer release'} (format {version}); {reader} reads "
+            f"this folder needs {needs} (format {version}); {reader} reads "
             f"format {FORMAT_VERSION} at most: pip install -U hf-gradprune"
         )
 

@@ -323,6 +323,11 @@ def test_a_folder_of_a_newer_format_says_which_release_reads_it(tmp_path, kind):
     for read in (pruning_state, current_plan):
         with pytest.raises(modeling_gradprune.FolderFormatError, match=needs):
             read(model)
+    del model.config.gradprune["requires"]  # written before the rule: no release to name
+    with pytest.raises(
+        modeling_gradprune.FolderFormatError, match=rf"needs a newer hf_gradprune \(format {version + 1}\)"
+    ):
+        pruning_state(model)
     model.config.gradprune["format_version"] = "one"
     with pytest.raises(modeling_gradprune.FolderFormatError, match="format_version is 'one', not a format number"):
         pruning_state(model)
