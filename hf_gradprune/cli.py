@@ -168,16 +168,18 @@ def prune_and_report(
     from .run_report import format_summary, stage_metrics, write_run_report
     from .surgery import current_plan
 
-    if run_args.dense_train_epochs > 0:
-        results["dense_train_loss"] = finetune_dense(
-            model, training_args, run_args.dense_train_epochs, run_args.dense_learning_rate, **trainer_kwargs
-        )
     args = dataclasses.replace(training_args, evaluate_after_prune=True)
     args.model_card_dataset = args.model_card_dataset or card_dataset
     args.model_card_task = args.model_card_task or card_task
-    dense_model = copy.deepcopy(model).eval()  # for the latency comparison
     trainer = GradPruneTrainer(model=model, args=args, **trainer_kwargs)
     trainer.base_model_name = base_model
+    if run_args.dense_train_epochs > 0:
+        trainer.check_schedule()  # a schedule the data cannot give fails now, not after the dense fine-tune
+        # The same model object: the pruning trainer then starts from the fine-tuned weights.
+        results["dense_train_loss"] = finetune_dense(
+            model, training_args, run_args.dense_train_epochs, run_args.dense_learning_rate, **trainer_kwargs
+        )
+    dense_model = copy.deepcopy(model).eval()  # for the latency comparison
     stages = {}  # stage -> its evaluation (the metrics keep the stage as prefix)
     if trainer.eval_dataset is not None:
         stages["dense"] = trainer.evaluate(metric_key_prefix="dense")

@@ -192,3 +192,21 @@ def test_no_recipe_small_dataset_runs_with_the_default_scoring_steps(tiny_setup,
     state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())  # one epoch: 12 steps
     (event,) = [e for e in state["log_history"] if "prune/round" in e]
     assert event["prune/examples_scored"] == 32 * 32  # all 32 default scoring batches, 2.7 passes
+
+
+def test_a_schedule_the_run_cannot_give_fails_before_the_dense_fine_tune(tiny_setup, monkeypatch):
+    """Issue 20: a round past the run's last step is refused before hours of dense fine-tuning, not after."""
+    import run_glue_prune
+
+    from hf_gradprune import cli
+
+    tuned = []
+    monkeypatch.setattr(cli, "finetune_dense", lambda *a, **k: tuned.append(1) or 0.0)
+    out = tiny_setup / "late"
+    args = base_args(tiny_setup, out)
+    i = args.index("--max_steps")
+    del args[i : i + 2]  # one epoch of 96 examples at batch 8: 12 steps, known only to the Trainer
+    with pytest.raises(ValueError, match="prune_step"):
+        run_glue_prune.main([*args, "--num_train_epochs", "1", "--prune_step", "50"])
+    assert tuned == []  # refused first
+    assert not (out / "config.json").exists()
