@@ -6,6 +6,7 @@ from .calibration import CalibrationError
 from .checkpoint import CheckpointError
 from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
 from .latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
+from .modeling_gradprune import FolderFormatError
 from .oneshot import OneShotReport, prune_oneshot
 from .onnx_export import ExportReport, OnnxExportError, export_onnx
 from .plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan
@@ -13,6 +14,7 @@ from .rearrange import rearrange_plan
 from .reconstruct import ReconstructionError, ReconstructionReport, reconstruct
 from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
 from .scoring import ImportanceScorer
+from .state import RecordError
 from .surgery import current_plan, prune_model, summarize
 from .units import HEAD, KV_GROUP, NEURON, UnitCosts
 from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
@@ -30,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "ExportReport",
     "FamilyAdapter",
+    "FolderFormatError",
     "FolderMismatchError",
     "Geometry",
     "ImportanceScorer",
@@ -41,6 +44,7 @@ __all__ = [
     "PruningPlan",
     "ReconstructionError",
     "ReconstructionReport",
+    "RecordError",
     "Scores",
     "ScoresError",
     "UnitCosts",
