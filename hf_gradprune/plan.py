@@ -196,6 +196,11 @@ class PruningPlan:
                 latency_dense = float(latency_table.predict(cls.full(g)))
             except ValueError as e:
                 raise PlanError(f"latency_table: {e}") from e
+            if not math.isfinite(latency_dense) or latency_dense <= 0:  # any object with predict(), not only ours
+                raise PlanError(
+                    f"latency_table predicts {latency_dense} ms for the dense model; a budget needs a finite time "
+                    "above 0: measure the table again (measure_latency_table / cached_latency_table)"
+                )
         if attention_unit == KV_GROUP and g.group_size > 1 and scores.groups is None:
             raise PlanError(
                 "attention_unit='kv_group' needs scores of whole key/value groups, which these scores lack "

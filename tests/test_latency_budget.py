@@ -625,3 +625,15 @@ def test_a_slow_spell_in_one_round_does_not_reach_the_table():
     t = measure_latency_table(model, 1, 8, ffn_widths=[0, 96], rounds=3, timer=spell)
     assert len(calls) == 3 * 7
     assert t.other_ms == pytest.approx(2.0) and t.attention_ms == pytest.approx([0.0, 0.6, 1.1, 1.6, 2.1])
+
+
+@pytest.mark.parametrize("dense_ms", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_table_like_object_that_predicts_no_finite_dense_time_is_refused(dense_ms):
+    """Any object with ``predict`` is taken as a table; one whose dense time is not a finite time > 0 plans nothing."""
+
+    class Predictor:
+        def predict(self, plan):
+            return dense_ms
+
+    with pytest.raises(PlanError, match="finite time above 0"):
+        PruningPlan.from_scores(scores(), latency_budget=0.3, latency_table=Predictor())
