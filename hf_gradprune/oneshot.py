@@ -113,6 +113,8 @@ def prune_oneshot(
     reconstruct_batches = check_count(
         "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
     )
+    if "max_batches" in plan_options:
+        raise CalibrationError("prune_oneshot counts the budget search's batches with search_batches, not max_batches")
     inner = unwrap_model(model, allow_distributed=False)
     state = pruning_state(inner)
     if method not in METHODS:

@@ -195,6 +195,8 @@ def test_every_count_is_checked_before_any_change(name, value):
 def test_reconstruct_batches_zero_says_how_to_skip_reconstruction():
     with pytest.raises(CalibrationError, match="reconstruct=False"):
         prune_oneshot(make_bert(), calib("bert"), flops_budget=0.3, reconstruct_batches=0)
+    with pytest.raises(CalibrationError, match="with search_batches, not max_batches"):
+        prune_oneshot(make_bert(), calib("bert"), flops_budget=0.3, max_batches=2)
 
 
 def test_numpy_counts_are_taken_and_the_report_says_how_many_batches_each_step_used():
@@ -255,6 +257,7 @@ def test_inputs_embeds_batches_are_pruned_and_reconstructed(kind, labels, mask):
     _, report = prune_oneshot(model, data, flops_budget=0.3, seq_len=12)
     expected = sum(int(b["attention_mask"].sum()) if mask else b["inputs_embeds"].shape[0] * 12 for b in data)
     assert report.reconstruction.tokens == expected
+    assert report.scores.num_examples == 12  # 3 batches of 4, counted from the activations
     assert current_plan(model).flops_removed(12) >= 0.3 - 1e-9
     with torch.no_grad():
         assert torch.isfinite(model(**{k: v for k, v in data[0].items() if k != "labels"}).logits).all()
