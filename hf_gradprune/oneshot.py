@@ -149,6 +149,7 @@ def prune_oneshot(
     budget = flops_budget is not None or params_budget is not None or latency_budget is not None
     sweeps = plan_options.get("uniform") or plan_options.get("balanced")
     searching = plan is None and budget and split == "search" and not sweeps and latency_budget is None
+    _check_plan_options(plan_options, searching=searching, given_plan=plan is not None)
     needs_scores = plan is None or rearrange
     batches = list(calibration_batches(calibration, inner))
     used = {
@@ -220,6 +221,32 @@ def prune_oneshot(
     seconds["total"] = time.perf_counter() - start
     report.seconds = seconds
     return model, report
+
+
+# What ``plan_options`` may hold: ``PruningPlan.from_scores``'s shape options, and the budget search's own.
+PLAN_OPTIONS = ("ranking", "normalize_heads", "min_heads_per_layer", "ffn_multiple_of", "attention_unit", "uniform")
+PLAN_OPTIONS += ("balanced", "heads_kept")
+SEARCH_OPTIONS = ("criterion", "num_candidates")
+
+
+def _check_plan_options(options: dict, *, searching: bool, given_plan: bool) -> None:
+    """Refuse an option no step of this call would read, naming it (not a TypeError deep in a later step)."""
+    unknown = sorted(set(options) - set(PLAN_OPTIONS) - set(SEARCH_OPTIONS))
+    if unknown:
+        raise PlanError(
+            f"prune_oneshot got unknown option(s) {unknown}; plan options are {', '.join(PLAN_OPTIONS)}, and the "
+            f"budget search takes {', '.join(SEARCH_OPTIONS)}"
+        )
+    if given_plan and options:
+        raise PlanError(f"{sorted(options)} shape a plan made here; with plan= given, drop them")
+    search_only = sorted(set(options) & set(SEARCH_OPTIONS))
+    if search_only and not searching:
+        raise PlanError(
+            f"{search_only} only apply to the budget search (split='search' with flops_budget or params_budget, "
+            "without uniform/balanced), which this call does not run: drop them or ask for the search"
+        )
+    if searching and "heads_kept" in options:
+        raise PlanError("heads_kept fixes the head count the budget search chooses: drop it, or pass split='ratio'")
 
 
 def _score(model, batches, method, loss_fn, *, record: bool):

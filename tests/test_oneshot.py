@@ -199,6 +199,28 @@ def test_reconstruct_batches_zero_says_how_to_skip_reconstruction():
         prune_oneshot(make_bert(), calib("bert"), flops_budget=0.3, max_batches=2)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"flops_budget": 0.3, "num_candidates": 4, "split": "ratio"}, r"only apply to the budget search"),
+        ({"head_sparsity": 0.5, "criterion": "importance"}, r"only apply to the budget search"),
+        ({"flops_budget": 0.3, "uniform": True, "num_candidates": 4}, r"only apply to the budget search"),
+        ({"flops_budget": 0.3, "heads_kept": 6}, r"heads_kept fixes the head count"),
+        ({"flops_budget": 0.3, "rankng": "layer"}, r"unknown option\(s\) \['rankng'\]"),
+        ({"plan": "uneven", "ranking": "layer"}, r"with plan= given, drop them"),
+    ],
+)
+def test_an_option_no_step_would_read_is_named_before_any_change(options, message):
+    """Issue 20: num_candidates / criterion on a path without the search reached from_scores as a TypeError."""
+    model = make_bert()
+    before = config_and_weights(model)
+    if options.get("plan") == "uneven":
+        options = {**options, "plan": uneven_plan(model)}
+    with pytest.raises(PlanError, match=message):
+        prune_oneshot(model, calib("bert"), seq_len=12, **options)
+    assert_unchanged(model, before)
+
+
 def test_numpy_counts_are_taken_and_the_report_says_how_many_batches_each_step_used():
     np = pytest.importorskip("numpy")
     data = calib("bert", n=6, labels=False)
