@@ -18,7 +18,7 @@ import torch
 from common import ROOT, UNROUNDED, accuracy, bench_args, copy_model, dense_model, load_task, machine, score, write_json
 
 from hf_gradprune import METHODS, PruningPlan, prune_model
-from hf_gradprune.budget_split import search_budget_split
+from hf_gradprune.oneshot.budget_search import search_budget_split
 
 BUDGETS = (0.4, 0.5, 0.6)
 QUICK_BUDGETS = (0.5,)

@@ -8,7 +8,7 @@ Rotten Tomatoes validation split (1,057 sentences), tokenized as the benchmarks 
 like ``pruned``.
 
 Rows, for each model (``--variants`` picks a subset):
-- ``torch-fp32``: the model in PyTorch (eval mode, asserted), timed by ``hf_gradprune.latency.measure_latency``;
+- ``torch-fp32``: the model in PyTorch (eval mode, asserted), timed by ``hf_gradprune.deploy.latency.measure_latency``;
 - ``ort-fp32`` / ``ort-int8``: ``export_onnx(folder, int8=True)`` (dynamo exporter; int8 = onnxruntime's dynamic
   quantization, QInt8 weights, uint8 activations);
 - ``ort-int8-opt``: the same with ``optimize=True`` (onnxruntime's transformer optimizer before quantizing);
@@ -46,7 +46,7 @@ import torch
 from common import ROOT, bench_args, dense_drift, dense_model, drift_record, load_task, machine, write_json
 
 from hf_gradprune import PruningPlan, current_plan, load_pruned, prune_model, save_pruned
-from hf_gradprune.latency import measure_latency
+from hf_gradprune.deploy.latency import measure_latency
 
 GOALS = {"speedup_batch1": 5.0, "speedup_batch32": 4.0, "max_accuracy_drop": 0.005}
 VARIANTS = (
@@ -105,7 +105,7 @@ def attention_heads(path: Path) -> list[int]:
 
 def build_onnx(name: str, folder: Path, model, out: Path, tokenizer, cache: dict) -> tuple[Path, dict]:
     """The ONNX file of ``name`` for the model saved in ``folder`` (exports under ``out``); its notes."""
-    from hf_gradprune.onnx_export import export_onnx
+    from hf_gradprune.deploy.onnx_export import export_onnx
 
     def export(key, **kw):
         if key not in cache:
@@ -402,7 +402,7 @@ def run(args) -> dict:
             "warmup_per_round": 1,
             "cell": "median of the round medians; spread = min/max round median",
             "order": "every round times every run once; the order rotates by one each round",
-            "torch_timer": "hf_gradprune.latency.measure_latency",
+            "torch_timer": "hf_gradprune.deploy.latency.measure_latency",
             "ort_session": {
                 "intra_op_num_threads": threads,
                 "inter_op_num_threads": 1,

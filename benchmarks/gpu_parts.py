@@ -503,7 +503,7 @@ def oneshot_run(setting: dict, device: torch.device) -> dict:
     """One ``prune_oneshot`` call with its defaults (Fisher, budget search, reconstruction) on random-token batches:
     its step seconds (as its report gives them), peak device memory during the call, what it removed."""
     from hf_gradprune import prune_oneshot
-    from hf_gradprune.latency import random_inputs
+    from hf_gradprune.deploy.latency import random_inputs
 
     cuda = device.type == "cuda"
     dtype = getattr(torch, setting["dtype"])

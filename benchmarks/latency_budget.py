@@ -10,7 +10,7 @@ sequence 16) a ``LatencyTable`` is measured, then these plans are timed:
   share), ``uneven`` (``flops_budget`` from the scores, global ranking) and ``balanced`` (the same with
   ``balanced=True, ffn_multiple_of=64``: equal heads per layer, FFN widths by score in multiples of 64);
 - at a latency budget (30% and 50% of the dense time, by the table): ``latency`` and ``latency+balanced``.
-Every row has the measured and the predicted time. Every time is ``hf_gradprune.latency.measure_latency``.
+Every row has the measured and the predicted time. Every time is ``hf_gradprune.deploy.latency.measure_latency``.
 
 Run for real (writes ``benchmarks/results/cpu/latency_budget.json``; about 15 minutes on a quiet 2-core machine):
 ``python benchmarks/latency_budget.py``. Tables are measured in 2 rounds of every shape (median kept); times are the
@@ -27,7 +27,7 @@ from common import ROOT, UNROUNDED, bench_args, drift_record, machine, write_jso
 from speed import models, time_rows, uniform_plan
 
 from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, current_plan
-from hf_gradprune.latency import measure_latency_table
+from hf_gradprune.deploy.latency import measure_latency_table
 
 FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_BUDGETS = (0.3, 0.5)

@@ -14,7 +14,7 @@ which does not matter for speed. (A random-score ``params_budget`` plan would re
 README.)
 
 - **Prefill:** one forward of ``batch x 512`` tokens that returns the logits of the last position only
-  (``logits_to_keep=1``, as generation's prefill does), timed by ``hf_gradprune.latency.measure_latency``.
+  (``logits_to_keep=1``, as generation's prefill does), timed by ``hf_gradprune.deploy.latency.measure_latency``.
 - **Decode:** greedy ``generate`` of 32 new tokens after a 128-token prompt (batch 1, dynamic cache), also
   timed by ``measure_latency`` (a module whose forward is the ``generate`` call). Tokens/s is
   ``batch * (32 - 1) / (t(32 new) - t(1 new))``: the prompt's prefill cancels out.
@@ -36,7 +36,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_gradprune import ImportanceScorer, PruningPlan, current_plan, prune_model
-from hf_gradprune.latency import measure_latency, random_inputs
+from hf_gradprune.deploy.latency import measure_latency, random_inputs
 
 FRACTIONS = (0.2, 0.5)
 NEW_TOKENS = 32

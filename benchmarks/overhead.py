@@ -19,7 +19,7 @@ from common import ROOT, bench_args, machine, write_json
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from hf_gradprune import ImportanceScorer, PruningPlan, prune_model
-from hf_gradprune.latency import random_inputs
+from hf_gradprune.deploy.latency import random_inputs
 
 HERE = Path(__file__).resolve().parent
 

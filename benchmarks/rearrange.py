@@ -25,7 +25,7 @@ from common import (
 )
 
 from hf_gradprune import PruningPlan, prune_model
-from hf_gradprune.rearrange import objective, rearrange_plan
+from hf_gradprune.planning.rearrange import objective, rearrange_plan
 
 METHODS = ("fisher", "taylor")
 SPARSITIES = (0.5, 0.6)

@@ -10,7 +10,7 @@ weights (the body: ``BertModel`` / ``GPT2Model``; embeddings included, task head
   own rounding, ``PruningPlan.from_scores(..., ffn_multiple_of=64)`` (``rounded_plan``).
 CPU fp32 at batch 1, 8 and 32, sequence 128. The GPU rows (bf16 at batch 64 and 256, eager and
 ``torch.compile``) are made by ``benchmarks/gpu_check.py`` with the same functions (``time_rows``).
-Every latency is ``hf_gradprune.latency.measure_latency``.
+Every latency is ``hf_gradprune.deploy.latency.measure_latency``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from common import ROOT, UNROUNDED, bench_args, dense_drift, drift_record, machi
 from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2Model
 
 from hf_gradprune import Geometry, PruningPlan, Scores, current_plan, prune_model
-from hf_gradprune.latency import measure_latency
+from hf_gradprune.deploy.latency import measure_latency
 
 FRACTIONS = (0.25, 0.5, 0.75)
 PLAN_KINDS = ("uniform", "uneven", "uneven+r64")

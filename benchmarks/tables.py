@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_gradprune.scores import METHODS  # display order: the gradient methods, then the baselines
+from hf_gradprune.scoring.scores import METHODS  # display order: the gradient methods, then the baselines
 
 PLANS = ("uniform", "uneven", "uneven+r64")
 

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, BertForSequenceClassification
 
 from hf_gradprune import ImportanceScorer, PruningPlan, load_pruned, prune_model
-from hf_gradprune.cli import parse_args
-from hf_gradprune.latency import measure_latency
+from hf_gradprune.cli.runs import parse_args
+from hf_gradprune.deploy.latency import measure_latency
 
 
 @dataclass

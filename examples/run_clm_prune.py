@@ -19,7 +19,7 @@ in every layer, so the saved folder is a stock checkpoint (no remote code); ``--
 whole key/value groups instead of query heads within them.
 
 The same run from the installed command line (``hf-gradprune prune`` parses these arguments and runs this
-code, from ``hf_gradprune.data`` and ``hf_gradprune.cli``; ``--oneshot`` prunes without training instead):
+code, from ``hf_gradprune.cli.data`` and ``hf_gradprune.cli.runs``; ``--oneshot`` prunes without training instead):
 
     hf-gradprune prune --model_name_or_path gpt2 --train_file train.txt --block_size 512 \\
         --head_sparsity 0.4 --output_dir out/clm
@@ -32,8 +32,8 @@ import logging
 from transformers import set_seed
 
 from hf_gradprune import GradPruneConfig
-from hf_gradprune.cli import ModelArguments, parse_args, prune_and_report
-from hf_gradprune.data import CausalLMDataArguments, prepare_causal_lm
+from hf_gradprune.cli.data import CausalLMDataArguments, prepare_causal_lm
+from hf_gradprune.cli.runs import ModelArguments, parse_args, prune_and_report
 
 # The data arguments by the name transformers' run_clm.py gives them; they live in the package, shared with
 # `hf-gradprune prune` (as does the setup: texts, tokenizer, model, blocks and metrics in `prepare_causal_lm`).

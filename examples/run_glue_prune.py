@@ -12,7 +12,7 @@ neurons kept, measured dense-vs-pruned latency on this machine).
     accelerate launch --multi_gpu --num_processes 4 examples/run_glue_prune.py --config ...
 
 The same run from the installed command line (``hf-gradprune prune`` parses these arguments and runs this
-code, from ``hf_gradprune.data`` and ``hf_gradprune.cli``; ``--oneshot`` prunes without training instead):
+code, from ``hf_gradprune.cli.data`` and ``hf_gradprune.cli.runs``; ``--oneshot`` prunes without training instead):
 
     hf-gradprune prune --model_name_or_path bert-base-uncased --task_name mrpc \\
         --head_sparsity 0.5 --output_dir out/mrpc
@@ -25,8 +25,8 @@ import logging
 from transformers import set_seed
 
 from hf_gradprune import GradPruneConfig
-from hf_gradprune.cli import ModelArguments, parse_args, prune_and_report
-from hf_gradprune.data import ClassificationDataArguments, prepare_classification
+from hf_gradprune.cli.data import ClassificationDataArguments, prepare_classification
+from hf_gradprune.cli.runs import ModelArguments, parse_args, prune_and_report
 
 # The data arguments by the name transformers' run_glue.py gives them; they live in the package, shared with
 # `hf-gradprune prune` (as does the setup: data, tokenizer, model and metrics in `prepare_classification`).

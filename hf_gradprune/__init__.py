@@ -1,23 +1,23 @@
 """hf_gradprune: gradient-based structured pruning of attention heads and FFN neurons for transformers v5."""
 
 from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, register_adapter, supported_model_types
-from .budget_split import plan_gates, search_budget_split, unit_gates
-from .calibration import CalibrationError
-from .checkpoint import CheckpointError
-from .hub import FolderMismatchError, check_folder, load_pruned, save_pruned
-from .latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
+from .deploy.latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
+from .deploy.onnx_export import ExportReport, OnnxExportError, export_onnx
+from .folders.checkpoint import CheckpointError
+from .folders.hub import FolderMismatchError, check_folder, load_pruned, save_pruned
+from .folders.v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 from .modeling_gradprune import FolderFormatError
-from .oneshot import OneShotReport, prune_oneshot
-from .onnx_export import ExportReport, OnnxExportError, export_onnx
-from .plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan
-from .rearrange import rearrange_plan
-from .reconstruct import ReconstructionError, ReconstructionReport, reconstruct
-from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
-from .scoring import ImportanceScorer
+from .oneshot.budget_search import plan_gates, search_budget_split, unit_gates
+from .oneshot.calibration import CalibrationError
+from .oneshot.prune import OneShotReport, prune_oneshot
+from .oneshot.reconstruct import ReconstructionError, ReconstructionReport, reconstruct
+from .planning.plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan
+from .planning.rearrange import rearrange_plan
+from .scoring.scorer import ImportanceScorer
+from .scoring.scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
 from .state import RecordError
 from .surgery import current_plan, prune_model, summarize
 from .units import HEAD, KV_GROUP, NEURON, UnitCosts
-from .v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
 
 __version__ = "0.1.0"
 
@@ -71,7 +71,11 @@ __all__ = [
     "unit_gates",
 ]
 
-from .gradprune_config import GradPruneConfig  # noqa: E402
-from .gradprune_trainer import GradPruneTrainer, distillation_loss  # noqa: E402
+from .training.config import GradPruneConfig  # noqa: E402
+from .training.trainer import GradPruneTrainer, distillation_loss  # noqa: E402
 
 __all__ += ["GradPruneConfig", "GradPruneTrainer", "distillation_loss"]
+
+from ._moved import install as _install_moved  # noqa: E402
+
+_install_moved()  # the flat layout's module paths, for one release (warn)

@@ -9,7 +9,6 @@ from transformers import PreTrainedModel
 
 from .architectures import FamilyAdapter, Geometry, get_adapter
 from .modeling_gradprune import CONFIG_KEY, check_format
-from .plan import PruningPlan
 
 
 class RecordError(ValueError):
@@ -62,19 +61,19 @@ def uniform_config(adapter: FamilyAdapter, geometry: Geometry, heads, neurons) -
     return out
 
 
-def _recorded_plan(record: dict) -> PruningPlan:
+def _recorded_plan(record: dict) -> tuple[Geometry, list[list[int]], list[list[int]]]:
+    """The recorded geometry and kept units, checked as a plan is (``Geometry.kept_units``)."""
     try:
         geometry = Geometry(**record["geometry"])
-        return PruningPlan(geometry, record["plan"]["heads"], record["plan"]["neurons"])
+        return (geometry, *geometry.kept_units(record["plan"]["heads"], record["plan"]["neurons"]))
     except (KeyError, TypeError, ValueError) as e:
         what = f"lacks {e}" if isinstance(e, KeyError) else f"is not valid: {e}"
         raise RecordError(f"the recorded pruning plan (config.{CONFIG_KEY}) {what}") from None
 
 
-def _config_contradictions(config, adapter: FamilyAdapter, plan: PruningPlan) -> list[str]:
+def _config_contradictions(config, adapter: FamilyAdapter, g: Geometry, heads, neurons) -> list[str]:
     """Where the config says other than the recorded plan: the shape a cut never writes (layers, hidden and head
     size; head counts where the family's config cannot state them), and what it wrote (``uniform_config``)."""
-    g = plan.geometry
     try:
         said = adapter.geometry(config)
     except (AttributeError, TypeError, ValueError, ZeroDivisionError) as e:
@@ -86,7 +85,7 @@ def _config_contradictions(config, adapter: FamilyAdapter, plan: PruningPlan) ->
     for k in fixed:
         if getattr(said, k) != getattr(g, k):
             found[k] = f"{k}={getattr(said, k)!r} (recorded: {getattr(g, k)!r})"
-    for k, v in uniform_config(adapter, g, plan.heads, plan.neurons).items():
+    for k, v in uniform_config(adapter, g, heads, neurons).items():
         if getattr(config, k, None) != v:
             found.setdefault(k, f"{k}={getattr(config, k, None)!r} (the plan gives {v!r})")
     return list(found.values())
@@ -101,9 +100,8 @@ def pruning_state(model: nn.Module) -> PruningState:
     if record:
         check_format(record)
     if record.get("geometry"):
-        plan = _recorded_plan(record)
-        geometry, head_ids, neuron_ids = plan.geometry, plan.heads, plan.neurons
-        wrong = _config_contradictions(model.config, adapter, plan)
+        geometry, head_ids, neuron_ids = _recorded_plan(record)
+        wrong = _config_contradictions(model.config, adapter, geometry, head_ids, neuron_ids)
         if wrong:
             raise RecordError(
                 f"the config contradicts its recorded pruning plan (config.{CONFIG_KEY}): it says {'; '.join(wrong)}. "

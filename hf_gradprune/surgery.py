@@ -17,7 +17,7 @@ from .modeling_gradprune import (
     stock_class,
     structure_of,
 )
-from .plan import PlanError, PruningPlan, plain_json
+from .planning.plan import PlanError, PruningPlan, plain_json
 from .state import pruning_state, uniform_config, unwrap_model
 from .units import HEAD, NEURON
 

@@ -1,4 +1,4 @@
-"""hf_gradprune.accelerate_compat touches Accelerate's private lists: these tests fail if Accelerate changes them."""
+"""hf_gradprune.training.accelerate_compat touches Accelerate's private lists: these tests fail if Accelerate changes them."""
 
 import os
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from hf_gradprune.accelerate_compat import PREPARED_LISTS, forget_prepared
+from hf_gradprune.training.accelerate_compat import PREPARED_LISTS, forget_prepared
 
 
 def test_prepared_objects_live_in_the_lists_forget_prepared_edits():

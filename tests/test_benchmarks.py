@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from hf_gradprune import Geometry, PruningPlan  # noqa: E402
-from hf_gradprune.scores import GRADIENT_METHODS, METHODS  # noqa: E402
+from hf_gradprune.scoring.scores import GRADIENT_METHODS, METHODS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
     import latency_budget
     import speed
 
-    from hf_gradprune.latency import LatencyTable
+    from hf_gradprune.deploy.latency import LatencyTable
 
     result, data = latency_quick
     assert data == json.loads(json.dumps(result))  # the file is what run() returned

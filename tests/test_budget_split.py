@@ -14,8 +14,8 @@ from test_llama import make_decoder
 from test_llama import uneven_plan as llama_uneven_plan
 
 from hf_gradprune import ImportanceScorer, PlanError, PruningPlan, prune_model
-from hf_gradprune.budget_split import TIE, plan_gates, search_budget_split, unit_gates
-from hf_gradprune.calibration import CalibrationError
+from hf_gradprune.oneshot.budget_search import TIE, plan_gates, search_budget_split, unit_gates
+from hf_gradprune.oneshot.calibration import CalibrationError
 from hf_gradprune.state import pruning_state
 
 

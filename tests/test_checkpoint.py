@@ -10,7 +10,7 @@ from conftest import make, uneven_plan
 
 import hf_gradprune
 from hf_gradprune import prune_model
-from hf_gradprune.checkpoint import CheckpointError, checkpoint_shapes, compare_shapes
+from hf_gradprune.folders.checkpoint import CheckpointError, checkpoint_shapes, compare_shapes
 
 PACKAGE = Path(hf_gradprune.__file__).parent
 # The modules that read or write saved folders; none may import another module's private names or sit in a cycle.

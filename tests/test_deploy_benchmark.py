@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("onnxruntime")
-pytest.importorskip("hf_gradprune.onnx_export")
+pytest.importorskip("hf_gradprune.deploy.onnx_export")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -6,7 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from hf_gradprune.cli import parse_args  # noqa: E402
+from hf_gradprune.cli.runs import parse_args  # noqa: E402
 
 
 def test_random_bert_example_runs_end_to_end(tmp_path, monkeypatch):

@@ -33,8 +33,8 @@ from hf_gradprune import (
     prune_model,
     state,
 )
-from hf_gradprune.checkpoint import CheckpointError
-from hf_gradprune.plan import PlanError
+from hf_gradprune.folders.checkpoint import CheckpointError
+from hf_gradprune.planning.plan import PlanError
 from hf_gradprune.state import pruning_state
 from hf_gradprune.surgery import current_plan
 

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from hf_gradprune import FolderMismatchError, PruningPlan, check_folder, load_pruned, prune_model, save_pruned
-from hf_gradprune.checkpoint import CheckpointError
+from hf_gradprune.folders.checkpoint import CheckpointError
 from hf_gradprune.state import pruning_state
 
 AUTO = {"bert": AutoModelForSequenceClassification, "gpt2": AutoModelForCausalLM}

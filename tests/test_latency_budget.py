@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from hf_gradprune import GradPruneConfig, PlanError, PruningPlan, Scores, current_plan
 from hf_gradprune.architectures import Geometry, get_adapter
-from hf_gradprune.latency import (
+from hf_gradprune.deploy.latency import (
     LatencyTable,
     LatencyTableError,
     cached_latency_table,
@@ -580,7 +580,7 @@ def test_trainer_measures_the_table_through_the_cache(tmp_path, monkeypatch):
 
     from trainer_helpers import make_trainer
 
-    import hf_gradprune.latency as latency
+    import hf_gradprune.deploy.latency as latency
 
     monkeypatch.setenv("HF_GRADPRUNE_CACHE", str(tmp_path / "cache"))
     calls = []

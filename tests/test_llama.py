@@ -33,8 +33,8 @@ from hf_gradprune import (
     prune_model,
 )
 from hf_gradprune.architectures import Geometry, get_adapter
+from hf_gradprune.folders.v4_compat import prune_heads
 from hf_gradprune.state import pruning_state
-from hf_gradprune.v4_compat import prune_heads
 
 # llama-bias: every bias Llama can have (attention_bias, mlp_bias); qwen2: q/k/v biases; qwen3: q/k norms;
 # mistral: a sliding window shorter than the test sequences.

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from hf_gradprune import Geometry, PruningPlan  # noqa: E402
-from hf_gradprune.scores import METHODS  # noqa: E402
+from hf_gradprune.scoring.scores import METHODS  # noqa: E402
 from hf_gradprune.testing import WORDS  # noqa: E402
 
 

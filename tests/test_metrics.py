@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hf_gradprune.metrics import GlueMetric, local_glue_metric
+from hf_gradprune.reports.metrics import GlueMetric, local_glue_metric
 
 
 def direct(pred, ref):

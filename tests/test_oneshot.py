@@ -11,8 +11,8 @@ from test_llama import batch as llama_batch
 from test_llama import make_decoder
 
 from hf_gradprune import ImportanceScorer, PlanError, PruningPlan, current_plan, prune_model
-from hf_gradprune.calibration import CalibrationError
-from hf_gradprune.oneshot import prune_oneshot
+from hf_gradprune.oneshot.calibration import CalibrationError
+from hf_gradprune.oneshot.prune import prune_oneshot
 from hf_gradprune.state import pruning_state
 
 
@@ -129,7 +129,7 @@ def test_uniform_and_balanced_shapes_plan_without_the_search():
 
 
 def test_latency_budget_is_planned_by_the_table():
-    from hf_gradprune.latency import LatencyTable
+    from hf_gradprune.deploy.latency import LatencyTable
 
     model = make("bert")
     g = pruning_state(model).geometry

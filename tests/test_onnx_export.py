@@ -20,7 +20,7 @@ from conftest import uneven_plan as mha_plan  # noqa: E402
 
 from hf_gradprune import PruningPlan, prune_model, save_pruned  # noqa: E402
 from hf_gradprune import onnx_export as onnx_export_module  # noqa: E402
-from hf_gradprune.onnx_export import ExportReport, OnnxExportError, export_onnx  # noqa: E402
+from hf_gradprune.deploy.onnx_export import ExportReport, OnnxExportError, export_onnx  # noqa: E402
 from hf_gradprune.state import pruning_state  # noqa: E402
 from hf_gradprune.testing import save_tiny_tokenizer  # noqa: E402
 

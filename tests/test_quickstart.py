@@ -85,7 +85,7 @@ def test_real_quickstart(tmp_path):
     from transformers import AutoTokenizer
 
     from hf_gradprune import load_pruned
-    from hf_gradprune.onnx_export import export_onnx
+    from hf_gradprune.deploy.onnx_export import export_onnx
 
     report = export_onnx(out, tmp_path / "onnx", int8=True)
     assert report.max_abs_diff <= 1e-4, report

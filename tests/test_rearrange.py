@@ -8,7 +8,7 @@ import torch
 from conftest import batch, make_bert
 
 from hf_gradprune import ImportanceScorer, PruningPlan, prune_model
-from hf_gradprune.rearrange import greedy_swap, objective, rearrange_plan
+from hf_gradprune.planning.rearrange import greedy_swap, objective, rearrange_plan
 from hf_gradprune.state import pruning_state
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hf_gradprune import GradPruneConfig
-from hf_gradprune.cli import parse_args
+from hf_gradprune.cli.runs import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

@@ -11,8 +11,8 @@ from test_llama import make_decoder
 from test_llama import uneven_plan as llama_uneven_plan
 
 from hf_gradprune import load_pruned, prune_model, save_pruned
-from hf_gradprune.calibration import CalibrationError
-from hf_gradprune.reconstruct import ReconstructionError, reconstruct
+from hf_gradprune.oneshot.calibration import CalibrationError
+from hf_gradprune.oneshot.reconstruct import ReconstructionError, reconstruct
 from hf_gradprune.state import pruning_state
 from hf_gradprune.units import HEAD, NEURON
 

@@ -161,7 +161,7 @@ def test_parquet_without_validation_carves_the_train_split(tiny_setup):
     import pyarrow.parquet as pq
     from run_clm_prune import DataTrainingArguments, ModelArguments
 
-    from hf_gradprune.data import load_causal_lm_data as load_raw
+    from hf_gradprune.cli.data import load_causal_lm_data as load_raw
 
     path = tiny_setup / "train.parquet"
     pq.write_table(pa.table({"text": sentences(100, seed=4)}), path)
@@ -174,7 +174,7 @@ def test_parquet_without_validation_carves_the_train_split(tiny_setup):
 def test_bad_data_arguments_are_clear(tiny_setup):
     from run_clm_prune import DataTrainingArguments, ModelArguments
 
-    from hf_gradprune.data import load_causal_lm_data as load_raw
+    from hf_gradprune.cli.data import load_causal_lm_data as load_raw
 
     with pytest.raises(ValueError, match=r"unsupported file type '\.xlsx'.*\.txt, \.json, \.jsonl, \.parquet"):
         DataTrainingArguments(train_file=str(tiny_setup / "data.xlsx"))
@@ -219,7 +219,7 @@ def test_gpt2_recipe_parses():
     from run_clm_prune import DataTrainingArguments, ModelArguments
 
     from hf_gradprune import GradPruneConfig
-    from hf_gradprune.cli import parse_args
+    from hf_gradprune.cli.runs import parse_args
 
     recipe = str(ROOT / "recipes" / "gpt2" / "wikitext-2.yaml")
     model, data, train = parse_args(

@@ -137,7 +137,7 @@ def test_recipe_gives_defaults_and_flags_override(tiny_setup):
     from run_glue_prune import DataTrainingArguments, ModelArguments
 
     from hf_gradprune import GradPruneConfig
-    from hf_gradprune.cli import parse_args
+    from hf_gradprune.cli.runs import parse_args
 
     recipe = tiny_setup / "r.yaml"
     recipe.write_text(

@@ -7,9 +7,9 @@ import pytest
 from conftest import make_bert
 
 from hf_gradprune import GradPruneConfig, GradPruneTrainer, PruningPlan, current_plan, prune_model
-from hf_gradprune.model_card import model_card_text
-from hf_gradprune.plots import plot_plan
-from hf_gradprune.run_report import STAGES, format_summary, metric_rows, stage_metrics, write_pruning_report
+from hf_gradprune.reports.model_card import model_card_text
+from hf_gradprune.reports.plots import plot_plan
+from hf_gradprune.reports.run_report import STAGES, format_summary, metric_rows, stage_metrics, write_pruning_report
 
 
 def test_reporting_is_split_into_one_module_per_job():

@@ -11,9 +11,9 @@ from conftest import make_bert
 from test_run_glue import base_args, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
 from trainer_helpers import ParityData, make_trainer
 
-import hf_gradprune.gradprune_trainer as gradprune_trainer
+import hf_gradprune.training.trainer as gradprune_trainer
 from hf_gradprune import GradPruneConfig
-from hf_gradprune.plan import PlanError
+from hf_gradprune.planning.plan import PlanError
 from hf_gradprune.state import pruning_state
 
 # learning_rate=0: AdamW then changes no weight, so the model after train() is the model right after the

@@ -36,8 +36,8 @@ from hf_gradprune import (
     prune_heads,
     prune_model,
 )
-from hf_gradprune.checkpoint import CheckpointError
-from hf_gradprune.convert_v4 import main as convert_main
+from hf_gradprune.cli.convert_v4 import main as convert_main
+from hf_gradprune.folders.checkpoint import CheckpointError
 from hf_gradprune.state import pruning_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -191,7 +191,13 @@ def test_convert_then_load_with_remote_code_without_hf_gradprune(tmp_path):
         assert convert_v4_checkpoint(FIXTURES / f"v4_{name}", tmp_path / f"converted_{name}") == str(
             tmp_path / f"converted_{name}"
         )
-    cmd = [sys.executable, "-m", "hf_gradprune.convert_v4", str(FIXTURES / "v4_gpt2"), str(tmp_path / "converted_gpt2")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_gradprune.cli.convert_v4",
+        str(FIXTURES / "v4_gpt2"),
+        str(tmp_path / "converted_gpt2"),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {tmp_path / 'converted_gpt2'}" in result.stdout
@@ -395,7 +401,7 @@ def test_command_line_on_a_truncated_weights_file(tmp_path, weights):
     for call in (lambda: convert_v4_checkpoint(src, tmp_path / "dst"), lambda: load_pruned(src)):
         with pytest.raises(CheckpointError, match=f"{weights} cannot be read.*truncated or corrupt"):
             call()
-    cmd = [sys.executable, "-m", "hf_gradprune.convert_v4", str(src), str(tmp_path / "dst")]
+    cmd = [sys.executable, "-m", "hf_gradprune.cli.convert_v4", str(src), str(tmp_path / "dst")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
     assert result.returncode == 2 and result.stdout == ""  # 2: bad input, as every hf-gradprune command
     lines = result.stderr.strip().splitlines()

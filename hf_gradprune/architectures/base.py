@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import numbers
+import operator
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import torch
@@ -51,6 +53,31 @@ class Geometry:
             raise ValueError(
                 f"num_key_value_heads must divide num_heads ({self.num_heads}), got {self.num_key_value_heads!r}"
             )
+
+    def kept_units(self, heads, neurons) -> tuple[list[list[int]], list[list[int]]]:
+        """Per layer, the kept original head and neuron ids, sorted plain ints; ``ValueError`` unless there is one
+        list per layer, the ids are integers (Python, NumPy or torch; 1.7 is refused, not truncated), distinct and
+        in range, and every key/value head kept keeps equally many query heads. ``PruningPlan`` and the reader of
+        a saved record (``state``) both check with it."""
+        heads = [_unit_ids(h, "head", layer) for layer, h in enumerate(_per_layer(heads, "head"))]
+        neurons = [_unit_ids(n, "neuron", layer) for layer, n in enumerate(_per_layer(neurons, "neuron"))]
+        if len(heads) != self.num_layers or len(neurons) != self.num_layers:
+            raise ValueError(f"a plan for this model needs {self.num_layers} layers of heads and neurons")
+        for layer, (h, n) in enumerate(zip(heads, neurons)):
+            if len(set(h)) != len(h) or any(not 0 <= i < self.num_heads for i in h):
+                raise ValueError(f"layer {layer}: head ids must be distinct and in [0, {self.num_heads}), got {h}")
+            if len(set(n)) != len(n) or any(not 0 <= i < self.intermediate_size for i in n):
+                raise ValueError(f"layer {layer}: neuron ids must be distinct and in [0, {self.intermediate_size})")
+            per_group = Counter(i // self.group_size for i in h)
+            if len(set(per_group.values())) > 1:
+                counts = ", ".join(f"group {k}: {c}" for k, c in sorted(per_group.items()))
+                raise ValueError(
+                    f"layer {layer}: every key/value head kept must keep the same number of query heads "
+                    f"(repeat_kv shares each key/value head among equally many), so the query heads kept must be a "
+                    f"multiple of the key/value heads kept; this plan keeps {counts} (query head q reads "
+                    f"key/value head q // {self.group_size})"
+                )
+        return heads, neurons
 
     @property
     def group_size(self) -> int:
@@ -233,3 +260,23 @@ def freeze_unused(module: nn.Module) -> None:
     module._gradprune_frozen = True
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def _per_layer(per_layer, kind: str) -> list:
+    if isinstance(per_layer, (str, bytes, dict)) or not hasattr(per_layer, "__iter__"):
+        raise ValueError(
+            f"a plan's {kind}s must be a list of one list of kept {kind} ids per layer, got {per_layer!r:.80}"
+        )
+    return list(per_layer)
+
+
+def _unit_ids(ids, kind: str, layer: int) -> list[int]:
+    """One layer's kept ids, sorted: Python, NumPy or torch integers; anything else (e.g. 1.7) is refused
+    rather than truncated."""
+    try:
+        items = list(ids)
+        if any(isinstance(i, bool) for i in items):
+            raise TypeError
+        return sorted(operator.index(i) for i in items)
+    except TypeError:
+        raise ValueError(f"layer {layer}: {kind} ids must be a list of integers, got {ids!r}") from None

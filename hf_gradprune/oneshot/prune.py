@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..planning.plan import PlanError, PruningPlan, validate_targets
+from ..scoring.scorer import ImportanceScorer
+from ..scoring.scores import GRADIENT_METHODS, METHODS, Scores
+from ..state import pruning_state, unwrap_model
+from ..surgery import current_plan, prune_model
+from ..units import HEAD
 from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs, model_loss
-from .plan import PlanError, PruningPlan, validate_targets
 from .reconstruct import ReconstructionReport, calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
-from .scores import GRADIENT_METHODS, METHODS, Scores
-from .scoring import ImportanceScorer
-from .state import pruning_state, unwrap_model
-from .surgery import current_plan, prune_model
-from .units import HEAD
 
 SPLITS = ("search", "ratio", "normalized")
 
@@ -142,7 +142,7 @@ def prune_oneshot(
         validate_targets(**targets)
         if latency_budget is not None and latency_table is None:
             raise PlanError(
-                "latency_budget needs latency_table= (hf_gradprune.latency: cached_latency_table, "
+                "latency_budget needs latency_table= (hf_gradprune.deploy.latency: cached_latency_table, "
                 "measure_latency_table or LatencyTable.load)"
             )
     rearrange = rearrange and method in GRADIENT_METHODS
@@ -174,7 +174,7 @@ def prune_oneshot(
         t = time.perf_counter()
         options = {"seq_len": seq_len, **plan_options}
         if searching:
-            from .budget_split import search_budget_split
+            from .budget_search import search_budget_split
 
             plan, split_report = search_budget_split(
                 inner,
@@ -197,7 +197,7 @@ def prune_oneshot(
     plan = plan.intersect(current_plan(inner))
     rearrangement = None
     if rearrange:
-        from .rearrange import rearrange_plan
+        from ..planning.rearrange import rearrange_plan
 
         t = time.perf_counter()
         plan, rearrangement = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)

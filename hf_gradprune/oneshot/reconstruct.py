@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..state import pruning_state, unwrap_model
+from ..units import HEAD, NEURON
 from .calibration import calibration_batches, check_count, model_inputs, token_mask
-from .state import pruning_state, unwrap_model
-from .units import HEAD, NEURON
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-from .modeling_gradprune import CLASS_PREFIX
+from ..modeling_gradprune import CLASS_PREFIX
 
 # A folder's tokenizer files (whatever of these it has): copied as they are by ``convert_v4_checkpoint`` and
 # ``export_onnx``.

@@ -13,15 +13,13 @@ import itertools
 import json
 import math
 import numbers
-import operator
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .architectures import Geometry, get_adapter
-from .scores import Scores
-from .units import ATTENTION_UNITS, HEAD, KV_GROUP, NEURON, UnitCosts
+from ..architectures import Geometry, get_adapter
+from ..scoring.scores import Scores
+from ..units import ATTENTION_UNITS, HEAD, KV_GROUP, NEURON, UnitCosts
 
 
 class PlanError(ValueError):
@@ -44,28 +42,13 @@ class PruningPlan:
     def __post_init__(self):
         if not isinstance(self.geometry, Geometry):
             raise PlanError(f"a plan's geometry must be a Geometry, got {type(self.geometry).__name__}")
-        self.heads = [_unit_ids(h, HEAD, layer) for layer, h in enumerate(_layers(self.heads, HEAD))]
-        self.neurons = [_unit_ids(n, NEURON, layer) for layer, n in enumerate(_layers(self.neurons, NEURON))]
+        try:
+            self.heads, self.neurons = self.geometry.kept_units(self.heads, self.neurons)
+        except ValueError as e:
+            raise PlanError(str(e)) from None
         self.meta = plain_json(self.meta, "meta")
         if not isinstance(self.meta, dict):
             raise PlanError(f"a plan's meta must be a dict, got {type(self.meta).__name__}")
-        g = self.geometry
-        if len(self.heads) != g.num_layers or len(self.neurons) != g.num_layers:
-            raise PlanError(f"a plan for this model needs {g.num_layers} layers of heads and neurons")
-        for layer, (h, n) in enumerate(zip(self.heads, self.neurons)):
-            if len(set(h)) != len(h) or any(not 0 <= i < g.num_heads for i in h):
-                raise PlanError(f"layer {layer}: head ids must be distinct and in [0, {g.num_heads}), got {h}")
-            if len(set(n)) != len(n) or any(not 0 <= i < g.intermediate_size for i in n):
-                raise PlanError(f"layer {layer}: neuron ids must be distinct and in [0, {g.intermediate_size})")
-            per_group = Counter(i // g.group_size for i in h)
-            if len(set(per_group.values())) > 1:
-                counts = ", ".join(f"group {k}: {c}" for k, c in sorted(per_group.items()))
-                raise PlanError(
-                    f"layer {layer}: every key/value head kept must keep the same number of query heads "
-                    f"(repeat_kv shares each key/value head among equally many), so the query heads kept must be a "
-                    f"multiple of the key/value heads kept; this plan keeps {counts} (query head q reads "
-                    f"key/value head q // {g.group_size})"
-                )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -107,7 +90,7 @@ class PruningPlan:
         and neurons compete by importance per FLOP or per parameter) / ``latency_budget``.
 
         ``latency_budget``: fraction of the dense model's forward time to remove, as ``latency_table``
-        predicts it (a ``hf_gradprune.latency.LatencyTable``, or anything with ``predict(plan) -> ms``), i.e. at
+        predicts it (a ``hf_gradprune.deploy.latency.LatencyTable``, or anything with ``predict(plan) -> ms``), i.e. at
         the table's batch x sequence on the table's machine. With ``ffn_multiple_of=1``, global ranking and no
         ``uniform`` / ``balanced`` / ``heads_kept``, units go by Kwon et al.'s lookup: least importance per
         millisecond saved, read from the table at the unit's layer's current count, until the prediction meets the
@@ -188,7 +171,7 @@ class PruningPlan:
         if latency_budget is not None and latency_table is None:
             raise PlanError(
                 "latency_budget is a fraction of the time a latency table predicts: pass latency_table= (from "
-                "hf_gradprune.latency: measure_latency_table, cached_latency_table or LatencyTable.load)"
+                "hf_gradprune.deploy.latency: measure_latency_table, cached_latency_table or LatencyTable.load)"
             )
         latency_dense = None
         if latency_table is not None:
@@ -585,14 +568,6 @@ def validate_options(
 
 
 # ---------------------------------------------------------------------- ids and costs
-def _layers(per_layer, kind: str) -> list:
-    if isinstance(per_layer, (str, bytes, dict)) or not hasattr(per_layer, "__iter__"):
-        raise PlanError(
-            f"a plan's {kind}s must be a list of one list of kept {kind} ids per layer, got {per_layer!r:.80}"
-        )
-    return list(per_layer)
-
-
 def plain_json(value, name: str):
     """``value`` with NumPy / torch scalars made plain Python numbers, so that a config or plan holding it saves
     as JSON; anything JSON cannot hold is a ``PlanError`` naming where it is (``name``)."""
@@ -611,18 +586,6 @@ def plain_json(value, name: str):
     if getattr(value, "shape", None) == () and hasattr(value, "item"):  # NumPy bool_, 0-d arrays and tensors
         return plain_json(value.item(), name)
     raise PlanError(f"{name} is a {type(value).__name__} ({value!r:.60}), which JSON cannot hold; give a plain value")
-
-
-def _unit_ids(ids, kind: str, layer: int) -> list[int]:
-    """One layer's kept ids, sorted: Python, NumPy or torch integers; anything else (e.g. 1.7) is refused
-    rather than truncated."""
-    try:
-        items = list(ids)
-        if any(isinstance(i, bool) for i in items):
-            raise TypeError
-        return sorted(operator.index(i) for i in items)
-    except TypeError:
-        raise PlanError(f"layer {layer}: {kind} ids must be a list of integers, got {ids!r}") from None
 
 
 def _unit_costs(g: Geometry, seq_len: int) -> UnitCosts:

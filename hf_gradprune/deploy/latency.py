@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import Geometry
+from ..architectures import Geometry
 
 
 def random_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int | None = None) -> dict:
@@ -338,7 +338,7 @@ def _dtype_name(model: nn.Module) -> str:
 def table_key(model: nn.Module, batch_size: int, seq_len: int, autocast_dtype: torch.dtype | None = None) -> dict:
     """The key a table measured now for ``model`` at ``batch_size`` x ``seq_len`` (under ``autocast_dtype``, when
     given: its dtype is the table's) would have."""
-    from .state import pruning_state
+    from ..state import pruning_state
 
     device = next(model.parameters()).device
     return {
@@ -386,9 +386,9 @@ def measure_latency_table(
     ``autocast_dtype``: time under ``torch.autocast`` (e.g. bf16 on a GPU); the table's dtype is then that one. The
     caller's model is never changed. ``timer(model) -> ms`` replaces ``measure_latency`` (tests).
     """
-    from .plan import PruningPlan  # latency.py builds plans to time them; plan.py never imports latency.py
-    from .state import pruning_state
-    from .surgery import prune_model
+    from ..planning.plan import PruningPlan  # latency.py builds plans to time them; plan.py never imports latency.py
+    from ..state import pruning_state
+    from ..surgery import prune_model
 
     checks = (("batch_size", batch_size), ("seq_len", seq_len), ("repeats", repeats), ("rounds", rounds))
     for name, value, least in ((name, value, 1) for name, value in checks):
@@ -499,7 +499,7 @@ def latency_table_for(
     and at ``batch_size`` x ``seq_len`` when given), else measured now on the model, where it is, through the
     cache (``cached_latency_table``; needs ``batch_size`` and ``seq_len``). ``GradPruneTrainer`` and
     ``hf-gradprune prune`` both call this."""
-    from .state import pruning_state
+    from ..state import pruning_state
 
     if path is None:
         if batch_size is None or seq_len is None:

@@ -37,12 +37,12 @@ class CommandError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The package's own errors for bad input (imported here: ``--help`` stays light)."""
-    from .architectures import UnsupportedModelError
-    from .calibration import CalibrationError
-    from .checkpoint import CheckpointError
+    from ..architectures import UnsupportedModelError
+    from ..deploy.latency import LatencyTableError
+    from ..folders.checkpoint import CheckpointError
+    from ..oneshot.calibration import CalibrationError
+    from ..planning.plan import PlanError
     from .data import DataError
-    from .latency import LatencyTableError
-    from .plan import PlanError
 
     return (
         CommandError,
@@ -109,7 +109,7 @@ PRUNE_DESCRIPTION = (
 
 def _options_given(argv: list[str]) -> set[str]:
     """Option names set on the command line or in its ``--config`` recipe (not left at their defaults)."""
-    from .cli import read_recipe
+    from .runs import read_recipe
 
     # HfArgumentParser takes --output-dir for --output_dir too
     given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
@@ -124,8 +124,8 @@ def _prune_task(argv: list[str]) -> str:
     """The task: ``--task``, else classification for a GLUE ``--task_name``, else the model's own kind."""
     import yaml
 
-    from .cli import read_recipe
     from .data import TASKS, TEXT_CLASSIFICATION, TEXT_GENERATION
+    from .runs import read_recipe
 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name in ("--config", "--task", "--task_name", "--model_name_or_path", "--cache_dir"):
@@ -167,9 +167,9 @@ def prune_arguments(argv: list[str]):
     """``hf-gradprune prune``'s arguments: ``(task, model_args, data_args, training_args, prune_args, given)``,
     ``given`` the option names set on the command line or in the recipe. Checks them (and that the model's
     config reads) before anything is loaded."""
-    from .cli import ModelArguments, parse_args
+    from ..training.config import GradPruneConfig
     from .data import TEXT_CLASSIFICATION, CausalLMDataArguments, ClassificationDataArguments
-    from .gradprune_config import GradPruneConfig
+    from .runs import ModelArguments, parse_args
 
     task = _prune_task(argv)
     data_class = ClassificationDataArguments if task == TEXT_CLASSIFICATION else CausalLMDataArguments
@@ -194,8 +194,8 @@ def prune_arguments(argv: list[str]):
 def _prune(argv: list[str]) -> int:
     from transformers import set_seed
 
-    from .cli import prune_and_report
     from .data import TEXT_CLASSIFICATION, prepare_causal_lm, prepare_classification
+    from .runs import prune_and_report
 
     task, model_args, data_args, training_args, prune_args, given = prune_arguments(argv)
     if prune_args.oneshot:
@@ -238,7 +238,7 @@ def oneshot_options(training_args, given: set[str], model=None) -> dict:
     if training_args.balanced:
         options["balanced"] = True
     if training_args.latency_budget is not None and model is not None:
-        from .latency import latency_table_for
+        from ..deploy.latency import latency_table_for
 
         options["latency_table"] = latency_table_for(
             model,
@@ -261,11 +261,11 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
 
-    from .hub import save_pruned
-    from .modeling_gradprune import write_folder
-    from .oneshot import prune_oneshot
-    from .run_report import metric_rows, stage_columns, summary_table
-    from .surgery import summarize
+    from ..folders.hub import save_pruned
+    from ..modeling_gradprune import write_folder
+    from ..oneshot.prune import prune_oneshot
+    from ..reports.run_report import metric_rows, stage_columns, summary_table
+    from ..surgery import summarize
 
     model = run.model.to(training_args.device)
     options = oneshot_options(training_args, given, model)
@@ -343,7 +343,7 @@ def model_folder(path: str) -> str:
 
 
 def _folder_config(folder: str):
-    from .modeling_gradprune import CONFIG_KEY
+    from ..modeling_gradprune import CONFIG_KEY
 
     config = _model_config(model_folder(folder))
     if not getattr(config, CONFIG_KEY, None) and getattr(config, "pruned_heads", None):
@@ -357,8 +357,8 @@ def _folder_config(folder: str):
 def original_config(config):
     """A config of the model before any prune (the geometry ``config.gradprune`` records), without the pruning
     record and our ``auto_map``: a model built from it is the dense model of the original shape."""
-    from .architectures import Geometry, get_adapter
-    from .modeling_gradprune import CONFIG_KEY, auto_map_for
+    from ..architectures import Geometry, get_adapter
+    from ..modeling_gradprune import CONFIG_KEY, auto_map_for
 
     dense = copy.deepcopy(config)
     record = getattr(config, CONFIG_KEY, None) or {}
@@ -387,11 +387,11 @@ def _meta_model(config, cls):
 def folder_info(folder: str, seq_len: int | None = None) -> dict:
     """What ``hf-gradprune info`` reports, as data: per-layer units kept, parameters and FLOPs before and after,
     the plan history. Reads the config only (models are built on the meta device, no weights loaded)."""
-    from .checkpoint import resolve_model_class
-    from .modeling_gradprune import CONFIG_KEY, gradprune_class
-    from .plan import PruningPlan
-    from .state import pruning_state
-    from .surgery import current_plan
+    from ..folders.checkpoint import resolve_model_class
+    from ..modeling_gradprune import CONFIG_KEY, gradprune_class
+    from ..planning.plan import PruningPlan
+    from ..state import pruning_state
+    from ..surgery import current_plan
 
     config = _folder_config(folder)
     try:
@@ -529,8 +529,8 @@ def _dense_config(name: str):
 
 def _original_geometry(config):
     """The shape of the model before any prune: the one ``config.gradprune`` records, else the config's own."""
-    from .architectures import Geometry, get_adapter
-    from .modeling_gradprune import CONFIG_KEY
+    from ..architectures import Geometry, get_adapter
+    from ..modeling_gradprune import CONFIG_KEY
 
     record = getattr(config, CONFIG_KEY, None) or {}
     if record.get("geometry"):
@@ -541,10 +541,10 @@ def _original_geometry(config):
 def _bench(args) -> int:
     import torch
 
-    from .checkpoint import resolve_model_class
-    from .hub import load_pruned
-    from .latency import latency_comparison
-    from .modeling_gradprune import CONFIG_KEY
+    from ..deploy.latency import latency_comparison
+    from ..folders.checkpoint import resolve_model_class
+    from ..folders.hub import load_pruned
+    from ..modeling_gradprune import CONFIG_KEY
 
     config = _folder_config(args.folder)
     if not (getattr(config, CONFIG_KEY, None) or {}).get("geometry") and args.dense is None:
@@ -601,10 +601,12 @@ def _export_onnx(args) -> int:
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         raise CommandError(f"{args.out} exists and is not empty: give --overwrite to replace its export")
     try:
-        from .onnx_export import OnnxExportError, export_onnx
+        from ..deploy.onnx_export import OnnxExportError, export_onnx
     except ModuleNotFoundError as e:
-        if e.name == f"{__package__}.onnx_export":
-            raise CommandError("this hf_gradprune has no ONNX export (hf_gradprune.onnx_export is missing)") from e
+        if e.name == f"{__package__.rpartition('.')[0]}.deploy.onnx_export":
+            raise CommandError(
+                "this hf_gradprune has no ONNX export (hf_gradprune.deploy.onnx_export is missing)"
+            ) from e
         raise
     try:
         report = export_onnx(
@@ -670,7 +672,7 @@ def _convert_v4(args) -> int:
     """Convert ``args.src`` into ``args.dst``; bad input raises ``command_line.CommandError``."""
     import transformers
 
-    from .v4_compat import convert_v4_checkpoint
+    from ..folders.v4_compat import convert_v4_checkpoint
 
     model_class = None
     if args.model_class:
@@ -731,7 +733,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "bench",
         help="latency of the dense model against the pruned one on this machine",
         description="Median forward latency of the dense model and the pruned folder on this machine "
-        "(hf_gradprune.latency.latency_comparison). The dense model is by default one of the folder's original "
+        "(hf_gradprune.deploy.latency.latency_comparison). The dense model is by default one of the folder's original "
         "shape (recorded in its config) with random weights: the time of a forward pass does not depend on the "
         "weights' values. --dense gives a real one.",
     )
@@ -752,7 +754,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     onnx = formats.add_parser(
         "onnx",
         help="ONNX, checked against ONNX Runtime",
-        description="Export a pruned (or dense) folder to ONNX with hf_gradprune.onnx_export.export_onnx: "
+        description="Export a pruned (or dense) folder to ONNX with hf_gradprune.deploy.onnx_export.export_onnx: "
         'model.onnx, checked against torch on ONNX Runtime (needs pip install "hf_gradprune[onnx]").',
     )
     onnx.add_argument("folder", help="the folder to export")

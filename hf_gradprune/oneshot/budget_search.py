@@ -25,10 +25,10 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..planning.plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan, validate_targets
+from ..scoring.scores import Scores
+from ..state import pruning_state, unwrap_model
 from .calibration import CalibrationError, LossFn, calibration_batches, check_count, model_loss
-from .plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan, validate_targets
-from .scores import Scores
-from .state import pruning_state, unwrap_model
 
 CRITERIA = ("loss", "importance")
 # Candidates whose losses (or kept importances) differ by less than this fraction of the best one's are tied.

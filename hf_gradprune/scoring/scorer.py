@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
+from ..state import pruning_state, unwrap_model
+from ..units import HEAD, KV_GROUP, NEURON
 from .scores import GRADIENT_METHODS, METHODS, Scores
-from .state import pruning_state, unwrap_model
-from .units import HEAD, KV_GROUP, NEURON
 
 # state_dict() keys, kept as they were before units.py (saved scorer states use them)
 _STATE_KEYS = {HEAD: "heads", NEURON: "neurons", KV_GROUP: "kv_groups"}

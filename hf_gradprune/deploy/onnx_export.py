@@ -101,14 +101,14 @@ def _load(model_or_folder) -> tuple[nn.Module, str | None]:
             raise FileNotFoundError(
                 f"{folder} is not a folder; export_onnx takes a model or a folder saved by save_pretrained"
             )
-        from .hub import load_pruned
+        from ..folders.hub import load_pruned
 
         return load_pruned(folder, dtype=torch.float32), folder  # the export is fp32 whatever the weights are
     if not isinstance(model_or_folder, nn.Module):
         raise TypeError(
             f"export_onnx takes a transformers model or a saved folder, got {type(model_or_folder).__name__}"
         )
-    from .state import unwrap_model
+    from ..state import unwrap_model
 
     return unwrap_model(model_or_folder), None
 
@@ -273,7 +273,7 @@ def _optimizer_type(model, notes) -> str | None:
     else what the family's adapter says fits; None (with a note) where it has none."""
     from onnxruntime.transformers.optimizer import MODEL_TYPES
 
-    from .architectures import UnsupportedModelError, get_adapter
+    from ..architectures import UnsupportedModelError, get_adapter
 
     model_type = model.config.model_type
     try:
@@ -318,7 +318,7 @@ def _optimize(src, dst, model, ort_type, fused, attention: bool = True) -> None:
     (head count 0: the optimizer then finds none to fuse)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from .state import pruning_state
+    from ..state import pruning_state
 
     num_heads, hidden_size, head_dim = 0, 0, None
     if attention:
@@ -448,7 +448,7 @@ def _sha256(path: str) -> str:
 def _manifest(folder: str, names) -> dict:
     """What an export wrote: every file by name, each non-graph file with its SHA-256 (graphs are ours by name)."""
     files = {n: None if n in _ONNX_FILES else _sha256(os.path.join(folder, n)) for n in sorted(names)}
-    return {"written_by": "hf_gradprune.onnx_export.export_onnx", "files": files}
+    return {"written_by": "hf_gradprune.deploy.onnx_export.export_onnx", "files": files}
 
 
 def _write_manifest(folder: str, manifest: dict) -> None:
@@ -624,7 +624,7 @@ def export_onnx(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         elif folder is not None:
-            from .checkpoint import TOKENIZER_FILES
+            from ..folders.checkpoint import TOKENIZER_FILES
 
             for name in TOKENIZER_FILES:
                 if os.path.isfile(os.path.join(folder, name)):

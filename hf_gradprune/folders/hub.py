@@ -14,8 +14,7 @@ import torch
 import transformers
 from torch import nn
 
-from .checkpoint import CheckpointError, resolve_model_class, weight_faults
-from .modeling_gradprune import (
+from ..modeling_gradprune import (
     CONFIG_KEY,
     EmptyBlock,
     check_format,
@@ -24,7 +23,8 @@ from .modeling_gradprune import (
     stock_class,
     write_folder,
 )
-from .state import RecordError, pruning_state
+from ..state import RecordError, pruning_state
+from .checkpoint import CheckpointError, resolve_model_class, weight_faults
 
 
 class FolderMismatchError(CheckpointError):

@@ -25,11 +25,11 @@ import torch
 import transformers
 from torch import nn
 
-from .architectures import Geometry, get_adapter
+from ..architectures import Geometry, get_adapter
+from ..modeling_gradprune import CONFIG_KEY, gradprune_class, write_folder
+from ..planning.plan import PlanError, PruningPlan
+from ..surgery import current_plan, prune_model
 from .checkpoint import TOKENIZER_FILES, CheckpointError, resolve_model_class, weight_faults
-from .modeling_gradprune import CONFIG_KEY, gradprune_class, write_folder
-from .plan import PlanError, PruningPlan
-from .surgery import current_plan, prune_model
 
 V4_KEY = "pruned_heads"
 

@@ -6,9 +6,9 @@ import os
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .modeling_gradprune import auto_classes
+from ..modeling_gradprune import auto_classes
+from ..surgery import current_plan
 from .run_report import STAGES, stage_metrics
-from .surgery import current_plan
 
 
 def _schedule_text(args, max_steps: int) -> str:

@@ -30,20 +30,20 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint, has_length
 from transformers.utils import logging
 
+from ..architectures import get_adapter
+from ..deploy.latency import LatencyTable, latency_table_for
+from ..modeling_gradprune import CONFIG_KEY
+from ..oneshot.reconstruct import ReconstructionReport, reconstruct
+from ..planning.plan import PruningPlan, validate_options
+from ..reports.model_card import write_model_card
+from ..scoring.scorer import ImportanceScorer
+from ..scoring.scores import GRADIENT_METHODS, Scores
+from ..state import pruning_state, unwrap_model
+from ..surgery import current_plan, prune_model
+from ..units import HEAD
 from .accelerate_compat import forget_prepared
-from .architectures import get_adapter
-from .gradprune_config import GradPruneConfig
-from .latency import LatencyTable, latency_table_for
-from .model_card import write_model_card
-from .modeling_gradprune import CONFIG_KEY
-from .plan import PruningPlan, validate_options
-from .reconstruct import ReconstructionReport, reconstruct
-from .scores import GRADIENT_METHODS, Scores
-from .scoring import ImportanceScorer
-from .state import pruning_state, unwrap_model
-from .surgery import current_plan, prune_model
+from .config import GradPruneConfig
 from .transformers_compat import loss_scale_setting, restore_loss_scale_setting, trainer_divides_per_batch_loss
-from .units import HEAD
 
 logger = logging.get_logger(__name__)
 
@@ -588,7 +588,7 @@ class GradPruneTrainer(Trainer):
         if rounds_done and self.teacher is None and self.args.effective_distill_alpha > 0:
             teacher_dir = os.path.join(self.args.output_dir, TEACHER_DIR)
             if os.path.isdir(teacher_dir):
-                from .hub import load_pruned
+                from ..folders.hub import load_pruned
 
                 teacher = self._freeze(load_pruned(teacher_dir))
             else:  # the first prune was before training: the model given is the one the run started from

@@ -19,7 +19,7 @@ from itertools import chain
 import numpy as np
 from datasets import load_dataset
 
-from .cli import ModelArguments, RunArguments
+from .runs import ModelArguments, RunArguments
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def prepare_classification(
     GLUE metrics. Without ``labels_required``, unlabelled data gives a run with ``labelled`` False."""
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-    from .metrics import GlueMetric
+    from ..reports.metrics import GlueMetric
 
     data = load_classification_data(data_args, model_args, labels_required=labels_required)
     tokenizer = _tokenizer(model_args)
@@ -441,7 +441,7 @@ def prepare_causal_lm(model_args: ModelArguments, data_args: CausalLMDataArgumen
     next-token accuracy."""
     from transformers import AutoModelForCausalLM, default_data_collator
 
-    from .architectures import get_adapter
+    from ..architectures import get_adapter
 
     train_raw, eval_raw, text_column = load_causal_lm_data(data_args, model_args)
     tokenizer = _tokenizer(model_args)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import os
 
-from .latency import latency_comparison
+from ..deploy.latency import latency_comparison
+from ..surgery import current_plan
 from .plots import plot_plan
-from .surgery import current_plan
 
 STAGES = ("dense", "pruned", "reconstructed", "recovered")
 # Stages only some runs have: a summary table shows their column only when they were evaluated.

@@ -7,8 +7,15 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .plan import BUDGET_NAMES, DEFAULT_FFN_MULTIPLE_OF, TARGET_NAMES, PlanError, validate_options, validate_targets
-from .scores import GRADIENT_METHODS, METHODS
+from ..planning.plan import (
+    BUDGET_NAMES,
+    DEFAULT_FFN_MULTIPLE_OF,
+    TARGET_NAMES,
+    PlanError,
+    validate_options,
+    validate_targets,
+)
+from ..scoring.scores import GRADIENT_METHODS, METHODS
 
 
 @dataclass
@@ -52,7 +59,9 @@ class GradPruneConfig(TrainingArguments):
     )
     latency_table: str | None = field(
         default=None,
-        metadata={"help": "latency_budget: path of a latency table JSON (hf_gradprune.latency.LatencyTable.save)."},
+        metadata={
+            "help": "latency_budget: path of a latency table JSON (hf_gradprune.deploy.latency.LatencyTable.save)."
+        },
     )
     latency_table_batch_size: int | None = field(
         default=None,
@@ -266,7 +275,7 @@ class GradPruneConfig(TrainingArguments):
                     "latency_table_batch_size and latency_table_seq_len to measure one on the model"
                 )
             return
-        from .latency import LatencyTable
+        from ..deploy.latency import LatencyTable
 
         try:  # read now, so a missing or malformed file fails before training; the model is checked by the trainer
             LatencyTable.load(

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..units import HEAD, NEURON
 from .plan import PruningPlan
-from .units import HEAD, NEURON
 
 _HOW = "score with ImportanceScorer(..., record_batches=True) and pass its batch_gradients"
 

@@ -164,9 +164,9 @@ def prune_and_report(
     import copy
     import dataclasses
 
-    from .gradprune_trainer import GradPruneTrainer
-    from .run_report import format_summary, stage_metrics, write_run_report
-    from .surgery import current_plan
+    from ..reports.run_report import format_summary, stage_metrics, write_run_report
+    from ..surgery import current_plan
+    from ..training.trainer import GradPruneTrainer
 
     args = dataclasses.replace(training_args, evaluate_after_prune=True)
     args.model_card_dataset = args.model_card_dataset or card_dataset

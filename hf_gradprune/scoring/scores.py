@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .architectures import Geometry
-from .units import HEAD, NEURON
+from ..architectures import Geometry
+from ..units import HEAD, NEURON
 
 GRADIENT_METHODS = ("taylor", "fisher")
 METHODS = (*GRADIENT_METHODS, "magnitude", "random")

@@ -1,0 +1,75 @@
+"""The module paths of the flat layout (``hf_gradprune.plan``, ``hf_gradprune.hub``, ...) keep working for one
+release: importing one gives a copy of the new module's names and a ``FutureWarning`` that names the new path.
+
+A finder on ``sys.meta_path`` instead of one file per old name, so the package's folders show its stages only.
+``scoring``, ``oneshot`` and ``cli`` are packages now; they export what their old modules' users imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+# old module name -> new module name, both below the package
+MOVED = {
+    "scores": "scoring.scores",
+    "plan": "planning.plan",
+    "rearrange": "planning.rearrange",
+    "calibration": "oneshot.calibration",
+    "budget_split": "oneshot.budget_search",
+    "reconstruct": "oneshot.reconstruct",
+    "checkpoint": "folders.checkpoint",
+    "hub": "folders.hub",
+    "v4_compat": "folders.v4_compat",
+    "latency": "deploy.latency",
+    "onnx_export": "deploy.onnx_export",
+    "gradprune_config": "training.config",
+    "gradprune_trainer": "training.trainer",
+    "accelerate_compat": "training.accelerate_compat",
+    "transformers_compat": "training.transformers_compat",
+    "model_card": "reports.model_card",
+    "run_report": "reports.run_report",
+    "plots": "reports.plots",
+    "metrics": "reports.metrics",
+    "command_line": "cli.main",
+    "data": "cli.data",
+    "convert_v4": "cli.convert_v4",
+}
+PACKAGE = __name__.rpartition(".")[0]
+
+
+def warn_moved(old: str, new: str) -> None:
+    """A ``FutureWarning`` (shown to users by default) pointing at the first frame outside the import system."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith("<frozen importlib")
+        or frame.f_globals.get("__name__", "").startswith(__name__)
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"{old} moved to {new}; the old path goes away in the next release", FutureWarning, level + 1)
+
+
+class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package == PACKAGE and name in MOVED:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return None  # the default: a fresh module, filled below
+
+    def exec_module(self, module) -> None:
+        new = f"{PACKAGE}.{MOVED[module.__name__.rpartition('.')[2]]}"
+        real = importlib.import_module(new)
+        warn_moved(module.__name__, new)
+        module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        module.__all__ = getattr(real, "__all__", [k for k in vars(real) if not k.startswith("_")])
+
+
+def install() -> None:
+    if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
+        sys.meta_path.append(_MovedFinder())  # last: a real module of that name (none today) would win

@@ -1,0 +1,10 @@
+"""Stage 1, scoring: ``ImportanceScorer`` (hooks that accumulate gradient x activation per head and neuron) and
+``Scores`` (the data it produces, saved and loaded).
+
+May import: ``units``, ``modeling_gradprune``, ``architectures``, ``state``. Nothing above.
+"""
+
+from .scorer import ImportanceScorer
+from .scores import GRADIENT_METHODS, METHODS, Scores, ScoresError
+
+__all__ = ["GRADIENT_METHODS", "METHODS", "ImportanceScorer", "Scores", "ScoresError"]
