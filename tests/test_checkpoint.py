@@ -1,6 +1,5 @@
-"""One reader of saved weights (``checkpoint``), and the import structure around it."""
+"""One reader of saved weights (``checkpoint``). The import structure around it: tests/test_layers.py."""
 
-import ast
 import json
 from pathlib import Path
 
@@ -8,13 +7,8 @@ import pytest
 import torch
 from conftest import make, uneven_plan
 
-import hf_gradprune
 from hf_gradprune import prune_model
 from hf_gradprune.folders.checkpoint import CheckpointError, checkpoint_shapes, compare_shapes
-
-PACKAGE = Path(hf_gradprune.__file__).parent
-# The modules that read or write saved folders; none may import another module's private names or sit in a cycle.
-FOLDER_MODULES = {"hub", "v4_compat", "convert_v4", "checkpoint", "modeling_gradprune"}
 
 
 def write_bin(state, folder: Path, shards: int) -> None:
@@ -73,49 +67,3 @@ def test_only_base_model_tensors_count_as_missing():
     missing, mismatched = compare_shapes(model, shapes)
     assert missing == ["bert.encoder.layer.0.output.dense.weight"]
     assert mismatched == ["bert.pooler.dense.weight: file (3, 3), expected (64, 64)"]
-
-
-def package_imports() -> dict[str, set[tuple[str, str]]]:
-    """``{module: {(imported module, name)}}`` for imports within the package, lazy ones included."""
-    found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        is_init = parts[-1] == "__init__"
-        module = ".".join(parts[:-1] if is_init else parts)  # the package itself is ""
-        package = list(parts[:-1])  # what ``from . import`` starts from, for a module and an __init__ alike
-        edges = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package[: len(package) - node.level + 1]
-                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
-                edges.update((target, alias.name) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hf_gradprune"):
-                target = node.module.removeprefix("hf_gradprune").lstrip(".")
-                edges.update((target, alias.name) for alias in node.names)
-        found[module] = edges
-    return found
-
-
-def test_folder_modules_share_public_names_and_form_no_cycle():
-    imports = package_imports()
-    private = [
-        f"{module} imports {target}.{name}"
-        for module in FOLDER_MODULES
-        for target, name in imports.get(module, ())
-        if name.startswith("_") and target != module
-    ]
-    assert private == []
-
-    graph = {m: {t for t, _ in edges if t in imports and t != m} for m, edges in imports.items()}
-
-    def reaches(start, goal):
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph[todo.pop()] - seen:
-                if nxt == goal:
-                    return True
-                seen.add(nxt)
-                todo.append(nxt)
-        return False
-
-    assert [m for m in sorted(FOLDER_MODULES & set(graph)) if reaches(m, m)] == []
