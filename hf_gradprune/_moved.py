@@ -2,7 +2,11 @@
 release: importing one gives a copy of the new module's names and a ``FutureWarning`` that names the new path.
 
 A finder on ``sys.meta_path`` instead of one file per old name, so the package's folders show its stages only.
-``scoring``, ``oneshot`` and ``cli`` are packages now; they export what their old modules' users imported.
+``scoring``, ``oneshot`` and ``cli`` are packages now; they export what their old modules' users imported
+(``cli`` forwards the example scripts' helpers to ``cli.runs`` with the same warning).
+
+It imports nothing of the package but by name, on request: the layer test places it at the bottom, where ``cli``
+may use ``warn_moved``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import importlib.util
 import sys
 import warnings
 
-# old module name -> new module name, both below the package
+# old module name -> new module name(s), below the package; an old module split in several gets all their names
 MOVED = {
     "scores": "scoring.scores",
     "plan": "planning.plan",
@@ -34,7 +38,7 @@ MOVED = {
     "run_report": "reports.run_report",
     "plots": "reports.plots",
     "metrics": "reports.metrics",
-    "command_line": "cli.main",
+    "command_line": ("cli.main", "cli.prune", "cli.info", "cli.bench", "cli.export_onnx", "cli.inputs"),
     "data": "cli.data",
     "convert_v4": "cli.convert_v4",
 }
@@ -42,11 +46,12 @@ PACKAGE = __name__.rpartition(".")[0]
 
 
 def warn_moved(old: str, new: str) -> None:
-    """A ``FutureWarning`` (shown to users by default) pointing at the first frame outside the import system."""
+    """A ``FutureWarning`` (shown to users by default) pointing at the first frame outside the import system and
+    the package: the user's import."""
     frame, level = sys._getframe(1), 1
     while frame is not None and (
         frame.f_code.co_filename.startswith("<frozen importlib")
-        or frame.f_globals.get("__name__", "").startswith(__name__)
+        or frame.f_globals.get("__name__", "").partition(".")[0] == PACKAGE  # this finder, cli's __getattr__
     ):
         frame, level = frame.f_back, level + 1
     warnings.warn(f"{old} moved to {new}; the old path goes away in the next release", FutureWarning, level + 1)
@@ -63,11 +68,16 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None  # the default: a fresh module, filled below
 
     def exec_module(self, module) -> None:
-        new = f"{PACKAGE}.{MOVED[module.__name__.rpartition('.')[2]]}"
-        real = importlib.import_module(new)
-        warn_moved(module.__name__, new)
-        module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
-        module.__all__ = getattr(real, "__all__", [k for k in vars(real) if not k.startswith("_")])
+        new = MOVED[module.__name__.rpartition(".")[2]]
+        new = [f"{PACKAGE}.{name}" for name in ((new,) if isinstance(new, str) else new)]
+        reals = [importlib.import_module(name) for name in new]
+        warn_moved(module.__name__, " and ".join(new))
+        names = {}
+        for real in reversed(reals):  # the first module's name wins
+            module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+            public = getattr(real, "__all__", [k for k in vars(real) if not k.startswith("_")])
+            names = dict.fromkeys([*public, *names])
+        module.__all__ = list(names)
 
 
 def install() -> None:

@@ -14,7 +14,8 @@ from conftest import WORDS, save_tiny_tokenizer, sentiment_rows, tiny_bert_confi
 from transformers import BertForSequenceClassification, GPT2LMHeadModel
 
 from hf_gradprune import PruningPlan, current_plan, load_pruned
-from hf_gradprune import command_line as cl
+from hf_gradprune.cli import info as info_command
+from hf_gradprune.cli import prune as prune_command
 from hf_gradprune.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +278,7 @@ def test_every_recipe_parses_for_prune(assets):
         args += ["--output_dir", str(assets / "o"), "--use_cpu", "true"]
         if "train_file" not in recipe.read_text() and "task_name" not in recipe.read_text() and task.startswith("t"):
             args += ["--train_file", str(assets / "train.csv")]
-        got_task, _, data, training, prune, _ = cl.prune_arguments(args)
+        got_task, _, data, training, prune, _ = prune_command.prune_arguments(args)
         assert got_task == task and training.plan_targets() and not prune.oneshot, recipe
 
 
@@ -286,11 +287,11 @@ def test_the_ffn_multiple_defaults_to_the_plans_constant(assets):
 
     args = ["--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "train.csv")]
     args += ["--output_dir", str(assets / "o"), "--use_cpu", "true", "--head_sparsity", "0.5"]
-    *_, training, _, given = cl.prune_arguments(args)
+    *_, training, _, given = prune_command.prune_arguments(args)
     assert training.ffn_multiple_of == DEFAULT_FFN_MULTIPLE_OF == 64
-    assert cl.oneshot_options(training, given)["ffn_multiple_of"] == DEFAULT_FFN_MULTIPLE_OF
-    *_, training, _, given = cl.prune_arguments([*args, "--ffn_multiple_of", "1"])
-    assert training.ffn_multiple_of == 1 and cl.oneshot_options(training, given)["ffn_multiple_of"] == 1
+    assert prune_command.oneshot_options(training, given)["ffn_multiple_of"] == DEFAULT_FFN_MULTIPLE_OF
+    *_, training, _, given = prune_command.prune_arguments([*args, "--ffn_multiple_of", "1"])
+    assert training.ffn_multiple_of == 1 and prune_command.oneshot_options(training, given)["ffn_multiple_of"] == 1
 
 
 # ---------------------------------------------------------------------- convert-v4, bench, export
@@ -327,7 +328,7 @@ def test_bench_dense_model_has_the_original_shape(pruned_bert):
     from hf_gradprune.state import pruning_state
 
     config = load_pruned(pruned_bert).config
-    dense = BertForSequenceClassification(cl.original_config(config))
+    dense = BertForSequenceClassification(info_command.original_config(config))
     state = pruning_state(dense)
     assert state.head_ids == [list(range(4))] * 3 and state.neuron_ids == [list(range(96))] * 3
     assert "gradprune" not in dense.config.to_dict() and "auto_map" not in dense.config.to_dict()
@@ -352,7 +353,7 @@ def test_info_and_bench_of_a_stock_uniform_llama(tmp_path, capsys):
     assert info["stock"] and info["pruned"] and info["kv_heads"] == {"dense": 6, "pruned": 6}
     assert info["heads"] == {"dense": 24, "pruned": 12} and info["ffn_neurons"] == {"dense": 120, "pruned": 60}
     assert info["params"] == {"dense": dense_params, "pruned": sum(p.numel() for p in model.parameters())}
-    dense_config = cl.original_config(model.config)
+    dense_config = info_command.original_config(model.config)
     assert (dense_config.num_attention_heads, dense_config.num_key_value_heads) == (8, 2)
     assert (dense_config.intermediate_size, dense_config.head_dim) == (40, 8)
     assert main(["bench", str(tmp_path / "llama"), "--batch_sizes", "1", "--seq_len", "8", "--repeats", "1"]) == 0
@@ -445,7 +446,7 @@ def test_a_bug_keeps_its_traceback(assets, monkeypatch):
     def broken(folder, seq_len=None):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cl, "folder_info", broken)
+    monkeypatch.setattr(info_command, "folder_info", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["info", str(assets / "bert")])
 

@@ -15,7 +15,9 @@ TOP = ""  # the package's __init__, __main__ and _moved: they may import anythin
 # lowest first; a stage (a top-level module or subpackage) may import its own modules and lower ranks only.
 # Stages of one rank do not import each other (oneshot and folders both build on surgery, side by side).
 LAYERS = [
-    {"units", "modeling_gradprune"},
+    # _moved (the flat layout's old paths) imports no module of the package but by name, when a user asks for an
+    # old path; at the bottom, cli's old names can use its warning
+    {"units", "modeling_gradprune", "_moved"},
     {"architectures"},
     {"state", "testing"},
     {"scoring"},
@@ -26,7 +28,7 @@ LAYERS = [
     {"reports"},
     {"training"},
     {"cli"},
-    {TOP, "__main__", "_moved"},  # the top imports anything, each other included
+    {TOP, "__main__"},  # the top imports anything, each other included
 ]
 RANK = {stage: rank for rank, stages in enumerate(LAYERS) for stage in stages}
 
