@@ -268,7 +268,7 @@ def test_budgets_cost_units_through_the_family_adapter():
 def test_numpy_numbers_are_accepted_as_options_and_targets():
     import numpy as np
 
-    from hf_gradprune.planning.plan import validate_options, validate_targets
+    from hf_gradprune.planning.validation import validate_options, validate_targets
 
     validate_targets(head_sparsity=np.float32(0.5), ffn_sparsity=np.float64(0.25))
     validate_options(min_heads_per_layer=np.int64(1), ffn_multiple_of=np.int32(8), seq_len=np.int64(128), num_heads=4)
@@ -416,7 +416,7 @@ def test_the_default_multiple_is_64_everywhere_a_plan_is_made():
     import inspect
 
     from hf_gradprune import GradPruneConfig
-    from hf_gradprune.planning.plan import DEFAULT_FFN_MULTIPLE_OF, validate_options
+    from hf_gradprune.planning.validation import DEFAULT_FFN_MULTIPLE_OF, validate_options
 
     assert DEFAULT_FFN_MULTIPLE_OF == 64
     for fn in (PruningPlan.from_scores, validate_options):
