@@ -185,7 +185,7 @@ def test_benchmark_quick_mode(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import rearrange as bench
+    from quality import rearrange as bench  # benchmarks/quality/rearrange.py
 
     bench.main(["--quick", "--out", str(tmp_path), "--n_score", "128"])
     result = json.loads((tmp_path / "rearrange.json").read_text())
