@@ -15,6 +15,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 # old module name -> new module name(s), below the package; an old module split in several gets all their names
@@ -46,15 +47,17 @@ PACKAGE = __name__.rpartition(".")[0]
 
 
 def warn_moved(old: str, new: str) -> None:
-    """A ``FutureWarning`` (shown to users by default) pointing at the first frame outside the import system and
-    the package: the user's import."""
-    frame, level = sys._getframe(1), 1
+    """A ``FutureWarning`` (shown to users by default) pointing at the user's import: the first frame outside the
+    import system and the package."""
+    frame, level = sys._getframe(1), 2  # warn's stacklevel of that frame
     while frame is not None and (
-        frame.f_code.co_filename.startswith("<frozen importlib")
+        "importlib" in frame.f_code.co_filename  # importlib.import_module, and the frozen bootstrap
         or frame.f_globals.get("__name__", "").partition(".")[0] == PACKAGE  # this finder, cli's __getattr__
     ):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(f"{old} moved to {new}; the old path goes away in the next release", FutureWarning, level + 1)
+        # warnings.warn does not count the bootstrap's frames (its _is_internal_frame)
+        level += not ("importlib" in frame.f_code.co_filename and "_bootstrap" in frame.f_code.co_filename)
+        frame = frame.f_back
+    warnings.warn(f"{old} moved to {new}; the old path goes away in the next release", FutureWarning, level)
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -80,6 +83,19 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__all__ = list(names)
 
 
+class _Package(types.ModuleType):
+    """The package's module type: an old path, once imported, does not hide the package's name it shares.
+    (The import system sets a loaded submodule on its parent: ``import hf_gradprune.reconstruct`` would make
+    ``hf_gradprune.reconstruct`` the alias instead of the function, which it stayed in the flat layout.)"""
+
+    def __setattr__(self, name, value):
+        alias = isinstance(getattr(getattr(value, "__spec__", None), "loader", None), _MovedFinder)
+        if alias and name in getattr(self, "__all__", ()):
+            return
+        super().__setattr__(name, value)
+
+
 def install() -> None:
+    sys.modules[PACKAGE].__class__ = _Package
     if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
         sys.meta_path.append(_MovedFinder())  # last: a real module of that name (none today) would win
