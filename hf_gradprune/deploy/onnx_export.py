@@ -5,6 +5,9 @@ optionally ``model_optimized.onnx`` (ONNX Runtime's transformer fusions) and ``m
 int8 weights, the name optimum uses), ``config.json``, the tokenizer files and ``onnx_export.json`` (what the export
 wrote, so that an overwrite replaces only that). Uneven plans export as they are: every layer's shapes are in its
 weights, so the graph needs no per-layer head counts.
+
+One module of about 650 lines because it is one path with no other caller: export, check against torch,
+optimize, check, quantize, then move into place, each step on the one scratch folder and the one report.
 """
 
 from __future__ import annotations

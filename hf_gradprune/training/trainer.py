@@ -7,7 +7,7 @@ pruned checkpoint's shapes, and prune before training when a round is at step 0)
 itself is transformers' own.
 
 With ``reconstruct`` on, each prune is followed by layer-wise least-squares reconstruction
-(``reconstruct.py``) against the model just before the prune, on the first ``reconstruct_batches``
+(``oneshot.reconstruct``) against the model just before the prune, on the first ``reconstruct_batches``
 training batches; its report is logged and saved with the round.
 
 After every prune the optimizer and LR scheduler are rebuilt for the new parameters. AdamW state is
@@ -15,6 +15,9 @@ carried over for every parameter that the prune did not touch (embeddings, norms
 layers); the sliced projections, and those reconstruction rescaled, start with fresh moments. The LR
 schedule continues where it was.
 Under DDP the model is re-wrapped by Accelerate, so the wrapper never holds stale parameters.
+
+One module of about 600 lines because it is one class: the overrides share the trainer's round state, and split
+across modules they would be one object's methods in several files.
 """
 
 from __future__ import annotations
