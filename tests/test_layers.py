@@ -230,3 +230,14 @@ def test_an_upward_import_planted_in_a_copy_of_the_package_fails_it(tmp_path):
     assert layer_violations(package_imports(root)) == [
         "scoring.scorer imports hf_gradprune.reports.run_report: reports (rank 8) is above scoring (rank 3)"
     ]
+
+
+def test_a_module_over_600_lines_says_in_its_docstring_why_it_is_one():
+    """Issue 21: no module is over about 600 lines unless it says why ("One module ... because ...")."""
+    long = {
+        m: p for m, p in ((module_name(p), p) for p in PACKAGE.rglob("*.py")) if len(p.read_text().splitlines()) > 600
+    }
+    silent = [
+        m for m, p in sorted(long.items()) if "One module" not in (ast.get_docstring(ast.parse(p.read_text())) or "")
+    ]
+    assert silent == []
