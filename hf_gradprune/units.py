@@ -16,7 +16,7 @@ ATTENTION_UNITS = (HEAD, KV_GROUP)
 class UnitCosts(NamedTuple):
     """What one unit of each kind costs, as plain numbers; a family's adapter says (``unit_costs``).
 
-    The budget split in ``plan.py`` reads only these, so it knows no family.
+    The budget splits in ``planning/`` (``ranking.py``, ``shapes.py``) read only these, so they know no family.
     """
 
     head_params: int

@@ -6,7 +6,7 @@ What transformers v5 does, and what surgery must therefore keep right:
   ``num_key_value_groups`` (query heads per key/value head, for ``repeat_kv``) as attributes; it has no
   head-count attribute. Slicing q/k/v rows and ``o_proj`` columns works, and ``num_key_value_groups`` must
   follow: eager attention crashes on a stale one, while SDPA without a mask silently gets it right.
-- Every key/value head must keep the same number of query heads (``repeat_kv``); ``plan.py`` checks that.
+- Every key/value head must keep the same number of query heads (``repeat_kv``); ``Geometry.kept_units`` checks that.
 - The rotary embedding reads ``config.head_dim``, which a config derives from the head count unless it is
   explicit: a uniform plan writes it.
 - An attention left with no head gets an empty-block forward (``EmptyBlock``): it returns zeros (or
@@ -137,7 +137,7 @@ class LlamaFamilyAdapter(FamilyAdapter):
 
     def keep_heads(self, layer, keep: torch.Tensor, head_dim: int) -> None:
         # ``keep``: positions of the query heads to keep. The plan kept the same number in every group it
-        # keeps (plan.py checks it), so the key/value heads to keep are the groups those positions are in.
+        # keeps (Geometry.kept_units checks it), so the key/value heads to keep are the groups those positions are in.
         attn = layer.self_attn
         per_group = self.num_heads(layer) // self.num_kv_heads(layer)
         kv_keep = torch.unique(torch.div(keep, per_group, rounding_mode="floor"))

@@ -126,8 +126,8 @@ class LatencyTable:
     Between samples, times are interpolated linearly. ``dense_measured_ms``: the dense model's own measured time;
     when given, the layers' parts are scaled so that the dense prediction equals it (the parts are measured one
     kind at a time, and at a few milliseconds a layer with both kinds costs less than their sum: without the
-    scale MiniLM at batch 1 was predicted 10-19% slow). Plain data: ``plan.py`` reads a table only through
-    ``predict(plan)`` and ``seq_len``, so neither module imports the other.
+    scale MiniLM at batch 1 was predicted 10-19% slow). Plain data: ``planning/`` (``latency_budget.py``,
+    ``plan.py``) reads a table only through ``predict(plan)`` and ``seq_len``, so planning never imports deploy.
     """
 
     device_name: str
