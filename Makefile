@@ -55,7 +55,7 @@ bench-quick: install  ## the same benchmarks on tiny models: a smoke run
 GPU_PYTHON ?= $(if $(DRY_RUN),$(if $(wildcard $(BIN)/python),$(BIN)/python,python3),python3)
 
 gpu-check:  ## every GPU check in one run (results in $$OUT or outputs/gpu-check); DRY_RUN=1: the same on CPU
-	@$(GPU_PYTHON) benchmarks/gpu_check.py --install $(if $(DRY_RUN),--dry-run)
+	@$(GPU_PYTHON) benchmarks/gpu/gpu_check.py --install $(if $(DRY_RUN),--dry-run)
 
 example: install  ## prune a small random BERT and print the before/after summary
 	$(BIN)/python examples/prune_random_bert.py --config recipes/random_bert.yaml

@@ -6,12 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: common and the groups
 
-import overhead  # noqa: E402
-import quality  # noqa: E402
-import speed  # noqa: E402
-from common import RESULTS  # noqa: E402
+from common import RESULTS
+from quality import quality
+from speed import overhead, speed
 
 
 def main(argv=None):

@@ -65,7 +65,7 @@ def test_all_three_ran_and_wrote_their_files(quick):
 
 
 def test_quality_rows_are_complete_and_match_their_plans(quick):
-    import quality
+    from quality import quality
 
     q = quick[1]["quality"]
     seq = q["flops_seq_len"]
@@ -94,7 +94,7 @@ def test_quality_rows_are_complete_and_match_their_plans(quick):
 
 
 def test_speed_rows_are_complete_and_self_consistent(quick):
-    import speed
+    from speed import speed
 
     s = quick[1]["speed"]
     names = [name for name, _ in speed.models(quick=True)]
@@ -184,7 +184,7 @@ def test_readme_tables_are_the_committed_results():
 
 @pytest.fixture(scope="module")
 def latency_quick(tmp_path_factory):
-    import latency_budget
+    from speed import latency_budget
 
     out = tmp_path_factory.mktemp("latency-quick")
     with pytest.MonkeyPatch.context() as mp:
@@ -194,8 +194,7 @@ def latency_quick(tmp_path_factory):
 
 
 def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
-    import latency_budget
-    import speed
+    from speed import latency_budget, speed
 
     from hf_gradprune.deploy.latency import LatencyTable
 
@@ -258,7 +257,7 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
 def test_uneven_r64_is_the_packages_rounding_of_the_uneven_plan():
     """speed.py rounds no width itself: ``rounded_plan`` asks ``PruningPlan.from_scores(ffn_multiple_of=...)``, on
     scores that stand for the uneven plan exactly (with a multiple of 1 they give its widths back)."""
-    import speed
+    from speed import speed
 
     g = Geometry("bert", num_layers=12, num_heads=12, head_dim=64, hidden_size=768, intermediate_size=3072)
     recorded = speed.recorded_plans(g, ROOT / "benchmarks" / "results" / "cpu" / "speed.json", "bert-base (random)")
@@ -310,8 +309,8 @@ def test_a_dense_time_that_drifts_over_ten_percent_is_flagged(capsys):
 
 def test_time_rows_times_the_dense_model_again_at_the_end(monkeypatch):
     """speed.time_rows (speed and latency_budget) times the dense model after its last row and records the drift."""
-    import speed
     from conftest import tiny_bert_config
+    from speed import speed
     from transformers import BertModel
 
     base = BertModel(tiny_bert_config()).eval()

@@ -1,4 +1,4 @@
-"""`benchmarks/deploy.py --quick`: the deployment benchmark's pipeline (export, int8, fused attention, accuracy,
+"""`benchmarks/deploy/deploy.py --quick`: the deployment benchmark's pipeline (export, int8, fused attention, accuracy,
 timing in rounds) on a tiny BERT with uneven heads. No timing is asserted: only the structure of the results, that
 every derived number agrees with what it is derived from, and that ONNX Runtime fp32 predicts what torch fp32 does."""
 
@@ -21,7 +21,7 @@ ROUNDS = 2
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    import deploy
+    from deploy import deploy
 
     out = tmp_path_factory.mktemp("deploy-quick")
     argv = ["--quick", "--out", str(out), "--work", str(out / "onnx"), "--variants", ",".join(reversed(VARIANTS))]

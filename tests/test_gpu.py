@@ -1,7 +1,7 @@
 """The GPU checks of `make gpu-check` (part 1), on BERT and GPT-2 (the Llama family's are in test_llama.py).
 
 They run on CUDA when it is there. Without CUDA they skip, except in the CPU dry run of the GPU check
-(``HF_GRADPRUNE_GPU_DRY_RUN=1``, set by ``benchmarks/gpu_check.py --dry-run``), where the same code runs on the CPU:
+(``HF_GRADPRUNE_GPU_DRY_RUN=1``, set by ``benchmarks/gpu/gpu_check.py --dry-run``), where the same code runs on the CPU:
 bf16 and fp16 there are the CPU's kernels, and the fp16 GradScaler is torch's CPU GradScaler.
 """
 

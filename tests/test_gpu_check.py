@@ -1,4 +1,4 @@
-"""`make gpu-check` (benchmarks/gpu_check.py): the CPU dry run end to end, the one-line stop without CUDA, parts
+"""`make gpu-check` (benchmarks/gpu/gpu_check.py): the CPU dry run end to end, the one-line stop without CUDA, parts
 that fail or overrun their time box, and an install that never touches torch."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import gpu_check  # noqa: E402
+from gpu import gpu_check  # noqa: E402
 
 from hf_gradprune import Geometry, PruningPlan, current_plan  # noqa: E402
 
@@ -29,7 +29,7 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "gpu_check.py"), "--dry-run", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -151,7 +151,7 @@ def test_dry_run_llama_speed_rows_eager_and_compiled(dry_run):
 def test_llama_rows_compile_one_graph_per_model():
     """Regional compilation: one compiled decoder layer serves every layer of the model (no KV cache, whose guards
     would make each layer its own graph and pass torch.compile's recompile limit at 16 layers)."""
-    import gpu_parts
+    from gpu import gpu_parts
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -169,7 +169,7 @@ def test_gpu_time_boxes_add_up_to_eight_minutes():
 
 
 def test_trainer_loss_is_judged_on_windows_of_the_task_loss():
-    import gpu_parts
+    from gpu import gpu_parts
 
     # Under distillation the logged loss mixes in the KL term: the task loss is solved back out of it.
     logs = [{"step": 1, "loss": 1.0, "distill_loss": 1.3}, {"step": 2, "loss": 0.2}, {"step": 3, "learning_rate": 1}]
@@ -195,7 +195,7 @@ def test_dry_run_wall_time(dry_run):
 @needs_no_cuda
 def test_without_cuda_it_stops_at_once_with_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "o")],
+        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "gpu_check.py"), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -371,11 +371,11 @@ def test_make_target_uses_the_machines_python_and_never_installs_torch():
     prerequisites, recipe = target.group(1).split("##")[0], target.group(2)
     assert "install" not in prerequisites.split()  # `make install` would put the CPU build of torch there
     assert "torch" not in recipe.replace("gpu_check", "") and "TORCH_SPEC" not in recipe
-    assert "benchmarks/gpu_check.py" in recipe and "--install" in recipe and "DRY_RUN" in recipe
+    assert "benchmarks/gpu/gpu_check.py" in recipe and "--install" in recipe and "DRY_RUN" in recipe
 
 
 def test_a_failing_speed_row_is_reported_and_the_others_still_run():
-    import speed
+    from speed import speed
 
     base = speed.tiny_bert().eval()
     g = current_plan(base).geometry
@@ -392,7 +392,7 @@ def test_a_failing_speed_row_is_reported_and_the_others_still_run():
 
 
 def test_speed_part_past_its_deadline_starts_nothing_and_says_so():
-    import gpu_parts
+    from gpu import gpu_parts
 
     result = gpu_parts.speed_part(True, deadline=time.monotonic() - 1)
     assert result["rows"] == [] and result["ok"] is False
@@ -409,8 +409,8 @@ def test_make_resolves_the_python_and_the_flags():
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
-    assert planned() == ["python3", "benchmarks/gpu_check.py", "--install"]  # the machine's own python3
+    assert planned() == ["python3", "benchmarks/gpu/gpu_check.py", "--install"]  # the machine's own python3
     dry = planned("DRY_RUN=1")
-    assert dry[1:] == ["benchmarks/gpu_check.py", "--install", "--dry-run"]
+    assert dry[1:] == ["benchmarks/gpu/gpu_check.py", "--install", "--dry-run"]
     assert dry[0] in (".venv/bin/python", "python3")
     assert planned("GPU_PYTHON=/opt/py/bin/python3")[0] == "/opt/py/bin/python3"

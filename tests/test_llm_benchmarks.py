@@ -29,8 +29,8 @@ def _write_text(path: Path, n: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    import llm_quality
-    import llm_speed
+    from oneshot import llm_quality
+    from speed import llm_speed
 
     tmp = tmp_path_factory.mktemp("llm-bench")
     train, held_out = _write_text(tmp / "train.txt", 300, 0), _write_text(tmp / "eval.txt", 80, 1)
@@ -64,7 +64,7 @@ def test_files_are_what_the_runs_returned(quick):
 
 
 def test_quality_rows_are_complete_finite_and_match_their_plans(quick):
-    import llm_quality
+    from oneshot import llm_quality
 
     q = quick[0]
     g = Geometry(**q["geometry"])
@@ -96,7 +96,7 @@ def test_quality_rows_are_complete_finite_and_match_their_plans(quick):
 
 
 def test_ffn_only_rows(quick):
-    import llm_quality
+    from oneshot import llm_quality
 
     q = quick[0]
     expected = sorted((m, t) for m, ts in llm_quality.QUICK_FFN_ONLY.items() for t in ts)
@@ -109,7 +109,7 @@ def test_ffn_only_rows(quick):
 
 
 def test_recovery_rows(quick):
-    import llm_quality
+    from oneshot import llm_quality
 
     q = quick[0]
     one_shot = {(r["method"], r["target"], r["plan"]): r["perplexity"] for r in q["rows"] + q["ffn_only"]}
@@ -130,15 +130,15 @@ def test_recovery_rows(quick):
 def test_one_pass_feeds_taylor_and_fisher(quick, tmp_path):
     """``common.score`` attaches the Taylor and Fisher scorers together; on the Llama adapter that gives the
     same scores as separate passes."""
-    import llm_quality
     import torch
-    from common import score
+    from common import score, tiny_llama, token_blocks
+    from oneshot import llm_quality
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = llm_quality.tiny_llama(tmp_path / "tiny")
+    folder = tiny_llama(tmp_path / "tiny")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
-    blocks = llm_quality.token_blocks(tokenizer, _write_text(tmp_path / "t.txt", 40, 2), 8, 16)
+    blocks = token_blocks(tokenizer, _write_text(tmp_path / "t.txt", 40, 2), 8, 16)
     task = llm_quality.causal_task("tiny", tokenizer, blocks, folder)
     both = score(model, task, ["taylor", "fisher"], n_examples=8, batch_size=4)
     for method in ("taylor", "fisher"):
@@ -149,7 +149,7 @@ def test_one_pass_feeds_taylor_and_fisher(quick, tmp_path):
 
 
 def test_speed_rows_are_complete_and_self_consistent(quick):
-    import llm_speed
+    from speed import llm_speed
 
     s = quick[1]
     ((name, (_, prefill, _)),) = llm_speed.QUICK_MODELS.items()

@@ -1,4 +1,4 @@
-"""The Torch-Pruning peer of the quality benchmark (benchmarks/peer_torch_pruning.py), on a tiny BERT.
+"""The Torch-Pruning peer of the quality benchmark (benchmarks/quality/peer_torch_pruning.py), on a tiny BERT.
 
 Torch-Pruning is optional (not a dependency of the package, not installed in CI): without it this module skips.
 """
@@ -15,8 +15,8 @@ pytest.importorskip("torch_pruning")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as tests/test_benchmarks.py
 
-import peer_torch_pruning as peer  # noqa: E402
 from conftest import batch, make_bert  # noqa: E402
+from quality import peer_torch_pruning as peer  # noqa: E402
 
 from hf_gradprune import (  # noqa: E402
     GradPruneConfig,

@@ -1,4 +1,4 @@
-"""benchmarks/retrain_free.py in quick mode (tiny BERT, synthetic sentences): it runs, its rows are complete and
+"""benchmarks/oneshot/retrain_free.py in quick mode (tiny BERT, synthetic sentences): it runs, its rows are complete and
 meet their budgets, the table renders every row, and benchmarks/README.md shows the committed CPU results.
 
 No timing is asserted."""
@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    import retrain_free
+    from oneshot import retrain_free
 
     out = tmp_path_factory.mktemp("retrain_free")
     result = retrain_free.run(True, out, recovery_steps=2, n_score=64, n_calib=64, time_bert_base=False)
@@ -65,8 +65,7 @@ def test_readme_table_is_the_committed_result():
 
 
 def test_llm_reconstruct_and_variants_run_in_quick_mode(tmp_path):
-    import llm_reconstruct
-    import reconstruct_variants
+    from oneshot import llm_reconstruct, reconstruct_variants
 
     llm = llm_reconstruct.run(True, tmp_path)
     assert [r["plan"] for r in llm["rows"]] == ["non-uniform", "uniform"]

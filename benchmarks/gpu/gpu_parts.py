@@ -1,4 +1,4 @@
-"""The parts of ``benchmarks/gpu_check.py`` that are more than a test run: a real ``GradPruneTrainer`` pass (bf16,
+"""The parts of ``benchmarks/gpu/gpu_check.py`` that are more than a test run: a real ``GradPruneTrainer`` pass (bf16,
 and fp16 with the GradScaler), the GPU speed rows (BERT-base and GPT-2 bodies; a Llama-3.2-1B body) and the timing
 of ``prune_oneshot``. Each returns a JSON-able dict with ``ok`` (bool) and ``problems`` (what failed). ``dry=True``
 runs the same code on the CPU on tiny models.
@@ -28,8 +28,8 @@ from transformers import (
 
 from hf_gradprune import Geometry, GradPruneConfig, GradPruneTrainer, PruningPlan, Scores, current_plan
 
-HERE = Path(__file__).resolve().parent
-CPU_SPEED = HERE / "results" / "cpu" / "speed.json"  # the committed CPU rows: their uneven plans are reused
+# the committed CPU rows (benchmarks/results/cpu): their uneven plans are reused
+CPU_SPEED = Path(__file__).resolve().parents[1] / "results" / "cpu" / "speed.json"
 BERT_BASE = Geometry("bert", num_layers=12, num_heads=12, head_dim=64, hidden_size=768, intermediate_size=3072)
 # A compiled row is not started with less than this left. On the 2026-12-04 H200 run a compiled BERT-base or GPT-2
 # row (compile, 3 warm-ups, 20 repeats) took about 6 s; a Llama-3.2-1B body has not been compiled there yet.
@@ -335,7 +335,7 @@ def speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
     of the committed CPU rows at 25/50/75% and the package's rounding of each uneven plan to multiples of 64
     (``speed.rounded_plan``: ``PruningPlan.from_scores(..., ffn_multiple_of=64)``). ``deadline`` is a
     ``time.monotonic()`` value after which no group is started."""
-    import speed
+    from speed import speed
 
     device = device_of(dry)
     builders = {
@@ -466,7 +466,7 @@ def oneshot_settings(dry: bool) -> list[dict]:
     50% of block FLOPs; their anchor is under 3 minutes on one GPU), then a Llama-3.2-1B shape (bf16, SDPA) with the
     2026-12-04 probe's setting (16 batches of 4 x 512, 20% of block parameters: 90 s on an H200). Tiny shapes on the
     CPU in the dry run."""
-    from llm_speed import LLAMA_1B, TINY
+    from speed.llm_speed import LLAMA_1B, TINY
 
     if dry:
         bert = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=100)
@@ -587,7 +587,7 @@ def oneshot_part(dry: bool, on_runs=None) -> dict:
 def llama_speed_settings(dry: bool) -> dict:
     """A Llama-3.2-1B-shaped body (``LlamaModel``: embeddings in, no LM head, no KV cache), random weights in bf16,
     SDPA; a batch of 8 x 512 (the CPU prefill rows of llm_speed.py). Tiny on the CPU."""
-    from llm_speed import LLAMA_1B, TINY
+    from speed.llm_speed import LLAMA_1B, TINY
 
     if dry:
         return dict(name="tiny-llama", config=TINY, batch=2, seq=16, repeats=2, warmup=1, backend="eager")
@@ -599,7 +599,7 @@ def llama_speed_settings(dry: bool) -> dict:
 def llama_plans(model) -> dict[tuple[str, float], PruningPlan]:
     """llm_speed.py's uniform plans (stock Llama shapes; random scores pick the units, which does not matter for
     speed): FFN only at 20% of block parameters, and one query head of every KV group plus FFN at 50%."""
-    from llm_speed import uniform_plans
+    from speed.llm_speed import uniform_plans
 
     plans = uniform_plans(model)
     ffn20 = next(p for name, (f, p) in plans.items() if name.startswith("FFN only") and f == 0.2)
@@ -611,7 +611,7 @@ def llama_speed_part(dry: bool, deadline: float, on_rows=None) -> dict:
     """bf16 latency of the Llama shape, dense vs its uniform plans: eager (both plans), then ``torch.compile`` of
     each decoder layer (regional compilation; the 50% plan). A compiled row is not started with less than
     ``COMPILE_MARGIN_LLAMA_S`` left."""
-    import speed
+    from speed import speed
     from transformers import LlamaConfig, LlamaModel
 
     s = llama_speed_settings(dry)

@@ -27,8 +27,8 @@ dense PyTorch fp32. ONNX Runtime sessions: ``intra_op_num_threads`` = torch's th
 rounds) with ``--repeats`` passes after one warm-up; a cell is the median of its round medians and the JSON keeps
 every round median (``spread`` = min/max). ``--quick``: the same pipeline on a tiny BERT and synthetic sentences.
 
-    python benchmarks/deploy.py                 # full: writes benchmarks/results/cpu/deploy.json
-    python benchmarks/deploy.py --table FILE    # the markdown table of a results file
+    python benchmarks/deploy/deploy.py                 # full: writes benchmarks/results/cpu/deploy.json
+    python benchmarks/deploy/deploy.py --table FILE    # the markdown table of a results file
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import numpy as np
 import torch

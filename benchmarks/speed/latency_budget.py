@@ -13,21 +13,24 @@ sequence 16) a ``LatencyTable`` is measured, then these plans are timed:
 Every row has the measured and the predicted time. Every time is ``hf_gradprune.deploy.latency.measure_latency``.
 
 Run for real (writes ``benchmarks/results/cpu/latency_budget.json``; about 15 minutes on a quiet 2-core machine):
-``python benchmarks/latency_budget.py``. Tables are measured in 2 rounds of every shape (median kept); times are the
-median of 10 passes at batch 1 and 3 at batch 32, after one warm-up pass.
+``python benchmarks/speed/latency_budget.py``. Tables are measured in 2 rounds of every shape (median kept); times are
+the median of 10 passes at batch 1 and 3 at batch 32, after one warm-up pass.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
+
 import torch
 from common import ROOT, UNROUNDED, bench_args, drift_record, machine, write_json
-from speed import models, time_rows, uniform_plan
 
 from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, current_plan
 from hf_gradprune.deploy.latency import measure_latency_table
+from speed.speed import models, time_rows, uniform_plan
 
 FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_BUDGETS = (0.3, 0.5)

@@ -2,16 +2,30 @@
 tiny random Llama), Fisher scores on 64 x 128 training tokens, plans at 20% of block parameters (uniform
 and non-uniform), held-out perplexity one-shot and after ``reconstruct`` on 16 x 128 calibration tokens.
 
-Reuses ``llm_quality.py``'s model, text and perplexity. Writes ``llm_reconstruct.json``. Public API only.
+The same model, text and perplexity as ``llm_quality.py`` (from ``common``).
+Writes ``llm_reconstruct.json``. Public API only.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
-from common import ROOT, UNROUNDED, bench_args, copy_model, machine, write_json
-from llm_quality import model_and_text, perplexity, token_blocks
+from common import (
+    ROOT,
+    UNROUNDED,
+    bench_args,
+    copy_model,
+    machine,
+    model_and_text,
+    perplexity,
+    token_blocks,
+    write_json,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_gradprune import ImportanceScorer, PruningPlan, prune_model, reconstruct

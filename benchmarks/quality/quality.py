@@ -10,8 +10,11 @@ iterative (3 rounds) at 50%, and the Torch-Pruning peer when it is installed.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
 from common import (

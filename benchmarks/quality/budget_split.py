@@ -1,7 +1,7 @@
 """Budget split: how a FLOPs budget is shared between heads and neurons, one-shot (no recovery).
 
 Setup: the quickstart's model and data (all-MiniLM-L6-v2 fine-tuned once on Rotten Tomatoes sentences), as
-``quality.py``. Scores from 2,048 training sentences; for each method and FLOPs budget, four splits:
+``quality.py`` (this folder). Scores from 2,048 training sentences; for each method and FLOPs budget, four splits:
 ``ratio`` (greedy by score per FLOP, heads and neurons alike: the default), ``normalized`` (each kind's
 scores divided by its mean score per FLOP first), and ``search_budget_split``'s head-count sweep by
 calibration loss (``search_loss``: 4 batches of 32 training sentences) or by kept importance
@@ -11,8 +11,11 @@ FLOPs removed and the search's wall time.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
 from common import ROOT, UNROUNDED, accuracy, bench_args, copy_model, dense_model, load_task, machine, score, write_json

@@ -15,7 +15,7 @@ The GPU time boxes add up to 8 minutes (``GPU_BOX_TOTAL_S``), inside a 10-minute
 
 There is no ONNX Runtime CUDA part: the GPU image has only the CPU build of onnxruntime, and the GPU wheel
 (onnxruntime-gpu) is too large to carry to the machine. ``hf_gradprune.export_onnx`` is checked on the CPU
-(tests/test_onnx_export.py, benchmarks/deploy.py).
+(tests/test_onnx_export.py, benchmarks/deploy/deploy.py).
 
 It runs on the machine's own Python and packages when they are inside the ranges pyproject.toml declares
 (``[project].dependencies``, and pytest from the ``dev`` extra; read with ``packaging``): nothing has to be carried
@@ -45,8 +45,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+BENCHMARKS = Path(__file__).resolve().parents[1]  # common, tables and the groups import from here
+ROOT = BENCHMARKS.parent
 DRY_ENV = "HF_GRADPRUNE_GPU_DRY_RUN"  # tests/test_gpu.py runs on the CPU when this is "1"
 PYPROJECT = ROOT / "pyproject.toml"
 # The machine's packages are held to the ranges pyproject.toml declares ([project].dependencies, and pytest from the
@@ -392,7 +392,7 @@ def run_child_part(part: Part, dry: bool, box: int, work: Path, log) -> dict:
 def _spawn(cmd, box: int, log, extra_env=None) -> tuple[int | None, float, bool]:
     """Run ``cmd`` in its own process group, output to ``log``; kill the whole group at ``box`` seconds."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(HERE), os.environ.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(BENCHMARKS), os.environ.get("PYTHONPATH")]))
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
     start = time.monotonic()
@@ -408,8 +408,9 @@ def _spawn(cmd, box: int, log, extra_env=None) -> tuple[int | None, float, bool]
 
 def child(name: str, dry: bool, box: int, result_path: Path) -> int:
     """One part, inside its own process: writes its result JSON (the speed part after every group of rows)."""
-    import gpu_parts
     import torch
+
+    from gpu import gpu_parts
 
     torch.manual_seed(0)
     if name in ("trainer-bf16", "trainer-fp16"):
@@ -550,7 +551,7 @@ def main(argv=None) -> int:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--box", type=int, default=60, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path[:0] = [str(ROOT), str(HERE)]
+    sys.path[:0] = [str(ROOT), str(BENCHMARKS)]
     if args.part:
         return child(args.part, args.dry_run, args.box, args.result)
 
