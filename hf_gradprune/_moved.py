@@ -1,5 +1,7 @@
 """The module paths of the flat layout (``hf_gradprune.plan``, ``hf_gradprune.hub``, ...) keep working for one
-release: importing one gives a copy of the new module's names and a ``FutureWarning`` that names the new path.
+release: importing one gives the new module itself (so a test or user that patches a name patches the code that
+reads it) and a ``FutureWarning`` that names the new path. An old module now split in several (``command_line``)
+gives a module with all their names (copies: patch the new module instead).
 
 A finder on ``sys.meta_path`` instead of one file per old name, so the package's folders show its stages only.
 ``scoring``, ``oneshot`` and ``cli`` are packages now; they export what their old modules' users imported
@@ -75,6 +77,9 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = [f"{PACKAGE}.{name}" for name in ((new,) if isinstance(new, str) else new)]
         reals = [importlib.import_module(name) for name in new]
         warn_moved(module.__name__, " and ".join(new))
+        if len(reals) == 1:
+            sys.modules[module.__name__] = reals[0]  # what the import system returns (and sets on the package)
+            return
         names = {}
         for real in reversed(reals):  # the first module's name wins
             module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
@@ -86,11 +91,11 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 class _Package(types.ModuleType):
     """The package's module type: an old path, once imported, does not hide the package's name it shares.
     (The import system sets a loaded submodule on its parent: ``import hf_gradprune.reconstruct`` would make
-    ``hf_gradprune.reconstruct`` the alias instead of the function, which it stayed in the flat layout.)"""
+    ``hf_gradprune.reconstruct`` the module instead of the function, which it stayed in the flat layout.)"""
 
     def __setattr__(self, name, value):
-        alias = isinstance(getattr(getattr(value, "__spec__", None), "loader", None), _MovedFinder)
-        if alias and name in getattr(self, "__all__", ()):
+        hides = isinstance(value, types.ModuleType) and not isinstance(getattr(self, name, value), types.ModuleType)
+        if hides and name in getattr(self, "__all__", ()):
             return
         super().__setattr__(name, value)
 
