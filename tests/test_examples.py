@@ -12,7 +12,7 @@ from hf_gradprune.cli.runs import parse_args  # noqa: E402
 def test_random_bert_example_runs_end_to_end(tmp_path, monkeypatch):
     import prune_random_bert
 
-    from hf_gradprune import latency
+    from hf_gradprune.deploy import latency
 
     timed = []  # the example times with the package's one timer, not a copy of its own
 

@@ -19,7 +19,7 @@ from conftest import VOCAB, _perturb, make_bert, make_gpt2, tiny_bert_config, ti
 from conftest import uneven_plan as mha_plan  # noqa: E402
 
 from hf_gradprune import PruningPlan, prune_model, save_pruned  # noqa: E402
-from hf_gradprune import onnx_export as onnx_export_module  # noqa: E402
+from hf_gradprune.deploy import onnx_export as onnx_export_module  # noqa: E402
 from hf_gradprune.deploy.onnx_export import ExportReport, OnnxExportError, export_onnx  # noqa: E402
 from hf_gradprune.state import pruning_state  # noqa: E402
 from hf_gradprune.testing import save_tiny_tokenizer  # noqa: E402

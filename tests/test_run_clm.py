@@ -195,7 +195,7 @@ def test_bad_data_arguments_are_clear(tiny_setup):
 def test_unreachable_hub_dataset_says_to_use_local_files(tiny_setup, monkeypatch):
     import run_clm_prune
 
-    from hf_gradprune import data as data_module
+    from hf_gradprune.cli import data as data_module
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub (OfflineModeIsEnabled)")

@@ -198,7 +198,7 @@ def test_a_schedule_the_run_cannot_give_fails_before_the_dense_fine_tune(tiny_se
     """Issue 20: a round past the run's last step is refused before hours of dense fine-tuning, not after."""
     import run_glue_prune
 
-    from hf_gradprune import cli
+    from hf_gradprune.cli import runs as cli
 
     tuned = []
     monkeypatch.setattr(cli, "finetune_dense", lambda *a, **k: tuned.append(1) or 0.0)

@@ -217,7 +217,7 @@ def test_trainer_uses_only_public_seams():
     """The scorer and Accelerate are reached through public members (Accelerate's private lists only via
     accelerate_compat, which has its own test)."""
     package = HERE.parent / "hf_gradprune"
-    source = "".join((package / name).read_text() for name in ("gradprune_trainer.py", "gradprune_config.py"))
+    source = "".join((package / name).read_text() for name in ("training/trainer.py", "training/config.py"))
     for private in ("._handles", "._pending_examples", "._total", "accelerator._", '"taylor", "fisher"'):
         assert private not in source, private
 
