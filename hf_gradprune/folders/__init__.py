@@ -3,6 +3,6 @@
 inside every folder, ``modeling_gradprune.py``, sits at the package's bottom instead: the family adapters and
 surgery build on it.
 
-May import: the pipeline below it (``units``, ``modeling_gradprune``, ``architectures``, ``state``, ``scoring``,
-``planning``, ``surgery``). Not ``oneshot``, ``deploy``, ``training``, ``reports`` or ``cli``.
+May import: the layers below it (``units``, ``modeling_gradprune``, ``architectures``, ``state``, ``scoring``,
+``planning``, ``surgery``); not ``oneshot``, which sits beside it, nor anything above (``tests/test_layers.py``).
 """

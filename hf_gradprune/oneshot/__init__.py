@@ -2,8 +2,8 @@
 measured with units gated off), least-squares reconstruction, and ``prune_oneshot``, which runs them around
 ``surgery.prune_model``.
 
-May import: the pipeline below it (``units``, ``modeling_gradprune``, ``architectures``, ``state``, ``scoring``,
-``planning``, ``surgery``). Not ``folders``, ``deploy``, ``training``, ``reports`` or ``cli``.
+May import: the layers below it (``units``, ``modeling_gradprune``, ``architectures``, ``state``, ``scoring``,
+``planning``, ``surgery``); not ``folders``, which sits beside it, nor anything above (``tests/test_layers.py``).
 """
 
 from .calibration import CalibrationError

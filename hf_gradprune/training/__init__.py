@@ -2,5 +2,6 @@
 with the one place that touches Accelerate's private state (``accelerate_compat``) and the one that bridges
 transformers releases (``transformers_compat``).
 
-May import: everything below ``cli``: the pipeline, ``oneshot``, ``folders``, ``deploy``, ``reports``.
+May import: every layer below it (the pipeline, ``oneshot``, ``folders``, ``deploy``, ``reports``); not ``cli``
+(``tests/test_layers.py``).
 """
