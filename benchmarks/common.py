@@ -133,6 +133,18 @@ def load_task(quick: bool, work: Path) -> Task:
     )
 
 
+def bench_work(quick: bool) -> Path:
+    """The cache folder of the BERT benchmarks (task data, dense fine-tune): one, so the fine-tune is made once."""
+    return ROOT / ".cache" / ("bench-quick" if quick else "bench")
+
+
+def bench_task(quick: bool) -> tuple[Path, Task, object]:
+    """``(cache folder, task, dense fine-tune)``: what the BERT quality benchmarks start from."""
+    work = bench_work(quick)
+    task = load_task(quick, work)
+    return work, task, dense_model(task, work, quick)
+
+
 def dense_model(task: Task, work: Path, quick: bool):
     """The dense model fine-tuned once on the task (cached in ``work``)."""
     out = work / "dense-finetuned"
@@ -231,6 +243,17 @@ def recover(pruned, teacher, task: Task, steps: int, work: Path, seed: int = 42,
     trainer = recovery_trainer(pruned, teacher, task, steps, work, seed, **overrides)
     trainer.train()
     return trainer.model
+
+
+def plan_fields(plan, seq: int) -> dict:
+    """A results row's description of a FLOPs-budget plan: the fraction removed at ``seq``, units kept, widths."""
+    return {
+        "flops_removed": round(plan.flops_removed(seq), 4),
+        "heads_kept": plan.num_heads,
+        "neurons_kept": plan.num_neurons,
+        "heads_per_layer": [len(h) for h in plan.heads],
+        "ffn_per_layer": [len(n) for n in plan.neurons],
+    }
 
 
 def copy_model(model):

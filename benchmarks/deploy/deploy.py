@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 
 import numpy as np
 import torch
-from common import ROOT, bench_args, dense_drift, dense_model, drift_record, load_task, machine, write_json
+from common import ROOT, bench_args, bench_work, dense_drift, dense_model, drift_record, load_task, machine, write_json
 
 from hf_gradprune import PruningPlan, current_plan, load_pruned, prune_model, save_pruned
 from hf_gradprune.deploy.latency import measure_latency
@@ -295,7 +295,7 @@ def run(args) -> dict:
     quick = args.quick
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
+    work = bench_work(quick)
     task = load_task(quick, work)
     if quick:
         dense_dir, pruned_dir = quick_models(task, work)

@@ -14,7 +14,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
-from common import ROOT, accuracy, bench_args, copy_model, dense_model, load_task, loader, machine, write_json
+from common import (
+    accuracy,
+    bench_args,
+    bench_task,
+    copy_model,
+    loader,
+    machine,
+    write_json,
+)
 
 from hf_gradprune import ImportanceScorer, prune_model, reconstruct, search_budget_split
 
@@ -28,9 +36,8 @@ VARIANTS = {
 
 
 def run(quick: bool, out) -> dict:
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    dense = dense_model(task, work, quick).eval()
+    _, task, dense = bench_task(quick)
+    dense.eval()
     score_batches = list(loader(task.train, 0, 64 if quick else 1024, 32, task.collator))
     calib = list(loader(task.train, 2048 if not quick else 64, 64 if quick else 512, 32, task.collator))
     scorer = ImportanceScorer(dense, "fisher")

@@ -20,14 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 
 import torch
 from common import (
-    ROOT,
     accuracy,
     bench_args,
+    bench_task,
     copy_model,
-    dense_model,
-    load_task,
     loader,
     machine,
+    plan_fields,
     recover,
     scorers,
     write_json,
@@ -53,9 +52,7 @@ def run(
     """``part``: "all", "rows" (accuracy only) or "timing" (the whole path only, merged into an existing
     ``retrain_free.json``): time it on an otherwise idle machine."""
     torch.manual_seed(0)
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    dense = dense_model(task, work, quick)
+    work, task, dense = bench_task(quick)
     dense.eval()
     dense_acc = accuracy(dense, task)
     print(f"dense accuracy {dense_acc:.4f}", flush=True)
@@ -85,11 +82,7 @@ def run(
             row = {
                 "method": method,
                 "target": target,
-                "flops_removed": round(plan.flops_removed(seq), 4),
-                "heads_kept": plan.num_heads,
-                "neurons_kept": plan.num_neurons,
-                "heads_per_layer": [len(h) for h in plan.heads],
-                "ffn_per_layer": [len(n) for n in plan.neurons],
+                **plan_fields(plan, seq),
                 "search_seconds": round(search_s, 2),
                 "rearrange_seconds": round(rearrange_s, 2),
             }

@@ -18,7 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
-from common import ROOT, UNROUNDED, accuracy, bench_args, copy_model, dense_model, load_task, machine, score, write_json
+from common import (
+    UNROUNDED,
+    accuracy,
+    bench_args,
+    bench_task,
+    copy_model,
+    machine,
+    score,
+    write_json,
+)
 
 from hf_gradprune import METHODS, PruningPlan, prune_model
 from hf_gradprune.oneshot.budget_search import search_budget_split
@@ -47,9 +56,7 @@ def make_plan(split: str, scores, budget: float, seq: int, dense, calib) -> tupl
 
 
 def run(quick: bool, out: Path, n_score: int) -> dict:
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    dense = dense_model(task, work, quick)
+    work, task, dense = bench_task(quick)
     dense_acc = accuracy(dense, task)
     print(f"dense accuracy {dense_acc:.4f}", flush=True)
     t0 = time.perf_counter()

@@ -18,14 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 
 import torch
 from common import (
-    ROOT,
     UNROUNDED,
     accuracy,
     bench_args,
+    bench_task,
     copy_model,
-    dense_model,
-    load_task,
     machine,
+    plan_fields,
     recover,
     recovery_trainer,
     score,
@@ -41,9 +40,7 @@ QUICK_PEER_TARGETS = (0.5,)
 
 
 def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    dense = dense_model(task, work, quick)
+    work, task, dense = bench_task(quick)
     dense_acc = accuracy(dense, task)
     print(f"dense accuracy {dense_acc:.4f}", flush=True)
     t0 = time.perf_counter()
@@ -62,11 +59,7 @@ def run(quick: bool, out: Path, recovery_steps: int, n_score: int) -> dict:
             row = {
                 "method": method,
                 "target": target,
-                "flops_removed": round(plan.flops_removed(seq), 4),
-                "heads_kept": plan.num_heads,
-                "neurons_kept": plan.num_neurons,
-                "heads_per_layer": [len(h) for h in plan.heads],
-                "ffn_per_layer": [len(n) for n in plan.neurons],
+                **plan_fields(plan, seq),
                 "one_shot": one_shot,
                 "recovered": recovered,
             }

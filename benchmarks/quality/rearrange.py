@@ -15,13 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 from common import (
-    ROOT,
     UNROUNDED,
     accuracy,
     bench_args,
+    bench_task,
     copy_model,
-    dense_model,
-    load_task,
     machine,
     scorers,
     write_json,
@@ -67,9 +65,7 @@ def heldout_objective(plan, grads, scores) -> dict:
 
 
 def run(quick: bool, n_score: int) -> dict:
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    dense = dense_model(task, work, quick)
+    work, task, dense = bench_task(quick)
     t0 = time.perf_counter()
     by_method = scorers(dense, task, METHODS, n_examples=n_score, record_batches=True)
     score_s = time.perf_counter() - t0

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, tables and the groups
 
 import torch
-from common import ROOT, UNROUNDED, bench_args, drift_record, machine, write_json
+from common import UNROUNDED, bench_args, drift_record, machine, write_json
 
 from hf_gradprune import Geometry, PlanError, PruningPlan, Scores, current_plan
 from hf_gradprune.deploy.latency import measure_latency_table
@@ -136,12 +136,11 @@ def print_row(row: dict) -> None:
 
 
 def run(quick: bool, out: Path) -> dict:
-    from common import dense_model, load_task, score
+    from common import bench_task, score
 
     torch.manual_seed(0)
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    taylor = score(dense_model(task, work, quick), task, ("taylor",), n_examples=64 if quick else 1024)["taylor"]
+    _, task, dense = bench_task(quick)
+    taylor = score(dense, task, ("taylor",), n_examples=64 if quick else 1024)["taylor"]
     seq = 16 if quick else 64
     batches = (1, 4) if quick else (1, 32)
     multiple = 16 if quick else 64

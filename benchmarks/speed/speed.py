@@ -228,12 +228,10 @@ def print_row(row: dict) -> None:
 
 
 def run(quick: bool, out: Path) -> dict:
-    from common import dense_model, load_task, score
+    from common import bench_task, score
 
     torch.manual_seed(0)
-    work = ROOT / ".cache" / ("bench-quick" if quick else "bench")
-    task = load_task(quick, work)
-    dense = dense_model(task, work, quick)
+    _, task, dense = bench_task(quick)
     taylor = score(dense, task, ("taylor",), n_examples=64 if quick else 1024)["taylor"]
     templates = {
         f: PruningPlan.from_scores(taylor, flops_budget=f, seq_len=128, ffn_multiple_of=UNROUNDED) for f in FRACTIONS
