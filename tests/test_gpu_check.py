@@ -151,11 +151,11 @@ def test_dry_run_llama_speed_rows_eager_and_compiled(dry_run):
 def test_llama_rows_compile_one_graph_per_model():
     """Regional compilation: one compiled decoder layer serves every layer of the model (no KV cache, whose guards
     would make each layer its own graph and pass torch.compile's recompile limit at 16 layers)."""
-    from gpu import gpu_parts
+    from gpu import gpu_speed
     from torch._dynamo.utils import counters
 
     counters.clear()
-    result = gpu_parts.llama_speed_part(True, deadline=time.monotonic() + 600)
+    result = gpu_speed.llama_speed_part(True, deadline=time.monotonic() + 600)
     assert result["ok"], result["problems"]
     assert counters["stats"]["unique_graphs"] == 2  # the dense and the pruned model, 4 layers each
 
@@ -392,11 +392,11 @@ def test_a_failing_speed_row_is_reported_and_the_others_still_run():
 
 
 def test_speed_part_past_its_deadline_starts_nothing_and_says_so():
-    from gpu import gpu_parts
+    from gpu import gpu_speed
 
-    result = gpu_parts.speed_part(True, deadline=time.monotonic() - 1)
+    result = gpu_speed.speed_part(True, deadline=time.monotonic() - 1)
     assert result["rows"] == [] and result["ok"] is False
-    assert len(result["not_reached"]) == len(gpu_parts.speed_settings(True))
+    assert len(result["not_reached"]) == len(gpu_speed.speed_settings(True))
     assert any("eager rows were made" in p for p in result["problems"])
 
 

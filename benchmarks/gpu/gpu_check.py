@@ -26,6 +26,10 @@ say which version of each package was used and whether it was inside its range.
 Results: ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.log`` under ``$OUT`` when set, else under
 ``outputs/gpu-check/``. Exit 0 only if every part passed. Without CUDA it stops at once with one line;
 ``--dry-run`` runs the same code on the CPU on tiny models (``make gpu-check DRY_RUN=1``; tests/test_gpu_check.py).
+
+One module of about 600 lines because it is the one file the GPU machine is started with: the environment, the
+install, the parts' processes and their time boxes, and the report; what the parts measure is in ``gpu_parts.py``
+and ``gpu_speed.py``.
 """
 
 from __future__ import annotations
@@ -410,7 +414,7 @@ def child(name: str, dry: bool, box: int, result_path: Path) -> int:
     """One part, inside its own process: writes its result JSON (the speed part after every group of rows)."""
     import torch
 
-    from gpu import gpu_parts
+    from gpu import gpu_parts, gpu_speed
 
     torch.manual_seed(0)
     if name in ("trainer-bf16", "trainer-fp16"):
@@ -424,9 +428,9 @@ def child(name: str, dry: bool, box: int, result_path: Path) -> int:
             result_path.write_text(json.dumps({key: made, "partial": True, "ok": False, "problems": []}))
 
         if name == "speed":
-            result = gpu_parts.speed_part(dry, deadline, on_rows=partial)
+            result = gpu_speed.speed_part(dry, deadline, on_rows=partial)
         elif name == "speed-llama":
-            result = gpu_parts.llama_speed_part(dry, deadline, on_rows=partial)
+            result = gpu_speed.llama_speed_part(dry, deadline, on_rows=partial)
         else:
             result = gpu_parts.oneshot_part(dry, on_runs=partial)
     else:
