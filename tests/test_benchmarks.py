@@ -218,9 +218,10 @@ def test_latency_budget_rows_are_complete_and_match_their_tables(latency_quick):
         assert (table.batch_size, table.seq_len) == (r["batch"], r["seq"]) and r["seq"] == data["seq"]
         assert r["predicted_ms"] == pytest.approx(table.predict(plan), abs=0.006)
         assert r["predicted_dense_ms"] == pytest.approx(table.dense_ms, abs=0.006)
-        assert r["prediction_error"] == pytest.approx(
-            r["pruned_ms"] / r["predicted_ms"] - 1, abs=2e-3 + 0.01 / r["predicted_ms"]
-        )
+        # Both times are rounded to 0.01 ms in the row: their ratio is known to 0.005 * (1 + ratio) / predicted
+        # (a row timed on a loaded machine can be many times its prediction), plus the error's own rounding.
+        ratio = r["pruned_ms"] / r["predicted_ms"]
+        assert r["prediction_error"] == pytest.approx(ratio - 1, abs=1e-4 + 0.0051 * (1 + ratio) / r["predicted_ms"])
         assert r["predicted_removed"] == pytest.approx(1 - table.predict(plan) / table.dense_ms, abs=1e-4)
         removed = plan.flops_removed(r["seq"])
         assert r["flops_removed"] == round(removed, 4)
