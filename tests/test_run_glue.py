@@ -210,3 +210,28 @@ def test_a_schedule_the_run_cannot_give_fails_before_the_dense_fine_tune(tiny_se
         run_glue_prune.main([*args, "--num_train_epochs", "1", "--prune_step", "50"])
     assert tuned == []  # refused first
     assert not (out / "config.json").exists()
+
+
+def test_pruning_starts_from_the_same_random_state_with_or_without_a_dense_fine_tune(tiny_setup, monkeypatch):
+    """The pruning trainer is built before the dense fine-tune (to check its schedule first); pruning and recovery
+    must still draw what they drew when it was built after it, i.e. what a run without the fine-tune draws."""
+    import run_glue_prune
+
+    from hf_gradprune.training.trainer import GradPruneTrainer
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def train(self, *args, **kwargs):
+        seen[self.args.output_dir] = torch.get_rng_state()
+        raise Stop
+
+    monkeypatch.setattr(GradPruneTrainer, "train", train)
+    for epochs in ("0", "1"):
+        args = base_args(tiny_setup, tiny_setup / f"dense{epochs}")
+        args[args.index("--dense_train_epochs") + 1] = epochs
+        with pytest.raises(Stop):
+            run_glue_prune.main(args)
+    assert torch.equal(seen[str(tiny_setup / "dense0")], seen[str(tiny_setup / "dense1")])

@@ -164,6 +164,8 @@ def prune_and_report(
     import copy
     import dataclasses
 
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
     from ..reports.run_report import format_summary, stage_metrics, write_run_report
     from ..surgery import current_plan
     from ..training.trainer import GradPruneTrainer
@@ -179,6 +181,9 @@ def prune_and_report(
         results["dense_train_loss"] = finetune_dense(
             model, training_args, run_args.dense_train_epochs, run_args.dense_learning_rate, **trainer_kwargs
         )
+        # A Trainer seeds the process when it is built (transformers' own rule, repeated here): this one was built
+        # before the fine-tune, so seed again, and pruning and recovery draw what they drew when it was built after.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
     dense_model = copy.deepcopy(model).eval()  # for the latency comparison
     stages = {}  # stage -> its evaluation (the metrics keep the stage as prefix)
     if trainer.eval_dataset is not None:
