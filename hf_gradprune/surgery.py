@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from .dispatch import check_in_memory
 from .modeling_gradprune import (
     CONFIG_KEY,
     FORMAT_REQUIRES,
@@ -27,7 +28,8 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
     Everything is validated before the first cut, so after an error the model is unchanged. Works on
     any device and dtype, and through ``torch.compile`` (the compiled module is cut; DDP/FSDP-style
-    wrappers are refused: prune before wrapping).
+    wrappers are refused: prune before wrapping). A model dispatched by Accelerate is cut when every weight is on
+    a real device; one with offloaded weights (``"disk"`` / ``"cpu"`` offload) is refused (``OffloadedModelError``).
 
     Whatever the config can say is written into it: an FFN width shared by every layer, and (for families
     whose config can express it, the Llama family) a head and key/value-head count shared by every layer.
@@ -43,6 +45,7 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     target = unwrap_model(model, allow_distributed=False)
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"prune_model needs a PruningPlan, got {type(plan).__name__} (see PruningPlan.from_scores)")
+    check_in_memory(target, "prune_model")  # offloaded weights (Accelerate's device_map) are beyond a cut's reach
     state = pruning_state(target)
     g = state.geometry
     if plan.geometry != g:

@@ -19,7 +19,7 @@ LAYERS = [
     # old path; at the bottom, cli's old names can use its warning
     {"units", "modeling_gradprune", "_moved"},
     {"architectures"},
-    {"state", "testing"},
+    {"state", "testing", "dispatch"},  # dispatch: which Accelerate-dispatched models a cut can reach
     {"scoring"},
     {"planning"},
     {"surgery"},
