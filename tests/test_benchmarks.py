@@ -323,3 +323,84 @@ def test_time_rows_times_the_dense_model_again_at_the_end(monkeypatch):
     rows = speed.time_rows("tiny", base, plans, precision="fp32", batch=1, seq=8, repeats=1, drifts=drifts)
     assert [r["dense_ms"] for r in rows] == [10.0]
     assert drifts == [{"where": "tiny fp32 1x8", "first_ms": 10.0, "last_ms": 12.0, "drift": 0.2, "flagged": True}]
+
+
+# ---------------------------------------------------------------------- issue 22: one-shot at LLM scale
+@pytest.fixture(scope="module")
+def scale_quick(tmp_path_factory):
+    from oneshot import llm_scale
+
+    out = tmp_path_factory.mktemp("llm-scale-quick")
+    result = llm_scale.main(["--quick", "--out", str(out)])
+    return result, json.loads((out / "llm_scale.json").read_text())
+
+
+def test_llm_scale_quick_row_is_complete_and_self_consistent(scale_quick):
+    from oneshot import llm_scale
+
+    result, data = scale_quick
+    assert data == json.loads(json.dumps(result)) and "load_average" in data and data["machine"]["torch"]
+    assert data["today"]["cpu"]["SmolLM2-135M"]["split/score"] == 2.71  # the issue's numbers, kept beside
+    (row,) = data["rows"]
+    assert (row["shape"], row["status"], row["device"], row["dtype"]) == ("tiny", "done", "cpu", "float32")
+    assert row["calibration"] == {"batches": 4, "batch_size": 2, "seq": 32, "tokens": 256}
+    steps = row["steps"]
+    assert list(steps) == list(llm_scale.STEPS)
+    assert sum(s["seconds"] for k, s in steps.items() if k != "total") <= steps["total"]["seconds"] + 0.01
+    assert steps["total"]["seconds"] <= row["measured"]["wall_s"] + 0.01 and steps["total"]["tokens"] == 256
+    for s in steps.values():
+        if s["tokens_per_s"] is not None:
+            assert s["tokens_per_s"] == pytest.approx(s["tokens"] / s["seconds"], rel=0.01, abs=0.1)
+    assert steps["score"]["tokens"] == 256 and steps["reconstruct"]["tokens"] == 256  # 4 batches of 2 x 32
+    score = steps["score"]["seconds"]
+    assert row["ratios"]["reconstruct/score"] == pytest.approx(steps["reconstruct"]["seconds"] / score, abs=0.01)
+    assert row["ratios"]["split/score"] == pytest.approx(steps["split"]["seconds"] / score, abs=0.01)
+    assert row["params_after"] < row["params"] and abs(row["params_removed"] - 0.2) < 0.05 and row["finite_after"]
+    assert row["weight_bytes"] == 4 * row["params"] and row["measured"]["peak_bytes"] > 0
+    assert row["reference"]["where"] and row["goals"] == []  # a tiny shape: no goal applies
+    assert row["reconstruction"]["sublayers"] == 2 * row["config"]["num_hidden_layers"]
+    assert "| tiny | 0.2M | cpu, float32 | 4 x 2 x 32 |" in llm_scale.markdown(data["rows"])
+
+
+def test_llm_scale_reads_the_reports_new_fields_and_does_without_them():
+    """Issue 22 adds ``peak_memory``, ``tokens``, ``memory_kind`` and ``reference`` to ``OneShotReport``: the rows
+    use them when the report has them, and derive tokens from ``report.batches`` when it does not."""
+    from types import SimpleNamespace
+
+    from oneshot import llm_scale
+
+    seconds = {"score": 2.0, "split": 1.0, "prune": 0.1, "reconstruct": 4.0, "total": 7.5}
+    old = SimpleNamespace(seconds=seconds, batches={"score": 8, "search": 4, "reconstruct": 8})
+    steps = llm_scale.step_table(old, 256, 2048)
+    assert {k: s["tokens"] for k, s in steps.items()} == {
+        "score": 2048, "split": 1024, "prune": None, "reconstruct": 2048, "total": 2048,
+    }  # fmt: skip
+    assert steps["score"]["tokens_per_s"] == 1024.0 and steps["score"]["peak_memory_bytes"] is None
+    new = SimpleNamespace(seconds=seconds, batches={}, peak_memory={"score": 2**30}, tokens={"score": 100})
+    steps = llm_scale.step_table(new, 256, 2048)
+    assert steps["score"]["peak_memory_gib"] == 1.0 and steps["score"]["tokens_per_s"] == 50.0
+    passed, lacking = llm_scale.api_options({"seq_len": 64, "no_such_option": 1})
+    assert passed == {"seq_len": 64} and lacking == ["no_such_option"]
+
+
+def test_llm_scale_goals_are_judged_where_the_issue_sets_them():
+    from oneshot import llm_scale
+
+    cpu = {"device": "cpu", "shape": "SmolLM2-135M", "ratios": {"reconstruct/score": 0.9, "split/score": 1.2}}
+    assert [g["status"] for g in llm_scale.goals(cpu)] == ["met", "missed"]
+    assert llm_scale.goals(dict(cpu, shape="SmolLM2-360M")) == []  # the goals name the 135M and 1B shapes
+    params = 8_030_261_248
+    gpu = {
+        "device": "cuda (NVIDIA H200)",
+        "shape": "Llama-3-8B",
+        "params": params,
+        "steps": {"total": {"seconds": 280.0}},
+        "measured": {"peak_bytes": int(1.7 * 2 * params)},
+    }
+    time_goal, peak_goal = llm_scale.goals(gpu)
+    assert (time_goal["status"], peak_goal["status"]) == ("met", "missed")
+    assert peak_goal["limit"] == round(1.6 * 2 * params)
+    stopped = {"device": "cuda", "shape": "Llama-3-8B", "params": params, "stopped_after_s": 320.0}
+    assert [g["status"] for g in llm_scale.goals(stopped)] == ["missed", "unknown"]  # killed past 300 s
+    short = dict(stopped, stopped_after_s=200.0)
+    assert [g["status"] for g in llm_scale.goals(short)] == ["unknown", "unknown"]

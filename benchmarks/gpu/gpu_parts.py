@@ -1,7 +1,7 @@
 """The parts of ``benchmarks/gpu/gpu_check.py`` that are more than a test run: a real ``GradPruneTrainer`` pass (bf16,
-and fp16 with the GradScaler) and the timing of ``prune_oneshot`` (the speed rows: ``gpu_speed.py``). Each returns
-a JSON-able dict with ``ok`` (bool) and ``problems`` (what failed). ``dry=True`` runs the same code on the CPU on
-tiny models.
+and fp16 with the GradScaler), the timing of ``prune_oneshot`` and ``oneshot/llm_scale.py``'s GPU rows (the speed
+rows: ``gpu_speed.py``). Each returns a JSON-able dict with ``ok`` (bool) and ``problems`` (what failed).
+``dry=True`` runs the same code on the CPU on tiny models.
 
 Imports only torch, transformers, hf_gradprune's public API and the benchmarks' own modules (no ``datasets``: the
 GPU machine may lack it).
@@ -9,7 +9,11 @@ GPU machine may lack it).
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -343,7 +347,8 @@ def oneshot_model(setting: dict):
 def oneshot_run(setting: dict, device: torch.device) -> dict:
     """One ``prune_oneshot`` call with its defaults (Fisher, budget search, reconstruction) on random-token batches:
     its step seconds (as its report gives them), peak device memory during the call, what it removed."""
-    from hf_gradprune import prune_oneshot
+    from oneshot.llm_scale import timed_oneshot
+
     from hf_gradprune.deploy.latency import random_inputs
 
     cuda = device.type == "cuda"
@@ -355,15 +360,7 @@ def oneshot_run(setting: dict, device: torch.device) -> dict:
     params = sum(p.numel() for p in model.parameters())
     batches = [random_inputs(model, setting["batch"], setting["seq"], seed=i) for i in range(setting["batches"])]
     dense = current_plan(model)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    memory_before = torch.cuda.memory_allocated() if cuda else None
-    t = time.perf_counter()
-    model, report = prune_oneshot(model, batches, seq_len=setting["seq"], **setting["target"])
-    if cuda:
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t
+    model, report, measured = timed_oneshot(model, batches, device, seq_len=setting["seq"], **setting["target"])
     plan = current_plan(model)
     with torch.inference_mode():
         logits = model(**batches[0]).logits
@@ -379,9 +376,9 @@ def oneshot_run(setting: dict, device: torch.device) -> dict:
         | {"tokens": setting["batches"] * setting["batch"] * setting["seq"]},
         "target": setting["target"],
         "seconds": {k: round(v, 2) for k, v in report.seconds.items()},
-        "wall_s": round(wall, 2),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "model_memory_gib": round(memory_before / 2**30, 2) if cuda else None,
+        "wall_s": measured["wall_s"],
+        "peak_memory_gib": round(measured["peak_bytes"] / 2**30, 2) if cuda else None,
+        "model_memory_gib": round(measured["before_bytes"] / 2**30, 2) if cuda else None,
         "flops_removed": round(plan.flops_removed(setting["seq"]), 4),
         "params_removed": round(plan.params_removed(), 4),
         "heads_kept": plan.num_heads,
@@ -421,4 +418,75 @@ def oneshot_part(dry: bool, on_runs=None) -> dict:
         if on_runs is not None:
             on_runs(runs)
     notes = ["CPU dry run: tiny shapes, no device memory"] if dry else []
+    return {"device": str(device), "runs": runs, "notes": notes, "ok": not problems, "problems": problems}
+
+
+# ---------------------------------------------------------------------------------------------- LLM scale
+# The llm-scale part's rows, in order: (shape, the most seconds it may take, or None: whatever time is left). The
+# 1B row is capped so that a slow one leaves the 8B row its time; the 8B row gets the rest of the check's time.
+LLM_SCALE_ROWS = {"gpu": (("Llama-3.2-1B", 150), ("Llama-3-8B", None)), "dry": (("tiny", 60), ("tiny-untied", None))}
+# a row is not started with less time left (GPU: building and calibrating an 8B model)
+LLM_SCALE_MIN_START_S = {"gpu": 45, "dry": 5}
+
+
+def llm_scale_part(dry: bool, deadline: float, on_runs=None) -> dict:
+    """``oneshot/llm_scale.py``'s GPU rows: each shape in its own process (its memory freed after it, a row over
+    its time killed without taking the next row's), bf16, 128 x 2,048 calibration tokens (dry run: tiny shapes on
+    the CPU, 4 x 2 x 32). A row not started for want of time, or killed at its time, is recorded as such."""
+    from oneshot import llm_scale
+
+    device = device_of(dry)
+    dtype = torch.float32 if dry else torch.bfloat16
+    calibration = llm_scale.QUICK_CALIBRATION if dry else llm_scale.GPU_CALIBRATION
+    min_start = LLM_SCALE_MIN_START_S["dry" if dry else "gpu"]
+    runs, problems, notes = [], [], []
+    for shape, cap in LLM_SCALE_ROWS["dry" if dry else "gpu"]:
+        left = deadline - time.monotonic()
+        box = int(left if cap is None else min(cap, left))
+        if box < min_start:
+            row = llm_scale.failed_row(
+                shape, device, dtype, calibration, f"not run: out of time ({max(left, 0):.0f} s left of the check)"
+            )
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, str(Path(llm_scale.__file__)), "--shapes", shape, "--device", device.type]
+                cmd += ["--dtype", str(dtype).removeprefix("torch."), "--out", tmp, "--name", "row"]
+                cmd += ["--batches", str(calibration["batches"]), "--batch-size", str(calibration["batch_size"])]
+                cmd += ["--seq", str(calibration["seq"])]
+                for key, value in ({} if dry else llm_scale.GPU_OPTIONS).items():
+                    cmd += ["--option", f"{key}={json.dumps(value)}"]
+                start = time.monotonic()
+                proc = subprocess.Popen(cmd)  # in the part's process group: a kill of the part ends it too
+                try:
+                    proc.wait(timeout=box)
+                    killed = False
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    killed = True
+                seconds = round(time.monotonic() - start, 1)
+                path = Path(tmp) / "row.json"
+                if killed:
+                    row = llm_scale.failed_row(
+                        shape, device, dtype, calibration, f"not done in {seconds:.0f} s (stopped at its time box)",
+                        stopped_after_s=seconds,
+                    )  # fmt: skip
+                elif path.exists() and json.loads(path.read_text())["rows"]:
+                    row = json.loads(path.read_text())["rows"][0]
+                else:
+                    row = llm_scale.failed_row(shape, device, dtype, calibration, f"error: exit {proc.returncode}")
+                row["process_s"] = seconds
+        if row["status"].startswith("error"):
+            problems.append(f"{shape}: {row['status']}"[:2000])
+        elif row["status"] != "done":
+            notes.append(f"{shape}: {row['status']}")
+        elif not row["finite_after"]:
+            problems.append(f"{shape}: the pruned model's logits are not finite")
+        notes += [f"{shape}: goal {g['goal']}: {g['status']} ({g['value']} vs {g['limit']})" for g in row["goals"]]
+        print(llm_scale.summary(row), flush=True)
+        runs.append(row)
+        if on_runs is not None:
+            on_runs(runs)
+    if dry:
+        notes.insert(0, "CPU dry run: tiny shapes in fp32, 4 x 2 x 32 tokens; the goals are judged on real shapes only")
     return {"device": str(device), "runs": runs, "notes": notes, "ok": not problems, "problems": problems}
