@@ -252,6 +252,10 @@ def test_causal_lm_on_a_text_file_one_shot(assets, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| metric | dense | pruned |" in printed and "| perplexity | " in printed and f"saved {out}" in printed
+    # issue 22: each step's seconds, peak memory and tokens/s, then the memory's kind
+    assert "| step | seconds | peak memory | tokens/s |" in printed and "\npeak memory: " in printed
+    steps = [line.split(" | ")[0].removeprefix("| ") for line in printed.splitlines() if line.startswith("| ")]
+    assert {"score", "split", "prune", "total"} <= set(steps) and "reconstruct" not in steps
     model = load_pruned(out)
     assert type(model).__name__.endswith("GPT2LMHeadModel")
     plan = current_plan(model)

@@ -212,6 +212,7 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     from ..folders.hub import save_pruned
     from ..modeling_gradprune import write_folder
     from ..oneshot.prune import prune_oneshot
+    from ..oneshot.report import steps_table
     from ..reports.run_report import metric_rows, stage_columns, summary_table
     from ..surgery import summarize
 
@@ -249,8 +250,8 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
         keep = [0, *(i + 1 for i, stage in enumerate(columns) if stage in stages)]
         rows = [tuple(row[i] for i in keep) for row in metric_rows(stages)]
         print(summary_table(rows, ("metric", *(c for c in columns if c in stages))))
-    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
-    print(f"one-shot on {len(calibration)} calibration examples: {seconds}")
+    print(f"one-shot on {len(calibration)} calibration examples:")
+    print(steps_table(report))
     print(f"saved {out}")
 
 
