@@ -14,7 +14,7 @@ from test_llama import make_decoder
 from test_llama import uneven_plan as llama_uneven_plan
 
 from hf_gradprune import ImportanceScorer, PlanError, PruningPlan, prune_model
-from hf_gradprune.oneshot.budget_search import TIE, plan_gates, search_budget_split, unit_gates
+from hf_gradprune.oneshot.budget_search import TIE, _sweep, plan_gates, search_budget_split, unit_gates
 from hf_gradprune.oneshot.calibration import CalibrationError
 from hf_gradprune.state import pruning_state
 
@@ -314,3 +314,126 @@ def test_counts_take_numpy_integers_and_name_a_bad_one_before_any_forward():
     with pytest.raises(PlanError, match=r"num_candidates must be an integer >= 2"):
         search_budget_split(model, scores, loader, flops_budget=0.5, num_candidates=2.5)
     assert calls == []
+
+
+# ---------------------------------------------------------------------- what the search costs (issue 22)
+def forward_counter(model):
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    return calls
+
+
+def test_given_dense_losses_skip_the_dense_forward_and_change_nothing_else():
+    model, scores, loader = scored("llama")
+    plan, report = search_budget_split(model, scores, loader, flops_budget=0.5)
+    assert report["dense_loss_from"] == "forward" and report["dense_forwards"] == len(loader)
+    with torch.no_grad():
+        given = [float(model(**b).loss) for b in loader]
+    calls = forward_counter(model)
+    plan2, report2 = search_budget_split(model, scores, loader, flops_budget=0.5, dense_losses=given)
+    assert report2["dense_loss_from"] == "given" and report2["dense_forwards"] == 0
+    assert len(calls) == report2["forwards"] == len(report2["candidates"]) * len(loader)
+    assert (plan2.heads, plan2.neurons) == (plan.heads, plan.neurons)
+    assert [r["loss"] for r in report2["candidates"]] == [r["loss"] for r in report["candidates"]]
+    assert report2["dense_loss"] == pytest.approx(report["dense_loss"], rel=1e-6)
+
+
+def test_a_non_finite_given_dense_loss_drops_its_batch():
+    model, scores, loader = scored("gpt2")
+    _, report = search_budget_split(model, scores, loader, flops_budget=0.5, dense_losses=[1.0, math.nan, 3.0])
+    assert report["batches"] == 2 and report["dense_loss"] == 2.0
+    assert report["forwards"] == 2 * len(report["candidates"])
+
+
+@pytest.mark.parametrize(
+    "given,message",
+    [
+        ([1.0, 2.0], r"dense_losses has 2 values, the search uses 3 batches"),
+        ([1.0, 2.0, "3"], r"plain numbers .* str"),
+        ([1.0, 2.0, torch.tensor(3.0)], r"plain numbers .* Tensor"),
+        ([1.0, True, 2.0], r"plain numbers .* bool"),
+        ("1.0", r"a list of floats"),
+        (torch.ones(3), r"a list of floats"),
+    ],
+)
+def test_bad_dense_losses_are_named_before_any_forward(given, message):
+    model, scores, loader = scored("bert")
+    calls = forward_counter(model)
+    with pytest.raises(CalibrationError, match=message):
+        search_budget_split(model, scores, loader, flops_budget=0.5, dense_losses=given)
+    assert calls == []
+
+
+def test_unlabelled_classifier_batches_are_labelled_and_given_their_dense_loss_by_one_forward():
+    model, scores, loader = scored("bert")
+    unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b in loader]
+    calls = forward_counter(model)
+    _, report = search_budget_split(model, scores, unlabelled, flops_budget=0.5, num_candidates=3)
+    assert report["dense_loss_from"] == "labelling" and report["dense_forwards"] == len(loader)
+    assert len(calls) == report["forwards"] == len(loader) * (1 + len(report["candidates"]))
+    with torch.no_grad():
+        relabelled = [{**b, "labels": model(**b).logits.argmax(-1)} for b in unlabelled]
+        dense = sum(float(model(**b).loss) for b in relabelled) / len(relabelled)
+    assert report["dense_loss"] == pytest.approx(dense, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+def test_the_search_measures_at_most_num_candidates_plans(kind, n):
+    model, scores, loader = scored(kind)
+    calls = forward_counter(model)
+    _, report = search_budget_split(model, scores, loader, flops_budget=0.5, num_candidates=n)
+    assert 2 <= len(report["candidates"]) <= n
+    assert len(calls) == report["forwards"] == len(loader) * (1 + len(report["candidates"]))
+    assert report["seconds"] > 0
+
+
+def sweep_on(curve, lo, hi, n, plan_of=lambda k: k):
+    """``_sweep`` on a made-up loss curve: the winner is the lowest loss (the first on ties); ``plan_of`` maps
+    several k to one plan as grouped-query atoms do. Returns the winner's k and the k measured, in order."""
+    measured, best = [], {}
+
+    def measure(k):
+        p = plan_of(k)
+        best.setdefault(p, []).append(k)
+        if len(best[p]) > 1:
+            return False
+        measured.append(k)
+        return True
+
+    def winner():
+        p = min((plan_of(k) for k in measured), key=lambda p: (curve(p), p))
+        return min(best[p]), max(best[p])
+
+    _sweep(lo, hi, n, measure, winner, lambda k: curve(plan_of(k)))
+    return min(measured, key=lambda k: (curve(plan_of(k)), k)), measured
+
+
+@pytest.mark.parametrize("minimum", [10, 37, 61, 99, 150, 200])
+def test_the_sweep_finds_the_minimum_of_a_unimodal_curve_with_few_measures(minimum):
+    def curve(k):
+        return (k - minimum) ** 2
+
+    k, measured = sweep_on(curve, 10, 200, 20)
+    assert k == minimum
+    assert len(measured) == len(set(measured)) <= 20  # never the same head total twice
+    assert set(measured) >= {10, 200}  # the coarse grid's ends are always measured
+    # with a smaller budget the winner is within the bracket's resolution of the minimum
+    k, measured = sweep_on(curve, 10, 200, 8)
+    assert len(measured) == 8 and abs(k - minimum) <= 190 / 3 / 2**2
+
+
+def test_the_sweep_stops_once_the_winners_neighbours_are_adjacent_and_skips_repeated_plans():
+    k, measured = sweep_on(lambda p: abs(p - 21), 0, 30, 100, plan_of=lambda k: k // 3 * 3)
+    assert k // 3 * 3 == 21
+    assert len(measured) < 15 and len({m // 3 for m in measured}) == len(measured)  # no plan measured twice
+
+
+def test_the_sweep_keeps_the_coarse_grid_for_a_curve_that_is_not_unimodal():
+    """A narrow well at a coarse grid point beats a wide valley elsewhere: the whole grid is always measured."""
+
+    def curve(k):
+        return -10 if k == 150 else abs(k - 40)
+
+    k, measured = sweep_on(curve, 0, 200, 10)  # a coarse grid of 5: 0, 50, ..., 200
+    assert k == 150 and {0, 50, 100, 150, 200} <= set(measured)

@@ -2,7 +2,9 @@
 
 ``PruningPlan.from_scores(..., heads_kept=k)`` fixes the number of heads a budget keeps and fills the rest
 with neurons; ``search_budget_split`` sweeps ``k`` (Kwon et al. 2022, "A Fast Post-Training Pruning
-Framework for Transformers") and keeps the plan whose calibration loss is lowest. Candidates are not cut:
+Framework for Transformers") and keeps the plan whose calibration loss is lowest. The sweep measures a coarse
+grid of ``k``, then narrows a bracket around the best one (``_sweep``): each plan costs one forward per
+calibration batch, so the number measured is the search's cost. Candidates are not cut:
 ``unit_gates`` multiplies each unit's input to the output projections at run time, and zeroing a unit's
 column there is exactly removing the unit, so one model serves every candidate.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -199,6 +202,37 @@ def _grid(lo: int, hi: int, n: int) -> list[int]:
     return sorted({round(lo + (hi - lo) * j / (n - 1)) for j in range(n)})
 
 
+def _sweep(lo: int, hi: int, num_candidates: int, measure, winner, rank) -> None:
+    """Drive the head totals tried: a coarse grid of ``ceil(num_candidates / 2)`` totals (at least 3, at most
+    ``num_candidates``) from ``lo`` to ``hi``, then a narrowing bracket: the larger of the two gaps beside the
+    current winner is halved (on equal gaps, the one beside the better neighbour), until the winner's neighbours
+    are adjacent totals or ``num_candidates`` plans were measured.
+
+    ``measure(k)`` returns whether plan ``k`` was new (a plan seen under another ``k`` costs nothing and does
+    not count); ``winner()`` the smallest and largest ``k`` tried that gave the current winner's plan;
+    ``rank(k)`` how good a measured ``k``'s plan is (lower is better). The
+    whole coarse grid is always measured, so a loss curve that is not unimodal still has its best region
+    found at the grid's resolution; the bracket only narrows around the best the grid found.
+    """
+    tried: set[int] = set()
+    count = 0
+    for k in _grid(lo, hi, min(num_candidates, max(3, math.ceil(num_candidates / 2)))):
+        tried.add(k)
+        count += measure(k)
+    while count < num_candidates:
+        first, last = winner()
+        below = max((k for k in tried if k < first), default=first)
+        above = min((k for k in tried if k > last), default=last)
+        if max(first - below, above - last) < 2:
+            return  # the winner's neighbours are adjacent: nothing left between them
+        left, right = first - below, above - last
+        if left == right:  # the side of the better neighbour, where a smooth curve's minimum more likely is
+            left += rank(below) < rank(above)
+        k = (below + first) // 2 if left >= right else (last + above + 1) // 2
+        tried.add(k)
+        count += measure(k)
+
+
 @torch.no_grad()
 def _mean_loss(model, batches, loss_fn, gates=None) -> float:
     heads, neurons = gates if gates is not None else (None, None)
@@ -220,14 +254,16 @@ def search_budget_split(
     max_batches: int | None = 4,
     num_candidates: int = 8,
     loss_fn: LossFn | None = None,
+    dense_losses: Sequence[float] | None = None,
     **plan_kwargs,
 ) -> tuple[PruningPlan, dict]:
     """Pick how many heads a budget keeps: sweep ``heads_kept`` and keep the best plan.
 
-    Candidates: ``num_candidates`` head totals evenly from the fewest heads whose plan removes at most one
-    unit's cost beyond the budget (found by bisection on the plans alone) to every live head, then as many
-    between the best one's neighbours. Each is ``PruningPlan.from_scores(scores, <budget>, heads_kept=k,
-    **plan_kwargs)``.
+    Candidates: each is ``PruningPlan.from_scores(scores, <budget>, heads_kept=k, **plan_kwargs)``, for head
+    totals ``k`` from the fewest heads whose plan removes at most one unit's cost beyond the budget (found by
+    bisection on the plans alone) to every live head. ``num_candidates`` is the most plans measured: half of
+    them (at least 3) on an even grid over that range, the rest halving the gaps beside the best so far
+    until its neighbours are adjacent totals (``_sweep``); a plan two totals give is measured once.
     ``criterion="loss"``: the mean calibration loss (``calibration.model_loss``; ``loss_fn`` if given) over
     the first ``max_batches`` batches of ``calibration``, with the candidate's removed units gated off in
     eval mode (no model is cut). Unlabelled classifier batches get the unpruned model's predictions as
@@ -238,10 +274,22 @@ def search_budget_split(
     cost of the budget, best value, near ties to the tightest; a candidate that misses the budget (its heads
     alone cost too much) wins only if none meets it.
 
+    ``dense_losses``: the unpruned model's loss on each batch the search uses (the first ``max_batches``, in
+    order; the same ``loss_fn``, eval mode), as floats, when the caller already has them (``prune_oneshot``'s
+    scoring pass): the search then skips its own dense forward. A non-finite value drops its batch, as a
+    computed one would. Unused with ``criterion="importance"``. Unlabelled classifier batches still take one
+    forward each for their labels, which gives their dense loss too.
+
+    Cost: ``criterion="loss"`` runs at most ``(num_candidates + 1) * batches`` forwards of one batch (the
+    ``+ 1``: the dense pass, skipped with ``dense_losses`` unless classifier batches need labels), no
+    backward.
+
     Returns the best plan (``meta``: ``budget_split="search"``, ``criterion``, ``heads_kept``,
-    ``candidates``: [heads kept, value] pairs) and a report (``candidates``: one row per plan tried, with its
-    ``overshoot``: the fraction removed beyond the budget; ``unit_step``: one unit's cost, the overshoot
-    allowed; ``best``, ``dense_loss``, ``batches``, ``seconds``).
+    ``candidates``: [heads kept, value] pairs) and a report (``candidates``: one row per plan measured, with
+    its ``overshoot``: the fraction removed beyond the budget; ``unit_step``: one unit's cost, the overshoot
+    allowed; ``best``, ``dense_loss``, ``dense_loss_from``: ``"given"``, ``"labelling"`` (the classifier
+    labelling pass), ``"forward"`` or None; ``batches``; ``forwards``: forwards of one batch run, dense ones
+    included; ``dense_forwards``; ``seconds``).
     """
     started = time.perf_counter()
     if criterion not in CRITERIA:
@@ -292,20 +340,28 @@ def search_budget_split(
         lo = low
 
     inner = unwrap_model(model)
-    batches, dense_loss = [], None
+    batches, dense_loss, dense_from = [], None, None
     if criterion == "loss":
         if calibration is None:
             raise CalibrationError("criterion='loss' needs calibration batches (a DataLoader)")
         batches = list(calibration_batches(calibration, inner, max_batches=max_batches))
+        dense_losses = _check_dense_losses(dense_losses, len(batches))
+    forwards = {"dense": 0, "candidates": 0}
     was_training = inner.training
     inner.eval()
     try:
         if criterion == "loss":
-            batches = _with_dense_labels(inner, batches, loss_fn)
-            per_batch = []
-            with torch.no_grad():
-                for b in batches:
-                    per_batch.append(float(model_loss(inner, b, loss_fn)))
+            batches, labelled = _with_dense_labels(inner, batches, loss_fn)
+            forwards["dense"] += len(batches) if labelled else 0
+            if dense_losses is not None:
+                per_batch, dense_from = dense_losses, "given"
+            elif labelled:  # the labelling pass gave the losses too
+                per_batch, dense_from = labelled, "labelling"
+            else:
+                with torch.no_grad():
+                    per_batch = [float(model_loss(inner, b, loss_fn)) for b in batches]
+                forwards["dense"] += len(batches)
+                dense_from = "forward"
             finite = [b for b, v in zip(batches, per_batch) if math.isfinite(v)]
             if not finite:
                 raise CalibrationError(
@@ -315,19 +371,21 @@ def search_budget_split(
             batches = finite  # a batch the unpruned model cannot score says nothing about a candidate
             dense_loss = sum(v for v in per_batch if math.isfinite(v)) / len(finite)
 
-        rows, seen = [], {}
+        rows, seen, asked, keys = [], {}, {}, {}
 
-        def evaluate(k: int):
+        def evaluate(k: int) -> bool:
             plan = make(k)
             key = (tuple(map(tuple, plan.heads)), tuple(map(tuple, plan.neurons)))
+            asked.setdefault(key, []).append(k)
+            keys[k] = key
             if key in seen:  # grouped-query atoms round several k to one plan
-                return
+                return False
             if criterion == "loss":
                 value = _mean_loss(inner, batches, loss_fn, plan_gates(inner, plan))
                 value = value if math.isfinite(value) else math.inf
+                forwards["candidates"] += len(batches)
             else:
                 value = _kept_importance(plan, scores)
-            seen[key] = plan
             rows.append(
                 {
                     "heads_kept_asked": k,
@@ -339,26 +397,31 @@ def search_budget_split(
                     "overshoot": round(overshoot(plan), 6),
                     criterion: value,
                     "_plan": plan,
+                    "_key": key,
                 }
             )
+            seen[key] = rows[-1]
+            return True
 
         def best_row():
             return _pick(rows, criterion, step)
 
-        coarse = _grid(lo, live, num_candidates)
-        for k in coarse:
-            evaluate(k)
-        best = best_row()["heads_kept"]
-        below = max([k for k in coarse if k < best], default=lo)
-        above = min([k for k in coarse if k > best], default=live)
-        for k in _grid(below, above, num_candidates):
-            evaluate(k)
+        def winner() -> tuple[int, int]:
+            ks = asked[best_row()["_key"]]
+            return min(ks), max(ks)
+
+        sign = 1.0 if criterion == "loss" else -1.0
+
+        def rank(k: int) -> float:
+            return sign * seen[keys[k]][criterion]
+
+        _sweep(lo, live, num_candidates, evaluate, winner, rank)
     finally:
         inner.train(was_training)
 
     winner = best_row()
     plan = winner["_plan"]
-    table = [{k: v for k, v in r.items() if k != "_plan"} for r in sorted(rows, key=lambda r: r["heads_kept"])]
+    table = [{k: v for k, v in r.items() if k[0] != "_"} for r in sorted(rows, key=lambda r: r["heads_kept"])]
     plan.meta.update(
         {
             "budget_split": "search",
@@ -370,28 +433,62 @@ def search_budget_split(
     report = {
         "criterion": criterion,
         "candidates": table,
-        "best": {k: v for k, v in winner.items() if k != "_plan"},
+        "best": {k: v for k, v in winner.items() if k[0] != "_"},
         "unit_step": round(step, 6),
         "dense_loss": dense_loss,
+        "dense_loss_from": dense_from,
         "batches": len(batches),
+        "forwards": forwards["dense"] + forwards["candidates"],
+        "dense_forwards": forwards["dense"],
         "seconds": time.perf_counter() - started,
     }
     return plan, report
 
 
-def _with_dense_labels(model, batches, loss_fn):
-    """Unlabelled classifier batches: label them with the unpruned model's predictions (see the search)."""
+def _with_dense_labels(model, batches, loss_fn) -> tuple[list, list[float]]:
+    """Unlabelled classifier batches: label them with the unpruned model's predictions (see the search).
+
+    Returns the batches and, when it ran the model, each batch's loss against those labels (the loss
+    ``model_loss`` gives the unlabelled batch), so the dense loss needs no second forward; else ``[]``.
+    """
     name = type(model).__name__
     if (
         loss_fn is not None
         or "ForSequenceClassification" not in name
         or getattr(model.config, "problem_type", None) == "regression"
+        or all("labels" in b for b in batches)
     ):
-        return batches
-    out = []
+        return batches, []
+    out, losses = [], []
     with torch.no_grad():
         for b in batches:
-            if "labels" not in b:
-                b = {**b, "labels": model(**b).logits.argmax(-1)}
+            if "labels" in b:
+                losses.append(float(model_loss(model, b)))
+            else:
+                logits = model(**b).logits
+                b = {**b, "labels": logits.argmax(-1)}
+                losses.append(float(nn.functional.cross_entropy(logits.float(), b["labels"])))
             out.append(b)
-    return out
+    return out, losses
+
+
+def _check_dense_losses(dense_losses, n: int) -> list[float] | None:
+    """``dense_losses`` as floats, one per batch the search uses; ``CalibrationError`` naming what is wrong."""
+    if dense_losses is None:
+        return None
+    if isinstance(dense_losses, (str, bytes)) or not isinstance(dense_losses, Sequence):
+        raise CalibrationError(
+            f"dense_losses must be a list of floats (the unpruned model's loss on each search batch), got "
+            f"{type(dense_losses).__name__}"
+        )
+    bad = [v for v in dense_losses if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+    if bad:
+        raise CalibrationError(
+            f"dense_losses must hold plain numbers (float(loss) per batch), got {type(bad[0]).__name__}: {bad[0]!r}"
+        )
+    if len(dense_losses) != n:
+        raise CalibrationError(
+            f"dense_losses has {len(dense_losses)} values, the search uses {n} batches (the first max_batches of "
+            "calibration): pass one loss per search batch, in order, or None to compute them here"
+        )
+    return [float(v) for v in dense_losses]
