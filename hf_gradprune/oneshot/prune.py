@@ -8,47 +8,25 @@ step can be switched off; the report says what each did and how long it took.
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
+from ..dispatch import check_in_memory
 from ..planning.plan import PlanError, PruningPlan, validate_targets
 from ..scoring.scorer import ImportanceScorer
-from ..scoring.scores import GRADIENT_METHODS, METHODS, Scores
+from ..scoring.scores import GRADIENT_METHODS, METHODS
 from ..state import pruning_state, unwrap_model
 from ..surgery import current_plan, prune_model
 from ..units import HEAD
 from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs, model_loss
-from .reconstruct import ReconstructionReport, calibration_tokens
+from .reconstruct import calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
+from .reference import WHERE, DenseLayers, DenseReferenceError
+from .report import OneShotReport, StepMeter, batch_tokens
 
 SPLITS = ("search", "ratio", "normalized")
-
-
-@dataclass
-class OneShotReport:
-    """What ``prune_oneshot`` did: the plan, each step's own report, and the seconds each step took."""
-
-    plan: PruningPlan
-    scores: Scores | None = None
-    split: dict | None = None  # the budget search's candidate table (split="search")
-    rearrangement: list | None = None  # per layer and kind: objective before / after
-    reconstruction: ReconstructionReport | None = None
-    seconds: dict = field(default_factory=dict)
-    batches: dict = field(default_factory=dict)  # calibration batches each step used ("score", "search", ...)
-
-    def to_dict(self) -> dict:
-        return {
-            "plan": self.plan.to_dict(),
-            "split": self.split,
-            "batches": self.batches,
-            "rearrangement": self.rearrangement,
-            "reconstruction": None if self.reconstruction is None else self.reconstruction.to_dict(),
-            "seconds": self.seconds,
-        }
 
 
 def prune_oneshot(
@@ -72,6 +50,8 @@ def prune_oneshot(
     reconstruct_batches: int | None = 16,
     loss_fn: LossFn | None = None,
     seq_len: int = 128,
+    reference: str = "auto",
+    reference_folder: str | None = None,
     **plan_options,
 ) -> tuple[nn.Module, OneShotReport]:
     """Prune ``model`` in place without retraining; returns it and a ``OneShotReport``.
@@ -96,18 +76,32 @@ def prune_oneshot(
         rearrange: Kwon's greedy swap within each layer (gradient methods only). Off by default: on the
             quickstart model it lowered its objective yet cost 3-9 points of one-shot accuracy
             (benchmarks/README.md).
-        reconstruct: least-squares rescaling of every pruned layer against a copy of the model
-            taken before the prune (the copy costs one model's memory while it runs).
+        reconstruct: least-squares rescaling of every pruned layer against the model's layers as they were
+            before the prune (``oneshot.reconstruct``), on the model's device.
+        reference: where those dense layers wait while the model is pruned and reconstructed
+            (``oneshot.reference.DenseLayers``): ``"auto"`` (default: host memory when a copy of the layers fits
+            there with room to spare, else ``"disk"``), ``"cpu"``, ``"disk"`` (safetensors files in a temporary
+            folder inside ``reference_folder``, removed at the end) or ``"device"`` (a copy on the model's
+            device: no transfers, one more model's worth of device memory). Streamed, one dense layer at a time
+            comes to the device. ``report.reference`` says which was used and why.
         loss_fn: ``loss_fn(model, batch) -> loss`` for scoring and the search, instead of the default.
         plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
             defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
 
     Everything is checked before the model changes: the targets, the method, the batch counts, a given plan's
     model, the calibration data (an empty loader, a batch no loss can be made for, reconstruction batches
-    without tokens, a loss that is NaN on every batch).
+    without tokens, a loss that is NaN on every batch), the reference option, and that no weight is offloaded
+    by Accelerate (``dispatch.check_in_memory``: a cut cannot reach an offload folder).
+
+    Peak device memory, with a streamed reference (``"cpu"`` / ``"disk"``): the largest of
+    - scoring: the model's weights and gradients plus one calibration batch's activations for the backward
+      pass (``scoring_micro_batch_size`` and ``gradient_checkpointing`` bound those);
+    - the search: the weights plus one batch's forward;
+    - reconstruction: the pruned model's weights + one dense layer + per calibration token three hidden
+      vectors (pruned and dense stream, the dense attention output) in the model's dtype + one sub-layer's
+      normal equations (kept units^2 float64) and one batch's layer activations.
+    ``report.peak_memory`` gives the measured peak of each step (``report.memory_kind`` says how it was measured).
     """
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
     scoring_batches = check_count("scoring_batches", scoring_batches)
     search_batches = check_count("search_batches", search_batches)
     reconstruct_batches = check_count(
@@ -117,6 +111,12 @@ def prune_oneshot(
         raise CalibrationError("prune_oneshot counts the budget search's batches with search_batches, not max_batches")
     inner = unwrap_model(model, allow_distributed=False)
     state = pruning_state(inner)
+    check_in_memory(inner, "prune_oneshot", needs_weights=True)  # offloaded or meta weights: refused
+    if reference not in WHERE:
+        raise DenseReferenceError(f"reference must be one of {', '.join(map(repr, WHERE))}, not {reference!r}")
+    if reference_folder is not None and not Path(reference_folder).is_dir():
+        raise DenseReferenceError(f"reference_folder {str(reference_folder)!r} is not a directory: create it first")
+    meter = StepMeter(inner)
     if method not in METHODS:
         raise ValueError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
     if split not in SPLITS:
@@ -166,61 +166,83 @@ def prune_oneshot(
 
     scores, scorer = None, None
     if needs_scores:
-        t = time.perf_counter()
-        scorer, scores = _score(inner, used["score"], method, loss_fn, record=rearrange)
-        seconds["score"] = time.perf_counter() - t
+        with meter.step("score", tokens=batch_tokens(used["score"])):
+            scorer, scores = _score(inner, used["score"], method, loss_fn, record=rearrange)
     split_report = None
     if plan is None:
-        t = time.perf_counter()
-        options = {"seq_len": seq_len, **plan_options}
-        if searching:
-            from .budget_search import search_budget_split
-
-            plan, split_report = search_budget_split(
+        with meter.step("split", tokens=batch_tokens(used["search"])):
+            plan, split_report = _plan(
                 inner,
                 scores,
                 used["search"],
-                flops_budget=flops_budget,
-                params_budget=params_budget,
-                loss_fn=loss_fn,
-                max_batches=None,  # search_batches chose them
-                **options,
+                searching,
+                budget,
+                split,
+                targets,
+                latency_table,
+                loss_fn,
+                seq_len,
+                plan_options,
             )
-        else:
-            if budget and split != "search" and not plan_options.get("uniform"):
-                options["budget_split"] = split
-            if budget and split == "search":
-                why = "latency_budget: units priced by the latency table" if latency_budget is not None else None
-                split_report = {"searched": False, "why": why or "uniform/balanced sweep their own head count"}
-            plan = PruningPlan.from_scores(scores, **targets, latency_table=latency_table, **options)
-        seconds["split"] = time.perf_counter() - t
     plan = plan.intersect(current_plan(inner))
     rearrangement = None
     if rearrange:
         from ..planning.rearrange import rearrange_plan
 
-        t = time.perf_counter()
-        plan, rearrangement = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)
-        seconds["rearrange"] = time.perf_counter() - t
+        with meter.step("rearrange"):
+            plan, rearrangement = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)
 
-    dense = copy.deepcopy(inner) if reconstruct else None
-    t = time.perf_counter()
-    prune_model(inner, plan)
-    seconds["prune"] = time.perf_counter() - t
-    counts = {step: len(b) for step, b in used.items() if b}
-    if split_report is not None and "batches" in split_report:
-        counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
-    report = OneShotReport(plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts)
-    if reconstruct:
-        t = time.perf_counter()
-        report.reconstruction = reconstruct_layers(
-            inner, dense, used["reconstruct"], bias_compensation=bias_compensation
+    dense = None
+    if reconstruct:  # the layers as they are now, for reconstruction's targets
+        with meter.step("reference"):
+            dense = DenseLayers.capture(inner, reference, folder=reference_folder)
+    try:
+        with meter.step("prune"):
+            prune_model(inner, plan)
+        counts = {step: len(b) for step, b in used.items() if b}
+        if split_report is not None and "batches" in split_report:
+            counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
+        report = OneShotReport(
+            plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts
         )
-        seconds["reconstruct"] = time.perf_counter() - t
-        del dense
-    seconds["total"] = time.perf_counter() - start
-    report.seconds = seconds
+        if reconstruct:
+            report.reference = dense.to_dict()
+            with meter.step("reconstruct", tokens=batch_tokens(used["reconstruct"])):
+                report.reconstruction = reconstruct_layers(
+                    inner, dense, used["reconstruct"], bias_compensation=bias_compensation
+                )
+    finally:
+        if dense is not None:
+            dense.close()  # drops the copy; removes the files it wrote
+    report.record(meter)
     return model, report
+
+
+def _plan(inner, scores, batches, searching, budget, split, targets, latency_table, loss_fn, seq_len, plan_options):
+    """The plan, by the budget search or ``PruningPlan.from_scores``, and the search's report (or why none ran)."""
+    split_report = None
+    options = {"seq_len": seq_len, **plan_options}
+    if searching:
+        from .budget_search import search_budget_split
+
+        plan, split_report = search_budget_split(
+            inner,
+            scores,
+            batches,
+            flops_budget=targets["flops_budget"],
+            params_budget=targets["params_budget"],
+            loss_fn=loss_fn,
+            max_batches=None,  # search_batches chose them
+            **options,
+        )
+    else:
+        if budget and split != "search" and not plan_options.get("uniform"):
+            options["budget_split"] = split
+        if budget and split == "search":
+            why = "latency_budget: units priced by the latency table" if targets["latency_budget"] is not None else None
+            split_report = {"searched": False, "why": why or "uniform/balanced sweep their own head count"}
+        plan = PruningPlan.from_scores(scores, **targets, latency_table=latency_table, **options)
+    return plan, split_report
 
 
 # What ``plan_options`` may hold: ``PruningPlan.from_scores``'s shape options, and the budget search's own.

@@ -15,11 +15,22 @@ the output projection's columns: the model keeps its shape, and saves and reload
 Optionally the projection's bias also takes the removed units' mean contribution on the calibration
 tokens (FLAP, An et al. 2024), measured in the dense model.
 
-Cost: one forward per calibration batch records what every layer is called with; then each layer runs
-alone on the stored hidden states (a few layer passes per layer, for both models). Memory: the normal
-equations per sub-layer (``A^T A``: units x units, ``A^T b``), never per-token contributions, plus one
-hidden state per calibration token for each model. The scales are float64 arithmetic on float32
-products; padding tokens count for nothing.
+Where the work happens: on the model's device. The normal equations (``A^T A``: units x units, ``A^T b``)
+are float32 products summed in float64 where the activations are, and solved there (Cholesky); only the
+scales and the report's numbers leave the device.
+
+Cost: one forward per calibration batch records what every layer is called with (the layers after the
+first pass their input through); then each layer runs alone on the stored hidden states: once for the
+dense layer (its outputs give both sub-layers' targets and the next layer's dense input), and for the
+pruned layer once up to the attention's end and once through the FFN. The pruned layer's output after the
+FFN's fold is that pass's output plus the fold's change when the family's FFN ends the layer (pre-norm)
+and the FFN inputs are kept (``reuse_ffn_inputs``), else one more pass.
+
+Memory on the device, for the whole call: the pruned model's weights, one dense layer (``DenseLayers``
+brings one at a time unless the reference is a resident model), and per calibration token: the pruned
+and the dense hidden state and the dense layer's attention output (three hidden vectors in the model's
+dtype), plus the FFN's inputs (kept units) when they are reused; and the normal equations of one sub-layer
+(units^2 float64). Padding tokens count for nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +46,9 @@ from torch import nn
 
 from ..state import pruning_state, unwrap_model
 from ..units import HEAD, NEURON
-from .calibration import calibration_batches, check_count, model_inputs, token_mask
+from .calibration import calibration_batches, check_count, token_mask
+from .reference import DenseLayers
+from .stream import LayerStream, StreamError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +82,9 @@ class ReconstructionReport:
     sublayers: list[SubLayerReport] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    device: str = ""  # where the normal equations were accumulated and solved
+    reference: str = ""  # where the dense layers lived (DenseLayers.where)
+    reused_ffn_inputs: bool = False  # the pruned layer's output after the FFN fold came without another pass
 
     @property
     def skipped(self) -> list[SubLayerReport]:
@@ -85,7 +101,14 @@ class ReconstructionReport:
         return sum(r.error_after for r in self.sublayers if r.units)
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "seconds": self.seconds, "sublayers": [asdict(r) for r in self.sublayers]}
+        return {
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "device": self.device,
+            "reference": self.reference,
+            "reused_ffn_inputs": self.reused_ffn_inputs,
+            "sublayers": [asdict(r) for r in self.sublayers],
+        }
 
     def summary(self) -> str:
         lines = [f"{'layer':>5} {'part':>9} {'units':>6} {'error before':>13} {'after':>11} {'scales':>15}  note"]
@@ -96,17 +119,13 @@ class ReconstructionReport:
             note += f" ({r.note})" if r.note else ""
             errors = f"{r.error_before:>13.4g} {r.error_after:>11.4g}"
             lines.append(f"{r.layer:>5} {part:>9} {r.units:>6} {errors} {scales:>15}  {note}")
-        lines.append(f"{self.tokens} calibration tokens, {self.seconds:.1f} s")
+        lines.append(f"{self.tokens} calibration tokens, {self.seconds:.1f} s on {self.device or '?'}")
         return "\n".join(lines)
-
-
-class _Stop(Exception):
-    """Ends a forward once the sub-layer of interest has been read (nothing after it is needed)."""
 
 
 def reconstruct(
     model: nn.Module,
-    dense: nn.Module,
+    dense: nn.Module | DenseLayers,
     calibration: Iterable,
     *,
     least_squares: bool = True,
@@ -115,13 +134,16 @@ def reconstruct(
     max_scale: float = 10.0,
     raise_ridge: int = 3,
     max_batches: int | None = None,
+    reuse_ffn_inputs: bool | None = None,
 ) -> ReconstructionReport:
     """Rescale the kept units of every pruned sub-layer of ``model`` to reproduce ``dense``, in place.
 
     Args:
         model: the pruned model (after ``prune_model``).
         dense: its reference: the model before this prune (the unpruned one, or a milder plan of the
-            same model); it must keep every unit ``model`` keeps. It is not changed.
+            same model), or its layers as ``DenseLayers.capture(model)`` took them before the prune (held in
+            host memory or on disk, brought to the device one layer at a time). It must keep every unit
+            ``model`` keeps. It is not changed.
         calibration: batches of model inputs (dicts, e.g. a ``DataLoader`` with a transformers collator);
             labels are ignored. Every batch is held in memory for the whole call.
         least_squares: fit per-unit scales (ridge-regularised towards 1 with ``ridge`` times the mean
@@ -131,6 +153,10 @@ def reconstruct(
             or the fit would not lower its error.
         bias_compensation: add the removed units' mean contribution (in the dense model) to the output
             projection's bias, where it has one (FLAP).
+        reuse_ffn_inputs: keep each batch's FFN inputs (kept units x tokens) from the FFN's pass to update
+            the layer's output after the fold, instead of running the layer once more. None (default): on
+            the CPU, where a layer pass costs more than the memory; not on an accelerator, where the pass is
+            cheap and device memory is not.
 
     Returns a ``ReconstructionReport`` (per sub-layer error before and after, and what was skipped).
     """
@@ -143,52 +169,83 @@ def reconstruct(
         raise ReconstructionError(f"max_scale must be a number > 0, got {max_scale!r}")
     if isinstance(raise_ridge, bool) or not isinstance(raise_ridge, int) or raise_ridge < 0:
         raise ReconstructionError(f"raise_ridge must be an integer >= 0, got {raise_ridge!r}")
+    if reuse_ffn_inputs not in (None, True, False):
+        raise ReconstructionError(f"reuse_ffn_inputs must be True, False or None (auto), got {reuse_ffn_inputs!r}")
     max_batches = check_count("max_batches", max_batches)
-    student, teacher = _check_pair(model, dense)
+    student, reference, teacher = _check_pair(model, dense)
     batches = list(calibration_batches(calibration, student, max_batches=max_batches))
     masks, tokens = calibration_tokens(batches)
 
-    s_state, t_state = pruning_state(student), pruning_state(teacher)
+    s_state = pruning_state(student)
     adapter = s_state.adapter
-    report = ReconstructionReport(tokens=tokens)
-    modes = (student.training, teacher.training)
+    device = next(student.parameters()).device
+    if reuse_ffn_inputs is None:
+        reuse_ffn_inputs = device.type == "cpu"
+    report = ReconstructionReport(tokens=tokens, device=str(device), reference=reference.where)
+    modes = (student.training, None if teacher is None else teacher.training)
     student.eval()
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     try:
         with torch.no_grad():
-            # Each layer is run on its own, from the hidden states that entered it, so the whole call costs a
-            # few forwards, not one per sub-layer; the arguments each layer got (masks, positions) are replayed.
-            s_stream = _Stream(student, s_state.layers, batches)
-            t_stream = _Stream(teacher, t_state.layers, batches)
-            for index, (s_layer, t_layer) in enumerate(zip(s_state.layers, t_state.layers)):
-                # the reference does not change: one pass per layer gives both sub-layers' targets and its output
-                reads = [adapter.residual_output(t_layer, kind) for kind in (HEAD, NEURON)]
-                if bias_compensation:  # the removed units' inputs, where the reference has any
-                    if t_state.head_ids[index]:
-                        reads.append((adapter.attention_output(t_layer), "input"))
-                    if t_state.neuron_ids[index]:
-                        reads.append((adapter.ffn_output(t_layer), "input"))
-                t_stream.prefetch(index, reads)
+            s_stream = LayerStream(student, s_state.layers, batches)
+            # The layers get the same inputs and arguments in both models (embeddings are never pruned), so the
+            # dense stream starts from the pruned one's record; a resident dense model that attends another way
+            # (eager vs SDPA: other mask formats) records its own.
+            own = teacher is not None and _attn(teacher) != _attn(student)
+            t_stream = LayerStream(teacher, pruning_state(teacher).layers, batches) if own else s_stream.fork()
+            dtype = _compute_dtype(student)
+            for index, s_layer in enumerate(s_state.layers):
+                kept = {HEAD: s_state.head_ids[index], NEURON: s_state.neuron_ids[index]}
+                have = {HEAD: reference.head_ids[index], NEURON: reference.neuron_ids[index]}
+                removed = {k: [p for p, i in enumerate(have[k]) if i not in set(kept[k])] for k in (HEAD, NEURON)}
+                with reference.layer(index, device) as t_layer:
+                    targets = _dense_targets(
+                        adapter, t_layer, t_stream, index, masks, removed if bias_compensation else None, dtype
+                    )
+                next_hidden = None
                 for kind in (HEAD, NEURON):
-                    kept = (s_state.head_ids if kind == HEAD else s_state.neuron_ids)[index]
-                    have = (t_state.head_ids if kind == HEAD else t_state.neuron_ids)[index]
-                    removed = [p for p, i in enumerate(have) if i not in set(kept)]
-                    if not kept:
+                    if not kept[kind]:
                         report.sublayers.append(SubLayerReport(index, kind, 0, math.nan, math.nan, "no units left"))
                         continue
-                    entry = _SubLayer(adapter, index, kind, s_layer, t_layer, len(kept), removed, s_state.geometry)
-                    result = entry.fit(
-                        s_stream, t_stream, masks, least_squares, bias_compensation, ridge, max_scale, raise_ridge
+                    entry = _SubLayer(adapter, index, kind, s_layer, len(kept[kind]), s_state.geometry, dtype)
+                    point = adapter.residual_output(s_layer, kind)
+                    # the FFN's pass runs to the layer's end when its output is the layer's (pre-norm families)
+                    through = kind == NEURON and reuse_ffn_inputs and point == (s_layer, "output")
+                    outputs, inputs = [], []
+                    for b, mask in enumerate(masks):
+                        reads = [(entry.proj, "input"), (entry.proj, "output"), point]
+                        got, out = s_stream.run(s_layer, index, b, reads, stop=not through)
+                        z = entry.add(*got, targets[kind][b], mask)
+                        if through:
+                            outputs.append(out)
+                            inputs.append(z)
+                    result, change = entry.fit(
+                        targets.get(("removed", kind)), least_squares, bias_compensation, ridge, max_scale, raise_ridge
                     )
                     _log(result)
                     report.sublayers.append(result)
-                s_stream.advance(index)
-                t_stream.advance(index)
+                    if through:
+                        next_hidden = [out if change is None else change(z, out) for z, out in zip(inputs, outputs)]
+                        report.reused_ffn_inputs = True
+                        del inputs, outputs
+                if next_hidden is None:
+                    s_stream.advance(s_layer, index)
+                else:
+                    s_stream.hidden = next_hidden
+                t_stream.hidden = targets["output"]
+    except StreamError as err:  # the family's layers cannot be replayed (raised at the first layer)
+        raise ReconstructionError(str(err)) from None
     finally:
         student.train(modes[0])
-        teacher.train(modes[1])
+        if teacher is not None:
+            teacher.train(modes[1])
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _attn(model) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
 
 
 def _log(r: SubLayerReport) -> None:
@@ -207,10 +264,12 @@ def _log(r: SubLayerReport) -> None:
         )
 
 
-def _check_pair(model, dense):
-    """The two models as transformers models, or a ``ReconstructionError`` saying what is wrong."""
+def _check_pair(model, dense) -> tuple[nn.Module, DenseLayers, nn.Module | None]:
+    """The pruned model, its reference as ``DenseLayers``, and the dense model when one was given; or a
+    ``ReconstructionError`` saying what is wrong."""
     try:
-        student, teacher = unwrap_model(model), unwrap_model(dense)
+        student = unwrap_model(model)
+        teacher = None if isinstance(dense, DenseLayers) else unwrap_model(dense)
     except TypeError as err:
         raise ReconstructionError(f"reconstruct needs transformers models: {err}") from None
     if student is teacher:
@@ -218,32 +277,33 @@ def _check_pair(model, dense):
             "the dense reference is the pruned model itself: pass a copy of the model taken before pruning"
         )
     try:
-        s_state, t_state = pruning_state(student), pruning_state(teacher)
+        s_state = pruning_state(student)
+        reference = dense if teacher is None else DenseLayers.of_model(teacher)
     except ValueError as err:
         raise ReconstructionError(f"cannot read the models' pruning state: {err}") from None
-    if s_state.geometry != t_state.geometry:
+    if len(reference) == 0:
+        raise ReconstructionError("the dense reference was closed (DenseLayers.close): capture it again")
+    if s_state.geometry != reference.geometry:
         raise ReconstructionError(
             "the dense reference is not the pruned model's original: their unpruned geometries differ "
-            f"({t_state.geometry} vs {s_state.geometry}); pass a copy of this model taken before pruning"
+            f"({reference.geometry} vs {s_state.geometry}); pass a copy of this model taken before pruning"
         )
-    for layer, (a, b) in enumerate(zip(s_state.head_ids, t_state.head_ids)):
-        if not set(a) <= set(b):
-            raise ReconstructionError(
-                f"layer {layer}: the pruned model keeps heads the dense reference lacks; the reference must be "
-                "the model before this prune (or a milder plan of it)"
-            )
-    for layer, (a, b) in enumerate(zip(s_state.neuron_ids, t_state.neuron_ids)):
-        if not set(a) <= set(b):
-            raise ReconstructionError(
-                f"layer {layer}: the pruned model keeps FFN neurons the dense reference lacks; the reference must be "
-                "the model before this prune (or a milder plan of it)"
-            )
+    for what, mine, theirs in (
+        ("heads", s_state.head_ids, reference.head_ids),
+        ("FFN neurons", s_state.neuron_ids, reference.neuron_ids),
+    ):
+        for layer, (a, b) in enumerate(zip(mine, theirs)):
+            if not set(a) <= set(b):
+                raise ReconstructionError(
+                    f"layer {layer}: the pruned model keeps {what} the dense reference lacks; the reference must "
+                    "be the model before this prune (or a milder plan of it)"
+                )
     try:
         for kind in (HEAD, NEURON):
             s_state.adapter.residual_output(s_state.layers[0], kind)
     except NotImplementedError as err:
         raise ReconstructionError(str(err)) from None
-    return student, teacher
+    return student, reference, teacher
 
 
 def calibration_tokens(batches: list[dict]) -> tuple[list[torch.Tensor], int]:
@@ -258,220 +318,143 @@ def calibration_tokens(batches: list[dict]) -> tuple[list[torch.Tensor], int]:
     return masks, tokens
 
 
-def _forward_kwargs(model) -> dict:
-    # No KV cache: each forward stops early and is thrown away.
-    return {"use_cache": False} if hasattr(model.config, "use_cache") else {}
-
-
 def _compute_dtype(model) -> torch.dtype:
     # float32 whatever the model's dtype (bf16 products summed over tokens lose most of their bits);
     # a float64 model keeps float64
     return torch.promote_types(next(model.parameters()).dtype, torch.float32)
 
 
-def _grab_hooks(reads: list[tuple[nn.Module, str]], got: dict, dtype, stop: bool = True) -> list:
-    """Hooks that store each read (``(module, "input")``: its first input; ``"output"``: its first output) in
-    ``got`` in the compute dtype, and (``stop``) stop the forward after the last one."""
-
-    def make(slot, last):
-        def grab(value):
-            value = value[0] if isinstance(value, (tuple, list)) else value
-            got[slot] = value.detach().to(dtype)
-            if last:
-                raise _Stop
-
-        return grab
-
-    handles = []
-    for slot, (module, where) in enumerate(reads):
-        grab = make(slot, stop and slot == len(reads) - 1)
-        if where == "input":
-            handles.append(module.register_forward_pre_hook(lambda m, args, g=grab: g(args)))
-        else:
-            handles.append(module.register_forward_hook(lambda m, args, out, g=grab: g(out)))
-    return handles
-
-
-class _Stream:
-    """Per calibration batch, the hidden state entering the current layer, and the arguments every layer
-    was called with in one forward of the model (masks, position embeddings: whatever the family passes).
-
-    One forward per batch records them; after that each layer runs alone on the stored hidden states,
-    so reconstructing L layers costs a few forwards instead of one per sub-layer (O(L) instead of O(L^2)).
-    Holds one hidden state per calibration token (of the model's dtype) at a time.
-    """
-
-    def __init__(self, model, layers, batches):
-        self.model, self.layers = model, layers
-        self.hidden, self.calls = [], []
-        self.cache, self.cached = [], None  # prefetch(): per batch, (reads, output) of layer ``cached``
-        device = next(model.parameters()).device
-        for batch in batches:
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
-            calls: list = [None] * len(layers)
-
-            def make(i, calls=calls):
-                def pre(module, args, kwargs):
-                    calls[i] = (args, kwargs)
-                    if i == len(layers) - 1:
-                        raise _Stop
-
-                return pre
-
-            handles = [layer.register_forward_pre_hook(make(i), with_kwargs=True) for i, layer in enumerate(layers)]
-            try:
-                model(**inputs, **_forward_kwargs(model))
-            except _Stop:
-                pass
-            finally:
-                for h in handles:
-                    h.remove()
-            if any(c is None for c in calls):
-                raise ReconstructionError(
-                    "a forward of a calibration batch did not run every layer (a custom forward that skips "
-                    "layers?): reconstruction replays each layer's call"
+def _dense_targets(adapter, t_layer, stream: LayerStream, index: int, masks, removed, dtype) -> dict:
+    """One pass of the dense layer over every batch: per kind the residual stream after the sub-layer (the
+    targets), the layer's output (the next dense input), and with ``removed`` (bias compensation) the sum
+    over the real tokens of the removed units' contributions, per kind."""
+    reads = [adapter.residual_output(t_layer, HEAD), adapter.residual_output(t_layer, NEURON)]
+    sums = {}
+    if removed is not None:
+        for kind in (HEAD, NEURON):
+            if removed[kind]:
+                proj = (adapter.attention_output if kind == HEAD else adapter.ffn_output)(t_layer)
+                weight = adapter.output_weight(proj).detach()
+                group = weight.shape[1] // len(_ids(adapter, t_layer, kind))
+                cols = (torch.tensor(removed[kind])[:, None] * group + torch.arange(group)[None, :]).reshape(-1)
+                cols = cols.to(weight.device)
+                reads.append((proj, "input"))
+                sums[kind] = (
+                    cols,
+                    weight[:, cols].to(dtype),
+                    torch.zeros(len(cols), dtype=torch.float64, device=weight.device),
                 )
-            first_args, first_kwargs = calls[0]
-            self.hidden.append(first_args[0] if first_args else first_kwargs["hidden_states"])
-            # the hidden state is replaced at every replay; dropping it keeps one per token, not one per layer
-            self.calls.append([_without_hidden(a, k) for a, k in calls])
-
-    def _call(self, index: int, b: int):
-        args, kwargs = self.calls[b][index]
-        if args is not None:
-            return self.layers[index](self.hidden[b], *args, **kwargs)
-        return self.layers[index](**kwargs, hidden_states=self.hidden[b])
-
-    def _run(self, index: int, b: int, reads: list[tuple[nn.Module, str]], stop: bool):
-        """Run layer ``index`` on batch ``b``'s stored input with ``reads`` hooked; (reads, output or None)."""
-        got: dict[int, torch.Tensor] = {}
-        handles = _grab_hooks(reads, got, _compute_dtype(self.model), stop=stop)
-        out = None
-        try:
-            out = self._call(index, b)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        if len(got) != len(reads):
-            raise ReconstructionError(
-                f"layer {index} did not run the modules reconstruction reads (a family adapter that names the "
-                "wrong modules?)"
-            )
-        return [got[i] for i in range(len(reads))], out[0] if isinstance(out, (tuple, list)) else out
-
-    def prefetch(self, index: int, reads: list[tuple[nn.Module, str]]) -> None:
-        """For a model that does not change (the reference): run layer ``index`` once per batch, keeping
-        ``reads`` and its output, so that later ``read`` calls and ``advance`` cost no further pass."""
-        self.cache = []
-        for b in range(len(self.hidden)):
-            got, out = self._run(index, b, reads, stop=False)
-            self.cache.append(({(id(m), w): v for (m, w), v in zip(reads, got)}, out))
-        self.cached = index
-
-    def read(self, index: int, b: int, reads: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
-        """Run layer ``index`` on batch ``b``'s stored input until the last of ``reads`` has been seen."""
-        if self.cached == index:
-            return [self.cache[b][0][(id(m), w)] for m, w in reads]
-        return self._run(index, b, reads, stop=True)[0]
-
-    def advance(self, index: int) -> None:
-        """Replace each stored hidden state by layer ``index``'s output (with its reconstruction folded in)."""
-        if self.cached == index:
-            self.hidden = [out for _, out in self.cache]
-            self.cache, self.cached = [], None
-            return
-        for b in range(len(self.hidden)):
-            out = self._call(index, b)
-            self.hidden[b] = out[0] if isinstance(out, (tuple, list)) else out
+    out = {HEAD: [], NEURON: [], "output": []}
+    for b, mask in enumerate(masks):
+        got, output = stream.run(t_layer, index, b, reads, stop=False)
+        out[HEAD].append(got[0])
+        out[NEURON].append(got[1])
+        out["output"].append(output)
+        for slot, kind in enumerate(k for k in (HEAD, NEURON) if k in sums):
+            cols, _, acc = sums[kind]
+            z = got[2 + slot]
+            keep = mask.reshape(-1).to(z.device)
+            acc += z.reshape(-1, z.shape[-1])[keep][:, cols].to(dtype).sum(0).double()
+    for kind, (_, weight, acc) in sums.items():
+        out[("removed", kind)] = weight.double() @ acc  # [hidden]: summed over tokens
+    return out
 
 
-def _without_hidden(args: tuple, kwargs: dict) -> tuple:
-    """A layer call's arguments without the hidden state: ``(rest of args, kwargs)``, or ``(None, kwargs)``
-    when the hidden state was a keyword."""
-    if args:
-        return tuple(args[1:]), dict(kwargs)
-    return None, {k: v for k, v in kwargs.items() if k != "hidden_states"}
+def _ids(adapter, layer, kind) -> range:
+    return range(adapter.num_heads(layer) if kind == HEAD else adapter.ffn_width(layer))
 
 
 class _SubLayer:
-    """One pruned sub-layer: its normal equations over the calibration tokens, the fit, and the fold."""
+    """One pruned sub-layer: its normal equations over the calibration tokens, accumulated on the device where
+    the activations are, the fit, and the fold."""
 
-    def __init__(self, adapter, index, kind, s_layer, t_layer, units, removed, geometry):
-        self.adapter, self.index, self.kind, self.units, self.removed = adapter, index, kind, units, removed
+    def __init__(self, adapter, index, kind, s_layer, units, geometry, dtype):
+        self.adapter, self.index, self.kind, self.units, self.dtype = adapter, index, kind, units, dtype
         self.group = geometry.head_dim if kind == HEAD else 1  # input features per unit
-        out = adapter.attention_output if kind == HEAD else adapter.ffn_output
-        self.s_proj, self.t_proj = out(s_layer), out(t_layer)
-        self.s_point = adapter.residual_output(s_layer, kind)
-        self.t_point = adapter.residual_output(t_layer, kind)
+        self.proj = (adapter.attention_output if kind == HEAD else adapter.ffn_output)(s_layer)
+        self.weight = adapter.output_weight(self.proj).detach().to(dtype)  # [hidden, units * group], before the fold
+        self.bias = getattr(self.proj, "bias", None)
+        self.n = 0
+        self.sums = None
 
-    def fit(
-        self, student: _Stream, teacher: _Stream, masks, least_squares, bias_compensation, ridge, max_scale, raise_ridge
-    ):
-        dtype = _compute_dtype(student.model)
-        weight = self.adapter.output_weight(self.s_proj).detach().to(dtype)  # [hidden, units * group]
-        has_bias = getattr(self.s_proj, "bias", None) is not None
-        compensate = bias_compensation and has_bias and bool(self.removed)
-        t_weight = self.adapter.output_weight(self.t_proj).detach().to(dtype) if compensate else None
-        u, hidden = self.units, weight.shape[0]
+    def _zeros(self, device, hidden):
+        f64, u = torch.float64, self.units
+        self.sums = {
+            "gram": torch.zeros(u, u, dtype=f64, device=device),  # A^T A
+            "cross": torch.zeros(u, dtype=f64, device=device),  # A^T e, e = target - (residual + bias)
+            # sum over tokens of A's rows (unit contributions): for heads [units, hidden]; for the FFN, whose
+            # rows are z_i w_i, the inputs' sum [units] is enough
+            "unit_sum": torch.zeros(u, hidden if self.kind == HEAD else 1, dtype=f64, device=device),
+            "e_sum": torch.zeros(hidden, dtype=f64, device=device),
+            "e_sq": torch.zeros((), dtype=f64, device=device),
+        }
+        if self.kind == NEURON:
+            w = self.weight.to(device)
+            self.wtw = w.t() @ w  # [units, units]
+
+    def add(self, z, proj_out, y_s, y_t, mask) -> torch.Tensor:
+        """Accumulate one batch: ``z`` the projection's input, ``proj_out`` its output, ``y_s`` / ``y_t`` the
+        residual stream after the sub-layer in the pruned and the dense model. Returns ``z`` as [tokens, in]."""
+        dtype, device = self.dtype, z.device
+        hidden = self.weight.shape[0]
+        if self.sums is None:
+            self._zeros(device, hidden)
+        keep = mask.reshape(-1).to(device)
+        z_all = z.reshape(-1, z.shape[-1]).to(dtype)
+        z = z_all[keep]
+        w = self.weight.to(device)
+        contribution = proj_out.reshape(-1, hidden)[keep].to(dtype)  # z @ w.t() + bias, as the model computed it
+        if self.bias is not None:
+            contribution = contribution - self.bias.detach().to(device, dtype)
+        e = (y_t.reshape(-1, hidden)[keep].to(dtype) - y_s.reshape(-1, hidden)[keep].to(dtype)) + contribution
+        s = self.sums
+        self.n += z.shape[0]
+        s["e_sum"] += e.sum(0).double()
+        s["e_sq"] += e.double().pow(2).sum()
+        if self.kind == NEURON:
+            s["gram"] += ((z.t() @ z) * self.wtw).double()
+            s["cross"] += (z * (e @ w)).sum(0).double()
+            s["unit_sum"][:, 0] += z.sum(0).double()
+        else:
+            u = self.units
+            w3 = w.reshape(hidden, u, self.group)
+            step = max(1, _CHUNK_ELEMENTS // max(1, u * hidden))
+            for start in range(0, z.shape[0], step):
+                zc = z[start : start + step].reshape(-1, u, self.group)
+                c = torch.einsum("nud,hud->nuh", zc, w3)  # each kept head's contribution per token
+                s["gram"] += torch.einsum("nuh,nvh->uv", c, c).double()
+                s["cross"] += torch.einsum("nuh,nh->u", c, e[start : start + step]).double()
+                s["unit_sum"] += c.sum(0).double()
+        return z_all
+
+    def fit(self, removed_sum, least_squares, bias_compensation, ridge, max_scale, raise_ridge):
+        """Solve, fold, report. Returns the report and, when the weights changed, ``change(z, out)``: ``out``
+        plus what the fold added to the projection's output for inputs ``z`` (all tokens)."""
+        s, n, u = self.sums, self.n, self.units
+        hidden = self.weight.shape[0]
+        device = s["gram"].device
         f64 = torch.float64
-        gram = torch.zeros(u, u, dtype=f64)  # A^T A
-        cross = torch.zeros(u, dtype=f64)  # A^T e, e = target - (residual + bias)
-        unit_sum = torch.zeros(u, hidden, dtype=f64)  # sum over tokens of A (its rows: unit contributions)
-        e_sum = torch.zeros(hidden, dtype=f64)
-        e_sq = torch.zeros((), dtype=f64)
-        removed_sum = torch.zeros(hidden, dtype=f64)  # dense contribution of the removed units
-        n = 0
-        cols = None
-        if compensate:
-            cols = (torch.tensor(self.removed)[:, None] * self.group + torch.arange(self.group)[None, :]).reshape(-1)
-        wtw = weight.t() @ weight if self.kind == NEURON else None  # [units, units] for the FFN
-        for b, mask in enumerate(masks):
-            z, y_s = student.read(self.index, b, [(self.s_proj, "input"), self.s_point])
-            t_reads = [(self.t_proj, "input"), self.t_point] if compensate else [self.t_point]
-            t_out = teacher.read(self.index, b, t_reads)
-            y_t = t_out[-1]
-            keep = mask.reshape(-1).to(z.device)
-            z = z.reshape(-1, z.shape[-1])[keep]
-            device = z.device
-            w = weight.to(device)
-            e = (y_t.to(device, dtype).reshape(-1, hidden)[keep] - y_s.reshape(-1, hidden)[keep]) + z @ w.t()
-            n += z.shape[0]
-            e_sum += e.sum(0).double().cpu()
-            e_sq += e.double().pow(2).sum().cpu()
-            if compensate:
-                zt = t_out[0].to(dtype).reshape(-1, t_out[0].shape[-1])[keep.to(t_out[0].device)]
-                tw = t_weight.to(zt.device)
-                removed_sum += (zt[:, cols.to(zt.device)] @ tw[:, cols.to(zt.device)].t()).sum(0).double().cpu()
-            if self.kind == NEURON:
-                gram += ((z.t() @ z) * wtw.to(device)).double().cpu()
-                cross += (z * (e @ w)).sum(0).double().cpu()
-                unit_sum += (z.sum(0)[:, None] * w.t()).double().cpu()
-            else:
-                w3 = w.reshape(hidden, u, self.group)
-                step = max(1, _CHUNK_ELEMENTS // max(1, u * hidden))
-                for start in range(0, z.shape[0], step):
-                    zc = z[start : start + step].reshape(-1, u, self.group)
-                    c = torch.einsum("nud,hud->nuh", zc, w3)  # each kept head's contribution per token
-                    gram += torch.einsum("nuh,nvh->uv", c, c).double().cpu()
-                    cross += torch.einsum("nuh,nh->u", c, e[start : start + step]).double().cpu()
-                    unit_sum += c.sum(0).double().cpu()
-        delta = removed_sum / max(n, 1) if compensate else torch.zeros(hidden, dtype=f64)
+        compensate = bias_compensation and self.bias is not None and removed_sum is not None
+        delta = removed_sum.to(device) / max(n, 1) if compensate else torch.zeros(hidden, dtype=f64, device=device)
         # b = e - delta (the bias moves by delta): A^T b and b^T b from the accumulated sums
-        atb = cross - unit_sum @ delta
-        btb = e_sq - 2 * delta @ e_sum + n * delta @ delta
-        ones = torch.ones(u, dtype=f64)
+        if self.kind == NEURON:
+            atb = s["cross"] - s["unit_sum"][:, 0] * (delta @ self.weight.to(device, f64))
+        else:
+            atb = s["cross"] - s["unit_sum"] @ delta
+        btb = s["e_sq"] - 2 * delta @ s["e_sum"] + n * delta @ delta
+        ones = torch.ones(u, dtype=f64, device=device)
         denom = n * hidden
+        gram = s["gram"]
 
-        def error(s, bt_b, at_b):
-            return float((s @ gram @ s - 2 * s @ at_b + bt_b) / denom)
+        def error(scales, bt_b, at_b):
+            return float((scales @ gram @ scales - 2 * scales @ at_b + bt_b) / denom)
 
-        before = error(ones, e_sq, cross)
+        before = error(ones, s["e_sq"], s["cross"])
         report = SubLayerReport(self.index, self.kind, u, before, before)
+        has_bias = self.bias is not None
         if not (least_squares or compensate):
             report.skipped = "no bias to compensate" if not has_bias else "no unit was removed here"
-            return report
+            return report, None
         scales = ones
         if least_squares:
             scales, why, used = _solve(gram, atb, ridge, max_scale, raise_ridge)
@@ -479,47 +462,61 @@ class _SubLayer:
                 report.note = f"ridge raised to {used:g} to keep every scale within max_scale"
             if why and not compensate:
                 report.skipped = why
-                return report
+                return report, None
             if why:  # the bias compensation alone may still help
                 report.note = f"scales left at 1: {why}"
         after = error(scales, btb, atb)
         if not math.isfinite(after) or after > before:
             report.skipped = f"the fit would not lower the error ({before:.4g} -> {after:.4g})"
-            return report
-        self._fold(scales, delta if compensate else None)
+            return report, None
+        change = self._fold(scales, delta if compensate else None)
         report.error_after = after
         report.min_scale, report.max_scale = float(scales.min()), float(scales.max())
         report.bias_compensated = compensate
-        return report
+        return report, change
 
     @torch.no_grad()
-    def _fold(self, scales: torch.Tensor, delta: torch.Tensor | None) -> None:
-        """Scale each kept unit's columns of the output projection; move the bias by ``delta``."""
-        weight = self.adapter.output_weight(self.s_proj)  # a view: in-place changes reach the parameter
+    def _fold(self, scales: torch.Tensor, delta: torch.Tensor | None):
+        """Scale each kept unit's columns of the output projection; move the bias by ``delta``. Returns
+        ``change(z, out)``: ``out`` plus what the fold changed in the projection's output for input ``z``."""
+        weight = self.adapter.output_weight(self.proj)  # a view: in-place changes reach the parameter
         dtype = torch.promote_types(weight.dtype, torch.float32)
+        before = weight.detach().to(self.dtype, copy=True)  # not a view: the parameter changes below
         per_column = scales.repeat_interleave(self.group).to(weight.device, dtype)
         weight.copy_((weight.to(dtype) * per_column[None, :]).to(weight.dtype))
+        moved = None
         if delta is not None:
-            bias = self.s_proj.bias
+            bias = self.proj.bias
+            old = bias.detach().to(self.dtype, copy=True)  # not a view: changed below
             bias.copy_((bias.to(dtype) + delta.to(bias.device, dtype)).to(bias.dtype))
+            moved = bias.detach().to(self.dtype) - old
+        diff = weight.detach().to(self.dtype) - before  # the folded weights, as stored
+
+        def change(z, out):
+            step = z.to(diff.device, self.dtype) @ diff.t()
+            if moved is not None:
+                step = step + moved
+            return (out.to(self.dtype) + step.reshape(out.shape)).to(out.dtype)
+
+        return change
 
 
 def _solve(gram, atb, ridge, max_scale, raises: int = 0) -> tuple[torch.Tensor, str | None, float]:
     """Scales minimising ||A s - b||^2 + lam ||s - 1||^2 with lam = ``ridge`` x mean diag(A^T A), or ones and
-    the reason they cannot be trusted; also the ridge used.
+    the reason they cannot be trusted; also the ridge used. Solved where ``gram`` is.
 
     When a scale exceeds ``max_scale`` the ridge is raised tenfold, up to ``raises`` times (from 1e-4 when
     it was 0): a stronger pull towards 1 often gives a sane fit where Kwon et al. would skip the layer.
     """
     u = gram.shape[0]
-    ones = torch.ones(u, dtype=gram.dtype)
+    ones = torch.ones(u, dtype=gram.dtype, device=gram.device)
     diag = gram.diagonal()
     if not torch.isfinite(gram).all() or not torch.isfinite(atb).all():
         return ones, "non-finite activations on the calibration data", ridge
     scale = float(diag.mean())
     if scale <= 0:
         return ones, "the kept units contribute nothing on the calibration data", ridge
-    eye = torch.eye(u, dtype=gram.dtype)
+    eye = torch.eye(u, dtype=gram.dtype, device=gram.device)
     worst = math.inf
     for attempt in range(raises + 1):
         used = ridge if attempt == 0 else max(ridge, 1e-5) * 10**attempt

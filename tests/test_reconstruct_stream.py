@@ -1,0 +1,149 @@
+"""Issue 22: reconstruction streams its dense reference one layer at a time, costs a few layer passes per
+layer, and keeps its work where the activations are."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_oneshot import calib, make, snapshot, unchanged
+from test_reconstruct import loader, pruned_pair
+
+from hf_gradprune.oneshot import reference as reference_module
+from hf_gradprune.oneshot.prune import prune_oneshot
+from hf_gradprune.oneshot.reconstruct import ReconstructionError, reconstruct
+from hf_gradprune.oneshot.reference import DenseLayers, DenseReferenceError
+from hf_gradprune.state import pruning_state
+
+
+def same_parameters(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("where", ["cpu", "disk", "device"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_a_streamed_reference_gives_the_same_weights_as_a_resident_dense_model(kind, where, tmp_path):
+    model, dense = pruned_pair(kind)
+    batches = loader(kind)
+    resident = copy.deepcopy(model)
+    reconstruct(resident, dense, batches, bias_compensation=kind != "llama")
+    dense_before = snapshot(dense)
+    layers = DenseLayers.capture(dense, where, folder=tmp_path)
+    files = list(tmp_path.rglob("*.safetensors"))
+    assert (len(files) == pruning_state(dense).geometry.num_layers) == (where == "disk")
+    streamed = copy.deepcopy(model)
+    report = reconstruct(streamed, layers, batches, bias_compensation=kind != "llama")
+    assert report.reference == where
+    assert same_parameters(resident, streamed)  # the same layers on the same inputs: bit for bit
+    assert unchanged(dense, dense_before)
+    layers.close()
+    assert list(tmp_path.iterdir()) == []  # what it wrote is gone, and only that
+    with pytest.raises(ReconstructionError, match="closed"):
+        reconstruct(copy.deepcopy(model), layers, batches)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_reusing_the_ffn_inputs_equals_running_the_layer_again(kind):
+    """Pre-norm families: the layer's output after the FFN's fold is its pass's output plus the fold's change."""
+    model, dense = pruned_pair(kind, dtype=torch.float64)
+    batches = loader(kind, left_pad=False)
+    again, reused = copy.deepcopy(model), copy.deepcopy(model)
+    a = reconstruct(again, dense, batches, reuse_ffn_inputs=False, bias_compensation=kind == "gpt2")
+    b = reconstruct(reused, dense, batches, reuse_ffn_inputs=True, bias_compensation=kind == "gpt2")
+    assert not a.reused_ffn_inputs and b.reused_ffn_inputs
+    assert any(r.units and not r.skipped for r in b.sublayers)
+    for (name, pa), pb in zip(again.named_parameters(), reused.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-12, rtol=1e-10, msg=name)
+    for ra, rb in zip(a.sublayers, b.sublayers):
+        assert ra.error_after == pytest.approx(rb.error_after, rel=1e-9, nan_ok=True)
+    # post-norm (BERT): the FFN's fold changes what the LayerNorm reads, so the layer runs again
+    model, dense = pruned_pair("bert", dtype=torch.float64)
+    assert not reconstruct(model, dense, loader("bert"), reuse_ffn_inputs=True).reused_ffn_inputs
+    with pytest.raises(ReconstructionError, match="reuse_ffn_inputs"):
+        reconstruct(model, dense, loader("bert"), reuse_ffn_inputs="yes")
+
+
+def _count_calls(modules):
+    counts = [0] * len(modules)
+    handles = []
+    for i, m in enumerate(modules):
+
+        def hook(module, args, i=i):
+            counts[i] += 1
+
+        handles.append(m.register_forward_pre_hook(hook))
+    return counts, handles
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_each_layer_runs_a_fixed_number_of_passes(reuse):
+    """The cost claim of reconstruct's docstring, counted: per batch, the recording forward runs the first layer
+    only; then each dense layer runs once, and each pruned FFN once (twice without reusing its inputs)."""
+    model, dense = pruned_pair("llama")
+    state, t_state = pruning_state(model), pruning_state(dense)
+    batches = loader("llama", n=3)
+    mlps = [layer.mlp for layer in state.layers]
+    s_counts, s_handles = _count_calls(mlps)
+    t_counts, t_handles = _count_calls([layer.mlp for layer in t_state.layers])
+    try:
+        reconstruct(model, dense, batches, reuse_ffn_inputs=reuse)
+    finally:
+        for h in s_handles + t_handles:
+            h.remove()
+    n = len(batches)
+    assert t_counts == [n] * len(mlps)
+    pruned_ffn = [bool(ids) for ids in state.neuron_ids]
+    # an FFN with no neuron left is an empty block, run once by the layer's pass after the fit
+    expected = [(1 if reuse and has else 2 if has else 1) * n for has in pruned_ffn]
+    expected[0] += n  # the recording forward runs the first layer
+    assert s_counts == expected
+
+
+def test_the_normal_equations_never_leave_the_device(monkeypatch):
+    """Nothing is copied to the host (the H200 run spent 87% of its time there): ``Tensor.cpu`` is never called."""
+    model, dense = pruned_pair("llama")
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a tensor was moved to the host")
+
+    monkeypatch.setattr(torch.Tensor, "cpu", refuse)
+    report = reconstruct(model, dense, loader("llama"))
+    assert report.device == "cpu" and any(not r.skipped for r in report.sublayers if r.units)
+
+
+def test_prune_oneshot_streams_the_reference_and_says_where(tmp_path):
+    keep = tmp_path / "mine.txt"
+    keep.write_text("not the run's")
+    model = make("llama")
+    _, report = prune_oneshot(
+        model, calib("llama"), params_budget=0.3, seq_len=12, reference="disk", reference_folder=tmp_path
+    )
+    assert report.reference["where"] == "disk" and "asked" in report.reference["why"]
+    assert report.reconstruction.reference == "disk"
+    assert list(tmp_path.iterdir()) == [keep] and keep.read_text() == "not the run's"
+    assert "reference" in report.seconds and "reference" in report.peak_memory
+    # the same prune with the reference in host memory: the same model
+    other = make("llama")
+    _, auto = prune_oneshot(other, calib("llama"), params_budget=0.3, seq_len=12)
+    assert auto.reference["where"] == "cpu" and "fits in host memory" in auto.reference["why"]
+    assert same_parameters(model, other)
+
+
+def test_auto_goes_to_disk_when_host_memory_would_not_hold_the_layers(monkeypatch):
+    monkeypatch.setattr(reference_module, "_available_host_bytes", lambda: 1024)
+    model = make("gpt2")
+    _, report = prune_oneshot(model, calib("gpt2"), params_budget=0.3, seq_len=12)
+    assert report.reference["where"] == "disk" and "would not fit" in report.reference["why"]
+
+
+def test_bad_reference_options_are_refused_before_any_change(tmp_path):
+    model = make("bert")
+    snap = snapshot(model)
+    with pytest.raises(DenseReferenceError, match="reference must be one of"):
+        prune_oneshot(model, calib("bert"), params_budget=0.3, reference="gpu")
+    with pytest.raises(DenseReferenceError, match="not a directory"):
+        prune_oneshot(model, calib("bert"), params_budget=0.3, reference="disk", reference_folder=tmp_path / "no")
+    assert unchanged(model, snap)
+    assert list(tmp_path.iterdir()) == []
