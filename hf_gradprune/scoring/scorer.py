@@ -21,6 +21,7 @@ gradients and recomputes them inside the backward, one layer at a time, where no
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -150,6 +151,7 @@ class ImportanceScorer:
         self._checkpointing: list = []  # the model's modules that can checkpoint, while attached
         self._forward = _Forward()
         self._lock = threading.Lock()  # commits may come from several devices' autograd threads
+        self._group: _Pass | None = None  # inside one_batch(): the passes gathered so far
         self._reset_data()
 
     @property
@@ -283,6 +285,36 @@ class ImportanceScorer:
         if self._depth == 0:
             self._remove_hooks()
 
+    @contextlib.contextmanager
+    def one_batch(self, examples: int | None = None):
+        """Count every backward inside as one pass: the micro-batches of one batch.
+
+        Their sums are added and committed when the context closes: together, or skipped together (one
+        ``skipped_batches``) if any of them held NaN/inf, as the whole batch's backward would be; with
+        ``record_batches`` they make one row of ``batch_gradients``. ``num_examples`` grows by ``examples``
+        (by default those the passes saw: give the batch's size when some micro-batches were not run).
+        Set ``loss_scale`` before each backward so that its gradients are on the whole batch's scale. If the
+        body raises, nothing of it is committed. Does not nest.
+        """
+        if examples is not None and not (
+            isinstance(examples, numbers.Integral) and not isinstance(examples, bool) and examples >= 0
+        ):
+            raise ValueError(f"examples must be an integer >= 0 or None, got {examples!r}")
+        group = _Pass(0, None)
+        with self._lock:
+            if self._group is not None:
+                raise RuntimeError("ImportanceScorer.one_batch() does not nest: close the open one first")
+            self._group = group
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._group = None
+        if group.pending or group.bad:  # a backward reached the commit inside
+            if examples is not None:
+                group.examples = int(examples)
+            self._commit(group)
+
     def __enter__(self) -> ImportanceScorer:
         return self.attach()
 
@@ -404,6 +436,14 @@ class ImportanceScorer:
         pending, signed, bad = p.pending, p.signed, p.bad
         p.pending, p.signed, p.bad = {}, {}, False
         with self._lock:
+            group = self._group
+            if group is not None and group is not p:  # inside one_batch(): gathered, committed when it closes
+                group.bad = group.bad or bad
+                group.examples += p.examples
+                for into, part in ((group.pending, pending), (group.signed, signed)):
+                    for key, value in part.items():
+                        into[key] = value if key not in into else into[key] + value
+                return
             if bad:
                 self.skipped_batches += 1
                 return
