@@ -147,3 +147,22 @@ def test_bad_reference_options_are_refused_before_any_change(tmp_path):
         prune_oneshot(model, calib("bert"), params_budget=0.3, reference="disk", reference_folder=tmp_path / "no")
     assert unchanged(model, snap)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_oneshot_scores_in_micro_batches_and_hands_the_search_its_dense_losses():
+    """The search reuses the scoring pass's per-batch losses (no dense forward of its own); micro-batched,
+    checkpointed scoring gives the same plan and the same model."""
+    whole, split = make("llama"), make("llama")
+    _, a = prune_oneshot(whole, calib("llama"), params_budget=0.3, seq_len=12)
+    _, b = prune_oneshot(
+        split, calib("llama"), params_budget=0.3, seq_len=12, scoring_micro_batch_size=1, gradient_checkpointing=True
+    )
+    assert a.split["dense_loss_from"] == "given" and a.split["dense_forwards"] == 0
+    assert a.plan.heads == b.plan.heads and a.plan.neurons == b.plan.neurons
+    assert b.batches["score_forwards"] == 16  # 4 batches of 4 sequences, one at a time
+    for (name, pa), pb in zip(whole.named_parameters(), split.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(Exception, match="loss_fn"):
+        prune_oneshot(
+            make("llama"), calib("llama"), params_budget=0.3, scoring_micro_batch_size=2, loss_fn=lambda m, b: 0
+        )

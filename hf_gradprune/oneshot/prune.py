@@ -15,16 +15,16 @@ from torch import nn
 
 from ..dispatch import check_in_memory
 from ..planning.plan import PlanError, PruningPlan, validate_targets
-from ..scoring.scorer import ImportanceScorer
 from ..scoring.scores import GRADIENT_METHODS, METHODS
 from ..state import pruning_state, unwrap_model
 from ..surgery import current_plan, prune_model
 from ..units import HEAD
-from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs, model_loss
+from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs
 from .reconstruct import calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
 from .reference import WHERE, DenseLayers, DenseReferenceError
 from .report import OneShotReport, StepMeter, batch_tokens
+from .score_pass import score_calibration
 
 SPLITS = ("search", "ratio", "normalized")
 
@@ -52,6 +52,8 @@ def prune_oneshot(
     seq_len: int = 128,
     reference: str = "auto",
     reference_folder: str | None = None,
+    scoring_micro_batch_size: int | None = None,
+    gradient_checkpointing: bool = False,
     **plan_options,
 ) -> tuple[nn.Module, OneShotReport]:
     """Prune ``model`` in place without retraining; returns it and a ``OneShotReport``.
@@ -85,6 +87,11 @@ def prune_oneshot(
             device: no transfers, one more model's worth of device memory). Streamed, one dense layer at a time
             comes to the device. ``report.reference`` says which was used and why.
         loss_fn: ``loss_fn(model, batch) -> loss`` for scoring and the search, instead of the default.
+        scoring_micro_batch_size / gradient_checkpointing: bound scoring's memory at standard calibration sizes
+            (e.g. 128 x 2,048 tokens on an 8B model): each batch's backward runs on at most that many sequences
+            at a time (scores equal the whole batch's; needs the default loss), and the layers recompute their
+            activations in the backward (non-reentrant checkpointing, for the scoring pass only). Scoring never
+            keeps weight gradients (``oneshot.score_pass``).
         plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
             defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
 
@@ -107,6 +114,14 @@ def prune_oneshot(
     reconstruct_batches = check_count(
         "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
     )
+    scoring_micro_batch_size = check_count("scoring_micro_batch_size", scoring_micro_batch_size)
+    if not isinstance(gradient_checkpointing, bool):
+        raise TypeError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
+    if scoring_micro_batch_size is not None and loss_fn is not None:
+        raise CalibrationError(
+            "scoring_micro_batch_size cannot split a loss_fn's loss (how it averages is unknown): drop one of them, "
+            "or give smaller batches"
+        )
     if "max_batches" in plan_options:
         raise CalibrationError("prune_oneshot counts the budget search's batches with search_batches, not max_batches")
     inner = unwrap_model(model, allow_distributed=False)
@@ -164,17 +179,30 @@ def prune_oneshot(
         # fails here, before any change, if the family cannot say where its sub-layers end
         state.adapter.residual_output(state.layers[0], HEAD)
 
-    scores, scorer = None, None
+    scores, scorer, scored = None, None, None
     if needs_scores:
         with meter.step("score", tokens=batch_tokens(used["score"])):
-            scorer, scores = _score(inner, used["score"], method, loss_fn, record=rearrange)
+            scored = score_calibration(
+                inner,
+                used["score"],
+                method,
+                loss_fn,
+                record=rearrange,
+                micro_batch_size=scoring_micro_batch_size,
+                gradient_checkpointing=gradient_checkpointing,
+            )
+            scorer, scores = scored.scorer, scored.scores
     split_report = None
     if plan is None:
+        # the search's batches lead the scoring ones: the scoring pass measured their dense losses already
+        n = len(used["search"])
+        known = scored.losses[:n] if scored is not None and len(scored.losses) >= n else None
         with meter.step("split", tokens=batch_tokens(used["search"])):
             plan, split_report = _plan(
                 inner,
                 scores,
                 used["search"],
+                known,
                 searching,
                 budget,
                 split,
@@ -200,6 +228,8 @@ def prune_oneshot(
         with meter.step("prune"):
             prune_model(inner, plan)
         counts = {step: len(b) for step, b in used.items() if b}
+        if scored is not None and scoring_micro_batch_size is not None:
+            counts["score_forwards"] = scored.micro_batches  # the micro-batches the score batches were split into
         if split_report is not None and "batches" in split_report:
             counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
         report = OneShotReport(
@@ -218,7 +248,20 @@ def prune_oneshot(
     return model, report
 
 
-def _plan(inner, scores, batches, searching, budget, split, targets, latency_table, loss_fn, seq_len, plan_options):
+def _plan(
+    inner,
+    scores,
+    batches,
+    dense_losses,
+    searching,
+    budget,
+    split,
+    targets,
+    latency_table,
+    loss_fn,
+    seq_len,
+    plan_options,
+):
     """The plan, by the budget search or ``PruningPlan.from_scores``, and the search's report (or why none ran)."""
     split_report = None
     options = {"seq_len": seq_len, **plan_options}
@@ -233,6 +276,7 @@ def _plan(inner, scores, batches, searching, budget, split, targets, latency_tab
             params_budget=targets["params_budget"],
             loss_fn=loss_fn,
             max_batches=None,  # search_batches chose them
+            dense_losses=dense_losses,
             **options,
         )
     else:
@@ -269,30 +313,3 @@ def _check_plan_options(options: dict, *, searching: bool, given_plan: bool) -> 
         )
     if searching and "heads_kept" in options:
         raise PlanError("heads_kept fixes the head count the budget search chooses: drop it, or pass split='ratio'")
-
-
-def _score(model, batches, method, loss_fn, *, record: bool):
-    """Scores of the live units on ``batches`` (eval mode); the model's own ``.grad`` are left as they were."""
-    kwargs = {"record_batches": True} if record else {}
-    scorer = ImportanceScorer(model, method, **kwargs)
-    if method not in GRADIENT_METHODS:
-        return scorer, scorer.scores
-    saved = {p: p.grad for p in model.parameters()}
-    was_training = model.training
-    model.eval()
-    try:
-        with scorer:
-            for batch in batches:
-                for p in saved:
-                    p.grad = None
-                model_loss(model, batch, loss_fn).backward()
-    finally:
-        for p, g in saved.items():
-            p.grad = g
-        model.train(was_training)
-    if scorer.num_examples == 0:
-        raise CalibrationError(
-            f"the loss was NaN or infinite on every calibration batch ({scorer.skipped_batches} batches): "
-            "nothing can be scored; check the data (labels in range?) and the loss_fn"
-        )
-    return scorer, scorer.scores
