@@ -3,6 +3,7 @@
 from .architectures import FamilyAdapter, Geometry, UnsupportedModelError, register_adapter, supported_model_types
 from .deploy.latency import LatencyTable, LatencyTableError, cached_latency_table, measure_latency_table
 from .deploy.onnx_export import ExportReport, OnnxExportError, export_onnx
+from .dispatch import OffloadedModelError
 from .folders.checkpoint import CheckpointError
 from .folders.hub import FolderMismatchError, check_folder, load_pruned, save_pruned
 from .folders.v4_compat import V4CheckpointError, convert_v4_checkpoint, prune_heads
@@ -11,6 +12,7 @@ from .oneshot.budget_search import plan_gates, search_budget_split, unit_gates
 from .oneshot.calibration import CalibrationError
 from .oneshot.prune import OneShotReport, prune_oneshot
 from .oneshot.reconstruct import ReconstructionError, ReconstructionReport, reconstruct
+from .oneshot.reference import DenseLayers, DenseReferenceError
 from .planning.plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan
 from .planning.rearrange import rearrange_plan
 from .scoring.scorer import ImportanceScorer
@@ -30,6 +32,8 @@ __all__ = [
     "NEURON",
     "CalibrationError",
     "CheckpointError",
+    "DenseLayers",
+    "DenseReferenceError",
     "ExportReport",
     "FamilyAdapter",
     "FolderFormatError",
@@ -38,6 +42,7 @@ __all__ = [
     "ImportanceScorer",
     "LatencyTable",
     "LatencyTableError",
+    "OffloadedModelError",
     "OneShotReport",
     "OnnxExportError",
     "PlanError",

@@ -1,4 +1,4 @@
-"""hf_gradprune.training.accelerate_compat touches Accelerate's private lists: these tests fail if Accelerate changes them."""
+"""hf_gradprune.training.accelerate_compat touches Accelerate's private lists: these tests fail if they change."""
 
 import os
 

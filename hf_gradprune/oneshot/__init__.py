@@ -1,5 +1,7 @@
-"""Stage 3b, pruning without retraining: calibration batches and losses, the budget search (candidate plans
-measured with units gated off), least-squares reconstruction, and ``prune_oneshot``, which runs them around
+"""Stage 3b, pruning without retraining: calibration batches and losses, the scoring pass (micro-batches,
+checkpointing), the budget search (candidate plans measured with units gated off), the layer-by-layer
+calibration stream, the dense reference held off the device (``DenseLayers``), least-squares reconstruction on
+the model's device, the step meter and report, and ``prune_oneshot``, which runs them around
 ``surgery.prune_model``.
 
 May import: the layers below it (``units``, ``modeling_gradprune``, ``architectures``, ``state``, ``scoring``,
@@ -9,12 +11,17 @@ May import: the layers below it (``units``, ``modeling_gradprune``, ``architectu
 from .calibration import CalibrationError
 from .prune import OneShotReport, prune_oneshot
 from .reconstruct import ReconstructionError, ReconstructionReport, reconstruct
+from .reference import DenseLayers, DenseReferenceError
+from .report import StepMeter
 
 __all__ = [
     "CalibrationError",
+    "DenseLayers",
+    "DenseReferenceError",
     "OneShotReport",
     "ReconstructionError",
     "ReconstructionReport",
+    "StepMeter",
     "prune_oneshot",
     "reconstruct",
 ]
