@@ -124,17 +124,23 @@ def test_prune_oneshot_streams_the_reference_and_says_where(tmp_path):
     assert report.reconstruction.reference == "disk"
     assert list(tmp_path.iterdir()) == [keep] and keep.read_text() == "not the run's"
     assert "reference" in report.seconds and "reference" in report.peak_memory
-    # the same prune with the reference in host memory: the same model
-    other = make("llama")
-    _, auto = prune_oneshot(other, calib("llama"), params_budget=0.3, seq_len=12)
-    assert auto.reference["where"] == "cpu" and "fits in host memory" in auto.reference["why"]
-    assert same_parameters(model, other)
+    # the same prune with the layers in host memory, and with the targets the scoring pass recorded (the default
+    # on the CPU): the same model
+    for where, why in (("cpu", "asked"), ("auto", "recorded by the scoring pass")):
+        other = make("llama")
+        _, again = prune_oneshot(other, calib("llama"), params_budget=0.3, seq_len=12, reference=where)
+        assert why in again.reference["why"], again.reference
+        assert ("reference" in again.seconds) == (where == "cpu")  # nothing is copied for recorded targets
+        for (name, pa), pb in zip(model.named_parameters(), other.parameters()):
+            torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
+    assert again.reference["where"] == "activations" and again.reconstruction.reference == "activations"
 
 
 def test_auto_goes_to_disk_when_host_memory_would_not_hold_the_layers(monkeypatch):
-    monkeypatch.setattr(reference_module, "_available_host_bytes", lambda: 1024)
+    monkeypatch.setattr(reference_module, "available_host_bytes", lambda: 1024)
     model = make("gpt2")
     _, report = prune_oneshot(model, calib("gpt2"), params_budget=0.3, seq_len=12)
+    # neither the recorded activations nor a copy of the layers fit in host memory
     assert report.reference["where"] == "disk" and "would not fit" in report.reference["why"]
 
 
@@ -155,7 +161,7 @@ def test_prune_oneshot_scores_in_micro_batches_and_hands_the_search_its_dense_lo
     whole, split = make("llama"), make("llama")
     _, a = prune_oneshot(whole, calib("llama"), params_budget=0.3, seq_len=12)
     _, b = prune_oneshot(
-        split, calib("llama"), params_budget=0.3, seq_len=12, scoring_micro_batch_size=1, gradient_checkpointing=True
+        split, calib("llama"), params_budget=0.3, seq_len=12, micro_batch_size=1, gradient_checkpointing=True
     )
     assert a.split["dense_loss_from"] == "given" and a.split["dense_forwards"] == 0
     assert a.plan.heads == b.plan.heads and a.plan.neurons == b.plan.neurons
@@ -163,6 +169,44 @@ def test_prune_oneshot_scores_in_micro_batches_and_hands_the_search_its_dense_lo
     for (name, pa), pb in zip(whole.named_parameters(), split.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(Exception, match="loss_fn"):
-        prune_oneshot(
-            make("llama"), calib("llama"), params_budget=0.3, scoring_micro_batch_size=2, loss_fn=lambda m, b: 0
-        )
+        prune_oneshot(make("llama"), calib("llama"), params_budget=0.3, micro_batch_size=2, loss_fn=lambda m, b: 0)
+
+
+@pytest.mark.parametrize("micro", [None, 1])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_targets_recorded_while_scoring_equal_running_the_dense_layers(kind, micro):
+    """Micro-batches are put back together, and a checkpointed layer's recompute records nothing twice."""
+    from hf_gradprune.oneshot.reference import DenseTargets
+    from hf_gradprune.oneshot.score_pass import score_calibration
+
+    model, dense = pruned_pair(kind)
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in loader(kind)]
+    by_layers = copy.deepcopy(model)
+    reconstruct(by_layers, dense, batches)
+    targets = DenseTargets(dense, len(batches))
+    score_calibration(
+        dense, batches, "fisher", micro_batch_size=micro, gradient_checkpointing=micro is not None, targets=targets
+    )
+    assert targets.complete
+    recorded = copy.deepcopy(model)
+    report = reconstruct(recorded, targets, batches)
+    assert report.reference == "activations"
+    for (name, pa), pb in zip(by_layers.named_parameters(), recorded.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(ReconstructionError, match="not those of these calibration batches"):
+        reconstruct(copy.deepcopy(model), targets, batches[:2])
+    with pytest.raises(ReconstructionError, match="bias_compensation"):
+        reconstruct(copy.deepcopy(model), targets, batches, bias_compensation=True)
+
+
+def test_recorded_targets_that_cannot_be_are_refused_before_any_change():
+    model = make("gpt2")
+    snap = snapshot(model)
+    for kwargs, match in (
+        ({"bias_compensation": True}, "bias_compensation"),
+        ({"scoring_batches": 1, "reconstruct_batches": 2}, "raise scoring_batches"),
+        ({"method": "magnitude"}, "no scoring pass"),
+    ):
+        with pytest.raises(DenseReferenceError, match=match):
+            prune_oneshot(model, calib("gpt2"), params_budget=0.3, reference="activations", **kwargs)
+    assert unchanged(model, snap)

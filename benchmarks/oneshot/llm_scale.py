@@ -60,7 +60,7 @@ QUICK_CALIBRATION = dict(batches=4, batch_size=2, seq=32)
 GPU_CALIBRATION = dict(batches=16, batch_size=8, seq=2048)
 # Keywords given to prune_oneshot on the GPU when its signature has them (issue 22 adds micro-batched, checkpointed
 # scoring); a row lists the ones the API lacked.
-GPU_OPTIONS = {"scoring_micro_batch_size": 1, "gradient_checkpointing": True}
+GPU_OPTIONS = {"micro_batch_size": 1, "gradient_checkpointing": True}
 TARGET = {"params_budget": 0.2}
 STEPS = ("score", "split", "prune", "reconstruct", "total")
 

@@ -32,6 +32,7 @@ from ..planning.plan import DEFAULT_FFN_MULTIPLE_OF, PlanError, PruningPlan, val
 from ..scoring.scores import Scores
 from ..state import pruning_state, unwrap_model
 from .calibration import CalibrationError, LossFn, calibration_batches, check_count, model_loss
+from .score_pass import batch_loss
 
 CRITERIA = ("loss", "importance")
 # Candidates whose losses (or kept importances) differ by less than this fraction of the best one's are tied.
@@ -234,12 +235,12 @@ def _sweep(lo: int, hi: int, num_candidates: int, measure, winner, rank) -> None
 
 
 @torch.no_grad()
-def _mean_loss(model, batches, loss_fn, gates=None) -> float:
+def _mean_loss(model, batches, loss_fn, gates=None, micro_batch_size=None) -> float:
     heads, neurons = gates if gates is not None else (None, None)
     total = 0.0
     with unit_gates(model, heads, neurons):
         for batch in batches:
-            total += float(model_loss(model, batch, loss_fn))
+            total += float(batch_loss(model, batch, loss_fn, micro_batch_size))
     return total / len(batches)
 
 
@@ -255,6 +256,7 @@ def search_budget_split(
     num_candidates: int = 8,
     loss_fn: LossFn | None = None,
     dense_losses: Sequence[float] | None = None,
+    micro_batch_size: int | None = None,
     **plan_kwargs,
 ) -> tuple[PruningPlan, dict]:
     """Pick how many heads a budget keeps: sweep ``heads_kept`` and keep the best plan.
@@ -279,6 +281,10 @@ def search_budget_split(
     scoring pass): the search then skips its own dense forward. A non-finite value drops its batch, as a
     computed one would. Unused with ``criterion="importance"``. Unlabelled classifier batches still take one
     forward each for their labels, which gives their dense loss too.
+
+    ``micro_batch_size``: each forward runs at most that many sequences (``score_pass.batch_loss``: the batch's
+    loss combined exactly from its chunks; the default loss only), which bounds the activations and logits an
+    LLM's long calibration sequences take.
 
     Cost: ``criterion="loss"`` runs at most ``(num_candidates + 1) * batches`` forwards of one batch (the
     ``+ 1``: the dense pass, skipped with ``dense_losses`` unless classifier batches need labels), no
@@ -306,6 +312,7 @@ def search_budget_split(
     if num_candidates is None:
         raise PlanError("num_candidates must be an integer >= 2, got None")
     max_batches = check_count("max_batches", max_batches)
+    micro_batch_size = check_count("micro_batch_size", micro_batch_size)
     _check_scores(scores, model)
     budget = {"flops_budget": flops_budget, "params_budget": params_budget}
     target = flops_budget if flops_budget is not None else params_budget
@@ -359,7 +366,7 @@ def search_budget_split(
                 per_batch, dense_from = labelled, "labelling"
             else:
                 with torch.no_grad():
-                    per_batch = [float(model_loss(inner, b, loss_fn)) for b in batches]
+                    per_batch = [float(batch_loss(inner, b, loss_fn, micro_batch_size)) for b in batches]
                 forwards["dense"] += len(batches)
                 dense_from = "forward"
             finite = [b for b, v in zip(batches, per_batch) if math.isfinite(v)]
@@ -381,7 +388,7 @@ def search_budget_split(
             if key in seen:  # grouped-query atoms round several k to one plan
                 return False
             if criterion == "loss":
-                value = _mean_loss(inner, batches, loss_fn, plan_gates(inner, plan))
+                value = _mean_loss(inner, batches, loss_fn, plan_gates(inner, plan), micro_batch_size)
                 value = value if math.isfinite(value) else math.inf
                 forwards["candidates"] += len(batches)
             else:

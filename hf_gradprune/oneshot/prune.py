@@ -22,7 +22,7 @@ from ..units import HEAD
 from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs
 from .reconstruct import calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
-from .reference import WHERE, DenseLayers, DenseReferenceError
+from .reference import WHERE, DenseLayers, DenseReferenceError, DenseTargets, fits_in_host
 from .report import OneShotReport, StepMeter, batch_tokens
 from .score_pass import score_calibration
 
@@ -52,7 +52,7 @@ def prune_oneshot(
     seq_len: int = 128,
     reference: str = "auto",
     reference_folder: str | None = None,
-    scoring_micro_batch_size: int | None = None,
+    micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
     **plan_options,
 ) -> tuple[nn.Module, OneShotReport]:
@@ -80,18 +80,22 @@ def prune_oneshot(
             (benchmarks/README.md).
         reconstruct: least-squares rescaling of every pruned layer against the model's layers as they were
             before the prune (``oneshot.reconstruct``), on the model's device.
-        reference: where those dense layers wait while the model is pruned and reconstructed
-            (``oneshot.reference.DenseLayers``): ``"auto"`` (default: host memory when a copy of the layers fits
-            there with room to spare, else ``"disk"``), ``"cpu"``, ``"disk"`` (safetensors files in a temporary
-            folder inside ``reference_folder``, removed at the end) or ``"device"`` (a copy on the model's
-            device: no transfers, one more model's worth of device memory). Streamed, one dense layer at a time
-            comes to the device. ``report.reference`` says which was used and why.
+        reference: what reconstruction reads the dense model's targets from (``oneshot.reference``):
+            ``"activations"`` (the scoring pass records each layer's dense residual stream on the reconstruction
+            batches: no dense layer runs again and no weights are copied; two hidden vectors per layer and token),
+            or the layers before the cut (``DenseLayers``), brought to the device one at a time: ``"cpu"`` (host
+            memory), ``"disk"`` (safetensors files in a temporary folder inside ``reference_folder``, removed at
+            the end), ``"device"`` (a copy on the model's device: no transfers, one more model's worth of device
+            memory). ``"auto"`` (default): recorded activations on the CPU when they fit in host memory and
+            scoring covers the reconstruction batches; else host memory when a copy of the layers fits there
+            with room to spare; else disk. ``report.reference`` says which was used and why.
         loss_fn: ``loss_fn(model, batch) -> loss`` for scoring and the search, instead of the default.
-        scoring_micro_batch_size / gradient_checkpointing: bound scoring's memory at standard calibration sizes
-            (e.g. 128 x 2,048 tokens on an 8B model): each batch's backward runs on at most that many sequences
-            at a time (scores equal the whole batch's; needs the default loss), and the layers recompute their
-            activations in the backward (non-reentrant checkpointing, for the scoring pass only). Scoring never
-            keeps weight gradients (``oneshot.score_pass``).
+        micro_batch_size / gradient_checkpointing: bound memory at standard calibration sizes (e.g. 128 x
+            2,048 tokens on an 8B model): scoring's forward and backward and the search's forwards run on at most
+            ``micro_batch_size`` sequences at a time (scores and losses equal the whole batch's; needs the default
+            loss), and scoring's layers recompute their activations in the backward (non-reentrant
+            checkpointing, for the scoring pass only). Scoring never keeps weight gradients
+            (``oneshot.score_pass``).
         plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
             defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
 
@@ -102,8 +106,8 @@ def prune_oneshot(
 
     Peak device memory, with a streamed reference (``"cpu"`` / ``"disk"``): the largest of
     - scoring: the model's weights and gradients plus one calibration batch's activations for the backward
-      pass (``scoring_micro_batch_size`` and ``gradient_checkpointing`` bound those);
-    - the search: the weights plus one batch's forward;
+      pass (``micro_batch_size`` and ``gradient_checkpointing`` bound those);
+    - the search: the weights plus one forward of ``micro_batch_size`` sequences (or a batch);
     - reconstruction: the pruned model's weights + one dense layer + per calibration token three hidden
       vectors (pruned and dense stream, the dense attention output) in the model's dtype + one sub-layer's
       normal equations (kept units^2 float64) and one batch's layer activations.
@@ -114,12 +118,12 @@ def prune_oneshot(
     reconstruct_batches = check_count(
         "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
     )
-    scoring_micro_batch_size = check_count("scoring_micro_batch_size", scoring_micro_batch_size)
+    micro_batch_size = check_count("micro_batch_size", micro_batch_size)
     if not isinstance(gradient_checkpointing, bool):
         raise TypeError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
-    if scoring_micro_batch_size is not None and loss_fn is not None:
+    if micro_batch_size is not None and loss_fn is not None:
         raise CalibrationError(
-            "scoring_micro_batch_size cannot split a loss_fn's loss (how it averages is unknown): drop one of them, "
+            "micro_batch_size cannot split a loss_fn's loss (how it averages is unknown): drop one of them, "
             "or give smaller batches"
         )
     if "max_batches" in plan_options:
@@ -178,6 +182,9 @@ def prune_oneshot(
         calibration_tokens(used["reconstruct"])
         # fails here, before any change, if the family cannot say where its sub-layers end
         state.adapter.residual_output(state.layers[0], HEAD)
+    recorder = None
+    if reconstruct:
+        recorder = _recorder(inner, reference, used, bias_compensation)
 
     scores, scorer, scored = None, None, None
     if needs_scores:
@@ -188,8 +195,9 @@ def prune_oneshot(
                 method,
                 loss_fn,
                 record=rearrange,
-                micro_batch_size=scoring_micro_batch_size,
+                micro_batch_size=micro_batch_size,
                 gradient_checkpointing=gradient_checkpointing,
+                targets=recorder,
             )
             scorer, scores = scored.scorer, scored.scores
     split_report = None
@@ -211,6 +219,7 @@ def prune_oneshot(
                 loss_fn,
                 seq_len,
                 plan_options,
+                micro_batch_size,
             )
     plan = plan.intersect(current_plan(inner))
     rearrangement = None
@@ -221,14 +230,25 @@ def prune_oneshot(
             plan, rearrangement = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)
 
     dense = None
-    if reconstruct:  # the layers as they are now, for reconstruction's targets
+    if recorder is not None and not recorder.complete:
+        if reference == "activations":
+            raise DenseReferenceError(
+                f"reference='activations': {recorder.failed}; nothing was changed. Pass reference='auto' or 'cpu'"
+            )
+        recorder.close()
+        recorder = None
+    if recorder is not None:
+        dense = recorder
+    elif reconstruct:  # the layers as they are now, for reconstruction's targets
         with meter.step("reference"):
-            dense = DenseLayers.capture(inner, reference, folder=reference_folder)
+            dense = DenseLayers.capture(
+                inner, "auto" if reference == "activations" else reference, folder=reference_folder
+            )
     try:
         with meter.step("prune"):
             prune_model(inner, plan)
         counts = {step: len(b) for step, b in used.items() if b}
-        if scored is not None and scoring_micro_batch_size is not None:
+        if scored is not None and micro_batch_size is not None:
             counts["score_forwards"] = scored.micro_batches  # the micro-batches the score batches were split into
         if split_report is not None and "batches" in split_report:
             counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
@@ -248,6 +268,38 @@ def prune_oneshot(
     return model, report
 
 
+def _recorder(inner, reference: str, used: dict, bias_compensation: bool) -> DenseTargets | None:
+    """A ``DenseTargets`` for the scoring pass to fill when reconstruction can read its targets from it (asked for,
+    or ``"auto"`` on the CPU when they fit in host memory); else None. Refuses ``"activations"`` that cannot be."""
+    if reference not in ("auto", "activations"):
+        return None
+    why_not = None
+    if not used["score"]:
+        why_not = "no scoring pass runs (a given plan, or a score without gradients)"
+    elif bias_compensation:
+        why_not = "bias_compensation needs the removed units' dense inputs"
+    elif len(used["reconstruct"]) > len(used["score"]):
+        why_not = (
+            f"reconstruction uses {len(used['reconstruct'])} batches, scoring only {len(used['score'])} "
+            "(raise scoring_batches or lower reconstruct_batches)"
+        )
+    if why_not is not None:
+        if reference == "activations":
+            raise DenseReferenceError(f"reference='activations' records the targets while scoring, but {why_not}")
+        return None
+    size = DenseTargets.size(inner, used["reconstruct"])
+    gib = size / 2**30
+    if reference == "activations":
+        return DenseTargets(inner, len(used["reconstruct"]), f"asked for ({gib:.2f} GiB of recorded targets)")
+    if next(inner.parameters()).device.type != "cpu" or not fits_in_host(size):
+        return None
+    why = (
+        f"recorded by the scoring pass ({gib:.2f} GiB, host memory): on the CPU running the dense layers again "
+        "costs more than keeping their outputs"
+    )
+    return DenseTargets(inner, len(used["reconstruct"]), why)
+
+
 def _plan(
     inner,
     scores,
@@ -261,6 +313,7 @@ def _plan(
     loss_fn,
     seq_len,
     plan_options,
+    micro_batch_size=None,
 ):
     """The plan, by the budget search or ``PruningPlan.from_scores``, and the search's report (or why none ran)."""
     split_report = None
@@ -277,6 +330,7 @@ def _plan(
             loss_fn=loss_fn,
             max_batches=None,  # search_batches chose them
             dense_losses=dense_losses,
+            micro_batch_size=micro_batch_size,
             **options,
         )
     else:

@@ -47,13 +47,10 @@ from torch import nn
 from ..state import pruning_state, unwrap_model
 from ..units import HEAD, NEURON
 from .calibration import calibration_batches, check_count, token_mask
-from .reference import DenseLayers
+from .reference import DenseLayers, DenseTargets
 from .stream import LayerStream, StreamError
 
 logger = logging.getLogger(__name__)
-
-# Elements of the per-chunk [tokens, heads, hidden] contribution tensor; bounds memory on big models.
-_CHUNK_ELEMENTS = 1 << 24
 
 
 class ReconstructionError(ValueError):
@@ -125,7 +122,7 @@ class ReconstructionReport:
 
 def reconstruct(
     model: nn.Module,
-    dense: nn.Module | DenseLayers,
+    dense: nn.Module | DenseLayers | DenseTargets,
     calibration: Iterable,
     *,
     least_squares: bool = True,
@@ -142,8 +139,9 @@ def reconstruct(
         model: the pruned model (after ``prune_model``).
         dense: its reference: the model before this prune (the unpruned one, or a milder plan of the
             same model), or its layers as ``DenseLayers.capture(model)`` took them before the prune (held in
-            host memory or on disk, brought to the device one layer at a time). It must keep every unit
-            ``model`` keeps. It is not changed.
+            host memory or on disk, brought to the device one layer at a time), or the dense targets recorded
+            on these very batches (``DenseTargets``, from ``prune_oneshot``'s scoring pass: no dense layer runs).
+            It must keep every unit ``model`` keeps. It is not changed.
         calibration: batches of model inputs (dicts, e.g. a ``DataLoader`` with a transformers collator);
             labels are ignored. Every batch is held in memory for the whole call.
         least_squares: fit per-unit scales (ridge-regularised towards 1 with ``ridge`` times the mean
@@ -175,6 +173,22 @@ def reconstruct(
     student, reference, teacher = _check_pair(model, dense)
     batches = list(calibration_batches(calibration, student, max_batches=max_batches))
     masks, tokens = calibration_tokens(batches)
+    recorded = isinstance(reference, DenseTargets)
+    if recorded:
+        if bias_compensation:
+            raise ReconstructionError(
+                "bias_compensation needs the removed units' inputs, which recorded targets do not hold: pass the "
+                "dense model or DenseLayers"
+            )
+        if (
+            not reference.complete
+            or any(t.shape[:2] != m.shape for t, m in zip(reference.targets(0)[HEAD], masks))
+            or len(reference.targets(0)[HEAD]) != len(masks)
+        ):
+            raise ReconstructionError(
+                "the recorded dense targets are not those of these calibration batches: record them on the same "
+                "batches, or pass the dense model"
+            )
 
     s_state = pruning_state(student)
     adapter = s_state.adapter
@@ -194,15 +208,23 @@ def reconstruct(
             # (eager vs SDPA: other mask formats) records its own.
             own = teacher is not None and _attn(teacher) != _attn(student)
             t_stream = LayerStream(teacher, pruning_state(teacher).layers, batches) if own else s_stream.fork()
+            if recorded:
+                t_stream = None
             dtype = _compute_dtype(student)
             for index, s_layer in enumerate(s_state.layers):
                 kept = {HEAD: s_state.head_ids[index], NEURON: s_state.neuron_ids[index]}
                 have = {HEAD: reference.head_ids[index], NEURON: reference.neuron_ids[index]}
-                removed = {k: [p for p, i in enumerate(have[k]) if i not in set(kept[k])] for k in (HEAD, NEURON)}
-                with reference.layer(index, device) as t_layer:
-                    targets = _dense_targets(
-                        adapter, t_layer, t_stream, index, masks, removed if bias_compensation else None, dtype
-                    )
+                removed = {}
+                for k in (HEAD, NEURON):
+                    keeps = set(kept[k])
+                    removed[k] = [p for p, i in enumerate(have[k]) if i not in keeps]
+                if recorded:
+                    targets = reference.targets(index)
+                else:
+                    with reference.layer(index, device) as t_layer:
+                        targets = _dense_targets(
+                            adapter, t_layer, t_stream, index, masks, removed if bias_compensation else None, dtype
+                        )
                 next_hidden = None
                 for kind in (HEAD, NEURON):
                     if not kept[kind]:
@@ -233,7 +255,8 @@ def reconstruct(
                     s_stream.advance(s_layer, index)
                 else:
                     s_stream.hidden = next_hidden
-                t_stream.hidden = targets["output"]
+                if t_stream is not None:
+                    t_stream.hidden = targets["output"]
     except StreamError as err:  # the family's layers cannot be replayed (raised at the first layer)
         raise ReconstructionError(str(err)) from None
     finally:
@@ -269,7 +292,7 @@ def _check_pair(model, dense) -> tuple[nn.Module, DenseLayers, nn.Module | None]
     ``ReconstructionError`` saying what is wrong."""
     try:
         student = unwrap_model(model)
-        teacher = None if isinstance(dense, DenseLayers) else unwrap_model(dense)
+        teacher = None if isinstance(dense, (DenseLayers, DenseTargets)) else unwrap_model(dense)
     except TypeError as err:
         raise ReconstructionError(f"reconstruct needs transformers models: {err}") from None
     if student is teacher:
@@ -378,19 +401,16 @@ class _SubLayer:
         self.sums = None
 
     def _zeros(self, device, hidden):
-        f64, u = torch.float64, self.units
+        f64, features = torch.float64, self.units * self.group
         self.sums = {
-            "gram": torch.zeros(u, u, dtype=f64, device=device),  # A^T A
-            "cross": torch.zeros(u, dtype=f64, device=device),  # A^T e, e = target - (residual + bias)
-            # sum over tokens of A's rows (unit contributions): for heads [units, hidden]; for the FFN, whose
-            # rows are z_i w_i, the inputs' sum [units] is enough
-            "unit_sum": torch.zeros(u, hidden if self.kind == HEAD else 1, dtype=f64, device=device),
+            # Z^T Z over the projection's input features: A^T A is its blocks (a unit's group x group features)
+            # summed against W^T W's, so one matrix product per batch serves heads and neurons alike
+            "ztz": torch.zeros(features, features, dtype=f64, device=device),
+            "zew": torch.zeros(features, dtype=f64, device=device),  # sum over tokens of z * (e W): A^T e by blocks
+            "z_sum": torch.zeros(features, dtype=f64, device=device),  # for A's row sums (the bias shift)
             "e_sum": torch.zeros(hidden, dtype=f64, device=device),
             "e_sq": torch.zeros((), dtype=f64, device=device),
         }
-        if self.kind == NEURON:
-            w = self.weight.to(device)
-            self.wtw = w.t() @ w  # [units, units]
 
     def add(self, z, proj_out, y_s, y_t, mask) -> torch.Tensor:
         """Accumulate one batch: ``z`` the projection's input, ``proj_out`` its output, ``y_s`` / ``y_t`` the
@@ -411,45 +431,45 @@ class _SubLayer:
         self.n += z.shape[0]
         s["e_sum"] += e.sum(0).double()
         s["e_sq"] += e.double().pow(2).sum()
-        if self.kind == NEURON:
-            s["gram"] += ((z.t() @ z) * self.wtw).double()
-            s["cross"] += (z * (e @ w)).sum(0).double()
-            s["unit_sum"][:, 0] += z.sum(0).double()
-        else:
-            u = self.units
-            w3 = w.reshape(hidden, u, self.group)
-            step = max(1, _CHUNK_ELEMENTS // max(1, u * hidden))
-            for start in range(0, z.shape[0], step):
-                zc = z[start : start + step].reshape(-1, u, self.group)
-                c = torch.einsum("nud,hud->nuh", zc, w3)  # each kept head's contribution per token
-                s["gram"] += torch.einsum("nuh,nvh->uv", c, c).double()
-                s["cross"] += torch.einsum("nuh,nh->u", c, e[start : start + step]).double()
-                s["unit_sum"] += c.sum(0).double()
+        s["ztz"] += (z.t() @ z).double()
+        s["zew"] += (z * (e @ w)).sum(0).double()
+        s["z_sum"] += z.sum(0).double()
         return z_all
+
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum a per-feature vector, or a features x features matrix, over each unit's group of features."""
+        u, g = self.units, self.group
+        if g == 1:
+            return x
+        if x.dim() == 1:
+            return x.reshape(u, g).sum(1)
+        return x.reshape(u, g, u, g).sum((1, 3))
 
     def fit(self, removed_sum, least_squares, bias_compensation, ridge, max_scale, raise_ridge):
         """Solve, fold, report. Returns the report and, when the weights changed, ``change(z, out)``: ``out``
         plus what the fold added to the projection's output for inputs ``z`` (all tokens)."""
         s, n, u = self.sums, self.n, self.units
         hidden = self.weight.shape[0]
-        device = s["gram"].device
+        device = s["ztz"].device
         f64 = torch.float64
+        w = self.weight.to(device)
+        # A's column for unit i is its contribution z_i W_i^T per token: A^T A = blocks of (Z^T Z) * (W^T W),
+        # A^T e = blocks of sum_t z * (e W); W^T W is a product in the compute dtype, as the per-batch ones
+        gram = self._blocks(s.pop("ztz").mul_((w.t() @ w).double()))
+        w = w.double()
+        cross = self._blocks(s["zew"])
         compensate = bias_compensation and self.bias is not None and removed_sum is not None
         delta = removed_sum.to(device) / max(n, 1) if compensate else torch.zeros(hidden, dtype=f64, device=device)
         # b = e - delta (the bias moves by delta): A^T b and b^T b from the accumulated sums
-        if self.kind == NEURON:
-            atb = s["cross"] - s["unit_sum"][:, 0] * (delta @ self.weight.to(device, f64))
-        else:
-            atb = s["cross"] - s["unit_sum"] @ delta
+        atb = cross - self._blocks(s["z_sum"] * (delta @ w))
         btb = s["e_sq"] - 2 * delta @ s["e_sum"] + n * delta @ delta
         ones = torch.ones(u, dtype=f64, device=device)
         denom = n * hidden
-        gram = s["gram"]
 
         def error(scales, bt_b, at_b):
             return float((scales @ gram @ scales - 2 * scales @ at_b + bt_b) / denom)
 
-        before = error(ones, s["e_sq"], s["cross"])
+        before = error(ones, s["e_sq"], cross)
         report = SubLayerReport(self.index, self.kind, u, before, before)
         has_bias = self.bias is not None
         if not (least_squares or compensate):

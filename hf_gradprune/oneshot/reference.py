@@ -28,10 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..state import pruning_state
+from ..units import HEAD, NEURON
 
-WHERE = ("auto", "device", "cpu", "disk")
+WHERE = ("auto", "device", "cpu", "disk", "activations")
 # Host memory a CPU copy may take, as a share of what is available: the rest is the run's own working space.
-_HOST_SHARE = 0.7
+HOST_SHARE = 0.7
 
 
 class DenseReferenceError(ValueError):
@@ -60,12 +61,18 @@ def layer_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for layer in pruning_state(model).layers for t in _tensors(layer).values())
 
 
-def _available_host_bytes() -> int | None:
+def available_host_bytes() -> int | None:
     try:
         import psutil  # installed with accelerate
     except ImportError:  # pragma: no cover - accelerate requires it
         return None
     return int(psutil.virtual_memory().available)
+
+
+def fits_in_host(size: int) -> bool:
+    """Whether ``size`` bytes fit in host memory with room to spare (``HOST_SHARE`` of what is available)."""
+    free = available_host_bytes()
+    return free is None or size <= HOST_SHARE * free
 
 
 def choose_where(model: nn.Module, where: str = "auto") -> tuple[str, str]:
@@ -79,8 +86,8 @@ def choose_where(model: nn.Module, where: str = "auto") -> tuple[str, str]:
     gib = size / 2**30
     if where != "auto":
         return where, f"asked for (the layers take {gib:.2f} GiB)"
-    free = _available_host_bytes()
-    if free is None or size <= _HOST_SHARE * free:
+    free = available_host_bytes()
+    if free is None or size <= HOST_SHARE * free:
         device = next(model.parameters()).device
         on = "the model is in host memory" if device.type == "cpu" else f"streamed to {device} one layer at a time"
         have = "" if free is None else f" of {free / 2**30:.1f} GiB available"
@@ -181,6 +188,118 @@ class DenseLayers:
     def __exit__(self, *exc) -> None:
         if self.where != "model":
             self.close()
+
+    def to_dict(self) -> dict:
+        return {"where": self.where, "why": self.why}
+
+
+class DenseTargets:
+    """What reconstruction reads from the dense model, recorded during a forward the call runs anyway (the
+    scoring pass of ``prune_oneshot``): per layer and calibration batch, the residual stream right after the
+    attention and after the FFN (``FamilyAdapter.residual_output``). With them no dense layer runs again and
+    no copy of the weights is kept: reconstruction costs only the pruned model's passes. They take
+    ``2 x layers x tokens x hidden`` values of the model's dtype, where the activations are: ``prune_oneshot``
+    records them by default only on the CPU, when they fit in host memory (``reference="auto"``)."""
+
+    where = "activations"
+
+    def __init__(self, model: nn.Module, batches: int, why: str = ""):
+        state = pruning_state(model)
+        self.adapter, self.geometry = state.adapter, state.geometry
+        self.head_ids = [list(h) for h in state.head_ids]
+        self.neuron_ids = [list(n) for n in state.neuron_ids]
+        self.why = why
+        self._layers = state.layers
+        self._n = batches
+        self._store: list[dict] = [{} for _ in self._layers]  # per layer: (kind, batch) -> tensor
+        self._chunks: dict | None = None  # while a batch records: (layer, kind) -> [chunk tensors]
+        self._in_forward = False
+        self.failed: str | None = None
+
+    @staticmethod
+    def size(model: nn.Module, batches: list[dict]) -> int:
+        """Bytes the targets of ``batches`` take (two hidden vectors per layer and position)."""
+        state = pruning_state(model)
+        element = next(model.parameters()).element_size()
+        positions = 0
+        for b in batches:
+            ids = b.get("input_ids", b.get("inputs_embeds"))
+            positions += int(ids.shape[0] * ids.shape[1]) if isinstance(ids, torch.Tensor) else 0
+        return 2 * len(state.layers) * positions * state.geometry.hidden_size * element
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    @contextlib.contextmanager
+    def recording(self, model: nn.Module) -> Iterator[None]:
+        """Hooks that record the targets of the batches entered with ``batch(b)``. Only a forward of the whole
+        model counts: a checkpointed layer's recompute inside the backward does not record twice."""
+
+        def enter(module, args, kwargs):
+            self._in_forward = True
+
+        def leave(module, args, kwargs, output):
+            self._in_forward = False
+
+        def grab(index, kind):
+            def hook(value):
+                if self._chunks is not None and self._in_forward:
+                    value = value[0] if isinstance(value, (tuple, list)) else value
+                    self._chunks.setdefault((index, kind), []).append(value.detach())
+
+            return hook
+
+        handles = [
+            model.register_forward_pre_hook(enter, with_kwargs=True),
+            model.register_forward_hook(leave, with_kwargs=True, always_call=True),
+        ]
+        for index, layer in enumerate(self._layers):
+            for kind in (HEAD, NEURON):
+                module, where = self.adapter.residual_output(layer, kind)
+                g = grab(index, kind)
+                if where == "input":
+                    handles.append(module.register_forward_pre_hook(lambda m, a, g=g: g(a)))
+                else:
+                    handles.append(module.register_forward_hook(lambda m, a, o, g=g: g(o)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self._chunks, self._in_forward = None, False
+
+    @contextlib.contextmanager
+    def batch(self, b: int, rows: int) -> Iterator[None]:
+        """Record batch ``b`` (of ``rows`` sequences) from the forwards inside the context (its micro-batches, in
+        order); batches from the ``batches``-th on are not recorded."""
+        if b >= self._n or self.failed:
+            yield
+            return
+        self._chunks = {}
+        try:
+            yield
+        finally:
+            chunks, self._chunks = self._chunks, None
+        for index in range(len(self._layers)):
+            for kind in (HEAD, NEURON):
+                parts = chunks.get((index, kind), [])
+                got = torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else None)
+                if got is None or got.shape[0] != rows:
+                    self.failed = f"batch {b}: the scoring pass did not run all its sequences through layer {index}"
+                    self._store = [{} for _ in self._layers]
+                    return
+                self._store[index][(kind, b)] = got
+
+    @property
+    def complete(self) -> bool:
+        return self.failed is None and all(len(s) == 2 * self._n for s in self._store)
+
+    def targets(self, index: int) -> dict:
+        """Layer ``index``'s targets: ``{HEAD: [per batch], NEURON: [per batch]}``."""
+        return {kind: [self._store[index][(kind, b)] for b in range(self._n)] for kind in (HEAD, NEURON)}
+
+    def close(self) -> None:
+        self._store, self._layers = [], []
 
     def to_dict(self) -> dict:
         return {"where": self.where, "why": self.why}

@@ -82,6 +82,7 @@ def score_calibration(
     record: bool = False,
     micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
+    targets=None,
 ) -> ScorePass:
     """Score the live units of ``model`` on ``batches`` (dicts on the model's device) in eval mode.
 
@@ -91,6 +92,7 @@ def score_calibration(
     the scores and losses are those of the whole batch. Only the default losses can be split: with a
     ``loss_fn`` nothing says how it averages over examples and tokens, so it is refused (give smaller batches).
     ``gradient_checkpointing``: checkpoint every layer (non-reentrant) during the pass, even in eval mode.
+    ``targets``: a ``reference.DenseTargets`` that records reconstruction's dense targets from these forwards.
 
     Raises ``CalibrationError`` if the loss is NaN/inf on every batch; bad options raise before any forward.
     """
@@ -122,16 +124,20 @@ def score_calibration(
         if checkpointing:
             stack.enter_context(_checkpointed(checkpointing))
         stack.enter_context(scorer)
-        for batch, parts in zip(batches, splits):
+        if targets is not None:
+            stack.enter_context(targets.recording(model))
+        for b, (batch, parts) in enumerate(zip(batches, splits)):
             skipped = scorer.skipped_batches
-            if parts is None:  # one forward for the whole batch, as ImportanceScorer is used anywhere
-                loss = model_loss(model, batch, loss_fn)
-                _backward(loss)
-                forwards += 1
-                value = float(loss.detach())
-            else:
-                value, ran = _micro_batches(model, batch, parts, scorer)
-                forwards += ran
+            recording = targets.batch(b, token_mask(batch).shape[0]) if targets is not None else None
+            with recording or contextlib.nullcontext():
+                if parts is None:  # one forward for the whole batch, as ImportanceScorer is used anywhere
+                    loss = model_loss(model, batch, loss_fn)
+                    _backward(loss)
+                    forwards += 1
+                    value = float(loss.detach())
+                else:
+                    value, ran = _micro_batches(model, batch, parts, scorer)
+                    forwards += ran
             losses.append(value if math.isfinite(value) else math.nan)
             if scorer.skipped_batches == skipped:
                 tokens += _real_tokens(batch)
@@ -201,6 +207,25 @@ def _split(model, batch: dict, micro: int | None) -> list[tuple[slice, float]] |
     whole = float(counts.sum())
     rows = [slice(i, min(i + micro, size)) for i in range(0, size, micro)]
     return [(r, float(counts[r].sum()) / whole if whole > 0 else 0.0) for r in rows]
+
+
+def batch_loss(model: nn.Module, batch: dict, loss_fn=None, micro_batch_size: int | None = None) -> torch.Tensor:
+    """``model_loss(model, batch, loss_fn)``, run ``micro_batch_size`` sequences at a time and combined exactly
+    (each chunk's loss weighted by its share of the batch's loss count), so a forward holds at most that many
+    sequences' activations and logits. With a ``loss_fn`` or ``micro_batch_size=None`` the batch runs whole."""
+    parts = None if loss_fn is not None else _split(model, batch, micro_batch_size)
+    if parts is None:
+        return model_loss(model, batch, loss_fn)
+    size = token_mask(batch).shape[0]
+    if all(share == 0 for _, share in parts):  # nothing to predict anywhere: NaN, as the whole batch's loss
+        return model_loss(model, _rows(batch, parts[0][0], size), None)
+    total = None
+    for rows, share in parts:
+        if share == 0:
+            continue
+        part = model_loss(model, _rows(batch, rows, size), None).double() * share
+        total = part if total is None else total + part
+    return total
 
 
 def loss_counts(model: nn.Module, batch: dict) -> torch.Tensor:
