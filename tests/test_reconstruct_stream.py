@@ -87,12 +87,19 @@ def test_each_layer_runs_a_fixed_number_of_passes(reuse):
     mlps = [layer.mlp for layer in state.layers]
     s_counts, s_handles = _count_calls(mlps)
     t_counts, t_handles = _count_calls([layer.mlp for layer in t_state.layers])
+    a_counts, a_handles = _count_calls([layer.self_attn.q_proj for layer in state.layers])
     try:
         reconstruct(model, dense, batches, reuse_ffn_inputs=reuse)
     finally:
-        for h in s_handles + t_handles:
+        for h in s_handles + t_handles + a_handles:
             h.remove()
     n = len(batches)
+    # attention runs in its own pass; without reused activations again in the FFN's pass and in the layer's
+    # pass after the FFN's fold; a layer with no FFN left runs once more after the attention's fold
+    has_heads, has_ffn = [bool(i) for i in state.head_ids], [bool(i) for i in state.neuron_ids]
+    attention = [((1 if reuse else 3) if ffn else 2) * n for ffn in has_ffn]
+    attention[0] += n  # the recording forward
+    assert [c for c, h in zip(a_counts, has_heads) if h] == [c for c, h in zip(attention, has_heads) if h]
     assert t_counts == [n] * len(mlps)
     pruned_ffn = [bool(ids) for ids in state.neuron_ids]
     # an FFN with no neuron left is an empty block, run once by the layer's pass after the fit

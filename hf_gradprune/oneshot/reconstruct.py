@@ -35,6 +35,7 @@ dtype), plus the FFN's inputs (kept units) when they are reused; and the normal 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -48,7 +49,7 @@ from ..state import pruning_state, unwrap_model
 from ..units import HEAD, NEURON
 from .calibration import calibration_batches, check_count, token_mask
 from .reference import DenseLayers, DenseTargets
-from .stream import LayerStream, StreamError
+from .stream import LayerStream, StreamError, _first, _like
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ def reconstruct(
                             adapter, t_layer, t_stream, index, masks, removed if bias_compensation else None, dtype
                         )
                 next_hidden = None
+                replay = None  # per batch, the attention block's output after its fold (reused activations)
                 for kind in (HEAD, NEURON):
                     if not kept[kind]:
                         report.sublayers.append(SubLayerReport(index, kind, 0, math.nan, math.nan, "no units left"))
@@ -234,23 +236,33 @@ def reconstruct(
                     point = adapter.residual_output(s_layer, kind)
                     # the FFN's pass runs to the layer's end when its output is the layer's (pre-norm families)
                     through = kind == NEURON and reuse_ffn_inputs and point == (s_layer, "output")
-                    outputs, inputs = [], []
-                    for b, mask in enumerate(masks):
-                        reads = [(entry.proj, "input"), (entry.proj, "output"), point]
-                        got, out = s_stream.run(s_layer, index, b, reads, stop=not through)
-                        z = entry.add(*got, targets[kind][b], mask)
-                        if through:
-                            outputs.append(out)
-                            inputs.append(z)
+                    block = _block_of(s_layer, entry.proj) if kind == HEAD and reuse_ffn_inputs else None
+                    attention = _block_of(s_layer, adapter.attention_output(s_layer)) if replay else None
+                    rows = _passes(
+                        s_stream,
+                        s_layer,
+                        index,
+                        entry,
+                        point,
+                        targets[kind],
+                        masks,
+                        through,
+                        block,
+                        (attention, replay),
+                    )
                     result, change = entry.fit(
                         targets.get(("removed", kind)), least_squares, bias_compensation, ridge, max_scale, raise_ridge
                     )
                     _log(result)
                     report.sublayers.append(result)
+                    if block is not None and all(o is not None and torch.equal(_first(o), p) for _, p, _, o in rows):
+                        # the block's output is its projection's (no post-processing: pre-norm attention), so after
+                        # the fold it is that output plus the fold's change, and the FFN's pass need not run it
+                        replay = [_like(o, p if change is None else change(z, p)) for z, p, _, o in rows]
                     if through:
-                        next_hidden = [out if change is None else change(z, out) for z, out in zip(inputs, outputs)]
+                        next_hidden = [out if change is None else change(z, out) for z, _, out, _ in rows]
                         report.reused_ffn_inputs = True
-                        del inputs, outputs
+                    del rows
                 if next_hidden is None:
                     s_stream.advance(s_layer, index)
                 else:
@@ -345,6 +357,60 @@ def _compute_dtype(model) -> torch.dtype:
     # float32 whatever the model's dtype (bf16 products summed over tokens lose most of their bits);
     # a float64 model keeps float64
     return torch.promote_types(next(model.parameters()).dtype, torch.float32)
+
+
+def _passes(stream, layer, index, entry, point, targets, masks, through, block, replay) -> list[tuple]:
+    """Run the pruned ``layer`` over every batch for one sub-layer, adding each batch to ``entry``'s normal
+    equations. ``through``: run to the layer's end and keep its output; ``block``: keep that module's output;
+    ``replay``: ``(attention block, outputs per batch)`` the block returns instead of running. Per batch
+    ``(z, projection output, layer output, block output)`` (the last three None unless kept; z only when some are)."""
+    rows, seen = [], []
+    grab = block.register_forward_hook(lambda m, a, o: seen.append(o)) if block is not None else None
+    try:
+        with _replaying(*replay) as current:
+            for b, mask in enumerate(masks):
+                current[0] = b
+                reads = [(entry.proj, "input"), (entry.proj, "output"), point]
+                got, out = stream.run(layer, index, b, reads, stop=not through)
+                z = entry.add(*got, targets[b], mask)
+                keep = through or block is not None
+                rows.append(
+                    (z if keep else None, got[1] if block is not None else None, out if through else None, None)
+                )
+    finally:
+        if grab is not None:
+            grab.remove()
+    if block is not None:
+        if len(seen) != len(rows):
+            return [(z, p, out, None) for z, p, out, _ in rows]
+        rows = [(z, p, out, o) for (z, p, out, _), o in zip(rows, seen)]
+    return rows
+
+
+def _block_of(layer: nn.Module, proj: nn.Module) -> nn.Module | None:
+    """The layer's child that holds ``proj`` (the attention block of its output projection), or None."""
+    for child in layer.children():
+        if any(m is proj for m in child.modules()):
+            return child
+    return None
+
+
+@contextlib.contextmanager
+def _replaying(block: nn.Module | None, outputs: list | None):
+    """While open, ``block`` returns ``outputs[current[0]]`` instead of running (when ``outputs`` is given)."""
+    current = [0]
+    if block is None or outputs is None:
+        yield current
+        return
+    saved = block.__dict__.get("forward")  # an instance forward (Accelerate's hook wrapper) is put back after
+    block.forward = lambda *args, **kwargs: outputs[current[0]]
+    try:
+        yield current
+    finally:
+        if saved is None:
+            del block.forward
+        else:
+            block.forward = saved
 
 
 def _dense_targets(adapter, t_layer, stream: LayerStream, index: int, masks, removed, dtype) -> dict:
