@@ -35,7 +35,6 @@ dtype), plus the FFN's inputs (kept units) when they are reused; and the normal 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -49,7 +48,7 @@ from ..state import pruning_state, unwrap_model
 from ..units import HEAD, NEURON
 from .calibration import calibration_batches, check_count, token_mask
 from .reference import DenseLayers, DenseTargets
-from .stream import LayerStream, StreamError, _first, _like
+from .stream import LayerStream, StreamError, block_of, first, like, replaying
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +235,8 @@ def reconstruct(
                     point = adapter.residual_output(s_layer, kind)
                     # the FFN's pass runs to the layer's end when its output is the layer's (pre-norm families)
                     through = kind == NEURON and reuse_ffn_inputs and point == (s_layer, "output")
-                    block = _block_of(s_layer, entry.proj) if kind == HEAD and reuse_ffn_inputs else None
-                    attention = _block_of(s_layer, adapter.attention_output(s_layer)) if replay else None
+                    block = block_of(s_layer, entry.proj) if kind == HEAD and reuse_ffn_inputs else None
+                    attention = block_of(s_layer, adapter.attention_output(s_layer)) if replay else None
                     rows = _passes(
                         s_stream,
                         s_layer,
@@ -255,10 +254,10 @@ def reconstruct(
                     )
                     _log(result)
                     report.sublayers.append(result)
-                    if block is not None and all(o is not None and torch.equal(_first(o), p) for _, p, _, o in rows):
+                    if block is not None and all(o is not None and torch.equal(first(o), p) for _, p, _, o in rows):
                         # the block's output is its projection's (no post-processing: pre-norm attention), so after
                         # the fold it is that output plus the fold's change, and the FFN's pass need not run it
-                        replay = [_like(o, p if change is None else change(z, p)) for z, p, _, o in rows]
+                        replay = [like(o, p if change is None else change(z, p)) for z, p, _, o in rows]
                     if through:
                         next_hidden = [out if change is None else change(z, out) for z, _, out, _ in rows]
                         report.reused_ffn_inputs = True
@@ -367,7 +366,7 @@ def _passes(stream, layer, index, entry, point, targets, masks, through, block, 
     rows, seen = [], []
     grab = block.register_forward_hook(lambda m, a, o: seen.append(o)) if block is not None else None
     try:
-        with _replaying(*replay) as current:
+        with replaying(*replay) as current:
             for b, mask in enumerate(masks):
                 current[0] = b
                 reads = [(entry.proj, "input"), (entry.proj, "output"), point]
@@ -385,32 +384,6 @@ def _passes(stream, layer, index, entry, point, targets, masks, through, block, 
             return [(z, p, out, None) for z, p, out, _ in rows]
         rows = [(z, p, out, o) for (z, p, out, _), o in zip(rows, seen)]
     return rows
-
-
-def _block_of(layer: nn.Module, proj: nn.Module) -> nn.Module | None:
-    """The layer's child that holds ``proj`` (the attention block of its output projection), or None."""
-    for child in layer.children():
-        if any(m is proj for m in child.modules()):
-            return child
-    return None
-
-
-@contextlib.contextmanager
-def _replaying(block: nn.Module | None, outputs: list | None):
-    """While open, ``block`` returns ``outputs[current[0]]`` instead of running (when ``outputs`` is given)."""
-    current = [0]
-    if block is None or outputs is None:
-        yield current
-        return
-    saved = block.__dict__.get("forward")  # an instance forward (Accelerate's hook wrapper) is put back after
-    block.forward = lambda *args, **kwargs: outputs[current[0]]
-    try:
-        yield current
-    finally:
-        if saved is None:
-            del block.forward
-        else:
-            block.forward = saved
 
 
 def _dense_targets(adapter, t_layer, stream: LayerStream, index: int, masks, removed, dtype) -> dict:

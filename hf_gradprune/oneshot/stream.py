@@ -8,6 +8,8 @@ forward of the whole model per sub-layer.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -27,11 +29,11 @@ def _forward_kwargs(model) -> dict:
     return {"use_cache": False} if hasattr(model.config, "use_cache") else {}
 
 
-def _first(value):
+def first(value):
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def _like(template, hidden):
+def like(template, hidden):
     """A layer's return value shaped as ``template`` (a tensor, or a tuple led by one) carrying ``hidden``."""
     if isinstance(template, tuple):
         return (hidden, *template[1:])
@@ -70,7 +72,7 @@ class LayerStream:
 
             def passthrough(*args, template=template, **kwargs):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                return _like(template[0], hidden)
+                return like(template[0], hidden)
 
             handles = [
                 layer.register_forward_pre_hook(lambda m, a, k, i=i: pre(m, a, k, i), with_kwargs=True)
@@ -126,7 +128,7 @@ class LayerStream:
 
         def make(slot):
             def grab(value):
-                got[slot] = _first(value).detach()
+                got[slot] = first(value).detach()
                 if stop and len(got) == wanted:
                     raise Stop
 
@@ -148,7 +150,7 @@ class LayerStream:
             for h in handles:
                 h.remove()
         if out is not None:
-            out = _first(out)
+            out = first(out)
             for slot, read in enumerate(reads):
                 if read == (layer, "output"):
                     got[slot] = out
@@ -162,7 +164,7 @@ class LayerStream:
     def advance(self, layer: nn.Module, index: int) -> None:
         """Replace each stored hidden state by ``layer``'s output (with its reconstruction folded in)."""
         for b in range(len(self.hidden)):
-            self.hidden[b] = _first(self.call(layer, index, b))
+            self.hidden[b] = first(self.call(layer, index, b))
 
 
 def _without_hidden(args: tuple, kwargs: dict) -> tuple:
@@ -171,3 +173,29 @@ def _without_hidden(args: tuple, kwargs: dict) -> tuple:
     if args:
         return tuple(args[1:]), dict(kwargs)
     return None, {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+
+def block_of(layer: nn.Module, proj: nn.Module) -> nn.Module | None:
+    """The layer's child that holds ``proj`` (the attention block of its output projection), or None."""
+    for child in layer.children():
+        if any(m is proj for m in child.modules()):
+            return child
+    return None
+
+
+@contextlib.contextmanager
+def replaying(block: nn.Module | None, outputs: list | None):
+    """While open, ``block`` returns ``outputs[current[0]]`` instead of running (when ``outputs`` is given)."""
+    current = [0]
+    if block is None or outputs is None:
+        yield current
+        return
+    saved = block.__dict__.get("forward")  # an instance forward (Accelerate's hook wrapper) is put back after
+    block.forward = lambda *args, **kwargs: outputs[current[0]]
+    try:
+        yield current
+    finally:
+        if saved is None:
+            del block.forward
+        else:
+            block.forward = saved
