@@ -11,26 +11,29 @@ where ``c_i`` is kept unit ``i``'s contribution (its slice of the output project
 before. The target includes the dense residual, so errors carried in from earlier layers are corrected
 too (fitting only the removed units' contribution barely moves the error). The scales are folded into
 the output projection's columns: the model keeps its shape, and saves and reloads as any pruned model.
+Optionally the bias also takes the removed units' mean dense contribution (FLAP, An et al. 2024).
 
-Optionally the projection's bias also takes the removed units' mean contribution on the calibration
-tokens (FLAP, An et al. 2024), measured in the dense model.
-
-Where the work happens: on the model's device. The normal equations (``A^T A``: units x units, ``A^T b``)
-are float32 products summed in float64 where the activations are, and solved there (Cholesky); only the
-scales and the report's numbers leave the device.
+Where the work happens: on the model's device. Per sub-layer, ``Z^T Z`` of the output projection's input and
+``sum z * (e W)`` are float32 products summed in float64 where the activations are; ``A^T A`` is their unit
+blocks against ``W^T W`` (one matrix product per batch for heads and neurons alike), solved there (Cholesky);
+only the scales and the report's numbers leave the device.
 
 Cost: one forward per calibration batch records what every layer is called with (the layers after the
 first pass their input through); then each layer runs alone on the stored hidden states: once for the
-dense layer (its outputs give both sub-layers' targets and the next layer's dense input), and for the
-pruned layer once up to the attention's end and once through the FFN. The pruned layer's output after the
-FFN's fold is that pass's output plus the fold's change when the family's FFN ends the layer (pre-norm)
-and the FFN inputs are kept (``reuse_ffn_inputs``), else one more pass.
+dense layer (its outputs give both sub-layers' targets and the next layer's dense input; not at all when
+the targets were recorded, ``DenseTargets``), and for the pruned layer once up to the attention's end and
+once through the FFN, then once more after the FFN's fold. With ``reuse_ffn_inputs`` (a pre-norm family:
+the attention block's output is its projection's, and the FFN ends the layer) the FFN's pass replays the
+attention block's fitted output instead of running it, and the layer's output after the fold is that pass's
+output plus the fold's change: one pruned pass per layer in all. Besides the passes, per layer: ``u^2 (N + h)``
+products for ``u`` kept units, ``N`` tokens and hidden size ``h``, and a ``u^3 / 3`` Cholesky: with few
+calibration tokens and wide FFNs (a 1B model on 2,048 tokens) these outweigh the passes.
 
 Memory on the device, for the whole call: the pruned model's weights, one dense layer (``DenseLayers``
 brings one at a time unless the reference is a resident model), and per calibration token: the pruned
 and the dense hidden state and the dense layer's attention output (three hidden vectors in the model's
-dtype), plus the FFN's inputs (kept units) when they are reused; and the normal equations of one sub-layer
-(units^2 float64). Padding tokens count for nothing.
+dtype), plus, when activations are reused, the attention block's output and the FFN's inputs (kept units);
+and the normal equations of one sub-layer (input features^2 float64). Padding tokens count for nothing.
 """
 
 from __future__ import annotations
@@ -151,10 +154,9 @@ def reconstruct(
             or the fit would not lower its error.
         bias_compensation: add the removed units' mean contribution (in the dense model) to the output
             projection's bias, where it has one (FLAP).
-        reuse_ffn_inputs: keep each batch's FFN inputs (kept units x tokens) from the FFN's pass to update
-            the layer's output after the fold, instead of running the layer once more. None (default): on
-            the CPU, where a layer pass costs more than the memory; not on an accelerator, where the pass is
-            cheap and device memory is not.
+        reuse_ffn_inputs: keep each batch's attention output and FFN inputs to replay the attention in the
+            FFN's pass and update the layer's output after the fold, instead of running them again. None
+            (default): on the CPU, where a pass costs more than the memory; not on an accelerator.
 
     Returns a ``ReconstructionReport`` (per sub-layer error before and after, and what was skipped).
     """
