@@ -355,8 +355,7 @@ def calibration_tokens(batches: list[dict]) -> tuple[list[torch.Tensor], int]:
 
 
 def _compute_dtype(model) -> torch.dtype:
-    # float32 whatever the model's dtype (bf16 products summed over tokens lose most of their bits);
-    # a float64 model keeps float64
+    # float32 whatever the model's dtype (bf16 products summed over tokens lose most of their bits); float64 stays
     return torch.promote_types(next(model.parameters()).dtype, torch.float32)
 
 
