@@ -559,3 +559,14 @@ def test_prune_with_a_corrupt_latency_table_is_one_line(assets, tmp_path, field,
     line = one_error_line(capsys, "prune")
     assert f"latency table field {field}" in line and "measure the table again" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_oneshot_takes_the_gradient_checkpointing_flag(tmp_path):
+    """Issue 22: `--gradient_checkpointing` (TrainingArguments') makes the one-shot scoring pass checkpoint."""
+    from hf_gradprune import GradPruneConfig
+    from hf_gradprune.cli.prune import oneshot_options
+
+    on = GradPruneConfig(output_dir=str(tmp_path), head_sparsity=0.5, gradient_checkpointing=True)
+    off = GradPruneConfig(output_dir=str(tmp_path), head_sparsity=0.5)
+    assert oneshot_options(on, set())["gradient_checkpointing"] is True
+    assert "gradient_checkpointing" not in oneshot_options(off, set())

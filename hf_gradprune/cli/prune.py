@@ -200,6 +200,8 @@ def oneshot_options(training_args, given: set[str], model=None) -> dict:
         options["reconstruct"] = training_args.reconstruct
     if training_args.budget_split is not None:
         options["split"] = training_args.budget_split
+    if training_args.gradient_checkpointing:  # TrainingArguments' flag: scoring recomputes activations (non-reentrant)
+        options["gradient_checkpointing"] = True
     return options
 
 
