@@ -24,7 +24,7 @@ from .reconstruct import calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
 from .reference import WHERE, DenseLayers, DenseReferenceError, DenseTargets, fits_in_host
 from .report import OneShotReport, StepMeter, batch_tokens
-from .score_pass import score_calibration
+from .score_pass import check_options, score_calibration
 
 SPLITS = ("search", "ratio", "normalized")
 
@@ -118,14 +118,7 @@ def prune_oneshot(
     reconstruct_batches = check_count(
         "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
     )
-    micro_batch_size = check_count("micro_batch_size", micro_batch_size)
-    if not isinstance(gradient_checkpointing, bool):
-        raise TypeError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
-    if micro_batch_size is not None and loss_fn is not None:
-        raise CalibrationError(
-            "micro_batch_size cannot split a loss_fn's loss (how it averages is unknown): drop one of them, "
-            "or give smaller batches"
-        )
+    micro_batch_size = check_options(micro_batch_size, gradient_checkpointing, loss_fn)
     if "max_batches" in plan_options:
         raise CalibrationError("prune_oneshot counts the budget search's batches with search_batches, not max_batches")
     inner = unwrap_model(model, allow_distributed=False)

@@ -73,6 +73,20 @@ class ScorePass:
     micro_batches: int = 0
 
 
+def check_options(micro_batch_size, gradient_checkpointing, loss_fn) -> int | None:
+    """The micro-batch size as an int (or None); a clear error for a bad option or a ``loss_fn`` with micro-batches."""
+    micro = check_count("micro_batch_size", micro_batch_size)
+    if not isinstance(gradient_checkpointing, bool):
+        raise TypeError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
+    if micro is not None and loss_fn is not None:
+        raise CalibrationError(
+            "micro_batch_size splits each batch and rescales each part's loss to the whole batch's, which only the "
+            "default losses allow: a loss_fn's average over examples and tokens is unknown. Pass "
+            "micro_batch_size=None and give smaller batches instead"
+        )
+    return micro
+
+
 def score_calibration(
     model: nn.Module,
     batches: Iterable[dict],
@@ -96,15 +110,7 @@ def score_calibration(
 
     Raises ``CalibrationError`` if the loss is NaN/inf on every batch; bad options raise before any forward.
     """
-    micro = check_count("micro_batch_size", micro_batch_size)
-    if not isinstance(gradient_checkpointing, bool):
-        raise TypeError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
-    if micro is not None and loss_fn is not None:
-        raise CalibrationError(
-            "micro_batch_size splits each batch and rescales each part's loss to the whole batch's, which only the "
-            "default losses allow: a loss_fn's average over examples and tokens is unknown. Pass "
-            "micro_batch_size=None and give smaller batches instead"
-        )
+    micro = check_options(micro_batch_size, gradient_checkpointing, loss_fn)
     scorer = ImportanceScorer(model, method, record_batches=True) if record else ImportanceScorer(model, method)
     if method not in GRADIENT_METHODS:
         return ScorePass(scorer, scorer.scores)
