@@ -149,7 +149,9 @@ def build_llama(config: dict, device: torch.device, dtype: torch.dtype):
 
 def api_options(options: dict) -> tuple[dict, list[str]]:
     """The ``options`` that ``prune_oneshot`` takes, and the names of those it does not (recorded, not passed)."""
-    accepted = inspect.signature(prune_oneshot).parameters
+    from hf_gradprune.oneshot.prune import PLAN_OPTIONS, SEARCH_OPTIONS
+
+    accepted = set(inspect.signature(prune_oneshot).parameters) | set(PLAN_OPTIONS) | set(SEARCH_OPTIONS)
     return {k: v for k, v in options.items() if k in accepted}, sorted(k for k in options if k not in accepted)
 
 
