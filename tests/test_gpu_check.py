@@ -118,7 +118,8 @@ def test_dry_run_times_prune_oneshot_step_by_step(dry_run):
     runs = {r["model"]: r for r in parts["oneshot"]["runs"]}
     assert list(runs) == ["tiny-bert", "tiny-llama"]
     for r in runs.values():
-        assert set(r["seconds"]) == {"score", "split", "reference", "prune", "reconstruct", "total"}
+        core = {"score", "split", "prune", "reconstruct", "total"}  # + "reference" when the dense layers are copied
+        assert core <= set(r["seconds"]) <= core | {"reference"}
         steps = sum(v for k, v in r["seconds"].items() if k != "total")
         assert steps <= r["seconds"]["total"] + 0.05 and r["seconds"]["total"] <= r["wall_s"] + 0.05
         assert r["finite_after"] and r["peak_memory_gib"] is None  # no device memory on the CPU

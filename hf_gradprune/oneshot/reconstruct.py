@@ -13,6 +13,9 @@ too (fitting only the removed units' contribution barely moves the error). The s
 the output projection's columns: the model keeps its shape, and saves and reloads as any pruned model.
 Optionally the bias also takes the removed units' mean dense contribution (FLAP, An et al. 2024).
 
+One module of about 620 lines because the layer loop, the normal equations and the fold share one sub-layer's
+state; the calibration stream (``stream.py``) and the dense reference (``reference.py``) are their own modules.
+
 Where the work happens: on the model's device. Per sub-layer, ``Z^T Z`` of the output projection's input and
 ``sum z * (e W)`` are float32 products summed in float64 where the activations are; ``A^T A`` is their unit
 blocks against ``W^T W`` (one matrix product per batch for heads and neurons alike), solved there (Cholesky);
@@ -427,6 +430,10 @@ def _ids(adapter, layer, kind) -> range:
     return range(adapter.num_heads(layer) if kind == HEAD else adapter.ffn_width(layer))
 
 
+# Tokens whose Z^T Z products are summed in the compute dtype before they join the float64 sum.
+_FLUSH_TOKENS = 16384
+
+
 class _SubLayer:
     """One pruned sub-layer: its normal equations over the calibration tokens, accumulated on the device where
     the activations are, the fit, and the fold."""
@@ -439,6 +446,13 @@ class _SubLayer:
         self.bias = getattr(self.proj, "bias", None)
         self.n = 0
         self.sums = None
+        self.pending, self.pending_tokens = None, 0  # Z^T Z not yet added to the float64 sum
+
+    def _flush(self) -> None:
+        if self.pending is not None and self.pending_tokens:
+            self.sums["ztz"] += self.pending.double()
+            self.pending.zero_()
+            self.pending_tokens = 0
 
     def _zeros(self, device, hidden):
         f64, features = torch.float64, self.units * self.group
@@ -471,7 +485,14 @@ class _SubLayer:
         self.n += z.shape[0]
         s["e_sum"] += e.sum(0).double()
         s["e_sq"] += e.double().pow(2).sum()
-        s["ztz"] += (z.t() @ z).double()
+        # Z^T Z sums in the compute dtype over up to _FLUSH_TOKENS tokens (as one batch of that size would), then
+        # in float64: converting a units x units float32 matrix at every small batch cost more than its product
+        if self.pending is None:
+            self.pending = torch.zeros_like(s["ztz"], dtype=dtype)
+        self.pending.addmm_(z.t(), z)
+        self.pending_tokens += z.shape[0]
+        if self.pending_tokens >= _FLUSH_TOKENS:
+            self._flush()
         s["zew"] += (z * (e @ w)).sum(0).double()
         s["z_sum"] += z.sum(0).double()
         return z_all
@@ -488,6 +509,8 @@ class _SubLayer:
     def fit(self, removed_sum, least_squares, bias_compensation, ridge, max_scale, raise_ridge):
         """Solve, fold, report. Returns the report and, when the weights changed, ``change(z, out)``: ``out``
         plus what the fold added to the projection's output for inputs ``z`` (all tokens)."""
+        self._flush()
+        self.pending = None
         s, n, u = self.sums, self.n, self.units
         hidden = self.weight.shape[0]
         device = s["ztz"].device
