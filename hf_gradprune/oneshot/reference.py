@@ -122,7 +122,6 @@ class DenseLayers:
         temporary folder by default. The model is not changed."""
         where, why = choose_where(model, where)
         layers = pruning_state(model).layers
-        device = next(model.parameters()).device
         stored, tmp = [], None
         try:
             if where == "disk":
@@ -143,9 +142,7 @@ class DenseLayers:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        out = cls(model, where, stored, tmp, why)
-        out._device = device
-        return out
+        return cls(model, where, stored, tmp, why)
 
     def __len__(self) -> int:
         return len(self._stored)
