@@ -21,7 +21,7 @@ LAYERS = [
     {"architectures"},
     {"state", "testing", "dispatch"},  # dispatch: which Accelerate-dispatched models a cut can reach
     {"scoring"},
-    {"planning"},
+    {"planning", "sparsity"},  # sparsity: weight masks, beside the unit plans
     {"surgery"},
     {"oneshot", "folders"},
     {"deploy"},

@@ -140,7 +140,18 @@ class FamilyAdapter(abc.ABC):
     def output_weight(self, module: nn.Module) -> torch.Tensor:
         """The output projection's weight as an ``[out, in]`` view (one column per input feature), so that
         scaling a column in place scales that feature's contribution. ``nn.Linear`` is already so."""
-        return module.weight
+        return module.weight if self.weight_in_axis(module) == 1 else module.weight.t()
+
+    # --- weight sparsity: the block's matrices, zeroed weight by weight -----------------------------
+    def weight_modules(self, layer: nn.Module) -> dict[str, nn.Module]:
+        """The block's linear layers whose weights weight sparsity zeroes, by name within the block, in module
+        order. Every ``nn.Linear`` by default; a family whose projections are another class says so."""
+        return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+    def weight_in_axis(self, module: nn.Module) -> int:
+        """The axis of ``module.weight`` that runs over input features: 1 for ``nn.Linear`` (``[out, in]``).
+        N:M sparsity groups weights along it (the axis sparse tensor cores accelerate)."""
+        return 1
 
     # --- live sizes ------------------------------------------------------------------------------
     @abc.abstractmethod

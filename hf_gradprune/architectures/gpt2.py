@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ..modeling_gradprune import EmptyBlock, make_block_empty
 from ..units import HEAD, UnitCosts
@@ -52,8 +53,12 @@ class GPT2Adapter(FamilyAdapter):
         # pre-norm: ln_2 reads residual + attention; the block returns residual + MLP
         return (layer.ln_2, "input") if kind == HEAD else (layer, "output")
 
-    def output_weight(self, module):
-        return module.weight.t()  # Conv1D stores (in, out)
+    def weight_modules(self, layer) -> dict[str, nn.Module]:
+        # the four Conv1D projections; GPT-2's blocks hold no nn.Linear
+        return {name: m for name, m in layer.named_modules() if isinstance(m, Conv1D)}
+
+    def weight_in_axis(self, module) -> int:
+        return 0 if isinstance(module, Conv1D) else 1  # Conv1D stores (in, out)
 
     def num_heads(self, layer) -> int:
         return layer.attn.num_heads

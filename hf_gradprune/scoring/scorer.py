@@ -334,7 +334,7 @@ class ImportanceScorer:
         # Every hook is a ``_Hook`` around a closure, never a bound method: ``copy.deepcopy(model)`` copies
         # the model's hooks, and a bound method would take the scorer (and its thread-local state) along.
         for module in entries:
-            hook = self._entry_hook(_mask_position(module))
+            hook = self._entry_hook(mask_position(module))
             self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._exit_hook(), always_call=True))
         adapter = self._state.adapter
@@ -568,7 +568,7 @@ def _unit_ids(state) -> dict[str, list[list[int]]]:
     return ids
 
 
-def _mask_position(module: nn.Module) -> int | None:
+def mask_position(module: nn.Module) -> int | None:
     """Where ``attention_mask`` sits among ``module.forward``'s positional parameters (GPT-2 has it third)."""
     try:
         names = list(inspect.signature(module.forward).parameters)
