@@ -1,4 +1,8 @@
-"""``GradPruneConfig``: ``TrainingArguments`` plus what to prune, when, and how to recover."""
+"""``GradPruneConfig``: ``TrainingArguments`` plus what to prune, when, and how to recover.
+
+One module of about 600 lines because it is one dataclass: its fields, their checks and the schedules they give
+are read together, and the checks of one field refer to the others.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from ..planning.plan import (
     validate_targets,
 )
 from ..scoring.scores import GRADIENT_METHODS, METHODS
+from ..sparsity import check_scope, check_sparsity, check_weight_method, parse_pattern
 
 
 @dataclass
@@ -32,6 +37,12 @@ class GradPruneConfig(TrainingArguments):
     the start of ``GradPruneTrainer.train``. With ``reconstruct``, every prune is followed, before
     recovery, by layer-wise least-squares reconstruction against the model just before that prune, on
     ``reconstruct_batches`` training batches.
+
+    Weight sparsity (``weight_sparsity``, or an N:M ``sparsity_pattern``) zeroes single weights of the blocks'
+    linear layers on Zhu & Gupta's cubic ramp from ``sparsity_start_step`` to ``sparsity_end_step``, the masks
+    re-taken every ``sparsity_update_steps`` steps from ``weight_method`` scores (accumulated over up to
+    ``scoring_steps`` batches before each update). It can follow a unit prune in the same run (hybrid): the unit
+    rounds must end at or before the sparsity schedule starts.
     """
 
     importance: str = field(default="taylor", metadata={"help": f"Importance method: {' | '.join(METHODS)}."})
@@ -186,6 +197,53 @@ class GradPruneConfig(TrainingArguments):
             "bias (FLAP, An et al. 2024). Measured to hurt more often than help; off by default."
         },
     )
+    weight_sparsity: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of the blocks' linear weights to zero, in [0, 1), reached gradually (cubic ramp). "
+            "None: off, unless sparsity_pattern is N:M, which fixes it at (M-N)/M."
+        },
+    )
+    sparsity_pattern: str = field(
+        default="unstructured",
+        metadata={"help": "unstructured | N:M (e.g. 2:4, 4:8: at most N nonzeros in every M consecutive inputs)."},
+    )
+    weight_method: str = field(
+        default="taylor",
+        metadata={
+            "help": "Weight score: magnitude | wanda | taylor | fisher (sparsegpt is one-shot only: "
+            "prune_weights_oneshot)."
+        },
+    )
+    sparsity_scope: str = field(
+        default="global",
+        metadata={
+            "help": "Unstructured masks compare scores across all matrices (global), within each (layer) or within "
+            "each output row (row). Ignored for N:M."
+        },
+    )
+    sparsity_start_step: float = field(
+        default=0,
+        metadata={"help": "Optimizer step where the sparsity ramp starts (a float below 1: fraction of the run)."},
+    )
+    sparsity_end_step: float | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer step where the ramp reaches weight_sparsity (a float below 1: fraction of the run). "
+            "Default: two thirds of the run, leaving a third to recover at the final sparsity."
+        },
+    )
+    sparsity_update_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Optimizer steps between mask updates on the ramp (Zhu & Gupta's delta t); the last update "
+            "is always at sparsity_end_step."
+        },
+    )
+    sparsity_extra_modules: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Modules outside the blocks whose weights are sparsified too (e.g. classifier)."},
+    )
     model_card_dataset: str | None = field(default=None, metadata={"help": "Dataset name written in the model card."})
     model_card_task: str | None = field(default=None, metadata={"help": "Task name written in the model card."})
 
@@ -204,7 +262,8 @@ class GradPruneConfig(TrainingArguments):
         if self.pruning_schedule == "none" and targets:
             _fail(f"pruning_schedule='none' prunes nothing; drop {', '.join(targets)} or choose a schedule")
         try:  # the plan's own checks, so a config and a plan reject the same values in the same words
-            validate_targets(**targets, required=self.pruning_schedule != "none")
+            # weight sparsity alone is a run of its own: no unit target needed then
+            validate_targets(**targets, required=self.pruning_schedule != "none" and not self.sparsifies_weights)
             validate_options(
                 ranking=self.ranking,
                 min_heads_per_layer=self.min_heads_per_layer,
@@ -237,6 +296,7 @@ class GradPruneConfig(TrainingArguments):
         start, end = self.prune_start_step, self.prune_end_step
         if self.pruning_schedule == "iterative" and end is not None and (start < 1) == (end < 1) and end < start:
             _fail(f"need prune_start_step <= prune_end_step, got {start} and {end}")
+        self._validate_sparsity()
         if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
             _fail(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:
@@ -249,8 +309,70 @@ class GradPruneConfig(TrainingArguments):
             _fail(f"reconstruct_batches must be an integer >= 1, got {batches!r}")
         if self.bias_compensation and not self.reconstruct:
             _fail("bias_compensation is part of the reconstruction after each prune: set reconstruct=True too")
-        if self.reconstruct and self.pruning_schedule == "none":
-            _fail("reconstruct=True rebuilds layers after a prune, but pruning_schedule='none' prunes nothing")
+        if self.reconstruct and not self.prunes_units:
+            _fail(
+                "reconstruct=True rebuilds layers after a prune of heads and neurons, but this config removes none "
+                "(pruning_schedule='none' or no unit target): drop reconstruct"
+            )
+
+    def _validate_sparsity(self) -> None:
+        try:
+            pattern = parse_pattern(self.sparsity_pattern)
+            if self.weight_sparsity is not None or pattern.is_nm:
+                check_sparsity(self.weight_sparsity, pattern)
+            check_scope(self.sparsity_scope)
+            check_weight_method(self.weight_method)
+        except ValueError as e:
+            _fail(str(e))
+        self.sparsity_pattern = pattern.name
+        if self.weight_method == "sparsegpt":
+            _fail(
+                "weight_method='sparsegpt' updates weights layer by layer on calibration data, in one shot: use "
+                "hf_gradprune.prune_weights_oneshot, or choose magnitude, wanda, taylor or fisher for gradual sparsity"
+            )
+        extra = self.sparsity_extra_modules
+        if isinstance(extra, str):  # one name from a recipe or a keyword
+            extra = [extra]
+        if extra is None or not all(isinstance(n, str) and n.strip() for n in extra):
+            _fail(f"sparsity_extra_modules must be a list of module names (e.g. ['classifier']), got {extra!r}")
+        self.sparsity_extra_modules = [n.strip() for n in extra]
+        steps = self.sparsity_update_steps
+        if isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1):
+            _fail(
+                f"sparsity_update_steps must be an integer >= 1 (optimizer steps between mask updates), got {steps!r}"
+            )
+        if not self.sparsifies_weights:
+            given = [
+                name
+                for name, default in SPARSITY_DEFAULTS.items()
+                if getattr(self, name) != (default() if callable(default) else default)
+            ]
+            if given:
+                _fail(
+                    f"{', '.join(given)}: these shape the gradual weight sparsity, which is off; set weight_sparsity "
+                    "(or an N:M sparsity_pattern) too, or drop them"
+                )
+            return
+        if self.weight_method != "magnitude" and not (
+            isinstance(self.scoring_steps, int) and not isinstance(self.scoring_steps, bool) and self.scoring_steps >= 1
+        ):
+            _fail(
+                f"scoring_steps must be an integer >= 1 for {self.weight_method} weight scores, "
+                f"got {self.scoring_steps!r}"
+            )
+        start, end = self.sparsity_start_step, self.sparsity_end_step
+        if end is not None and (start < 1) == (end < 1) and end < start:
+            _fail(f"need sparsity_start_step <= sparsity_end_step, got {start} and {end}")
+        if pattern.is_nm and self.prunes_units and self.ffn_multiple_of % pattern.m:
+            _fail(
+                f"sparsity_pattern {pattern.name} groups {pattern.m} consecutive inputs, but ffn_multiple_of="
+                f"{self.ffn_multiple_of} lets pruned FFN widths that are not multiples of {pattern.m}: set "
+                f"ffn_multiple_of to a multiple of {pattern.m}"
+            )
+        if self.prunes_units:
+            last = self.prune_step if self.pruning_schedule == "one_shot" else self.prune_end_step
+            if last is not None and (last < 1) == (start < 1) and start < last:
+                _fail(self._hybrid_order_text(last, start))
 
     def _validate_latency(self) -> None:
         shape = {
@@ -284,6 +406,55 @@ class GradPruneConfig(TrainingArguments):
         except ValueError as e:
             _fail(str(e))
 
+    def _hybrid_order_text(self, last, start) -> str:
+        name = "prune_step" if self.pruning_schedule == "one_shot" else "prune_end_step"
+        return (
+            f"heads and neurons are removed first, then the weights of what remains are sparsified, so the unit "
+            f"rounds must end at or before the sparsity schedule starts: {name}={last} comes after "
+            f"sparsity_start_step={start}; move sparsity_start_step to {name} or later"
+        )
+
+    @property
+    def prunes_units(self) -> bool:
+        """Whether this run removes heads and neurons (a schedule and a unit target)."""
+        return self.pruning_schedule != "none" and bool(self._targets())
+
+    @property
+    def sparsifies_weights(self) -> bool:
+        """Whether this run zeroes weights (weight_sparsity above 0, or an N:M pattern)."""
+        try:
+            nm = parse_pattern(self.sparsity_pattern).is_nm
+        except ValueError:
+            return True  # a pattern was asked for: _validate_sparsity says what is wrong with it
+        return nm or bool(self.weight_sparsity)
+
+    @property
+    def final_weight_sparsity(self) -> float:
+        """The fraction of the targets' weights zeroed at the end of the ramp (0 when off)."""
+        if not self.sparsifies_weights:
+            return 0.0
+        return check_sparsity(self.weight_sparsity, self.sparsity_pattern)[0]
+
+    def sparsity_range(self, max_steps: int) -> tuple[int, int]:
+        """``(start, end)`` optimizer steps of the sparsity ramp in a run of ``max_steps`` (end default: two thirds
+        of the run, never before the start)."""
+        start = self.step_at(self.sparsity_start_step, max_steps)
+        end = self.sparsity_end_step
+        return start, (self.step_at(end, max_steps) if end is not None else max(start, -(-2 * max_steps // 3)))
+
+    def sparsity_schedule(self, max_steps: int) -> list[tuple[int, float]]:
+        """``[(optimizer step, weight sparsity)]`` of every mask update: every ``sparsity_update_steps`` after the
+        start, and the end, on the cubic ramp (an update at the start would zero nothing, so there is none unless
+        the ramp starts and ends there). Empty when weight sparsity is off."""
+        if not self.sparsifies_weights:
+            return []
+        from ..sparsity import cubic_sparsity
+
+        start, end = self.sparsity_range(max_steps)
+        final = self.final_weight_sparsity
+        steps = list(range(start + self.sparsity_update_steps, end, self.sparsity_update_steps)) + [end]
+        return [(step, cubic_sparsity(step, start, end, final)) for step in steps]
+
     def _targets(self) -> dict:
         return {name: getattr(self, name) for name in (*TARGET_NAMES, *BUDGET_NAMES) if getattr(self, name) is not None}
 
@@ -315,6 +486,7 @@ class GradPruneConfig(TrainingArguments):
             start, end = self.step_at(self.prune_start_step, max_steps), self._end_step(max_steps)
             if end < start:
                 _fail(f"the last round comes before the first: {self._steps_text(max_steps)}")
+        self._check_sparsity_schedule(max_steps)
         rounds = self.round_schedule(max_steps)
         if not rounds:
             return
@@ -363,6 +535,23 @@ class GradPruneConfig(TrainingArguments):
                 )
             previous = step
 
+    def _check_sparsity_schedule(self, max_steps: int) -> None:
+        if not self.sparsifies_weights:
+            return
+        start, end = self.sparsity_range(max_steps)
+        text = f"sparsity_start_step={self.sparsity_start_step}, sparsity_end_step={self.sparsity_end_step}"
+        if end < start:
+            _fail(f"the sparsity ramp ends (step {end}) before it starts (step {start}): {text}")
+        if end > 0 and end >= max_steps:  # an update runs at the start of its step: step max_steps never comes
+            _fail(
+                f"the sparsity ramp ends at step {end}, but training stops after {max_steps} optimizer steps, so the "
+                f"target would never be reached: end it earlier ({text}; default: two thirds of the run), or train "
+                "longer (max_steps, num_train_epochs)"
+            )
+        rounds = self.round_schedule(max_steps)
+        if rounds and rounds[-1][0] > start:
+            _fail(self._hybrid_order_text(rounds[-1][0], start) + f" (steps of a {max_steps}-step run)")
+
     def _end_step(self, max_steps: int) -> int:
         """Step of the iterative schedule's last round (default: half of the run)."""
         start = self.step_at(self.prune_start_step, max_steps)
@@ -392,7 +581,7 @@ class GradPruneConfig(TrainingArguments):
     def round_schedule(self, max_steps: int) -> list[tuple[int, float]]:
         """``[(optimizer step, fraction of the final target)]`` for every round, by step; rounds that fall on
         the same step are one round (the larger fraction)."""
-        if self.pruning_schedule == "none":
+        if not self.prunes_units:
             return []
         if self.pruning_schedule == "one_shot":
             return [(self.step_at(self.prune_step, max_steps), 1.0)]
@@ -406,7 +595,17 @@ class GradPruneConfig(TrainingArguments):
 
 
 SCHEDULES = ("one_shot", "iterative", "none")
-STEP_NAMES = ("prune_step", "prune_start_step", "prune_end_step")  # a step, or below 1 a fraction of the run
+# a step, or below 1 a fraction of the run
+STEP_NAMES = ("prune_step", "prune_start_step", "prune_end_step", "sparsity_start_step", "sparsity_end_step")
+# the gradual weight sparsity's options and their defaults: any other value needs weight_sparsity on
+SPARSITY_DEFAULTS = {
+    "weight_method": "taylor",
+    "sparsity_scope": "global",
+    "sparsity_start_step": 0,
+    "sparsity_end_step": None,
+    "sparsity_update_steps": 10,
+    "sparsity_extra_modules": list,
+}
 
 
 def _fail(message: str):

@@ -46,6 +46,8 @@ from ..surgery import current_plan, prune_model
 from ..units import HEAD
 from .accelerate_compat import forget_prepared
 from .config import GradPruneConfig
+from .gradual import GradualSparsity, SparsityCallback, updates_in
+from .gradual import cycle_batches as _cycle
 from .transformers_compat import loss_scale_setting, restore_loss_scale_setting, trainer_divides_per_batch_loss
 
 logger = logging.get_logger(__name__)
@@ -70,20 +72,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
         mask = mask.to(kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp_min(1.0)
     return kl.mean()
-
-
-def _cycle(loader, n: int):
-    """The first ``n`` batches of ``loader``, read again from its start (a new shuffle) as often as needed."""
-    given = 0
-    while given < n:
-        before = given
-        for batch in loader:
-            if given >= n:
-                return
-            yield batch
-            given += 1
-        if given == before:
-            raise ValueError("the training data loader gives no batches to score the model on: check train_dataset")
 
 
 class GradPruneTrainer(Trainer):
@@ -156,6 +144,10 @@ class GradPruneTrainer(Trainer):
         # reconstruct: one entry per round, {"round", "step", **ReconstructionReport.to_dict()}
         self.reconstruction_reports: list[dict] = []
         self._pending_logs: list[dict] = []  # a prune before training is logged once the Trainer's state exists
+        # gradual weight sparsity (weight_sparsity / an N:M sparsity_pattern): masks, scorer, updates done
+        self._sparsity = GradualSparsity(self) if args.sparsifies_weights else None
+        if self._sparsity is not None:
+            self.add_callback(SparsityCallback(self._sparsity))
 
     # ------------------------------------------------------------------ schedule
     def _next_round(self, max_steps: int | None = None):
@@ -192,12 +184,26 @@ class GradPruneTrainer(Trainer):
             if upcoming is not None and upcoming[0] == 0:
                 self._score_before_training()
                 self._prune(upcoming[1])
-        return super().train(
+            if self._sparsity is not None and not self._sparsity.updates_done:
+                self._sparsity.before_training(max_steps)
+        output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
             ignore_keys_for_eval=ignore_keys_for_eval,
             **kwargs,
         )
+        if self._sparsity is not None:  # what the weights say at the end, in the metrics and the config
+            achieved = self._sparsity.achieved()["sparsity"]
+            output.metrics["train_weight_sparsity"] = round(achieved, 6)
+            self._sparsity.record()
+            self.log({"sparsity/achieved": round(achieved, 6)})
+            logger.info(
+                "hf_gradprune: weight sparsity %.4f of the %s-sparsified weights (target %.4f)",
+                achieved,
+                self.args.sparsity_pattern,
+                self.args.final_weight_sparsity,
+            )
+        return output
 
     def _score_before_training(self) -> None:
         """Score the model as given on ``scoring_steps`` batches, without updating it (eval mode)."""
@@ -251,6 +257,8 @@ class GradPruneTrainer(Trainer):
         if self._rewrapped:
             model = self.model_wrapped  # the loop's local reference still points at the old DDP wrapper
         self._update_scorer(step)
+        if self._sparsity is not None:  # after a unit round at this step: the weights of what remains
+            self._sparsity.before_micro_batch(step, self._micro)
         scoring = self._scorer is not None and self._scorer.is_attached
         user_loss_scale = loss_scale_setting(self)  # put back after the step
         if scoring or (self.distilling and model.training):
@@ -267,6 +275,8 @@ class GradPruneTrainer(Trainer):
         finally:
             self._divide_loss_here = False
             restore_loss_scale_setting(self, user_loss_scale)
+        if self._sparsity is not None:  # the gradients of pruned weights, before clipping and the step
+            self._sparsity.zero_grads()
         self._micro += 1
         if scoring and self._scoring_bar is not None:
             self._scoring_bar.update(1)
@@ -327,13 +337,8 @@ class GradPruneTrainer(Trainer):
         plan = plan.intersect(current_plan(self.model))
         # Kept in config.gradprune["history"] and the round's plan.json: which round of the schedule this was.
         plan.meta.update(round=self._rounds_done + 1, step=self.state.global_step, schedule=args.pruning_schedule)
-        reference = None  # reconstruct: the model just before this prune
-        if self.teacher is None and args.effective_distill_alpha > 0:
-            self.teacher = self._freeze(self.model)
-            reference = self.teacher  # frozen just now: exactly the model before this prune, no second copy
-            if self.state.global_step > 0 and args.should_save:
-                # Needed to resume: the checkpoints after this point hold only the pruned model.
-                self.teacher.save_pretrained(os.path.join(args.output_dir, TEACHER_DIR))
+        # reconstruct: the model just before this prune; a teacher frozen just now is exactly that, no second copy
+        reference = self._take_teacher()
         if args.reconstruct and reference is None:
             # A teacher from an earlier round (or given by the user) is not this round's starting point.
             reference = self._freeze(self.model)
@@ -357,6 +362,17 @@ class GradPruneTrainer(Trainer):
         if evaluate:
             entry.update(self.evaluate(metric_key_prefix="reconstructed" if args.reconstruct else "pruned"))
             self.pruned_metrics.append(entry)
+
+    def _take_teacher(self):
+        """Freeze the model as the teacher before its first change (a prune, or weight masks) unless there is one or
+        distillation is off; return it when frozen now."""
+        if self.teacher is not None or self.args.effective_distill_alpha <= 0:
+            return None
+        self.teacher = self._freeze(self.model)
+        if self.state.global_step > 0 and self.args.should_save:
+            # Needed to resume: the checkpoints after this point hold only the pruned model.
+            self.teacher.save_pretrained(os.path.join(self.args.output_dir, TEACHER_DIR))
+        return self.teacher
 
     def _calibration_batches(self) -> list[dict]:
         """The first ``reconstruct_batches`` training batches, prepared as the training loop prepares them."""
@@ -542,6 +558,8 @@ class GradPruneTrainer(Trainer):
         return bool(getattr(self.model.config, CONFIG_KEY, None))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self._sparsity is not None:
+            self._sparsity.record()  # config.gradprune["weight_sparsity"], once a mask was taken
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
         if _internal_call:
@@ -564,6 +582,8 @@ class GradPruneTrainer(Trainer):
         state = self._scorer.state_dict() if self._scorer is not None else None
         if state and (state["num_examples"] or state["skipped_batches"]):
             torch.save(state, os.path.join(folder, SCORER_FILE.format(rank=self.args.process_index)))
+        if self._sparsity is not None:
+            self._sparsity.save(folder)
 
     def _restore(self, checkpoint: str) -> None:
         """Rebuild the checkpoint's pruned shapes (before Trainer loads its weights) and the schedule."""
@@ -588,15 +608,16 @@ class GradPruneTrainer(Trainer):
                     "teacher and its model card start there"
                 )
         teacher = None
-        if rounds_done and self.teacher is None and self.args.effective_distill_alpha > 0:
+        changed = rounds_done or updates_in(checkpoint)
+        if changed and self.teacher is None and self.args.effective_distill_alpha > 0:
             teacher_dir = os.path.join(self.args.output_dir, TEACHER_DIR)
             if os.path.isdir(teacher_dir):
                 from ..folders.hub import load_pruned
 
                 teacher = self._freeze(load_pruned(teacher_dir))
-            else:  # the first prune was before training: the model given is the one the run started from
+            else:  # the first change was before training: the model given is the one the run started from
                 teacher = self._freeze(self.model)
-        if record:
+        if record and "plan" in record:  # a record of weight sparsity alone has no shapes to restore
             target = PruningPlan.from_dict({"geometry": record["geometry"], **record["plan"]})
             prune_model(self.model, target)  # checks everything before it cuts
             # prune_model recorded this restore as a prune of its own (a plan without meta); the checkpoint's
@@ -610,3 +631,5 @@ class GradPruneTrainer(Trainer):
             scorer = self._new_scorer()
             scorer.load_state_dict(torch.load(partial, weights_only=True))
             self._scorer = scorer
+        if self._sparsity is not None:  # after the shapes: the masks cover the pruned model's weights
+            self._sparsity.restore(checkpoint)
