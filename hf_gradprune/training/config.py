@@ -261,6 +261,11 @@ class GradPruneConfig(TrainingArguments):
         targets = self._targets()
         if self.pruning_schedule == "none" and targets:
             _fail(f"pruning_schedule='none' prunes nothing; drop {', '.join(targets)} or choose a schedule")
+        if not targets and self.pruning_schedule != "none" and not self.sparsifies_weights:
+            _fail(
+                "give a target: head_sparsity and/or ffn_sparsity, or flops_budget, params_budget or latency_budget "
+                "(units), and/or weight_sparsity or an N:M sparsity_pattern (weights)"
+            )
         try:  # the plan's own checks, so a config and a plan reject the same values in the same words
             # weight sparsity alone is a run of its own: no unit target needed then
             validate_targets(**targets, required=self.pruning_schedule != "none" and not self.sparsifies_weights)

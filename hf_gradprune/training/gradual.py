@@ -155,12 +155,13 @@ class GradualSparsity:
     @torch.no_grad()
     def update(self, sparsity: float) -> None:
         trainer, args = self.trainer, self.trainer.args
+        if self.scorer is not None:  # before the teacher is copied: its modules must not carry the scorer's hooks
+            self.scorer.detach()
         trainer._take_teacher()  # the dense model, before its first weight goes
         if self.method == "magnitude":
             scorer = WeightScorer(trainer.model, "magnitude", self.targets())
         else:
             scorer = self.scorer if self._has_scores() else self._score_now()
-            scorer.detach()
             if trainer.accelerator.num_processes > 1:
                 scorer.reduce_(lambda t: trainer.accelerator.reduce(t, reduction="sum"))
         scores = scorer.scores()
