@@ -3,6 +3,11 @@
 This file is copied verbatim into every saved pruned folder and referenced from ``config.json``'s
 ``auto_map``, so ``AutoModelFor<Task>.from_pretrained(folder, trust_remote_code=True)`` works on a
 machine without hf_gradprune. It must therefore import only torch, transformers and the standard library.
+It also restores the dense weights of a folder stored as values + bitmask (``save_pruned(sparse_format=
+"bitmask")``), reading the safetensors files itself.
+
+One module of about 650 lines because it is the one file a folder ships: whatever a folder needs to load without
+hf_gradprune (the format check, the structure, empty blocks, bitmask weights, the atomic writer) must be in it.
 
 It knows nothing of model families: the pruned shapes are stored in ``config.gradprune["structure"]`` as
 a diff against the shapes that the config alone would build (parameter shapes and integer module
@@ -13,9 +18,12 @@ attributes, keyed by module path relative to the base model). Surgery computes t
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 import re
 import shutil
+import struct
 import types
 import uuid
 from dataclasses import asdict, dataclass
@@ -25,12 +33,27 @@ import transformers
 from torch import nn
 
 CONFIG_KEY = "gradprune"
-# What ``config.gradprune`` means. A reader reads every format up to its own and refuses a newer one, naming
-# ``requires``: the first hf_gradprune release that reads it. Raise both together, and only when a folder
-# written now would be misread by the previous release (keys older readers can ignore keep the version).
+# What ``config.gradprune`` means. A reader reads every format up to ``READ_FORMAT_VERSION`` and refuses a newer
+# one, naming ``requires``: the first hf_gradprune release that reads it. A folder records the lowest format that
+# describes it; a new number only where the previous release would misread a folder (keys older readers can
+# ignore keep the version). Format 1: every folder with dense weights (exact zeros included).
 FORMAT_VERSION = 1
 FORMAT_REQUIRES = "0.1.0"
+# Format 2: weights stored as values + bitmask. The previous release reads no such weights: it refuses the folder.
+BITMASK_FORMAT_VERSION = 2
+BITMASK_FORMAT_REQUIRES = "0.2.0"
+READ_FORMAT_VERSION = 2
 CLASS_PREFIX = "GradPrune"
+SPARSITY_KEY = "weight_sparsity"  # config.gradprune's record of zeroed weights (plain data, see sparsity/record.py)
+DENSE, BITMASK = "dense", "bitmask"  # how a folder stores its weights: as they are, or values + bitmask
+STORAGE_FORMATS = (DENSE, BITMASK)
+# A bitmask folder's weights are model.bitmask.safetensors (or its shards and model.safetensors.index.bitmask.json):
+# a name plain from_pretrained never reads, so nothing loads it without this file. Each packed parameter P is
+# the tensor P (its nonzero values, 1-D: any other reader fails on its shape) and P.bitmask (uint8, bit i of byte
+# j set for element 8j + i, row-major, of the parameter); the file's metadata PACKED_KEY maps P to its shape. If
+# some zeros are -0.0 (a negative weight times a 0 mask), P.negzero has a bit per zero, in order: set for -0.0.
+PACKED_KEY = "gradprune_packed"
+NEGZERO = "negzero"
 
 
 class FolderFormatError(ValueError):
@@ -50,7 +73,7 @@ def check_format(record: dict) -> None:
             f"config.json's {CONFIG_KEY}.format_version is {version!r}, not a format number: the config was "
             "edited or damaged; restore it or re-save the folder from the pruned model"
         )
-    if version > FORMAT_VERSION:
+    if version > READ_FORMAT_VERSION:
         needs = f"hf_gradprune >= {record['requires']}" if record.get("requires") else "a newer hf_gradprune"
         try:  # the package's version, when installed (this file may run as remote code without it)
             from importlib.metadata import version as installed
@@ -60,8 +83,29 @@ def check_format(record: dict) -> None:
             reader = "this copy of modeling_gradprune.py"
         raise FolderFormatError(
             f"this folder needs {needs} (format {version}); {reader} reads "
-            f"format {FORMAT_VERSION} at most: pip install -U hf-gradprune"
+            f"format {READ_FORMAT_VERSION} at most: pip install -U hf-gradprune"
         )
+    storage_format(record)
+
+
+def storage_format(record: dict) -> str:
+    """How the folder of this ``config.gradprune`` record stores its weights: ``"dense"`` or ``"bitmask"``."""
+    info = record.get(SPARSITY_KEY) if isinstance(record, dict) else None
+    if info is None:
+        return DENSE
+    storage = info.get("storage", DENSE) if isinstance(info, dict) else None
+    if storage not in STORAGE_FORMATS:
+        raise FolderFormatError(
+            f"config.json's {CONFIG_KEY}.{SPARSITY_KEY} gives the weights' storage as "
+            f"{storage if isinstance(info, dict) else info!r}, not one of {', '.join(STORAGE_FORMATS)}: the config "
+            "was edited or damaged; restore it or re-save the folder from the model"
+        )
+    if storage == BITMASK and record.get("format_version", 1) < BITMASK_FORMAT_VERSION:
+        raise FolderFormatError(
+            f"config.json's {CONFIG_KEY} says format {record.get('format_version', 1)} but bitmask weights (format "
+            f"{BITMASK_FORMAT_VERSION}): the config was edited or damaged; restore it or re-save the folder"
+        )
+    return storage
 
 
 # Which auto class loads which head class (names in transformers.models.auto.modeling_auto).
@@ -284,6 +328,8 @@ def _move_into(new: str, folder: str, replace_weights: bool) -> None:
             raise IsADirectoryError(f"cannot save {name} into {folder}: a {kind} of that name is in the way")
     if replace_weights:
         variants = {_weights_variant(name) for name in names} - {None}
+        if variants & {"", BITMASK}:  # dense and bitmask weights of one save never stay side by side
+            variants |= {"", BITMASK}
         for name in os.listdir(folder):
             path = os.path.join(folder, name)
             if name not in names and _weights_variant(name) in variants and os.path.isfile(path):
@@ -335,6 +381,144 @@ def push_kwargs(folder: str | os.PathLike, kwargs: dict) -> dict:
     return kwargs
 
 
+# --------------------------------------------------------------------------- bitmask weights
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+# What from_pretrained takes to find a folder's files (the rest goes to the model).
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, metadata)`` of a safetensors file, read with the standard library (the format is a JSON header
+    of dtypes, shapes and byte offsets; this file may import nothing but torch and transformers)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        (size,) = struct.unpack_from("<Q", data)
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.pop("__metadata__", None) or {}
+        tensors = {}
+        for name, spec in header.items():
+            dtype, shape, (start, end) = (
+                _ST_DTYPES[spec["dtype"]],
+                [int(n) for n in spec["shape"]],
+                spec["data_offsets"],
+            )
+            count = math.prod(shape)
+            if end - start != count * dtype.itemsize or 8 + size + end > len(data) or min(shape, default=0) < 0:
+                raise ValueError(f"{name}: {end - start} bytes for shape {shape} of {spec['dtype']}")
+            raw = bytearray(data[8 + size + start : 8 + size + end])  # a copy: aligned and writable
+            tensors[name] = (
+                torch.frombuffer(raw, dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
+            )
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise FolderFormatError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is truncated or corrupt: "
+            "copy or download it again, or re-save the model"
+        ) from None
+    return tensors, metadata
+
+
+def packed_shapes(metadata: dict, where: str = "the weights") -> dict[str, list[int]]:
+    """``{parameter name: shape}`` of the parameters a bitmask file packs (its metadata ``PACKED_KEY``), checked."""
+    try:
+        packed = json.loads(metadata.get(PACKED_KEY, "{}"))
+        if not isinstance(packed, dict) or not all(
+            isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) for shape in packed.values()
+        ):
+            raise ValueError("not a mapping of names to shapes")
+    except (ValueError, TypeError, AttributeError) as err:
+        raise FolderFormatError(f"{where}: the list of packed weights is damaged ({err}); re-save the model") from None
+    return packed
+
+
+def _unpack_bits(bits: torch.Tensor, count: int, what: str) -> torch.Tensor:
+    """``count`` bools from packed bytes (bit i of byte j is element 8j + i); the padding bits must be clear."""
+    if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (count + 7) // 8:
+        raise ValueError(f"a {what} of {tuple(bits.shape)} {bits.dtype} does not cover {count} elements")
+    flags = ((bits.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).bool().reshape(-1)
+    if flags[count:].any():
+        raise ValueError(f"the {what} sets bits past its {count} elements")
+    return flags[:count]
+
+
+def unpack_bitmask(values: torch.Tensor, bits: torch.Tensor, shape, negzero: torch.Tensor | None = None):
+    """The dense tensor of ``shape`` whose nonzero elements are ``values``, at the set bits of ``bits``; every other
+    element is 0, or -0.0 where ``negzero`` (one bit per zero, in order) is set: the weights come back bit for bit.
+    Raises ``ValueError`` if these do not agree."""
+    count = math.prod(shape)
+    keep = _unpack_bits(bits, count, "bitmask")
+    if values.dim() != 1 or int(keep.sum()) != values.numel():
+        raise ValueError(f"the bitmask sets {int(keep.sum())} bits for {values.numel()} stored values")
+    dense = torch.zeros(count, dtype=values.dtype)
+    dense[keep] = values
+    if negzero is not None:
+        zeros = (~keep).nonzero().squeeze(1)
+        dense[zeros[_unpack_bits(negzero, zeros.numel(), "sign bitmask of the zeros")]] = -0.0
+    return dense.reshape(shape)
+
+
+def _bitmask_files(where: str, hub: dict) -> list[str]:
+    """The bitmask weight files of a local folder or Hub repository (one file, or an index's shards)."""
+
+    def find(name: str) -> str | None:
+        if os.path.isdir(where):
+            path = os.path.join(where, hub.get("subfolder") or "", name)
+            return path if os.path.isfile(path) else None
+        from transformers.utils import cached_file
+
+        return cached_file(where, name, _raise_exceptions_for_missing_entries=False, **hub)
+
+    single, index = f"model.{BITMASK}.safetensors", f"model.safetensors.index.{BITMASK}.json"
+    path = find(single)
+    if path:
+        return [path]
+    path = find(index)
+    if path is None:
+        raise FolderFormatError(
+            f"{where} has no {single} (or {index}), though its config.json records weights stored as values + "
+            "bitmask: the folder is incomplete; copy it again or re-save it from the model"
+        )
+    with open(path) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    found = [find(shard) for shard in shards]
+    if None in found:
+        raise FolderFormatError(f"{path} lists shards that {where} lacks, e.g. {shards[found.index(None)]}")
+    return found
+
+
+def load_bitmask_weights(where: str, hub: dict | None = None) -> dict[str, torch.Tensor]:
+    """The dense state dict of a bitmask folder (local, or a Hub repository through ``hub`` kwargs), bit-exact."""
+    state = {}
+    for path in _bitmask_files(os.fspath(where), hub or {}):
+        tensors, metadata = read_safetensors(path)
+        for name, shape in packed_shapes(metadata, path).items():
+            values, bits = tensors.pop(name, None), tensors.pop(f"{name}.{BITMASK}", None)
+            try:
+                if values is None or bits is None:
+                    raise ValueError("its values or bitmask are missing")
+                tensors[name] = unpack_bitmask(values, bits, shape, tensors.pop(f"{name}.{NEGZERO}", None))
+            except ValueError as err:
+                raise FolderFormatError(f"{path}: {name} cannot be restored ({err}); re-save the model") from None
+        state.update(tensors)
+    return state
+
+
+def _stored_dense(model: nn.Module) -> None:
+    """A model read from a bitmask folder holds dense weights: its record says so (a plain save writes them dense,
+    in format 1), and one whose config alone describes it is stock again (no ``auto_map``, no remote code)."""
+    record = dict(getattr(model.config, CONFIG_KEY))
+    record[SPARSITY_KEY] = {**record[SPARSITY_KEY], "storage": DENSE}
+    record["format_version"], record["requires"] = FORMAT_VERSION, FORMAT_REQUIRES
+    setattr(model.config, CONFIG_KEY, record)
+    if not record.get("structure"):
+        model.__class__ = stock_class(type(model))
+        if getattr(model.config, "auto_map", None) == auto_map_for(model.config.model_type):
+            del model.config.auto_map
+
+
 # --------------------------------------------------------------------------- pruned classes
 def _writer_base_keys(config) -> set[str] | None:
     """Base-model tensor names of the class that wrote the folder (``config.architectures``), if known."""
@@ -376,9 +560,28 @@ class _GradPruneMixin(_GradPruneAtomicSave):
             apply_structure(self, record.get("structure", {}))
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        where, config = pretrained_model_name_or_path, kwargs.get("config")
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        if where is not None and not isinstance(config, transformers.PretrainedConfig):
+            config = kwargs["config"] = transformers.AutoConfig.from_pretrained(config or where, **hub)
+        record = getattr(config, CONFIG_KEY, None)
+        if record and storage_format(record) == BITMASK and where is not None:
+            if kwargs.get("variant"):
+                raise ValueError("a folder stored as values + bitmask has no variants: leave variant out")
+            # Nothing else reads these files: the dense weights are restored here and handed over as a state dict.
+            state = load_bitmask_weights(where, hub)
+            rest = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+            model, info = super().from_pretrained(None, *args, state_dict=state, output_loading_info=True, **rest)
+            model.name_or_path = os.fspath(where)
+            if model.can_generate():  # from_pretrained reads it from the folder, which it was not given
+                try:
+                    model.generation_config = transformers.GenerationConfig.from_pretrained(where, **hub)
+                except OSError:
+                    pass
+        else:
+            model, info = super().from_pretrained(where, *args, output_loading_info=True, **kwargs)
         if getattr(model.config, CONFIG_KEY, None):
             # transformers only warns about missing weights and initialises them at random; for a pruned
             # folder loaded through remote code (no check_folder ran) that would be a silently wrong model.
@@ -404,6 +607,8 @@ class _GradPruneMixin(_GradPruneAtomicSave):
                     p.requires_grad_(False)
             if getattr(module, "_gradprune_empty", None) is not None:
                 freeze_empty_block(module)
+        if record and storage_format(record) == BITMASK:
+            _stored_dense(model)
         return (model, info) if want_info else model
 
 

@@ -1,5 +1,6 @@
-"""``hf-gradprune info FOLDER``: a saved folder's per-layer heads and FFN neurons, parameters, FLOPs and plan
-history, from its config alone (models built on the meta device)."""
+"""``hf-gradprune info FOLDER``: a saved folder's per-layer heads and FFN neurons, parameters, FLOPs, plan
+history and weight sparsity (pattern, target, measured, method, how the weights are stored), from its config alone
+(models built on the meta device)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import os
 
 from .inputs import NOT_PRUNED, CommandError, folder_config, one_line, positive_int
 
-HELP = "a pruned folder's per-layer heads and FFN neurons, parameters, FLOPs and plan history"
+HELP = "a pruned folder's per-layer heads and FFN neurons, parameters, FLOPs, plan history and weight sparsity"
 DESCRIPTION = (
     "Heads and FFN neurons each layer keeps (of how many), parameters and block FLOPs before and "
-    "after, and the plan history of a saved folder. A dense folder prints 'not pruned' and its shape. "
-    "Reads config.json only."
+    "after, the plan history and the weight sparsity (pattern, target, measured, method, storage) of a saved "
+    "folder. A dense folder prints 'not pruned' and its shape. Reads config.json only."
 )
 
 
@@ -51,8 +52,9 @@ def folder_info(folder: str, seq_len: int | None = None) -> dict:
     """What ``hf-gradprune info`` reports, as data: per-layer units kept, parameters and FLOPs before and after,
     the plan history. Reads the config only (models are built on the meta device, no weights loaded)."""
     from ..folders.checkpoint import resolve_model_class
-    from ..modeling_gradprune import CONFIG_KEY, gradprune_class
+    from ..modeling_gradprune import BITMASK, CONFIG_KEY, FolderFormatError, gradprune_class
     from ..planning.plan import PruningPlan
+    from ..sparsity.record import recorded_weight_sparsity
     from ..state import pruning_state
     from ..surgery import current_plan
 
@@ -62,6 +64,10 @@ def folder_info(folder: str, seq_len: int | None = None) -> dict:
     except ValueError as e:
         raise CommandError(f"{folder}: {one_line(e)}") from e
     record = getattr(config, CONFIG_KEY, None) or {}
+    try:
+        sparse = recorded_weight_sparsity(config)
+    except FolderFormatError as e:
+        raise CommandError(f"{folder}: {one_line(e)}") from e
     pruned = bool(record.get("geometry"))
     model = _meta_model(config, gradprune_class(cls) if record.get("structure") else cls)
     plan = current_plan(model)
@@ -80,7 +86,8 @@ def folder_info(folder: str, seq_len: int | None = None) -> dict:
         "architecture": cls.__name__,
         "model_type": config.model_type,
         "pruned": pruned,
-        "stock": not record.get("structure"),  # loads with plain from_pretrained, no remote code
+        # loads with plain from_pretrained, no remote code (bitmask weights need the shipped file)
+        "stock": not record.get("structure") and (sparse or {}).get("storage") != BITMASK,
         "geometry": g.to_dict(),
         "layers": layers,
         "heads": {"dense": full.num_heads, "pruned": plan.num_heads},
@@ -94,7 +101,30 @@ def folder_info(folder: str, seq_len: int | None = None) -> dict:
         "block_flops": {"seq_len": seq_len, "dense": full.block_flops(seq_len), "pruned": plan.block_flops(seq_len)},
         "history": list(record.get("history", [])),
         "summary": plan.summary(seq_len) if pruned else None,
+        "weight_sparsity": _sparsity_info(sparse),
     }
+
+
+def _sparsity_info(sparse: dict | None) -> dict | None:
+    if not sparse:
+        return None
+    keys = ("pattern", "sparsity", "measured", "method", "scope")
+    return {
+        **{k: sparse.get(k) for k in keys},
+        "storage": sparse.get("storage", "dense"),
+        "targets": len(sparse["targets"]),
+        "target_names": list(sparse["targets"]),
+    }
+
+
+def _sparsity_line(ws: dict) -> str:
+    measured = f"{ws['measured']:.1%}" if ws.get("measured") is not None else "not recorded"
+    scope = f", {ws['scope']} scope" if ws.get("scope") else ""
+    return (
+        f"weight sparsity: {ws['pattern']} {ws['sparsity']:.1%} (measured {measured}) by {ws['method']}{scope}, "
+        f"over {ws['targets']} matrices; stored {ws['storage']}"
+        + (" (values + bitmask: load_pruned or trust_remote_code=True)" if ws["storage"] == "bitmask" else "")
+    )
 
 
 def _fraction_removed(before: int, after: int) -> str:
@@ -104,21 +134,25 @@ def _fraction_removed(before: int, after: int) -> str:
 def format_info(info: dict) -> str:
     g = info["geometry"]
     title = f"{info['folder']}: {info['architecture']} ({info['model_type']})"
+    ws = info.get("weight_sparsity")
     if not info["pruned"]:
         p, f = info["params"]["dense"], info["block_flops"]
         return "\n".join(
             [
-                f"{title}, {NOT_PRUNED}",
+                f"{title}, {'no units removed' if ws else NOT_PRUNED}",
                 f"{g['num_layers']} layers, {g['num_heads']} heads ({g['num_key_value_heads']} key/value heads) and "
                 f"{g['intermediate_size']} FFN neurons per layer",
                 f"model parameters {p:,}",
                 f"block GFLOPs per sequence of {f['seq_len']} {f['dense'] / 1e9:.3f}",
             ]
+            + ([_sparsity_line(ws)] if ws else [])
         )
     p = info["params"]
     how = "a stock checkpoint" if info["stock"] else "remote code: modeling_gradprune.py"
     lines = [f"{title}, pruned {len(info['history'])} time(s); {how}", info["summary"]]
     lines.append(f"model parameters {p['dense']:,} -> {p['pruned']:,} ({_fraction_removed(p['dense'], p['pruned'])})")
+    if ws:
+        lines.append(_sparsity_line(ws))
     lines.append("history:")
     for i, step in enumerate(info["history"], 1):
         lines.append(f"  {i}. " + ", ".join(f"{k}={v}" for k, v in step.items()))

@@ -7,6 +7,7 @@ files the same way and refuse the same faults: no weights, an unreadable file, a
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -15,7 +16,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-from ..modeling_gradprune import CLASS_PREFIX
+from ..modeling_gradprune import BITMASK, CLASS_PREFIX, NEGZERO, PACKED_KEY, FolderFormatError, packed_shapes
 
 # A folder's tokenizer files (whatever of these it has): copied as they are by ``convert_v4_checkpoint`` and
 # ``export_onnx``.
@@ -109,7 +110,10 @@ def weight_files(folder: str | os.PathLike, variant: str | None = None) -> list[
 def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
     if path.endswith(".safetensors"):
         with safe_open(path, framework="pt") as f:
-            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+            metadata = f.metadata() or {}
+        return _dense_shapes(path, shapes, dtypes, metadata) if PACKED_KEY in metadata else shapes
     try:
         state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
     except RuntimeError:  # the pre-zip serialization format cannot be memory-mapped
@@ -117,6 +121,26 @@ def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
     if not isinstance(state, dict):
         raise TypeError(f"holds a {type(state).__name__}, not a state dict")
     return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _dense_shapes(path: str, shapes: dict, dtypes: dict, metadata: dict) -> dict[str, tuple[int, ...]]:
+    """The shapes a bitmask file restores: each packed parameter at its recorded shape, its values and bitmask
+    checked against it from the header (counts; the bits themselves are checked when the weights load)."""
+    for name, shape in packed_shapes(metadata, path).items():
+        values, bits = shapes.pop(name, None), shapes.pop(f"{name}.{BITMASK}", None)
+        count = math.prod(shape)
+        if values is None or bits is None:
+            raise CheckpointError(f"{path}: the values or the bitmask of the packed {name} are missing; re-save it")
+        if len(values) != 1 or values[0] > count or bits != ((count + 7) // 8,) or dtypes[f"{name}.{BITMASK}"] != "U8":
+            raise CheckpointError(
+                f"{path}: {name} packs {values} values and a {bits} {dtypes[f'{name}.{BITMASK}']} bitmask, which "
+                f"do not describe a tensor of shape {tuple(shape)}; the file is damaged: re-save the model"
+            )
+        negzero = shapes.pop(f"{name}.{NEGZERO}", None)
+        if negzero is not None and negzero != ((count - values[0] + 7) // 8,):
+            raise CheckpointError(f"{path}: the sign bits of {name}'s zeros do not fit its shape; re-save the model")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def checkpoint_shapes(folder: str | os.PathLike, variant: str | None = None) -> dict[str, tuple[int, ...]]:
@@ -129,8 +153,8 @@ def checkpoint_shapes(folder: str | os.PathLike, variant: str | None = None) -> 
     for path in weight_files(folder, variant):
         try:
             shapes.update(_file_shapes(path))
-        except (PermissionError, FileNotFoundError):
-            raise  # clear as they are, and not a fault of the file's content
+        except (PermissionError, FileNotFoundError, CheckpointError, FolderFormatError):
+            raise  # clear as they are (the first two not a fault of the file's content)
         except Exception as err:  # safetensors, zip, mmap and pickle readers each raise their own types
             raise CheckpointError(
                 f"{path} cannot be read ({type(err).__name__}: {err}); the file is truncated or corrupt: "
