@@ -52,6 +52,7 @@ def test_dry_run_passes_every_part_and_writes_its_reports(dry_run):
         "speed": "passed",
         "oneshot": "passed",
         "speed-llama": "passed",
+        "semi-structured": "passed",
         "llm-scale": "passed",
     }
     env = report["environment"]
@@ -142,6 +143,43 @@ def test_dry_run_llm_scale_rows_run_each_shape_in_its_own_process(dry_run):
     assert runs[1]["config"]["tie_word_embeddings"] is False  # the 8B shape's stand-in: untied, as Llama-3-8B
     md = (dry_run[1] / "gpu_check.md").read_text()
     assert "## One-shot pruning at LLM scale" in md and "| tiny-untied | 0.2M | cpu, float32 | 4 x 2 x 32 |" in md
+
+
+def test_dry_run_semi_structured_rows_dense_against_2_4(dry_run):
+    parts = {p["name"]: p for p in json.loads((dry_run[1] / "gpu_check.json").read_text())["parts"]}
+    s = parts["semi-structured"]
+    assert [(r["model"], r["batch"], r["tokens"]) for r in s["rows"]] == [
+        ("llama-mlp", 2, 2),
+        ("llama-mlp", 4, 4),
+        ("bert-base", 2, 32),
+        ("bert-base", 4, 64),
+    ]
+    for r in s["rows"]:  # emulated: the dense weights stand in for the compressed ones, so the outputs are equal
+        assert r["dtype"] == "float16" and r["finite"] and r["max_abs_diff"] == r["max_rel_diff"] == 0.0
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"], abs=0.01) and "error" not in r
+    assert s["conversions"]["bert-base"]["report"]["modules"][0] == "bert.encoder.layer.0.attention.self.query"
+    assert len(s["conversions"]["llama-mlp"]["report"]["modules"]) == 7  # q, k, v, o, gate, up, down
+    assert "emulated" in s["notes"][0] and "run on CUDA only" in s["notes"][1]  # the real call, refused on the CPU
+    assert "## 2:4 semi-structured kernels (fp16, cpu)" in (dry_run[1] / "gpu_check.md").read_text()
+
+
+def test_semi_structured_refusal_is_recorded_and_a_wrong_output_fails(monkeypatch):
+    from gpu import gpu_sparse
+
+    def refuse(model):
+        raise gpu_sparse.ss.SemiStructuredError("torch could not convert q on NVIDIA H200: architecture mismatch")
+
+    monkeypatch.setattr(gpu_sparse.ss, "to_semi_structured", refuse)
+    result = gpu_sparse.semi_structured_part(True, deadline=time.monotonic() + 300)
+    assert result["ok"] and result["problems"] == []  # the device's refusal is a finding, not a failure
+    assert all("architecture mismatch" in r["error"] and r["dense_ms"] > 0 for r in result["rows"])
+    assert sum("to_semi_structured refused" in n for n in result["notes"]) == 2
+    assert "architecture mismatch" in gpu_sparse.markdown(result)
+    monkeypatch.undo()
+
+    monkeypatch.setattr(gpu_sparse, "dense_stand_in", lambda w: 1.5 * w)  # a kernel that computes something else
+    result = gpu_sparse.semi_structured_part(True, deadline=time.monotonic() + 300)
+    assert not result["ok"] and len(result["problems"]) == 4 and "differs from the dense-zeros" in result["problems"][0]
 
 
 def test_llm_scale_rows_without_time_are_recorded_not_run():

@@ -10,7 +10,10 @@ Parts, each in its own process with its own time box (one failing part is report
    BERT-base shape (fp32) and a Llama-3.2-1B shape (bf16, SDPA), random weights and random-token calibration;
 6. ``speed-llama``: bf16 speed rows of a Llama-3.2-1B body at 8 x 512, dense vs uniform plans, eager and
    ``torch.compile``;
-7. ``llm-scale``: ``oneshot/llm_scale.py``'s GPU rows: ``prune_oneshot`` on Llama-3.2-1B and Llama-3-8B shapes, bf16,
+7. ``semi-structured``: 2:4 weights through torch's semi-structured kernels (``to_semi_structured``) against the same
+   weights dense with exact zeros, fp16: a Llama-3.2-1B-shaped MLP and BERT-base at batch 64 and 256, with the
+   device's name and compute capability, and a refusal by the device recorded, not fatal (``gpu_sparse.py``);
+8. ``llm-scale``: ``oneshot/llm_scale.py``'s GPU rows: ``prune_oneshot`` on Llama-3.2-1B and Llama-3-8B shapes, bf16,
    128 x 2,048 calibration tokens, each shape in its own process; the issue-22 goals judged in the 8B row.
 
 The GPU time boxes add up to 9 minutes (``GPU_BOX_TOTAL_S``), inside a 10-minute command; the last part gets at least
@@ -31,8 +34,8 @@ Results: ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.log`` under ``$OUT
 ``--dry-run`` runs the same code on the CPU on tiny models (``make gpu-check DRY_RUN=1``; tests/test_gpu_check.py).
 
 One module of about 600 lines because it is the one file the GPU machine is started with: the environment, the
-install, the parts' processes and their time boxes, and the report; what the parts measure is in ``gpu_parts.py``
-and ``gpu_speed.py``.
+install, the parts' processes and their time boxes, and the report; what the parts measure is in ``gpu_parts.py``,
+``gpu_speed.py`` and ``gpu_sparse.py``.
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ PARTS = (
     Part("speed", "GPU speed rows: bf16 b64/b256 x 128, eager and torch.compile, 25/50/75%", 120, 180),
     Part("oneshot", "prune_oneshot timed: BERT-base shape (fp32), Llama-3.2-1B shape (bf16)", 140, 120),
     Part("speed-llama", "Llama-3.2-1B body, bf16 b8 x 512: dense vs uniform plans, eager and torch.compile", 105, 120),
-    Part("llm-scale", "prune_oneshot at 128 x 2,048 tokens, bf16: Llama-3.2-1B and Llama-3-8B shapes", 60, 150),
+    Part("semi-structured", "2:4 kernels vs dense zeros, fp16: Llama-1B MLP and BERT-base, b64/b256", 30, 120),
+    # llm-scale's box is its floor: it also gets whatever the parts before it left of GPU_WALL_S
+    Part("llm-scale", "prune_oneshot at 128 x 2,048 tokens, bf16: Llama-3.2-1B and Llama-3-8B shapes", 30, 150),
 )
 GPU_BOX_TOTAL_S = 540  # the GPU boxes add up to 9 minutes, inside a 10-minute command
 # The last part (llm-scale) gets at least its box, and whatever is left of this many seconds since the check began:
@@ -422,13 +427,13 @@ def child(name: str, dry: bool, box: int, result_path: Path) -> int:
     """One part, inside its own process: writes its result JSON (the speed part after every group of rows)."""
     import torch
 
-    from gpu import gpu_parts, gpu_speed
+    from gpu import gpu_parts, gpu_sparse, gpu_speed
 
     torch.manual_seed(0)
     if name in ("trainer-bf16", "trainer-fp16"):
         with tempfile.TemporaryDirectory() as tmp:
             result = gpu_parts.trainer_pass(name.split("-")[1], dry, Path(tmp))
-    elif name in ("speed", "speed-llama", "oneshot", "llm-scale"):
+    elif name in ("speed", "speed-llama", "oneshot", "llm-scale", "semi-structured"):
         deadline = time.monotonic() + box - (15 if dry else 20)  # leave time to write the result
         key = "runs" if name in ("oneshot", "llm-scale") else "rows"
 
@@ -441,6 +446,8 @@ def child(name: str, dry: bool, box: int, result_path: Path) -> int:
             result = gpu_speed.llama_speed_part(dry, deadline, on_rows=partial)
         elif name == "llm-scale":
             result = gpu_parts.llm_scale_part(dry, deadline, on_runs=partial)
+        elif name == "semi-structured":
+            result = gpu_sparse.semi_structured_part(dry, deadline, on_rows=partial)
         else:
             result = gpu_parts.oneshot_part(dry, on_runs=partial)
     else:
@@ -475,6 +482,10 @@ def summarize(name: str, r: dict) -> str:
         return text
     if name == "speed-llama" and "rows" in r:
         return "; ".join(f"{x['precision']} {x['plan']} {x['target']:.0%}: {x['speedup']:.2f}×" for x in r["rows"])
+    if name == "semi-structured" and "rows" in r:
+        from gpu.gpu_sparse import summary
+
+        return summary(r)
     if name == "llm-scale" and "runs" in r:
         from oneshot.llm_scale import summary
 
@@ -535,6 +546,11 @@ def markdown(report: dict) -> str:
 
         out += ["", "## One-shot pruning at LLM scale (`oneshot/llm_scale.py`, seconds per step)", ""]
         out.append(scale_markdown(scale["runs"]).rstrip("\n"))
+    sparse = next((p for p in report["parts"] if p["name"] == "semi-structured"), {})
+    if sparse.get("rows"):
+        from gpu.gpu_sparse import markdown as sparse_markdown
+
+        out += ["", sparse_markdown(sparse).rstrip("\n")]
     llama = next((p for p in report["parts"] if p["name"] == "speed-llama"), {})
     if llama.get("rows"):
         out += ["", f"## Llama speed rows (batch {llama['batch']} x {llama['seq']}, {llama['precision']})", ""]
