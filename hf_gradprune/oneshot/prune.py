@@ -1,14 +1,18 @@
-"""The retraining-free path in one call: score, split the budget, rearrange, prune, reconstruct.
+"""The retraining-free path in one call: score, split the budget, rearrange, prune, reconstruct, and (hybrid)
+sparsify the weights that remain.
 
 It follows Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Transformers"): Fisher scores
 from unlabelled calibration data, a head-count search for the budget split, a greedy mask rearrangement
 within layers, and a layer-wise least-squares reconstruction against the model before the prune. Each
-step can be switched off; the report says what each did and how long it took.
+step can be switched off; the report says what each did and how long it took. With ``weight_sparsity`` (or an N:M
+``sparsity_pattern``) the call then zeroes individual weights of the smaller model (``weights.py``): heads and
+neurons first, weights of what remains second, all options checked before the unit cut.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -16,6 +20,7 @@ from torch import nn
 from ..dispatch import check_in_memory
 from ..planning.plan import PlanError, PruningPlan, validate_targets
 from ..scoring.scores import GRADIENT_METHODS, METHODS
+from ..sparsity import GRADIENT_WEIGHT_METHODS, check_targets, weight_targets
 from ..state import pruning_state, unwrap_model
 from ..surgery import current_plan, prune_model
 from ..units import HEAD
@@ -25,8 +30,19 @@ from .reconstruct import reconstruct as reconstruct_layers  # the keyword below 
 from .reference import WHERE, DenseLayers, DenseReferenceError, DenseTargets, fits_in_host
 from .report import OneShotReport, StepMeter, batch_tokens
 from .score_pass import check_options, score_calibration
+from .weights import WeightPruningReport, check_weight_options, prune_weights_oneshot
 
 SPLITS = ("search", "ratio", "normalized")
+
+
+@dataclass
+class HybridReport(OneShotReport):
+    """``OneShotReport`` and, when the call also sparsified weights, their report (``weights``)."""
+
+    weights: WeightPruningReport | None = None
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "weights": None if self.weights is None else self.weights.to_dict()}
 
 
 def prune_oneshot(
@@ -54,6 +70,11 @@ def prune_oneshot(
     reference_folder: str | None = None,
     micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
+    weight_sparsity: float | None = None,
+    sparsity_pattern: str = "unstructured",
+    weight_method: str = "wanda",
+    sparsity_scope: str | None = None,
+    weight_batches: int | None = None,
     **plan_options,
 ) -> tuple[nn.Module, OneShotReport]:
     """Prune ``model`` in place without retraining; returns it and a ``OneShotReport``.
@@ -96,6 +117,12 @@ def prune_oneshot(
             loss), and scoring's layers recompute their activations in the backward (non-reentrant
             checkpointing, for the scoring pass only). Scoring never keeps weight gradients
             (``oneshot.score_pass``).
+        weight_sparsity / sparsity_pattern / weight_method / sparsity_scope: hybrid pruning. After the units are cut
+            (and reconstructed), ``prune_weights_oneshot`` zeroes this fraction of the remaining block weights
+            (an N:M pattern implies its own fraction; ``weight_sparsity=None`` with ``"unstructured"``: off), by
+            ``weight_method`` (``wanda`` by default; ``magnitude``, ``sparsegpt``, ``taylor``, ``fisher``) on the
+            first ``weight_batches`` calibration batches (all by default). ``report.weights`` says what it did.
+            The gradient methods' pass takes ``loss_fn``, ``micro_batch_size`` and ``gradient_checkpointing``.
         plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
             defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
 
@@ -119,6 +146,12 @@ def prune_oneshot(
         "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
     )
     micro_batch_size = check_options(micro_batch_size, gradient_checkpointing, loss_fn)
+    sparsify = weight_sparsity is not None or sparsity_pattern != "unstructured"
+    if sparsify:
+        weight_options = check_weight_options(weight_sparsity, sparsity_pattern, weight_method, sparsity_scope)
+        weight_batches = check_count("weight_batches", weight_batches)
+    elif weight_batches is not None or sparsity_scope is not None:
+        raise ValueError("weight_batches and sparsity_scope apply to weight sparsity: give weight_sparsity too")
     if "max_batches" in plan_options:
         raise CalibrationError("prune_oneshot counts the budget search's batches with search_batches, not max_batches")
     inner = unwrap_model(model, allow_distributed=False)
@@ -168,9 +201,15 @@ def prune_oneshot(
         "score": batches[:scoring_batches] if needs_scores and method in GRADIENT_METHODS else [],
         "search": batches[:search_batches] if searching else [],
         "reconstruct": batches[:reconstruct_batches] if reconstruct else [],
+        "weights": batches[:weight_batches] if sparsify and weight_options[2] != "magnitude" else [],
     }
-    for b in used["score"] + used["search"]:
+    weight_grads = sparsify and weight_options[2] in GRADIENT_WEIGHT_METHODS
+    for b in used["score"] + used["search"] + (used["weights"] if weight_grads else []):
         check_loss_inputs(inner, b, loss_fn)
+    if used["weights"]:
+        calibration_tokens(used["weights"])
+    if sparsify:
+        check_targets(weight_targets(inner), weight_options[1])  # the widths no cut changes (hidden size)
     if reconstruct:
         calibration_tokens(used["reconstruct"])
         # fails here, before any change, if the family cannot say where its sub-layers end
@@ -215,6 +254,8 @@ def prune_oneshot(
                 micro_batch_size,
             )
     plan = plan.intersect(current_plan(inner))
+    if sparsify:
+        _check_cut_widths(plan, state.geometry, weight_options[1])
     rearrangement = None
     if rearrange:
         from ..planning.rearrange import rearrange_plan
@@ -245,9 +286,7 @@ def prune_oneshot(
             counts["score_forwards"] = scored.micro_batches  # the micro-batches the score batches were split into
         if split_report is not None and "batches" in split_report:
             counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
-        report = OneShotReport(
-            plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts
-        )
+        report = HybridReport(plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts)
         if reconstruct:
             report.reference = dense.to_dict()
             with meter.step("reconstruct", tokens=batch_tokens(used["reconstruct"])):
@@ -257,8 +296,34 @@ def prune_oneshot(
     finally:
         if dense is not None:
             dense.close()  # drops the copy; removes the files it wrote
+    if sparsify:
+        sparsity, pattern, weight_method, scope = weight_options
+        grad_options = {}
+        if weight_grads:
+            grad_options = dict(
+                loss_fn=loss_fn, micro_batch_size=micro_batch_size, gradient_checkpointing=gradient_checkpointing
+            )
+        with meter.step("weights", tokens=batch_tokens(used["weights"])):
+            report.weights = prune_weights_oneshot(
+                inner, used["weights"] or None, sparsity, pattern, weight_method, scope, **grad_options
+            )
     report.record(meter)
     return model, report
+
+
+def _check_cut_widths(plan: PruningPlan, geometry, pattern) -> None:
+    """Refuse, before the cut, an N:M pattern the cut model's widths cannot hold: the attention output
+    projection's inputs (kept heads x head_dim) and the FFN's down projection's (kept neurons)."""
+    if not pattern.is_nm:
+        return
+    for i, (heads, neurons) in enumerate(zip(plan.heads, plan.neurons)):
+        for what, width in (("attention output", len(heads) * geometry.head_dim), ("FFN output", len(neurons))):
+            if width % pattern.m:
+                raise PlanError(
+                    f"layer {i} keeps {width} inputs of its {what} projection, not a multiple of {pattern.m}, so "
+                    f"sparsity_pattern {pattern.name} cannot hold: keep FFN widths multiples of {pattern.m} "
+                    "(ffn_multiple_of) or use 'unstructured'"
+                )
 
 
 def _recorder(inner, reference: str, used: dict, bias_compensation: bool) -> DenseTargets | None:

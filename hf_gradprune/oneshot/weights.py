@@ -245,7 +245,8 @@ def _rows(batch: dict, rows: slice, size: int) -> dict:
 # --- layer-wise methods: the calibration stream --------------------------------------------------------------
 class _Stats:
     """Per target, the sum over real tokens of ``x^2`` per input feature (wanda) or of ``x x^T`` (sparsegpt),
-    in float32 (float64 for a float64 model) on the weight's device; filled by forward hooks while a batch's padding mask is current."""
+    in float32 (float64 for a float64 model) on the weight's device; filled by forward hooks while a batch's
+    padding mask is current."""
 
     def __init__(self, targets, method: str):
         self.targets, self.method = targets, method
