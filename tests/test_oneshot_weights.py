@@ -385,3 +385,74 @@ def test_llm_sparsity_benchmark_quick(tmp_path, monkeypatch):
         assert row["sparsity"] == pytest.approx(0.5) and row["perplexity"] > 1
         assert row["ratio_to_dense"] == pytest.approx(row["perplexity"] / written["dense_perplexity"], rel=1e-3)
     assert set(written["goals"]) == set(llm_sparsity.PATTERNS)
+
+
+# --- hf-gradprune prune: the weight flags -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    from conftest import WORDS, save_tiny_tokenizer, sentiment_rows, tiny_gpt2_config
+    from transformers import GPT2LMHeadModel
+
+    tmp = tmp_path_factory.mktemp("cli-weights")
+    torch.manual_seed(0)
+    tok = save_tiny_tokenizer(tmp / "gpt2")
+    config = tiny_gpt2_config(
+        vocab_size=5 + len(WORDS), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=0
+    )
+    GPT2LMHeadModel(config).save_pretrained(tmp / "gpt2")
+    (tmp / "texts.txt").write_text("\n".join(r["sentence"] for r in sentiment_rows(64, seed=0) * 2) + "\n")
+    return tmp
+
+
+def _prune_args(tmp, out, *flags):
+    args = ["prune", "--model_name_or_path", str(tmp / "gpt2"), "--train_file", str(tmp / "texts.txt")]
+    args += ["--oneshot", "--block_size", "16", "--cache_dir", str(tmp / "cache"), "--output_dir", str(out)]
+    return args + ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0", *flags]
+
+
+@pytest.mark.parametrize(
+    "flags, method, units",
+    [
+        (["--sparsity_pattern", "2:4"], "wanda", False),  # weights only; the one-shot default method
+        (["--weight_sparsity", "0.5", "--weight_method", "magnitude", "--sparsity_scope", "row"], "magnitude", False),
+        (["--sparsity_pattern", "2:4", "--head_sparsity", "0.5", "--ffn_multiple_of", "8"], "wanda", True),  # hybrid
+    ],
+)
+def test_cli_prunes_weights_one_shot_and_prints_the_sparsity(gpt2_folder, capsys, flags, method, units):
+    from hf_gradprune import load_pruned
+    from hf_gradprune.cli.main import main
+
+    out = gpt2_folder / f"out-{method}-{units}"
+    assert main(_prune_args(gpt2_folder, out, *flags)) == 0
+    printed = capsys.readouterr().out
+    assert "weight sparsity: 50.00% of 12 matrices" in printed and method in printed
+    model = load_pruned(out)
+    record = recorded_weight_sparsity(model.config)
+    assert record["method"] == method and record["measured"] == pytest.approx(0.5)
+    report = json.loads((out / "oneshot_report.json").read_text())
+    if units:
+        assert report["weights"]["pattern"] == "2:4" and report["plan"]["meta"]
+        assert pruning_state(model).geometry.num_heads * 3 > sum(map(len, pruning_state(model).head_ids))
+    else:
+        assert report["method"] == method
+    if "2:4" in flags:
+        assert all(satisfies_nm(t.matrix, 2, 4) for t in weight_targets(model))
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--weight_sparsity", "0.8", "--sparsity_pattern", "2:4"], "must be 0.5"),
+        (["--weight_sparsity", "0.5", "--sparsity_scope", "global"], "cannot rank"),
+        (["--sparsity_pattern", "3:5"], "cannot be split"),  # 64 inputs: no whole groups of 5
+        (["--sparsity_pattern", "2:4", "--sparsity_extra_modules", "nope"], "no module"),
+    ],
+)
+def test_cli_refuses_bad_weight_options_in_one_line(gpt2_folder, capsys, flags, match):
+    from hf_gradprune.cli.main import main
+
+    out = gpt2_folder / "refused"
+    assert main(_prune_args(gpt2_folder, out, *flags)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # not the loading bars
+    assert len(errors) == 1 and match in errors[0] and errors[0].startswith("hf-gradprune prune: error:")
+    assert not out.exists()

@@ -3,7 +3,9 @@
 It parses the example scripts' dataclasses (``runs.ModelArguments``, the data arguments of ``data.py``,
 ``GradPruneConfig``) plus ``PruneArguments`` with ``runs.parse_args``, so every recipe works with ``--config`` here
 as in the scripts, and runs the scripts' own code (``runs.prune_and_report``), or ``prune_oneshot`` with
-``--oneshot`` or on unlabelled text.
+``--oneshot`` or on unlabelled text. One-shot weight sparsity (``--weight_sparsity`` / ``--sparsity_pattern``,
+``--weight_method``, ``--sparsity_scope``) runs ``prune_weights_oneshot`` alone when no unit target is given, else
+after the unit cut in the same ``prune_oneshot`` call (hybrid). The weight sparsity reached is printed.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ PRUNE_DESCRIPTION = (
     "With labels: the run of examples/run_glue_prune.py / run_clm_prune.py (evaluate, prune with "
     "GradPruneTrainer, recover by training, evaluate, save, report). With --oneshot, or a classifier on unlabelled "
     "text: prune_oneshot, no training. Give one target: --head_sparsity and/or --ffn_sparsity, or one of "
-    "--flops_budget / --params_budget / --latency_budget. --config recipe.yaml gives "
+    "--flops_budget / --params_budget / --latency_budget; and/or weight sparsity: --weight_sparsity (a fraction) or "
+    "--sparsity_pattern 2:4 / 4:8 (with --oneshot: --weight_method wanda by default, or magnitude, taylor, fisher; "
+    "weights only, or after the unit cut). --config recipe.yaml gives "
     "defaults that flags override. The data options below are those of --task text-classification; "
     "`hf-gradprune prune --task text-generation --help` lists those of text-generation."
 )
@@ -148,6 +152,7 @@ def command(argv: list[str]) -> int:
     task, model_args, data_args, training_args, prune_args, given = prune_arguments(argv)
     if prune_args.oneshot:
         oneshot_options(training_args, given)  # refuses what prune_oneshot cannot do before any loading
+        weight_options(training_args, given)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     if task == TEXT_CLASSIFICATION:
@@ -164,7 +169,66 @@ def command(argv: list[str]) -> int:
         _prune_oneshot(run, training_args, prune_args, given)
     else:
         prune_and_report(run.model, training_args, data_args, run.results, **run.report_kwargs())
+    print_weight_sparsity(training_args.output_dir)
     return 0
+
+
+# prune_weights_oneshot's names for GradPruneConfig's weight-sparsity options
+WEIGHT_OPTIONS = {
+    "weight_sparsity": "sparsity",
+    "sparsity_pattern": "pattern",
+    "weight_method": "method",
+    "sparsity_scope": "scope",
+    "sparsity_extra_modules": "extra_modules",
+}
+
+
+def weight_options(training_args, given: set[str]) -> dict:
+    """One-shot weight sparsity's options from ``GradPruneConfig`` (``prune_oneshot``'s names), checked; ``{}``
+    when off. ``--weight_method`` and ``--sparsity_scope`` keep the one-shot defaults (wanda, the method's own
+    scope) unless given: the config's defaults are the gradual run's."""
+    if not getattr(training_args, "sparsifies_weights", False):
+        return {}
+    from ..oneshot.weights import check_weight_options
+
+    options = {
+        "weight_sparsity": training_args.weight_sparsity,
+        "sparsity_pattern": training_args.sparsity_pattern,
+        "weight_method": training_args.weight_method if "weight_method" in given else "wanda",
+        "sparsity_scope": training_args.sparsity_scope if "sparsity_scope" in given else None,
+    }
+    try:
+        check_weight_options(*options.values())
+    except ValueError as e:
+        raise CommandError(one_line(e)) from e
+    if training_args.sparsity_extra_modules:
+        options["sparsity_extra_modules"] = tuple(training_args.sparsity_extra_modules)
+    return options
+
+
+def _check_weight_targets(model, options: dict) -> None:
+    """A pattern the model's widths cannot hold, or an unknown extra module: one line, before any change."""
+    from ..sparsity import check_targets, weight_targets
+
+    try:
+        check_targets(weight_targets(model, options.get("sparsity_extra_modules", ())), options["sparsity_pattern"])
+    except ValueError as e:
+        raise CommandError(one_line(e)) from e
+
+
+def print_weight_sparsity(folder: str) -> None:
+    """The weight sparsity the saved folder's config records (nothing when it records none)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        record = (json.load(f).get("gradprune") or {}).get("weight_sparsity")
+    if isinstance(record, dict):
+        scope = f", scope {record['scope']}" if record.get("scope") else ""
+        print(
+            f"weight sparsity: {record.get('measured', 0):.2%} of {len(record.get('targets', []))} matrices "
+            f"({record.get('pattern')}, target {record.get('sparsity', 0):.2%}, {record.get('method')}{scope})"
+        )
 
 
 def oneshot_options(training_args, given: set[str], model=None) -> dict:
@@ -215,11 +279,16 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     from ..modeling_gradprune import write_folder
     from ..oneshot.prune import prune_oneshot
     from ..oneshot.report import steps_table
+    from ..oneshot.weights import prune_weights_oneshot
     from ..reports.run_report import metric_rows, stage_columns, summary_table
     from ..surgery import summarize
 
     model = run.model.to(training_args.device)
-    options = oneshot_options(training_args, given, model)
+    weights = weight_options(training_args, given)
+    units = any(v is not None for v in training_args.plan_targets().values())
+    if weights:
+        _check_weight_targets(model, weights)
+    options = oneshot_options(training_args, given, model) if units or not weights else {}
     train = run.train_dataset
     calibration = train.select(range(min(prune_args.calibration_samples, len(train))))
     loader = DataLoader(
@@ -231,29 +300,39 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     stages = {}
     if evaluate is not None:
         stages["dense"] = evaluate(model, "dense")
-    model, report = prune_oneshot(model, loader, **options)
-    after = "reconstructed" if report.reconstruction is not None else "pruned"  # run_report's stage names
+    if options:
+        model, report = prune_oneshot(model, loader, **options, **weights)
+        weight_report = getattr(report, "weights", None)
+    else:  # weights only
+        report = weight_report = prune_weights_oneshot(
+            model, loader, **{WEIGHT_OPTIONS[k]: v for k, v in weights.items()}
+        )
+    after = "reconstructed" if getattr(report, "reconstruction", None) is not None else "pruned"
     if evaluate is not None:
         stages[after] = evaluate(model, after)
     out = training_args.output_dir
     save_pruned(model, out, tokenizer=run.tokenizer)
 
     def write_report(folder: str) -> None:
-        given_options = {k: v for k, v in options.items() if k != "latency_table"}  # the plan's meta has its key
+        given_options = {k: v for k, v in {**options, **weights}.items() if k != "latency_table"}  # in the plan's meta
         info = {"calibration_samples": len(calibration), "options": given_options, "metrics": stages}
         info.update(report.to_dict())
         with open(os.path.join(folder, "oneshot_report.json"), "w") as f:
             json.dump(info, f, indent=2, default=str)
 
     write_folder(out, write_report)  # atomic, next to the model's files (which it keeps)
-    print(summarize(model, options["seq_len"]))
+    if options:
+        print(summarize(model, options["seq_len"]))
     if stages:
         columns = stage_columns(stages)
         keep = [0, *(i + 1 for i, stage in enumerate(columns) if stage in stages)]
         rows = [tuple(row[i] for i in keep) for row in metric_rows(stages)]
         print(summary_table(rows, ("metric", *(c for c in columns if c in stages))))
     print(f"one-shot on {len(calibration)} calibration examples:")
-    print(steps_table(report))
+    if options:
+        print(steps_table(report))
+    if weight_report is not None:
+        print(weight_report.summary())
     print(f"saved {out}")
 
 

@@ -75,6 +75,7 @@ def prune_oneshot(
     weight_method: str = "wanda",
     sparsity_scope: str | None = None,
     weight_batches: int | None = None,
+    sparsity_extra_modules=(),
     **plan_options,
 ) -> tuple[nn.Module, OneShotReport]:
     """Prune ``model`` in place without retraining; returns it and a ``OneShotReport``.
@@ -121,7 +122,8 @@ def prune_oneshot(
             (and reconstructed), ``prune_weights_oneshot`` zeroes this fraction of the remaining block weights
             (an N:M pattern implies its own fraction; ``weight_sparsity=None`` with ``"unstructured"``: off), by
             ``weight_method`` (``wanda`` by default; ``magnitude``, ``sparsegpt``, ``taylor``, ``fisher``) on the
-            first ``weight_batches`` calibration batches (all by default). ``report.weights`` says what it did.
+            first ``weight_batches`` calibration batches (all by default), on the blocks' matrices and
+            ``sparsity_extra_modules`` (e.g. ``("lm_head",)``). ``report.weights`` says what it did.
             The gradient methods' pass takes ``loss_fn``, ``micro_batch_size`` and ``gradient_checkpointing``.
         plan_options: further ``PruningPlan.from_scores`` options (``ranking``, ``uniform``, ...), with its
             defaults: FFN widths are multiples of ``DEFAULT_FFN_MULTIPLE_OF`` (64) unless ``ffn_multiple_of=1``.
@@ -150,8 +152,11 @@ def prune_oneshot(
     if sparsify:
         weight_options = check_weight_options(weight_sparsity, sparsity_pattern, weight_method, sparsity_scope)
         weight_batches = check_count("weight_batches", weight_batches)
-    elif weight_batches is not None or sparsity_scope is not None:
-        raise ValueError("weight_batches and sparsity_scope apply to weight sparsity: give weight_sparsity too")
+    elif weight_batches is not None or sparsity_scope is not None or sparsity_extra_modules:
+        raise ValueError(
+            "weight_batches, sparsity_scope and sparsity_extra_modules apply to weight sparsity: give weight_sparsity "
+            "(or an N:M sparsity_pattern) too"
+        )
     if "max_batches" in plan_options:
         raise CalibrationError("prune_oneshot counts the budget search's batches with search_batches, not max_batches")
     inner = unwrap_model(model, allow_distributed=False)
@@ -209,7 +214,8 @@ def prune_oneshot(
     if used["weights"]:
         calibration_tokens(used["weights"])
     if sparsify:
-        check_targets(weight_targets(inner), weight_options[1])  # the widths no cut changes (hidden size)
+        # the widths no cut changes (hidden size); the extra modules' names (no cut renames them)
+        check_targets(weight_targets(inner, sparsity_extra_modules), weight_options[1])
     if reconstruct:
         calibration_tokens(used["reconstruct"])
         # fails here, before any change, if the family cannot say where its sub-layers end
@@ -305,7 +311,14 @@ def prune_oneshot(
             )
         with meter.step("weights", tokens=batch_tokens(used["weights"])):
             report.weights = prune_weights_oneshot(
-                inner, used["weights"] or None, sparsity, pattern, weight_method, scope, **grad_options
+                inner,
+                used["weights"] or None,
+                sparsity,
+                pattern,
+                weight_method,
+                scope,
+                sparsity_extra_modules,
+                **grad_options,
             )
     report.record(meter)
     return model, report
