@@ -456,3 +456,22 @@ def test_cli_refuses_bad_weight_options_in_one_line(gpt2_folder, capsys, flags, 
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # not the loading bars
     assert len(errors) == 1 and match in errors[0] and errors[0].startswith("hf-gradprune prune: error:")
     assert not out.exists()
+
+
+def test_smollm2_oneshot_recipe_parses_for_prune(gpt2_folder):
+    """recipes/smollm2/oneshot-2of4.yaml: `hf-gradprune prune --config` reads it as one-shot 2:4 weights only."""
+    from hf_gradprune.cli import prune as prune_command
+
+    recipe = ROOT / "recipes" / "smollm2" / "oneshot-2of4.yaml"
+    args = ["--config", str(recipe), "--model_name_or_path", str(gpt2_folder / "gpt2")]
+    args += ["--train_file", str(gpt2_folder / "texts.txt"), "--output_dir", str(gpt2_folder / "o")]
+    task, _, data, training, prune, given = prune_command.prune_arguments(args)
+    assert task == "text-generation" and prune.oneshot and data.block_size == 256
+    assert not training.plan_targets() and training.sparsifies_weights
+    options = prune_command.weight_options(training, given)
+    assert options == {
+        "weight_sparsity": None,
+        "sparsity_pattern": "2:4",
+        "weight_method": "wanda",
+        "sparsity_scope": None,
+    }
