@@ -434,11 +434,15 @@ def packed_shapes(metadata: dict, where: str = "the weights") -> dict[str, list[
     return packed
 
 
+_BIT_VALUES = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
+_BITS_OF = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # a float's bits, by its width
+
+
 def _unpack_bits(bits: torch.Tensor, count: int, what: str) -> torch.Tensor:
     """``count`` bools from packed bytes (bit i of byte j is element 8j + i); the padding bits must be clear."""
     if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (count + 7) // 8:
         raise ValueError(f"a {what} of {tuple(bits.shape)} {bits.dtype} does not cover {count} elements")
-    flags = ((bits.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).bool().reshape(-1)
+    flags = (bits.unsqueeze(1) & _BIT_VALUES).bool().reshape(-1)
     if flags[count:].any():
         raise ValueError(f"the {what} sets bits past its {count} elements")
     return flags[:count]
@@ -450,14 +454,16 @@ def unpack_bitmask(values: torch.Tensor, bits: torch.Tensor, shape, negzero: tor
     Raises ``ValueError`` if these do not agree."""
     count = math.prod(shape)
     keep = _unpack_bits(bits, count, "bitmask")
-    if values.dim() != 1 or int(keep.sum()) != values.numel():
-        raise ValueError(f"the bitmask sets {int(keep.sum())} bits for {values.numel()} stored values")
-    dense = torch.zeros(count, dtype=values.dtype)
-    dense[keep] = values
+    kept = int(keep.sum())
+    if values.dim() != 1 or kept != values.numel() or not values.is_floating_point():
+        raise ValueError(f"the bitmask sets {kept} bits for {values.numel()} stored values")
+    as_bits = _BITS_OF[values.element_size()]  # copied as bit patterns: exact whatever the values (NaN included)
+    dense = torch.zeros(count, dtype=as_bits).masked_scatter_(keep, values.view(as_bits))
     if negzero is not None:
-        zeros = (~keep).nonzero().squeeze(1)
-        dense[zeros[_unpack_bits(negzero, zeros.numel(), "sign bitmask of the zeros")]] = -0.0
-    return dense.reshape(shape)
+        signs = _unpack_bits(negzero, count - kept, "sign bitmask of the zeros")
+        negative = torch.zeros(count, dtype=torch.bool).masked_scatter_(~keep, signs)
+        dense.masked_fill_(negative, torch.tensor(-0.0, dtype=values.dtype).view(as_bits).item())
+    return dense.view(values.dtype).reshape(shape)
 
 
 def _bitmask_files(where: str, hub: dict) -> list[str]:
@@ -565,14 +571,14 @@ class _GradPruneMixin(_GradPruneAtomicSave):
         where, config = pretrained_model_name_or_path, kwargs.get("config")
         hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
         if where is not None and not isinstance(config, transformers.PretrainedConfig):
-            config = kwargs["config"] = transformers.AutoConfig.from_pretrained(config or where, **hub)
+            config = transformers.AutoConfig.from_pretrained(config or where, **hub)  # only to read the record
         record = getattr(config, CONFIG_KEY, None)
         if record and storage_format(record) == BITMASK and where is not None:
             if kwargs.get("variant"):
                 raise ValueError("a folder stored as values + bitmask has no variants: leave variant out")
             # Nothing else reads these files: the dense weights are restored here and handed over as a state dict.
             state = load_bitmask_weights(where, hub)
-            rest = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+            rest = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS} | {"config": config}
             model, info = super().from_pretrained(None, *args, state_dict=state, output_loading_info=True, **rest)
             model.name_or_path = os.fspath(where)
             if model.can_generate():  # from_pretrained reads it from the folder, which it was not given

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -33,10 +34,11 @@ from ..modeling_gradprune import (
 )
 from .checkpoint import with_variant
 
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # a float's bits, by its width
 
-def _pack_bits(flags: torch.Tensor) -> torch.Tensor:
-    padded = torch.cat([flags, flags.new_zeros(-flags.numel() % 8)]).reshape(-1, 8).to(torch.uint8)
-    return (padded << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+
+def _pack_bits(flags: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(flags, bitorder="little"))  # bit i of byte j: element 8j + i
 
 
 def pack_bitmask(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -46,9 +48,11 @@ def pack_bitmask(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     if not tensor.is_floating_point():
         raise TypeError(f"only floating-point weights are packed, got {tensor.dtype}")
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    keep = flat != 0
-    negative = torch.signbit(flat[~keep])
-    return flat[keep], _pack_bits(keep), _pack_bits(negative) if negative.any() else None
+    keep = (flat != 0).numpy()
+    raw = flat.view(_BITS[flat.element_size()]).numpy()  # bit patterns (NumPy has no bfloat16), copied exactly
+    negative = raw[~keep] < 0  # -0.0 is the sign bit alone
+    values = torch.from_numpy(raw[keep]).view(flat.dtype)
+    return values, _pack_bits(keep), _pack_bits(negative) if negative.any() else None
 
 
 def packed_names(model, targets: list[str]) -> set[str]:
