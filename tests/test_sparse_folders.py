@@ -17,7 +17,8 @@ from test_llama import make_decoder as make_llama
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hf_gradprune import PruningPlan, check_folder, load_pruned, modeling_gradprune, prune_model, save_pruned
-from hf_gradprune.cli.info import folder_info, format_info
+from hf_gradprune.cli.info import folder_info
+from hf_gradprune.cli.main import main
 from hf_gradprune.folders.checkpoint import CheckpointError
 from hf_gradprune.folders.hub import FolderMismatchError
 from hf_gradprune.folders.sparse_format import pack_bitmask
@@ -422,13 +423,31 @@ def test_lm_head_tied_to_the_embeddings_is_packed_under_the_name_saved(tmp_path)
 
 # --------------------------------------------------------------------------- info
 @pytest.mark.parametrize("sparse_format", ["dense", "bitmask"])
-def test_info_shows_the_weight_sparsity(tmp_path, sparse_format):
-    _, model = build("gpt2-hybrid")
+@pytest.mark.parametrize("case", ["gpt2-hybrid", "bert-weights"])
+def test_info_shows_the_weight_sparsity(tmp_path, capsys, case, sparse_format):
+    _, model = build(case)
     save_pruned(model, tmp_path / "out", sparse_format=sparse_format)
     info = folder_info(str(tmp_path / "out"))
     ws = info["weight_sparsity"]
     assert ws["pattern"] == "unstructured" and ws["sparsity"] == 0.5 and ws["method"] == "magnitude"
+    measured = model.config.gradprune["weight_sparsity"]["measured"]
+    assert ws["measured"] == measured and 0.5 <= measured < 0.51  # the -0.0 build() made adds one zero
     assert ws["storage"] == sparse_format and ws["targets"] == len(weight_targets(model))
-    assert info["stock"] is False
-    text = format_info(info)
-    assert "weight sparsity: unstructured 50.0% (measured " in text and f"stored {sparse_format}" in text
+    assert info["pruned"] is (case == "gpt2-hybrid")
+    assert info["stock"] is (case == "bert-weights" and sparse_format == "dense")
+    assert main(["info", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert f"weight sparsity: unstructured 50.0% (measured {measured:.1%}) by magnitude, layer scope, over " in text
+    assert f"stored {sparse_format}" in text
+    assert ("no units removed" in text) is (case == "bert-weights")
+
+
+def test_info_refuses_a_malformed_record_in_one_line(tmp_path, capsys):
+    model = make("bert")
+    sparsify(model)
+    save_pruned(model, tmp_path / "out")
+    edit(tmp_path / "out", _set("sparsity", 2))
+    capsys.readouterr()  # the save's progress bars
+    assert main(["info", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "weight_sparsity.sparsity is 2, not a fraction in [0, 1)" in err and len(err.splitlines()) == 1
