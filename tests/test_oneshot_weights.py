@@ -301,7 +301,7 @@ def _snapshot(model):
         (dict(method="sparsegpt", percdamp=-0.1), ValueError, "percdamp"),
         (dict(extra_modules=("nope",)), ValueError, "no module"),
         (dict(pattern="4:8", model="bert98"), ValueError, "multiple"),
-        (dict(batches="allpad"), Exception, "no tokens"),
+        (dict(batches="allpad"), CalibrationError, "no tokens"),
         (dict(method="fisher", batches="noids"), CalibrationError, "input_ids"),
     ],
 )

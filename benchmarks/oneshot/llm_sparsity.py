@@ -1,6 +1,6 @@
 """One-shot weight sparsity on a decoder (issue 23): SmolLM2-135M (``--quick``: a tiny random Llama) pruned to 50%
 unstructured and to 2:4 by ``prune_weights_oneshot`` with magnitude, wanda, sparsegpt and the gradient methods
-(taylor, fisher), on 32 x 256 calibration tokens of the training text (one sequence per batch); perplexity on
+(taylor, fisher), on 16 x 256 calibration tokens of the training text (one sequence per batch); perplexity on
 16 x 256 held-out Wikipedia tokens (as ``llm_reconstruct.py``), each ratio to dense beside the papers' ratios at 7B
 (LLaMA-2-7B, 128 x 2,048 calibration tokens, WikiText-2; Wanda's README).
 
@@ -10,6 +10,7 @@ Public API only.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_gradprune.oneshot import prune_weights_oneshot
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "fisher")
+ALL_METHODS = METHODS
 PATTERNS = ("unstructured", "2:4")
 # LLaMA-2-7B perplexity on WikiText-2 (Wanda's README): dense 5.12
 PAPER_DENSE = 5.12
@@ -33,9 +35,12 @@ PAPER = {
 
 
 def _add(parser) -> None:
-    parser.add_argument("--calib_blocks", type=int, default=None, help="calibration sequences (default 32; quick 4)")
+    parser.add_argument("--calib_blocks", type=int, default=None, help="calibration sequences (default 16; quick 4)")
     parser.add_argument("--block_len", type=int, default=None, help="their length in tokens (default 256; quick 32)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated; default all")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other methods' rows of an existing results file (same setup)"
+    )
 
 
 def goals(rows: list[dict]) -> dict:
@@ -54,14 +59,14 @@ def goals(rows: list[dict]) -> dict:
     return out
 
 
-def run(quick: bool, out, calib_blocks=None, block_len=None, methods=METHODS) -> dict:
+def run(quick: bool, out, calib_blocks=None, block_len=None, methods=METHODS, update=False) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     work = ROOT / ".cache" / ("bench-llm-quick" if quick else "bench-llm")
     model_dir, train_file, eval_file, name = model_and_text(quick, work)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    n_calib = calib_blocks or (4 if quick else 32)
+    n_calib = calib_blocks or (4 if quick else 16)
     length = block_len or (32 if quick else 256)
     blocks = token_blocks(tokenizer, train_file, n_calib, length)
     eval_blocks = token_blocks(tokenizer, eval_file, 4 if quick else 16, 32 if quick else 256)
@@ -69,13 +74,29 @@ def run(quick: bool, out, calib_blocks=None, block_len=None, methods=METHODS) ->
     t = time.perf_counter()
     dense_ppl = perplexity(dense, eval_blocks)
     print(f"dense perplexity {dense_ppl:.3f} ({time.perf_counter() - t:.1f} s)", flush=True)
+    setup = {"sequences": n_calib, "length": length, "tokens": n_calib * length}
+    path = out / "llm_sparsity.json"
     rows = []
+    if update and path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("calibration") != setup or previous.get("eval_tokens") != int(eval_blocks.numel()):
+            raise SystemExit(f"--update: {path} was measured with another calibration or held-out set")
+        rows = [r for r in previous["rows"] if r["method"] not in methods]
+    result = {
+        "model": name,
+        "machine": machine(),
+        "dense_perplexity": dense_ppl,
+        "calibration": setup,
+        "eval_tokens": int(eval_blocks.numel()),
+        "paper": {"model": "LLaMA-2-7B", "dense": PAPER_DENSE, "perplexity": PAPER, "calibration_tokens": 128 * 2048},
+        "rows": rows,
+        "complete": False,
+    }
     for pattern in PATTERNS:
         for method in methods:
             model = copy_model(dense)
-            report = prune_weights_oneshot(
-                model, calibration, 0.5 if pattern == "unstructured" else None, pattern, method
-            )
+            sparsity = 0.5 if pattern == "unstructured" else None
+            report = prune_weights_oneshot(model, calibration, sparsity, pattern, method)
             ppl = perplexity(model, eval_blocks)
             paper = PAPER[pattern].get(method)
             row = {
@@ -91,24 +112,22 @@ def run(quick: bool, out, calib_blocks=None, block_len=None, methods=METHODS) ->
             rows.append(row)
             print(row, flush=True)
             del model
-    result = {
-        "model": name,
-        "machine": machine(),
-        "dense_perplexity": dense_ppl,
-        "calibration": {"sequences": n_calib, "length": length, "tokens": n_calib * length},
-        "eval_tokens": int(eval_blocks.numel()),
-        "paper": {"model": "LLaMA-2-7B", "dense": PAPER_DENSE, "perplexity": PAPER, "calibration_tokens": 128 * 2048},
-        "rows": rows,
-        "goals": goals(rows),
-    }
-    write_json(out / "llm_sparsity.json", result)
+            write_json(path, result)  # each row as it comes: an interrupted run keeps what it measured
+    order = {(p, m): i for i, (p, m) in enumerate((p, m) for p in PATTERNS for m in ALL_METHODS)}
+    rows.sort(key=lambda r: order.get((r["pattern"], r["method"]), len(order)))
+    result["goals"] = goals(rows)
+    result["complete"] = True
+    write_json(path, result)
     return result
 
 
 def main(argv=None):
     args = bench_args(argv, __doc__, _add)
     methods = tuple(m for m in args.methods.split(",") if m)
-    return run(args.quick, args.out, args.calib_blocks, args.block_len, methods)
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    return run(args.quick, args.out, args.calib_blocks, args.block_len, methods, args.update)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .reconstruct import reconstruct as reconstruct_layers  # the keyword below 
 from .reference import WHERE, DenseLayers, DenseReferenceError, DenseTargets, fits_in_host
 from .report import OneShotReport, StepMeter, batch_tokens
 from .score_pass import check_options, score_calibration
-from .weights import WeightPruningReport, check_weight_options, prune_weights_oneshot
+from .weights import WeightPruningReport, check_weight_options, count_tokens, prune_weights_oneshot
 
 SPLITS = ("search", "ratio", "normalized")
 
@@ -212,7 +212,7 @@ def prune_oneshot(
     for b in used["score"] + used["search"] + (used["weights"] if weight_grads else []):
         check_loss_inputs(inner, b, loss_fn)
     if used["weights"]:
-        calibration_tokens(used["weights"])
+        count_tokens(used["weights"])
     if sparsify:
         # the widths no cut changes (hidden size); the extra modules' names (no cut renames them)
         check_targets(weight_targets(inner, sparsity_extra_modules), weight_options[1])

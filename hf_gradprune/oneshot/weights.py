@@ -53,7 +53,6 @@ from ..sparsity import (
 from ..sparsity.obs import sparsegpt_prune_
 from ..state import unwrap_model
 from .calibration import CalibrationError, calibration_batches, check_loss_inputs, model_inputs, model_loss, token_mask
-from .reconstruct import calibration_tokens
 from .score_pass import _activation_gradients_only, _as_it_was, _checkpointed, _checkpointing_modules, check_options
 from .stream import LayerStream, StreamError
 
@@ -178,7 +177,7 @@ def prune_weights_oneshot(
         if method in GRADIENT_WEIGHT_METHODS:
             for b in data:
                 check_loss_inputs(inner, b, loss_fn)
-        tokens = calibration_tokens(data)[1]
+        tokens = count_tokens(data)
 
     device = next(inner.parameters()).device
     if method in LAYERWISE_METHODS:
@@ -193,6 +192,17 @@ def prune_weights_oneshot(
     report.batches, report.tokens, report.device = len(data), tokens, str(device)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def count_tokens(batches: list[dict]) -> int:
+    """The batches' real tokens; ``CalibrationError`` when there are none (every ``attention_mask`` 0)."""
+    tokens = int(sum(token_mask(b).sum() for b in batches))
+    if tokens == 0:
+        raise CalibrationError(
+            f"the {len(batches)} calibration batches hold no tokens (every attention_mask is 0): weight scores need "
+            "some real tokens"
+        )
+    return tokens
 
 
 def _per_layer(targets) -> dict:
