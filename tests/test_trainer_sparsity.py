@@ -82,7 +82,7 @@ def test_pruned_weights_and_their_adam_moments_stay_zero_while_kept_weights_trai
 def test_without_the_masks_enforced_pruned_weights_revive(tmp_path, monkeypatch):
     """The check above can fail: with the per-step enforcement and gradient zeroing removed, Adam revives them."""
     monkeypatch.setattr(gradual.SparsityCallback, "on_optimizer_step", lambda self, *a, **k: None)
-    monkeypatch.setattr(gradual.GradualSparsity, "zero_grads", lambda self: None)
+    monkeypatch.setattr(gradual.GradualSparsity, "after_micro_batch", lambda self: None)
     trainer = sparse_trainer(tmp_path, sparsity_end_step=6)
     trainer.train()
     masks = trainer._sparsity.masks.masks
@@ -452,3 +452,77 @@ def test_the_example_scripts_take_the_sparsity_flags(tmp_path):
             (ModelArguments, ClmData, GradPruneConfig),
             ["--model_name_or_path", "x", "--output_dir", str(tmp_path), "--weight_sparsity", "1.5"],
         )
+
+
+# ---------------------------------------------------------------------------------------------- scoring passes
+def test_a_ramp_at_step_zero_scores_before_training_and_starts_sparse(tmp_path):
+    trainer = sparse_trainer(
+        tmp_path, weight_method="taylor", scoring_steps=3, sparsity_start_step=0, sparsity_end_step=0, max_steps=4
+    )
+    given = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    (update,) = [e for e in trainer.state.log_history if "sparsity/update" in e]
+    assert update["step"] == 0 and update["sparsity/weights"] == 0.5
+    # the teacher is the model as given: the masks came before any training step
+    for p, q in zip(trainer.teacher.parameters(), given):
+        assert torch.equal(p, q)
+    assert trainer.state.log_history[-1]["sparsity/achieved"] == 0.5
+
+
+def test_an_update_right_after_the_unit_prune_scores_the_pruned_model(tmp_path):
+    """Units at step 4, and the whole ramp there too: the weights are scored after the cut, on fresh batches."""
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=6,
+        per_device_train_batch_size=8,
+        head_sparsity=0.5,
+        prune_step=4,
+        scoring_steps=2,
+        weight_sparsity=0.5,
+        weight_method="fisher",
+        sparsity_start_step=4,
+        sparsity_end_step=4,
+    )
+    trainer.train()
+    assert current_plan(trainer.model).num_heads == 6
+    targets = weight_targets(trainer.model)
+    zeros = sum(int((t.module.weight == 0).sum()) for t in targets)
+    assert zeros == round(0.5 * sum(t.module.weight.numel() for t in targets))
+    assert trainer._sparsity.masks.masks.keys() == {t.param_name for t in targets}
+
+
+def test_an_overflowed_micro_batch_is_left_out_and_the_loss_scale_taken_out(tmp_path, monkeypatch):
+    trainer = sparse_trainer(tmp_path, weight_method="taylor")
+    gs = trainer._sparsity
+    targets = weight_targets(trainer.model)
+    gs.scorer = WeightScorer(trainer.model, "taylor", targets)
+    monkeypatch.setattr(type(trainer), "_grad_scaler_scale", lambda self: 4.0)
+    ones = {t.name: torch.ones(t.matrix.shape) for t in targets}
+    gs.scorer.grad_stats, gs.scorer.batches = {n: 8 * v for n, v in ones.items()}, 1
+    gs.commit()
+    gs.scorer.grad_stats = {n: v.clone() for n, v in ones.items()}
+    gs.scorer.grad_stats[targets[1].name][0, 0] = float("inf")  # an fp16 overflow: the whole micro-batch goes
+    gs.scorer.batches = 1
+    gs.commit()
+    assert gs.skipped == 1 and gs.totals.batches == 1
+    for n, v in gs.totals.grad_stats.items():
+        assert torch.equal(v, 2 * ones[n])  # 8 / 4
+    assert not gs.scorer.grad_stats and not gs.scorer.is_attached
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_on_gpu(tmp_path, precision):
+    """fp16's GradScaler: overflowed micro-batches are left out of the scores, its factor taken out."""
+    trainer = sparse_trainer(
+        tmp_path, use_cpu=False, weight_method="taylor", scoring_steps=3, sparsity_end_step=9, **{precision: True}
+    )
+    trainer.train()
+    targets = weight_targets(trainer.model)
+    assert {t.module.weight.device.type for t in targets} == {"cuda"}
+    zeros = sum(int((t.module.weight == 0).sum()) for t in targets)
+    assert zeros == round(0.5 * sum(t.module.weight.numel() for t in targets))
+    for t in targets:
+        keep = trainer._sparsity.masks.masks[t.param_name]
+        assert torch.equal(t.module.weight != 0, keep) or bool((t.module.weight[~keep] == 0).all())

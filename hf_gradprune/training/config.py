@@ -314,10 +314,12 @@ class GradPruneConfig(TrainingArguments):
             _fail(f"reconstruct_batches must be an integer >= 1, got {batches!r}")
         if self.bias_compensation and not self.reconstruct:
             _fail("bias_compensation is part of the reconstruction after each prune: set reconstruct=True too")
+        if self.reconstruct and self.pruning_schedule == "none":
+            _fail("reconstruct=True rebuilds layers after a prune, but pruning_schedule='none' prunes nothing")
         if self.reconstruct and not self.prunes_units:
             _fail(
                 "reconstruct=True rebuilds layers after a prune of heads and neurons, but this config removes none "
-                "(pruning_schedule='none' or no unit target): drop reconstruct"
+                "(weight sparsity alone keeps every unit): drop reconstruct, or give a unit target"
             )
 
     def _validate_sparsity(self) -> None:

@@ -63,7 +63,9 @@ class GradualSparsity:
         self.pattern = parse_pattern(args.sparsity_pattern)
         self.method = args.weight_method
         self.masks: WeightMasks | None = None
-        self.scorer: WeightScorer | None = None
+        self.scorer: WeightScorer | None = None  # hooked: the current micro-batch's contribution
+        self.totals: WeightScorer | None = None  # never hooked: the committed sums since the last update
+        self.skipped = 0  # micro-batches whose scores overflowed (fp16), left out
         self.updates_done = 0
         self.sparsity = 0.0  # the target of the latest update
         self.check()
@@ -115,7 +117,40 @@ class GradualSparsity:
         if begin <= now < end:
             if self.scorer is None:
                 self.scorer = WeightScorer(trainer.model, self.method, self.targets())
-            self.scorer.attach()
+            self.scorer.attach()  # detached again after this micro-batch: evaluation passes are not scored
+
+    def after_micro_batch(self) -> None:
+        """Zero the pruned weights' gradients (before clipping and the step); commit the micro-batch's scores."""
+        if self.masks is not None:
+            self.masks.zero_grads_(self.trainer.model)
+        self.commit()
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Add the hooked scorer's micro-batch into the totals, unless it overflowed (an fp16 step the GradScaler
+        skips), with the GradScaler's factor taken out (it changes during a run); then unhook it."""
+        s = self.scorer
+        if s is None:
+            return
+        s.detach()
+        stats = [*s.sq_norms.values(), *s.grad_stats.values()]
+        if not stats:
+            return
+        if not bool(torch.stack([torch.isfinite(v).all() for v in stats]).all()):
+            self.skipped += 1
+        else:
+            if self.totals is None:
+                self.totals = WeightScorer(self.trainer.model, self.method, s.targets)
+            scale = self.trainer._grad_scaler_scale()
+            factor = 1.0 / scale if self.method == "taylor" else 1.0 / scale**2  # fisher: squared gradients
+            for name, v in s.sq_norms.items():
+                held = self.totals.sq_norms
+                held[name] = held[name] + v if name in held else v.clone()
+            for name, v in s.grad_stats.items():
+                held, v = self.totals.grad_stats, v * factor if scale != 1.0 else v
+                held[name] = held[name] + v if name in held else v.clone()
+            self.totals.batches += s.batches
+        s.reset()
 
     def before_training(self, max_steps: int) -> None:
         """An update at step 0 (a ramp that starts and ends there) runs before training."""
@@ -125,7 +160,7 @@ class GradualSparsity:
 
     # ------------------------------------------------------------------ masks
     def _has_scores(self) -> bool:
-        s = self.scorer
+        s = self.totals
         return s is not None and bool(s.sq_norms if self.method == "wanda" else s.grad_stats)
 
     def _score_now(self) -> WeightScorer:
@@ -135,46 +170,52 @@ class GradualSparsity:
         model = trainer.model
         was_training = model.training
         model.eval()
-        scorer = WeightScorer(model, self.method, self.targets())
+        self.scorer = WeightScorer(model, self.method, self.targets())
         loader = trainer.get_train_dataloader()
-        with scorer:
-            for inputs in cycle_batches(loader, trainer.args.scoring_steps):
-                inputs = trainer._prepare_inputs(inputs)
-                if self.method == "wanda":  # inputs only
-                    with torch.no_grad():
-                        trainer.compute_loss(model, inputs)
-                    continue
+        for inputs in cycle_batches(loader, trainer.args.scoring_steps):
+            inputs = trainer._prepare_inputs(inputs)
+            self.scorer.attach()
+            if self.method == "wanda":  # inputs only
+                with torch.no_grad():
+                    trainer.compute_loss(model, inputs)
+            else:
                 with trainer.compute_loss_context_manager():
                     loss = trainer.compute_loss(model, inputs)
                 trainer.accelerator.backward(loss)
                 model.zero_grad(set_to_none=True)
+            self.commit()
         forget_prepared(trainer.accelerator, loader)  # a one-off pass: the training loop prepares its own loader
         model.train(was_training)
-        return scorer
+        if not self._has_scores():
+            raise ValueError(
+                f"every one of the {trainer.args.scoring_steps} batches scored for the weight masks overflowed "
+                "(NaN or inf gradients): raise scoring_steps, or train in bf16 / fp32"
+            )
+        return self.totals
 
-    @torch.no_grad()
     def update(self, sparsity: float) -> None:
         trainer, args = self.trainer, self.trainer.args
-        if self.scorer is not None:  # before the teacher is copied: its modules must not carry the scorer's hooks
-            self.scorer.detach()
+        self.commit()  # unhooked before the teacher is copied: its modules must not carry the scorer's hooks
         trainer._take_teacher()  # the dense model, before its first weight goes
         if self.method == "magnitude":
             scorer = WeightScorer(trainer.model, "magnitude", self.targets())
         else:
-            scorer = self.scorer if self._has_scores() else self._score_now()
+            scorer = self.totals if self._has_scores() else self._score_now()
             if trainer.accelerator.num_processes > 1:
                 scorer.reduce_(lambda t: trainer.accelerator.reduce(t, reduction="sum"))
-        scores = scorer.scores()
-        if self.masks is not None:  # a pruned weight stays pruned
-            for t in scorer.targets:
-                keep = self.masks.masks[t.param_name].to(scores[t.name].device)
-                keep = keep if t.in_axis == 1 else keep.t()
-                scores[t.name] = torch.where(keep, scores[t.name], torch.full_like(scores[t.name], PRUNED_SCORE))
+        with torch.no_grad():
+            scores = scorer.scores()
+            if self.masks is not None:  # a pruned weight stays pruned
+                for t in scorer.targets:
+                    keep = self.masks.masks[t.param_name].to(scores[t.name].device)
+                    keep = keep if t.in_axis == 1 else keep.t()
+                    low = torch.full_like(scores[t.name], PRUNED_SCORE)
+                    scores[t.name] = torch.where(keep, scores[t.name], low)
         masks = WeightMasks.from_scores(scorer.targets, scores, sparsity, self.pattern, args.sparsity_scope)
         if trainer.accelerator.num_processes > 1:
             masks = _broadcast(masks)
         self.masks = masks
-        self.scorer = None
+        self.scorer = self.totals = None
         self.updates_done += 1
         self.sparsity = sparsity
         self.enforce()
@@ -183,6 +224,9 @@ class GradualSparsity:
             "sparsity/target": round(sparsity, 6),
             "sparsity/weights": round(masks.sparsity, 6),
         }
+        if self.skipped:
+            logs["sparsity/skipped_batches"] = self.skipped
+            self.skipped = 0
         if trainer.state.global_step == 0 and not trainer.is_in_train:
             trainer._pending_logs.append(logs)
         else:
@@ -197,10 +241,6 @@ class GradualSparsity:
         self.masks.apply_(model)
         if optimizer is not None:
             self.masks.zero_optimizer_state_(model, getattr(optimizer, "optimizer", optimizer))
-
-    def zero_grads(self) -> None:
-        if self.masks is not None:
-            self.masks.zero_grads_(self.trainer.model)
 
     # ------------------------------------------------------------------ results
     def record(self) -> dict | None:
@@ -233,7 +273,7 @@ class GradualSparsity:
             _save_atomic(state, os.path.join(folder, SPARSITY_STATE_FILE))
         if self._has_scores():
             path = os.path.join(folder, SPARSITY_SCORER_FILE.format(rank=args.process_index))
-            _save_atomic(self.scorer.state_dict(), path)
+            _save_atomic(self.totals.state_dict(), path)
 
     def restore(self, folder: str) -> None:
         path = os.path.join(folder, SPARSITY_STATE_FILE)
@@ -252,9 +292,9 @@ class GradualSparsity:
             self.enforce()
         partial = os.path.join(folder, SPARSITY_SCORER_FILE.format(rank=self.trainer.args.process_index))
         if os.path.exists(partial):
-            scorer = WeightScorer(self.trainer.model, self.method, self.targets())
-            scorer.load_state_dict(torch.load(partial, weights_only=True))
-            self.scorer = scorer
+            totals = WeightScorer(self.trainer.model, self.method, self.targets())
+            totals.load_state_dict(torch.load(partial, weights_only=True))
+            self.totals = totals
 
 
 def updates_in(checkpoint: str) -> int:

@@ -275,8 +275,8 @@ class GradPruneTrainer(Trainer):
         finally:
             self._divide_loss_here = False
             restore_loss_scale_setting(self, user_loss_scale)
-        if self._sparsity is not None:  # the gradients of pruned weights, before clipping and the step
-            self._sparsity.zero_grads()
+        if self._sparsity is not None:  # pruned weights' gradients zeroed before clipping and the step; scores
+            self._sparsity.after_micro_batch()
         self._micro += 1
         if scoring and self._scoring_bar is not None:
             self._scoring_bar.update(1)
