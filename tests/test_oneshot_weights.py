@@ -226,6 +226,43 @@ def test_gradient_scores_are_those_of_autograd_weight_gradients():
             assert torch.equal(t.matrix != 0, expected[t.name]), (method, t.name)
 
 
+def test_gblm_masks_equal_wanda_norms_plus_dense_per_batch_gradient_norms():
+    dense = make_decoder(dtype=torch.float64)
+    data = _batches("llama", 3)
+    pruned = copy.deepcopy(dense)
+    prune_weights_oneshot(pruned, data, 0.5, "unstructured", "gblm", gradient_scale=30.0)
+    # the gradient term: sum over batches of the squared weight gradient of each batch's loss, on the dense model
+    grad_model = copy.deepcopy(dense)
+    g2 = {t.name: 0 for t in weight_targets(grad_model)}
+    for b in data:
+        grad_model.zero_grad()
+        grad_model(**b).loss.backward()
+        for t in weight_targets(grad_model):
+            g2[t.name] = g2[t.name] + (t.module.weight.grad if t.in_axis == 1 else t.module.weight.grad.t()) ** 2
+    sequences = sum(b["input_ids"].shape[0] for b in data)
+    for i in range(len(pruning_state(dense).layers)):
+        ref = _partly_pruned(dense, pruned, i)
+        targets = [t for t in weight_targets(ref) if t.layer == i]
+        scorer = WeightScorer(ref, "wanda", targets)
+        with scorer, torch.no_grad():
+            for b in data:
+                ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        scores = {
+            t.name: t.matrix.detach().abs()
+            * ((scorer.sq_norms[t.name] / sequences).sqrt()[None, :] + 30.0 * g2[t.name].sqrt())
+            for t in targets
+        }
+        expected = masks_from_scores(scores, 0.5, "unstructured", "row")
+        got = {t.name: t.matrix != 0 for t in weight_targets(pruned) if t.layer == i}
+        for name, keep in expected.items():
+            assert torch.equal(got[name], keep), (i, name)
+    wanda = copy.deepcopy(dense)
+    prune_weights_oneshot(wanda, data, 0.5, "unstructured", "wanda")
+    assert any(
+        not torch.equal(a.matrix != 0, b.matrix != 0) for a, b in zip(weight_targets(wanda), weight_targets(pruned))
+    )
+
+
 def test_micro_batches_score_each_part_as_a_batch():
     dense = make_decoder(dtype=torch.float64)
     whole = batch("gpt2", seed=0, size=4)
@@ -239,7 +276,7 @@ def test_micro_batches_score_each_part_as_a_batch():
 
 # --- every family: exact sparsity, N:M, the record ---------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "taylor", "fisher"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "taylor", "fisher", "gblm"])
 def test_exact_sparsity_and_nm_on_every_family(kind, method):
     for pattern in ("unstructured", "2:4"):
         model = _model(kind)
@@ -298,6 +335,8 @@ def _snapshot(model):
         (dict(batches=None), CalibrationError, "reads calibration batches"),
         (dict(batches=[]), CalibrationError, "no batch"),
         (dict(micro_batch_size=2), ValueError, "taylor/fisher"),
+        (dict(method="gblm", gradient_scale=-1.0), ValueError, "gradient_scale"),
+        (dict(method="gblm", scope="global"), ValueError, "cannot rank"),
         (dict(method="sparsegpt", percdamp=-0.1), ValueError, "percdamp"),
         (dict(extra_modules=("nope",)), ValueError, "no module"),
         (dict(pattern="4:8", model="bert98"), ValueError, "multiple"),

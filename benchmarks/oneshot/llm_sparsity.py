@@ -1,10 +1,12 @@
 """One-shot weight sparsity on a decoder (issue 23): SmolLM2-135M (``--quick``: a tiny random Llama) pruned to 50%
-unstructured and to 2:4 by ``prune_weights_oneshot`` with magnitude, wanda, sparsegpt and the gradient methods
-(taylor, fisher), on 16 x 256 calibration tokens of the training text (one sequence per batch); perplexity on
-16 x 256 held-out Wikipedia tokens (as ``llm_reconstruct.py``), each ratio to dense beside the papers' ratios at 7B
-(LLaMA-2-7B, 128 x 2,048 calibration tokens, WikiText-2; Wanda's README).
+unstructured and to 2:4 by ``prune_weights_oneshot`` with magnitude, wanda, sparsegpt and the gradient-informed
+methods (taylor, fisher, and gblm: GBLM-Pruner's Wanda plus gradient norms), on 16 x 256 calibration tokens of the
+training text (one sequence per batch); perplexity on 16 x 256 held-out Wikipedia tokens (as ``llm_reconstruct.py``),
+each ratio to dense beside the papers' ratios at 7B (LLaMA-2-7B, 128 x 2,048 calibration tokens, WikiText-2; Wanda's
+README).
 
-The same model, text and perplexity as ``llm_reconstruct.py`` (from ``common``). Writes ``llm_sparsity.json``.
+The same model, text and perplexity as ``llm_reconstruct.py`` (from ``common``). Writes ``llm_sparsity.json``
+(each row as it is measured; ``--methods gblm --update`` measures some methods again and keeps the other rows).
 Public API only.
 """
 
@@ -23,7 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_gradprune.oneshot import prune_weights_oneshot
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "fisher")
+METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "fisher", "gblm")
+GRADIENT_METHODS = ("taylor", "fisher", "gblm")
 ALL_METHODS = METHODS
 PATTERNS = ("unstructured", "2:4")
 # LLaMA-2-7B perplexity on WikiText-2 (Wanda's README): dense 5.12
@@ -48,7 +51,7 @@ def goals(rows: list[dict]) -> dict:
     out = {}
     for pattern in PATTERNS:
         ppl = {r["method"]: r["perplexity"] for r in rows if r["pattern"] == pattern}
-        grad = {m: ppl[m] for m in ("taylor", "fisher") if m in ppl}
+        grad = {m: ppl[m] for m in GRADIENT_METHODS if m in ppl}
         entry = {}
         if grad and "wanda" in ppl:
             best = min(grad, key=grad.get)

@@ -20,7 +20,7 @@ from torch import nn
 from ..dispatch import check_in_memory
 from ..planning.plan import PlanError, PruningPlan, validate_targets
 from ..scoring.scores import GRADIENT_METHODS, METHODS
-from ..sparsity import GRADIENT_WEIGHT_METHODS, check_targets, weight_targets
+from ..sparsity import check_targets, weight_targets
 from ..state import pruning_state, unwrap_model
 from ..surgery import current_plan, prune_model
 from ..units import HEAD
@@ -30,7 +30,13 @@ from .reconstruct import reconstruct as reconstruct_layers  # the keyword below 
 from .reference import WHERE, DenseLayers, DenseReferenceError, DenseTargets, fits_in_host
 from .report import OneShotReport, StepMeter, batch_tokens
 from .score_pass import check_options, score_calibration
-from .weights import WeightPruningReport, check_weight_options, count_tokens, prune_weights_oneshot
+from .weights import (
+    GRADIENT_PASS_METHODS,
+    WeightPruningReport,
+    check_weight_options,
+    count_tokens,
+    prune_weights_oneshot,
+)
 
 SPLITS = ("search", "ratio", "normalized")
 
@@ -208,7 +214,7 @@ def prune_oneshot(
         "reconstruct": batches[:reconstruct_batches] if reconstruct else [],
         "weights": batches[:weight_batches] if sparsify and weight_options[2] != "magnitude" else [],
     }
-    weight_grads = sparsify and weight_options[2] in GRADIENT_WEIGHT_METHODS
+    weight_grads = sparsify and weight_options[2] in GRADIENT_PASS_METHODS
     for b in used["score"] + used["search"] + (used["weights"] if weight_grads else []):
         check_loss_inputs(inner, b, loss_fn)
     if used["weights"]:

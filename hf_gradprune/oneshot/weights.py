@@ -12,6 +12,11 @@ How each method reads the data:
   (``sparsegpt`` with the OBS update of ``sparsity.obs``) and a pass of the pruned layer gives the next layer's
   inputs. Each layer is thus calibrated on the inputs the pruned layers before it produce. Padding tokens count
   for nothing. Extra modules (``lm_head``, ...) are calibrated by one forward of the pruned model at the end.
+- ``gblm`` (GBLM-Pruner, Das et al. 2023): Wanda's layer-wise pass with the score
+  ``|W_ij| * (sqrt(sum x_j^2 / sequences) + gradient_scale * sqrt(sum over sequences of g_ij^2))``, ``g`` the
+  gradient of one sequence's mean token loss in the dense model (one scoring pass as for fisher, first; one
+  sequence per batch or ``micro_batch_size=1`` makes each term one sequence's). ``gradient_scale`` is GBLM's 100,
+  which its authors set for 2,048-token sequences.
 - ``taylor`` and ``fisher``, from the whole model's gradient: one scoring pass (``sparsity.WeightScorer``) in eval
   mode with frozen weights (only activation gradients: ``score_pass``'s machinery), optionally in micro-batches
   (each micro-batch's mean loss is one batch of the sums: ``fisher`` is then the empirical Fisher over them) and
@@ -56,10 +61,13 @@ from .calibration import CalibrationError, calibration_batches, check_loss_input
 from .score_pass import _activation_gradients_only, _as_it_was, _checkpointed, _checkpointing_modules, check_options
 from .stream import LayerStream, StreamError
 
-LAYERWISE_METHODS = ("wanda", "sparsegpt")
+LAYERWISE_METHODS = ("wanda", "sparsegpt", "gblm")
+# the methods that read the whole model's gradient (one scoring pass)
+GRADIENT_PASS_METHODS = (*GRADIENT_WEIGHT_METHODS, "gblm")
 # Each method's comparison group unless told: per output row for wanda (its paper's choice for LLMs) and the
 # gradient scores; per matrix for magnitude and sparsegpt (their papers' baselines).
 DEFAULT_SCOPES = {"magnitude": "layer", "wanda": "row", "sparsegpt": "layer", "taylor": "row", "fisher": "row"}
+DEFAULT_SCOPES["gblm"] = "row"
 
 
 @dataclass
@@ -136,6 +144,7 @@ def prune_weights_oneshot(
     loss_fn=None,
     micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
+    gradient_scale: float = 100.0,
 ) -> WeightPruningReport:
     """Zero ``sparsity`` of the weights of ``model``'s block matrices (and ``extra_modules``) in place, by
     ``method``, and record it in the config (``config.gradprune["weight_sparsity"]``); returns the report.
@@ -148,8 +157,9 @@ def prune_weights_oneshot(
         scope: unstructured masks compare weights per output ``"row"`` or per matrix (``"layer"``), or across all
             matrices (``"global"``: magnitude, taylor, fisher only). None: the method's own (``DEFAULT_SCOPES``).
         blocksize / percdamp: ``sparsegpt``'s column block and Hessian damping (``sparsity.obs``).
-        loss_fn / micro_batch_size / gradient_checkpointing: the gradient methods' scoring pass (as
-            ``prune_oneshot``'s); refused for the others.
+        loss_fn / micro_batch_size / gradient_checkpointing: the scoring pass of the gradient methods (taylor,
+            fisher, gblm; as ``prune_oneshot``'s); refused for the others. ``gradient_scale``: gblm's weight of the
+            gradient term.
 
     Everything is checked before the first weight changes: the options, the targets (an N:M pattern on a width
     that is no multiple of M), offloaded weights, the calibration batches (present, with tokens; a loss for the
@@ -159,11 +169,13 @@ def prune_weights_oneshot(
     inner = unwrap_model(model, allow_distributed=False)
     sparsity, pattern, method, scope = check_weight_options(sparsity, pattern, method, scope, blocksize, percdamp)
     micro = check_options(micro_batch_size, gradient_checkpointing, loss_fn)
-    if method not in GRADIENT_WEIGHT_METHODS and (micro is not None or gradient_checkpointing or loss_fn):
+    if method not in GRADIENT_PASS_METHODS and (micro is not None or gradient_checkpointing or loss_fn):
         raise ValueError(
-            f"loss_fn, micro_batch_size and gradient_checkpointing shape the gradient pass of taylor/fisher; "
+            f"loss_fn, micro_batch_size and gradient_checkpointing shape the gradient pass of taylor/fisher/gblm; "
             f"{method} runs none: drop them"
         )
+    if not (isinstance(gradient_scale, numbers.Real) and math.isfinite(gradient_scale) and gradient_scale >= 0):
+        raise ValueError(f"gradient_scale must be a finite number >= 0, got {gradient_scale!r}")
     check_in_memory(inner, "prune_weights_oneshot", needs_weights=True)
     targets = weight_targets(inner, extra_modules)
     check_targets(targets, pattern)
@@ -174,14 +186,19 @@ def prune_weights_oneshot(
         if batches is None:
             raise CalibrationError(f"{method} reads calibration batches: pass batches (or use method='magnitude')")
         data = list(calibration_batches(batches, inner, max_batches=max_batches))
-        if method in GRADIENT_WEIGHT_METHODS:
+        if method in GRADIENT_PASS_METHODS:
             for b in data:
                 check_loss_inputs(inner, b, loss_fn)
         tokens = count_tokens(data)
 
     device = next(inner.parameters()).device
     if method in LAYERWISE_METHODS:
-        _layerwise(inner, targets, data, sparsity, pattern, method, scope, blocksize, percdamp)
+        extra = None
+        if method == "gblm":  # the dense model's per-sequence gradients, before any weight changes
+            scorer = _gradient_pass(inner, targets, data, "fisher", loss_fn, micro, gradient_checkpointing)
+            sequences = sum(token_mask(b).shape[0] for b in data)
+            extra = (scorer.grad_stats, sequences, float(gradient_scale))
+        _layerwise(inner, targets, data, sparsity, pattern, method, scope, blocksize, percdamp, extra)
     else:
         scores = _gradient_scores(inner, targets, data, method, loss_fn, micro, gradient_checkpointing)
         WeightMasks.from_scores(targets, scores, sparsity, pattern, scope or "layer").apply_(inner)
@@ -216,9 +233,15 @@ def _per_layer(targets) -> dict:
 
 # --- gradient methods: one scoring pass of the whole model ---------------------------------------------------
 def _gradient_scores(inner, targets, data, method, loss_fn, micro, checkpointing) -> dict:
-    scorer = WeightScorer(inner, method, targets)
     if method == "magnitude":
-        return scorer.scores()
+        return WeightScorer(inner, method, targets).scores()
+    return _gradient_pass(inner, targets, data, method, loss_fn, micro, checkpointing).scores()
+
+
+def _gradient_pass(inner, targets, data, method, loss_fn, micro, checkpointing) -> WeightScorer:
+    """A ``WeightScorer`` (taylor or fisher) filled by one backward per batch (or micro-batch) in eval mode with
+    frozen weights."""
+    scorer = WeightScorer(inner, method, targets)
     first_layer = get_adapter(inner).layers(inner)[0]
     finite = 0
     with contextlib.ExitStack() as stack:
@@ -243,7 +266,7 @@ def _gradient_scores(inner, targets, data, method, loss_fn, micro, checkpointing
         raise CalibrationError(
             "the loss was NaN or infinite on every calibration batch: nothing can be scored (labels in range?)"
         )
-    return scorer.scores()
+    return scorer
 
 
 def _rows(batch: dict, rows: slice, size: int) -> dict:
@@ -271,7 +294,7 @@ class _Stats:
 
     def add(self, t, x: torch.Tensor) -> None:
         rows = self.rows(x)
-        value = rows.square().sum(0) if self.method == "wanda" else rows.t() @ rows
+        value = rows.t() @ rows if self.method == "sparsegpt" else rows.square().sum(0)
         self.sums[t.name] = self.sums[t.name] + value if t.name in self.sums else value
 
     @contextlib.contextmanager
@@ -291,12 +314,20 @@ class _Stats:
                 h.remove()
 
 
-def _prune_target(t, stat, sparsity, pattern, method, scope, blocksize, percdamp) -> None:
+def _prune_target(t, stat, sparsity, pattern, method, scope, blocksize, percdamp, extra=None) -> None:
     if stat is None:
         raise StreamError(f"{t.name} saw no input while its layer ran: it cannot be calibrated")
     matrix = t.matrix
-    if method == "wanda":
-        scores = matrix.detach().float().abs() * stat.to(matrix.device).sqrt()[None, :]
+    if method in ("wanda", "gblm"):
+        w = matrix.detach().float().abs()
+        if method == "wanda":
+            scores = w * stat.to(matrix.device).sqrt()[None, :]
+        else:
+            grads, sequences, scale = extra
+            if t.name not in grads:
+                raise ValueError(f"gblm has no gradient of {t.name}: the loss does not reach it")
+            norms = (stat.to(matrix.device) / sequences).sqrt()[None, :]
+            scores = w * (norms + scale * grads[t.name].to(matrix.device).sqrt())
         keep = masks_from_scores({t.name: scores}, sparsity, pattern, scope or "layer")[t.name]
         matrix.mul_(keep.to(matrix.device))
         return
@@ -310,7 +341,7 @@ def _prune_target(t, stat, sparsity, pattern, method, scope, blocksize, percdamp
 
 
 @torch.no_grad()
-def _layerwise(inner, targets, data, sparsity, pattern, method, scope, blocksize, percdamp) -> None:
+def _layerwise(inner, targets, data, sparsity, pattern, method, scope, blocksize, percdamp, extra=None) -> None:
     layers = get_adapter(inner).layers(inner)
     by_layer = defaultdict(list)
     for t in targets:
@@ -328,17 +359,17 @@ def _layerwise(inner, targets, data, sparsity, pattern, method, scope, blocksize
                         stats.mask = masks[b]
                         stream.call(layer, index, b)
                 for t in by_layer[index]:
-                    _prune_target(t, stats.sums.get(t.name), *options)
+                    _prune_target(t, stats.sums.get(t.name), *options, extra)
                 del stats
             stream.advance(layer, index)
         del stream
-        extra = by_layer.get(None)
-        if extra:  # modules outside the blocks (lm_head, ...): one forward of the pruned model
-            stats = _Stats(extra, method)
+        outside = by_layer.get(None)
+        if outside:  # modules outside the blocks (lm_head, ...): one forward of the pruned model
+            stats = _Stats(outside, method)
             kwargs = {"use_cache": False} if hasattr(inner.config, "use_cache") else {}
             with stats.hooked():
                 for batch, mask in zip(data, masks):
                     stats.mask = mask
                     inner(**model_inputs(batch), **kwargs)
-            for t in extra:
-                _prune_target(t, stats.sums.get(t.name), *options)
+            for t in outside:
+                _prune_target(t, stats.sums.get(t.name), *options, extra)

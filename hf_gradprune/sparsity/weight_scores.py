@@ -1,5 +1,7 @@
 """Weight scores: ``magnitude``, ``wanda``, ``taylor`` and ``fisher`` through hooks (``WeightScorer``);
-``sparsegpt`` (layer-wise OBS with weight updates) lives in ``obs.py``.
+``sparsegpt`` (layer-wise OBS with weight updates) lives in ``obs.py``; ``gblm`` (GBLM-Pruner, Das et al. 2023:
+Wanda's score plus ``|W|`` times the per-sequence gradients' l2 norm) in ``oneshot/weights.py``. Those two are
+one-shot only (``ONESHOT_WEIGHT_METHODS``).
 
 For a target matrix ``W`` (``[out, in]``) with inputs ``x`` (one row per token) and gradient ``G = dL/dW``:
 
@@ -26,7 +28,8 @@ from ..scoring.scorer import mask_position
 from ..state import unwrap_model
 from .targets import WeightTarget, weight_targets
 
-WEIGHT_METHODS = ("magnitude", "wanda", "taylor", "fisher", "sparsegpt")
+WEIGHT_METHODS = ("magnitude", "wanda", "taylor", "fisher", "sparsegpt", "gblm")
+ONESHOT_WEIGHT_METHODS = ("sparsegpt", "gblm")  # layer by layer on calibration data: prune_weights_oneshot only
 GRADIENT_WEIGHT_METHODS = ("taylor", "fisher")
 HOOKED_METHODS = ("magnitude", "wanda", "taylor", "fisher")
 
