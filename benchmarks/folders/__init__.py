@@ -1,0 +1,1 @@
+"""Saved folders: disk size of the weight-sparse storage formats (``sparse_disk.py``)."""
