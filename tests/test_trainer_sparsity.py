@@ -312,6 +312,7 @@ BAD = [
     (dict(sparsity_pattern="2:4", weight_sparsity=0.7), "weight_sparsity must be 0.5"),
     (dict(weight_sparsity=0.5, weight_method="snip"), "weight_method must be one of"),
     (dict(weight_sparsity=0.5, weight_method="sparsegpt"), "prune_weights_oneshot"),
+    (dict(weight_sparsity=0.5, weight_method="gblm"), "'gblm' is one-shot only .*prune_weights_oneshot"),
     (dict(weight_sparsity=0.5, sparsity_scope="block"), "sparsity_scope must be one of"),
     (dict(weight_sparsity=0.5, sparsity_update_steps=0), "sparsity_update_steps must be an integer >= 1"),
     (dict(weight_sparsity=0.5, sparsity_update_steps=2.5), "sparsity_update_steps must be an integer"),

@@ -21,6 +21,7 @@ from ..planning.plan import (
 )
 from ..scoring.scores import GRADIENT_METHODS, METHODS
 from ..sparsity import check_scope, check_sparsity, check_weight_method, parse_pattern
+from ..sparsity.weight_scores import HOOKED_METHODS
 
 
 @dataclass
@@ -332,10 +333,10 @@ class GradPruneConfig(TrainingArguments):
         except ValueError as e:
             _fail(str(e))
         self.sparsity_pattern = pattern.name
-        if self.weight_method == "sparsegpt":
+        if self.weight_method not in HOOKED_METHODS:  # sparsegpt, gblm: they need the layer-wise calibration pass
             _fail(
-                "weight_method='sparsegpt' updates weights layer by layer on calibration data, in one shot: use "
-                "hf_gradprune.prune_weights_oneshot, or choose magnitude, wanda, taylor or fisher for gradual sparsity"
+                f"weight_method={self.weight_method!r} is one-shot only (layer by layer on calibration data): use "
+                f"hf_gradprune.prune_weights_oneshot, or choose {', '.join(HOOKED_METHODS)} for gradual sparsity"
             )
         extra = self.sparsity_extra_modules
         if isinstance(extra, str):  # one name from a recipe or a keyword
