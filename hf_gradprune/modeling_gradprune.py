@@ -6,7 +6,7 @@ machine without hf_gradprune. It must therefore import only torch, transformers 
 It also restores the dense weights of a folder stored as values + bitmask (``save_pruned(sparse_format=
 "bitmask")``), reading the safetensors files itself.
 
-One module of about 650 lines because it is the one file a folder ships: whatever a folder needs to load without
+One module of about 670 lines because it is the one file a folder ships: whatever a folder needs to load without
 hf_gradprune (the format check, the structure, empty blocks, bitmask weights, the atomic writer) must be in it.
 
 It knows nothing of model families: the pruned shapes are stored in ``config.gradprune["structure"]`` as
