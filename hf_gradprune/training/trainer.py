@@ -16,6 +16,11 @@ layers); the sliced projections, and those reconstruction rescaled, start with f
 schedule continues where it was.
 Under DDP the model is re-wrapped by Accelerate, so the wrapper never holds stale parameters.
 
+Gradual weight sparsity (``weight_sparsity`` / an N:M ``sparsity_pattern``) lives in ``gradual.py``:
+``training_step`` updates the masks at the start of an update's step (after a unit round at that step) and zeroes
+the pruned weights' gradients after each backward; a ``TrainerCallback`` re-applies the masks and zeroes their Adam
+moments after every optimizer step; checkpoints carry the masks and partial scores.
+
 One module of about 600 lines because it is one class: the overrides share the trainer's round state, and split
 across modules they would be one object's methods in several files.
 """
