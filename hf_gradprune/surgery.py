@@ -13,12 +13,14 @@ from .modeling_gradprune import (
     CONFIG_KEY,
     FORMAT_REQUIRES,
     FORMAT_VERSION,
+    SPARSITY_KEY,
     auto_map_for,
     gradprune_class,
     stock_class,
     structure_of,
 )
 from .planning.plan import PlanError, PruningPlan, plain_json
+from .sparsity.record import refresh_weight_sparsity_record
 from .state import pruning_state, uniform_config, unwrap_model
 from .units import HEAD, NEURON
 
@@ -111,6 +113,7 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     )
     structure = structure_of(target)
     getattr(config, CONFIG_KEY)["structure"] = structure
+    refresh_weight_sparsity_record(target, record.get(SPARSITY_KEY))  # weights zeroed before the cut stay zero
     if structure:
         target.__class__ = pruned_class
         config.auto_map = auto_map

@@ -308,8 +308,8 @@ def test_a_folder_of_a_newer_format_says_which_release_reads_it(tmp_path, kind):
     model = MODELS[kind]()
     model.save_pretrained(tmp_path / "out")
     record = json.loads((tmp_path / "out" / "config.json").read_text())["gradprune"]
-    version = modeling_gradprune.FORMAT_VERSION
-    assert (record["format_version"], record["requires"]) == (version, modeling_gradprune.FORMAT_REQUIRES)
+    assert (record["format_version"], record["requires"]) == (1, modeling_gradprune.FORMAT_REQUIRES)
+    version = modeling_gradprune.READ_FORMAT_VERSION  # the newest format this copy reads: one more is refused
     edit_config(tmp_path / "out", **{"gradprune.format_version": version + 1, "gradprune.requires": "9.0"})
     needs = rf"this folder needs hf_gradprune >= 9\.0 \(format {version + 1}\).*pip install -U hf-gradprune"
     for read in (check_folder, load_pruned):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -22,8 +21,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 INFO = json.loads((FIXTURES / "SAVED_FOLDERS_INFO.json").read_text())
 IO = load_file(FIXTURES / "saved_io.safetensors")
 NAMES = sorted(INFO["plans"])
-# Logits are bit-exact on the versions that wrote them; elsewhere (the floor run: other torch kernels) close.
-SAME_VERSIONS = (torch.__version__, transformers.__version__) == (INFO["torch"], INFO["transformers"])
+# The tensors are compared bit for bit. Logits are only close: even on the versions that wrote them, another CPU
+# picks other BLAS kernels (an AMD EPYC gives 3.7e-9 off the fixtures' logits), as the floor run's torch does.
 
 
 def logits_of(model, name):
@@ -32,11 +31,7 @@ def logits_of(model, name):
 
 
 def assert_same_logits(got, name):
-    want = IO[f"{name}.logits"]
-    if SAME_VERSIONS:
-        assert torch.equal(got, want), (got - want).abs().max()
-    else:
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, IO[f"{name}.logits"], rtol=1e-5, atol=1e-6)
 
 
 def test_the_fixtures_cover_every_kind_of_folder():

@@ -261,3 +261,23 @@ def test_gpt2_masks_are_in_the_parameter_layout():
     masks.apply_(model)
     for t in targets:
         assert satisfies_nm(t.matrix, 2, 4)  # grouped along the input axis, dim 0 of a Conv1D weight
+
+
+def test_a_unit_cut_keeps_the_weight_sparsity_record_and_says_when_it_splits_nm_groups():
+    from hf_gradprune import PruningPlan, prune_model
+    from hf_gradprune.sparsity import matrix_sparsity, record_weight_sparsity, recorded_weight_sparsity
+    from hf_gradprune.state import pruning_state
+
+    model = make_bert()
+    g = pruning_state(model).geometry
+    targets = weight_targets(model)
+    WeightMasks.from_scores(targets, {t.name: t.matrix.detach().abs() for t in targets}, 0.5, "2:4").apply_(model)
+    record_weight_sparsity(model, targets, pattern="2:4", sparsity=0.5, method="magnitude", scope=None)
+    heads = [[0, 1], [0, 1, 2, 3], [2]]
+    prune_model(model, PruningPlan(g, heads, [list(range(96))] * 3))
+    kept = recorded_weight_sparsity(model.config)
+    assert kept["pattern"] == "2:4" and kept["measured"] == pytest.approx(0.5)  # whole heads keep every group
+    prune_model(model, PruningPlan(g, heads, [list(range(1, 96)), list(range(96)), list(range(96))]))
+    after = recorded_weight_sparsity(model.config)
+    assert after["pattern"] == "unstructured"  # neuron 0 out of layer 0's down projection shifted its groups
+    assert after["measured"] == pytest.approx(matrix_sparsity(weight_targets(model))["sparsity"], abs=1e-6)

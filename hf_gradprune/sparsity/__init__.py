@@ -4,7 +4,13 @@ here, in place: the shapes stay."""
 
 from .masks import WeightMasks, check_targets, masks_from_scores, matrix_sparsity, satisfies_nm
 from .patterns import SCOPES, UNSTRUCTURED, SparsityPattern, check_scope, check_sparsity, parse_pattern
-from .record import SPARSITY_KEY, record_weight_sparsity, recorded_weight_sparsity
+from .record import (
+    SPARSITY_KEY,
+    check_sparsity_record,
+    record_weight_sparsity,
+    recorded_weight_sparsity,
+    refresh_weight_sparsity_record,
+)
 from .schedule import cubic_sparsity
 from .targets import WeightTarget, weight_targets
 from .weight_scores import GRADIENT_WEIGHT_METHODS, WEIGHT_METHODS, WeightScorer, check_weight_method
@@ -20,6 +26,7 @@ __all__ = [
     "WeightScorer",
     "WeightTarget",
     "check_scope",
+    "check_sparsity_record",
     "check_sparsity",
     "check_targets",
     "check_weight_method",
@@ -29,6 +36,7 @@ __all__ = [
     "parse_pattern",
     "record_weight_sparsity",
     "recorded_weight_sparsity",
+    "refresh_weight_sparsity_record",
     "satisfies_nm",
     "weight_targets",
 ]

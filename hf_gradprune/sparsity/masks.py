@@ -145,7 +145,8 @@ class WeightMasks:
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
         for param, mask in self._params(model):
-            param.mul_(mask.to(param.device))
+            # +0.0, not a product's -0.0 for a negative weight: a packed folder then needs no sign bits
+            param.masked_fill_(~mask.to(param.device), 0)
 
     @torch.no_grad()
     def zero_grads_(self, model: nn.Module) -> None:

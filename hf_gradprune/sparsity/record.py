@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numbers
 
+from transformers.utils import logging
+
 from ..modeling_gradprune import (
     CONFIG_KEY,
     DENSE,
@@ -17,11 +19,19 @@ from ..modeling_gradprune import (
     check_format,
 )
 from ..state import unwrap_model
-from .masks import matrix_sparsity
+from .masks import matrix_sparsity, satisfies_nm
 from .patterns import SCOPES, parse_pattern
-from .targets import WeightTarget
+from .targets import WeightTarget, weight_targets
 
-__all__ = ["SPARSITY_KEY", "check_sparsity_record", "record_weight_sparsity", "recorded_weight_sparsity"]
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "SPARSITY_KEY",
+    "check_sparsity_record",
+    "record_weight_sparsity",
+    "recorded_weight_sparsity",
+    "refresh_weight_sparsity_record",
+]
 
 
 def record_weight_sparsity(
@@ -105,3 +115,36 @@ def recorded_weight_sparsity(config) -> dict | None:
     check_format(record)
     info = record.get(SPARSITY_KEY)
     return None if info is None else check_sparsity_record(info)
+
+
+def refresh_weight_sparsity_record(model, old: dict | None) -> None:
+    """Carry a weight-sparsity record over a unit cut (``prune_model`` rewrites the pruning record): the zeros of
+    the kept weights stay, so the record stays, re-measured. An N:M pattern a cut split (FFN neurons taken out of
+    a down projection's groups) is recorded as ``unstructured`` from then on, with a warning: sparsify again."""
+    if not old:
+        return
+    model = unwrap_model(model)
+    names = list(old.get("targets", []))
+    blocks = {t.name for t in weight_targets(model)}
+    extras = [n for n in names if n not in blocks and _has_module(model, n)]
+    targets = [t for t in weight_targets(model, extras) if t.name in set(names)]
+    info = dict(old)
+    info["measured"] = round(matrix_sparsity(targets)["sparsity"], 6) if targets else 0.0
+    pattern = parse_pattern(info["pattern"])
+    if pattern.is_nm and not all(satisfies_nm(t.matrix, pattern.n, pattern.m) for t in targets):
+        logger.warning(
+            "hf_gradprune: the cut split %s groups of the sparsified weights; the record now says unstructured "
+            "(run weight sparsity again for %s)",
+            pattern.name,
+            pattern.name,
+        )
+        info.update(pattern="unstructured", scope="layer")
+    getattr(model.config, CONFIG_KEY)[SPARSITY_KEY] = info
+
+
+def _has_module(model, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
