@@ -144,17 +144,21 @@ def test_hopper_converts_with_a_warning_that_names_the_issues(gpu, fake_convert)
 @pytest.mark.parametrize(
     "case, match",
     [
-        ("cpu", r"on cpu: torch's 2:4 kernels run on CUDA only .*model.to\('cuda'\)"),
+        (
+            "cpu",
+            r"weights are on cpu \(bert.encoder.layer.0.attention.self.query, .* and 15 more\): "
+            r".*CUDA only .*model.to\('cuda'\)",
+        ),
         ("fp32", r"are float32: .*float16 or bfloat16.*model.half\(\)"),
         ("mixed", r"are bfloat16, float16: .*of one dtype"),
         ("old-gpu", r"Tesla T4 \(sm_75\).*compute capability 8.0 or newer"),
         ("hopper-cutlass", r"CUTLASS 2:4 kernels .*8.x only, and NVIDIA H100 is sm_90 .*cuSPARSELt"),
         ("shape", r"0\.intermediate\.dense \(40, 64\), .*output\.dense \(64, 40\).*multiple of 16 .*ffn_multiple_of"),
         ("cutlass-shape", r"cutlass 2:4 kernels need .*columns a multiple of 64"),
-        ("not-2:4", r"attention.self.query is not 2:4 .*sparsity_pattern='2:4'"),
-        ("gpt2", r"c_attn \(Conv1D\)(.|\n)* is not an nn.Linear: .*Conv1D stores \[in, out\]"),
+        ("not-2:4", r"not 2:4 \(.*\): bert.encoder.layer.0.attention.self.query; .*sparsity_pattern='2:4'"),
+        ("gpt2", r"not an nn.Linear: transformer.h.0.attn.c_attn \(Conv1D\), .*; .*Conv1D stores \[in, out\]"),
         ("no-prototype", r"has no torch.sparse.to_sparse_semi_structured"),
-        ("twice", r"already holds a semi-structured weight"),
+        ("twice", r"already semi-structured: .*convert a model once"),
     ],
 )
 def test_refusals_say_what_to_do_and_change_nothing(case, match, gpu, fake_convert, monkeypatch):

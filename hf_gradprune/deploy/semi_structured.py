@@ -92,19 +92,19 @@ def check_semi_structured(model: nn.Module, targets=None, extra_modules=()) -> t
     not_linear = [f"{t.name} ({type(t.module).__name__})" for t in targets if not isinstance(t.module, nn.Linear)]
     if not_linear:
         raise SemiStructuredError(
-            f"{_listed(not_linear)} is not an nn.Linear: torch's 2:4 kernels take nn.Linear's [out, in] weight only "
+            f"not an nn.Linear: {_listed(not_linear)}; torch's 2:4 kernels take nn.Linear's [out, in] weight only "
             "(GPT-2's Conv1D stores [in, out] and multiplies x @ W); leave such a model dense with exact zeros"
         )
     done = [t.name for t in targets if isinstance(t.module.weight, torch.sparse.SparseSemiStructuredTensor)]
     if done:
-        raise SemiStructuredError(f"{_listed(done)} already holds a semi-structured weight: convert a model once")
+        raise SemiStructuredError(f"already semi-structured: {_listed(done)}; convert a model once")
     devices = {t.name: _cuda_device(t.module.weight) for t in targets}
     off = [n for n, d in devices.items() if d is None]
     if off:
         where = targets[names.index(off[0])].module.weight.device
         raise SemiStructuredError(
-            f"{_listed(off)} is on {where}: torch's 2:4 kernels run on CUDA only (model.to('cuda')); on the CPU a "
-            "2:4 model is as fast as the dense one, and only its folder is smaller"
+            f"the weights are on {where} ({_listed(off)}): torch's 2:4 kernels run on CUDA only (model.to('cuda')); "
+            "on the CPU a 2:4 model is as fast as the dense one, and only its folder is smaller"
         )
     dtypes = {t.module.weight.dtype for t in targets} | {
         t.module.bias.dtype for t in targets if t.module.bias is not None
@@ -148,7 +148,7 @@ def check_semi_structured(model: nn.Module, targets=None, extra_modules=()) -> t
     not_24 = [t.name for t in targets if not satisfies_nm(t.module.weight.detach(), 2, 4)]
     if not_24:
         raise SemiStructuredError(
-            f"{_listed(not_24)} is not 2:4 (more than 2 nonzeros in a group of 4 inputs): prune with "
+            f"not 2:4 (more than 2 nonzeros in a group of 4 inputs): {_listed(not_24)}; prune with "
             "sparsity_pattern='2:4' first (and keep its masks through training), or leave it dense"
         )
     first = next(iter(capabilities))
