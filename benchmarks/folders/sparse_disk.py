@@ -8,8 +8,8 @@ embeddings). Weights are zeroed by magnitude, 50% per matrix, then cast to fp16.
 default, so three ratios are reported: the whole folder, the weight file, and the sparsified matrices alone;
 and again with ``extra_modules`` covering the LM head (SmolLM2 ties it to the embeddings, so that is one
 matrix) or, for MiniLM (no LM head), the word embeddings. Each bitmask folder is reloaded through ``load_pruned``
-and compared bit for bit. Zeros left by ``WeightMasks.apply_`` (a multiplication) are -0.0 where the weight was
-negative, and the format keeps that sign (a bit per zero); the same folder with every zero +0.0 is measured too.
+and compared bit for bit. ``WeightMasks.apply_`` leaves +0.0 (a masked fill); a -0.0 zero would cost the format a
+sign bit per zero, so the folder with every zero forced to +0.0 is measured too (equal since b3e2be8).
 Goal (issue 23): the compressed folder at most 60% of the dense one.
 """
 
@@ -135,8 +135,8 @@ def measure(name: str, cls, config, extra, work: Path) -> dict:
             "reload_bit_exact": same_bits(loaded, model),
         }
         del loaded
-    # WeightMasks.apply_ multiplies: a negative weight times 0 is -0.0, whose sign bit the bitmask format keeps (a
-    # bit per zero). The same folder with every zero +0.0 (what a masked_fill would leave) needs no sign bits.
+    # A -0.0 zero (a product with a 0 mask) would make the bitmask format keep sign bits (a bit per zero).
+    # WeightMasks.apply_ fills +0.0 since b3e2be8, so this row checks that no sign bits are left to pay for.
     with torch.no_grad():
         for name_, p in model.named_parameters():
             if name_ in names:
