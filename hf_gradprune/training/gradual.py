@@ -166,6 +166,7 @@ class GradualSparsity:
     def _score_now(self) -> WeightScorer:
         """Score the model as it is on ``scoring_steps`` training batches without updating it (eval mode): for an
         update no training batch came before (at step 0, or right after the unit prune at the same step)."""
+        self.totals = None
         trainer = self.trainer
         model = trainer.model
         was_training = model.training
@@ -200,8 +201,15 @@ class GradualSparsity:
         if self.method == "magnitude":
             scorer = WeightScorer(trainer.model, "magnitude", self.targets())
         else:
-            scorer = self.totals if self._has_scores() else self._score_now()
-            if trainer.accelerator.num_processes > 1:
+            distributed = trainer.accelerator.num_processes > 1
+            has = self._has_scores()
+            if distributed:  # one process without scores (all its batches overflowed): every process scores anew
+                flag = torch.tensor([float(has)], device=trainer.args.device)
+                has = bool(
+                    trainer.accelerator.reduce(flag, reduction="sum").item() == trainer.accelerator.num_processes
+                )
+            scorer = self.totals if has else self._score_now()
+            if distributed:
                 scorer.reduce_(lambda t: trainer.accelerator.reduce(t, reduction="sum"))
         with torch.no_grad():
             scores = scorer.scores()
