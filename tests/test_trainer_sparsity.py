@@ -543,3 +543,20 @@ def test_a_weight_only_run_saves_its_folder_and_card(tmp_path):
     loaded = load_pruned(tmp_path / "final")
     for name, p in loaded.state_dict().items():
         assert torch.equal(p, trainer.model.state_dict()[name]), name
+
+
+def test_gpt2_conv1d_weights_are_masked_along_their_inputs(tmp_path):
+    """GPT-2 stores weights [in, out] (Conv1D): N:M groups run along the inputs, masks are in the parameter's layout."""
+    trainer = sparse_trainer(
+        tmp_path, kind="gpt2", sparsity_pattern="2:4", weight_sparsity=None, weight_method="taylor", scoring_steps=2
+    )
+    trainer.train()
+    masks = trainer._sparsity.masks.masks
+    targets = weight_targets(trainer.model)
+    assert any(t.in_axis == 0 for t in targets)
+    for t in targets:
+        keep = masks[t.param_name]
+        assert keep.shape == t.module.weight.shape
+        assert torch.equal(t.module.weight != 0, keep), t.name
+        assert satisfies_nm(t.matrix, 2, 4) and int((t.matrix == 0).sum()) == t.matrix.numel() // 2, t.name
+        assert adam_state(trainer, t.module.weight)["exp_avg"][~keep].abs().max() == 0
