@@ -529,17 +529,13 @@ def test_on_gpu(tmp_path, precision):
         assert torch.equal(t.module.weight != 0, keep) or bool((t.module.weight[~keep] == 0).all())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reports/model_card.py reads round_schedule()[0] of a one-shot schedule, empty without a unit target: "
-    "the lead applies H1's model_card patch, then drops this marker",
-)
 def test_a_weight_only_run_saves_its_folder_and_card(tmp_path):
     trainer = sparse_trainer(tmp_path, sparsity_end_step=3)
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
     card = (tmp_path / "final" / "README.md").read_text()
     assert "weight sparsity 0.5 (unstructured, global scope) by `magnitude` scores" in card
+    assert "A weight-sparse" in card and "physically removed" not in card
     loaded = load_pruned(tmp_path / "final")
     for name, p in loaded.state_dict().items():
         assert torch.equal(p, trainer.model.state_dict()[name]), name

@@ -7,6 +7,7 @@ import os
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..modeling_gradprune import auto_classes
+from ..sparsity import parse_pattern
 from ..surgery import current_plan
 from .run_report import STAGES, stage_metrics
 
@@ -14,8 +15,12 @@ from .run_report import STAGES, stage_metrics
 def _schedule_text(args, max_steps: int) -> str:
     targets = ", ".join(f"{k}={v}" for k, v in args.plan_targets().items())
     steps = [step for step, _ in args.round_schedule(max_steps)]  # the run's steps (fractions resolved)
-    if args.pruning_schedule == "none":
-        sched = "no pruning in this run (recovery of an already pruned model)"
+    if not args.prunes_units:
+        sched = (
+            "no heads or neurons removed in this run"
+            if args.sparsifies_weights
+            else "no pruning in this run (recovery of an already pruned model)"
+        )
         targets = "-"
     elif args.pruning_schedule == "one_shot":
         sched = "one-shot before training" if steps == [0] else f"one-shot at step {steps[0]}"
@@ -28,7 +33,20 @@ def _schedule_text(args, max_steps: int) -> str:
     )
     return (
         f"`{args.importance}` importance over {args.scoring_steps} batches per round, {args.ranking} ranking; "
-        f"target {targets}; {sched}; recovery with {distill}."
+        f"target {targets}; {sched}; recovery with {distill}.{_weight_text(args, max_steps)}"
+    )
+
+
+def _weight_text(args, max_steps: int) -> str:
+    """The gradual weight sparsity of the run, if any (the config's record says what the weights hold)."""
+    updates = args.sparsity_schedule(max_steps)
+    if not updates:
+        return ""
+    scope = "" if parse_pattern(args.sparsity_pattern).is_nm else f", {args.sparsity_scope} scope"
+    return (
+        f" Then weight sparsity {args.final_weight_sparsity:g} ({args.sparsity_pattern}{scope}) by "
+        f"`{args.weight_method}` scores, {len(updates)} mask update(s) on a cubic ramp ending at step "
+        f"{updates[-1][0]}; the pruned weights are exact zeros in the folder."
     )
 
 
@@ -77,9 +95,7 @@ def model_card_text(trainer) -> str:
     body = f"""
 # {args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))}
 
-A structurally pruned `{arch}` made with hf_gradprune:
-attention heads and FFN neurons scored by gradient x activation and physically removed, then recovered by
-fine-tuning.
+{_intro(args, arch)}
 
 - Base model: {base}
 - Task: {task}
@@ -103,6 +119,17 @@ fine-tuning.
 {_how_to_load(auto, stock)}
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _intro(args, arch: str) -> str:
+    """What was done: units removed, weights zeroed, or both (hybrid)."""
+    units = "attention heads and FFN neurons scored by gradient x activation and physically removed"
+    weights = "individual weights of the remaining matrices zeroed by their scores (the shapes stay)"
+    if args.prunes_units and args.sparsifies_weights:
+        return f"A pruned `{arch}` made with hf_gradprune:\n{units}, then {weights}; recovered by fine-tuning."
+    if args.sparsifies_weights:
+        return f"A weight-sparse `{arch}` made with hf_gradprune:\n{weights}; recovered by fine-tuning."
+    return f"A structurally pruned `{arch}` made with hf_gradprune:\n{units}, then recovered by\nfine-tuning."
 
 
 def _how_to_load(auto: str, stock: bool) -> str:
