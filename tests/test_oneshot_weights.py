@@ -455,6 +455,7 @@ def _prune_args(tmp, out, *flags):
         (["--sparsity_pattern", "2:4"], "wanda", False),  # weights only; the one-shot default method
         (["--weight_sparsity", "0.5", "--weight_method", "magnitude", "--sparsity_scope", "row"], "magnitude", False),
         (["--sparsity_pattern", "2:4", "--head_sparsity", "0.5", "--ffn_multiple_of", "8"], "wanda", True),  # hybrid
+        (["--sparsity_pattern", "2:4", "--weight_method", "sparsegpt"], "sparsegpt", False),  # one-shot only
     ],
 )
 def test_cli_prunes_weights_one_shot_and_prints_the_sparsity(gpt2_folder, capsys, flags, method, units):
@@ -511,6 +512,6 @@ def test_smollm2_oneshot_recipe_parses_for_prune(gpt2_folder):
     assert options == {
         "weight_sparsity": None,
         "sparsity_pattern": "2:4",
-        "weight_method": "wanda",
+        "weight_method": "sparsegpt",
         "sparsity_scope": None,
     }

@@ -126,6 +126,8 @@ def test_targets_are_the_block_matrices_in_every_family():
     assert extra[-1].name == "lm_head" and extra[-1].layer is None
     with pytest.raises(ValueError, match="no module"):
         weight_targets(llama, extra_modules=["nope"])
+    with pytest.warns(UserWarning, match="tied to transformer.wte"):  # GPT-2 ties its LM head to the embeddings
+        weight_targets(gpt2, extra_modules=["lm_head"])
     with pytest.raises(ValueError, match="2:4"):
         check_targets(weight_targets(make_bert(intermediate_size=98)), "2:4")
 

@@ -311,8 +311,6 @@ BAD = [
     (dict(sparsity_pattern="4:2"), "sparsity_pattern must be"),
     (dict(sparsity_pattern="2:4", weight_sparsity=0.7), "weight_sparsity must be 0.5"),
     (dict(weight_sparsity=0.5, weight_method="snip"), "weight_method must be one of"),
-    (dict(weight_sparsity=0.5, weight_method="sparsegpt"), "prune_weights_oneshot"),
-    (dict(weight_sparsity=0.5, weight_method="gblm"), "'gblm' is one-shot only .*prune_weights_oneshot"),
     (dict(weight_sparsity=0.5, sparsity_scope="block"), "sparsity_scope must be one of"),
     (dict(weight_sparsity=0.5, sparsity_update_steps=0), "sparsity_update_steps must be an integer >= 1"),
     (dict(weight_sparsity=0.5, sparsity_update_steps=2.5), "sparsity_update_steps must be an integer"),
@@ -355,6 +353,13 @@ def test_bad_options_are_refused_by_the_config(tmp_path, kwargs, match):
         GradPruneConfig(**base, **kwargs)
 
 
+def test_one_shot_only_methods_parse_for_the_one_shot_command_and_fail_the_schedule_check(tmp_path):
+    args = GradPruneConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], sparsity_pattern="2:4")
+    args.weight_method = "sparsegpt"  # hf-gradprune prune --oneshot parses this config and runs sparsegpt
+    with pytest.raises(ValueError, match="one-shot only"):
+        args.check_schedule(100)  # what the example scripts call before their dense fine-tune
+
+
 def test_weight_sparsity_alone_needs_no_unit_target_and_prunes_no_unit(tmp_path):
     args = GradPruneConfig(output_dir=str(tmp_path), use_cpu=True, weight_sparsity=0.5)
     assert not args.prunes_units and args.round_schedule(100) == [] and args.plan_targets() == {}
@@ -367,6 +372,8 @@ def test_weight_sparsity_alone_needs_no_unit_target_and_prunes_no_unit(tmp_path)
 @pytest.mark.parametrize(
     "kwargs,model_kw,match",
     [
+        (dict(weight_sparsity=0.5, weight_method="sparsegpt"), {}, "prune_weights_oneshot"),
+        (dict(weight_sparsity=0.5, weight_method="gblm"), {}, "'gblm' is one-shot only .*prune_weights_oneshot"),
         (dict(weight_sparsity=0.5, sparsity_extra_modules=["clasifier"]), {}, "no module of that name"),
         (dict(weight_sparsity=0.5, sparsity_extra_modules=["bert.embeddings"]), {}, "has no 2-D weight"),
         (dict(sparsity_pattern="2:4"), dict(intermediate_size=94), r"cannot be split so"),

@@ -3,6 +3,7 @@ them), plus any module the caller names; embeddings, the LM head and the classif
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,24 @@ def weight_targets(model: nn.Module, extra_modules=()) -> list[WeightTarget]:
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise ValueError(f"extra sparsity target {name!r} has no 2-D weight: name a linear layer")
         if name not in taken:
+            _warn_if_tied(model, name, weight)
             targets.append(WeightTarget(name, None, module, adapter.weight_in_axis(module)))
             taken.add(name)
     return targets
+
+
+def _warn_if_tied(model: nn.Module, name: str, weight: torch.Tensor) -> None:
+    """Say so when an extra target shares its weight (an LM head tied to the token embeddings): zeroing one zeroes
+    the other too."""
+    others = sorted(
+        n.removesuffix(".weight")
+        for n, p in model.named_parameters(remove_duplicate=False)
+        if p is weight and n != f"{name}.weight"
+    )
+    if others:
+        warnings.warn(
+            f"{name}'s weight is tied to {', '.join(others)}: sparsifying it zeroes the same weights there too "
+            "(untie the weights first, e.g. config.tie_word_embeddings=False, to keep them apart)",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -333,11 +333,8 @@ class GradPruneConfig(TrainingArguments):
         except ValueError as e:
             _fail(str(e))
         self.sparsity_pattern = pattern.name
-        if self.weight_method not in HOOKED_METHODS:  # sparsegpt, gblm: they need the layer-wise calibration pass
-            _fail(
-                f"weight_method={self.weight_method!r} is one-shot only (layer by layer on calibration data): use "
-                f"hf_gradprune.prune_weights_oneshot, or choose {', '.join(HOOKED_METHODS)} for gradual sparsity"
-            )
+        # sparsegpt and gblm are refused when a trainer is built (check_gradual_method), not here: the one-shot
+        # command line (hf-gradprune prune --oneshot) parses the same config and runs them.
         extra = self.sparsity_extra_modules
         if isinstance(extra, str):  # one name from a recipe or a keyword
             extra = [extra]
@@ -483,6 +480,15 @@ class GradPruneConfig(TrainingArguments):
                 parts.append(f"{name}={value}")
         return ", ".join(parts)
 
+    def check_gradual_method(self) -> None:
+        """Refuse a one-shot-only weight method (sparsegpt, gblm: layer by layer on calibration data) for training."""
+        if self.sparsifies_weights and self.weight_method not in HOOKED_METHODS:
+            _fail(
+                f"weight_method={self.weight_method!r} is one-shot only (layer by layer on calibration data): use "
+                f"hf_gradprune.prune_weights_oneshot (hf-gradprune prune --oneshot), or choose "
+                f"{', '.join(HOOKED_METHODS)} for gradual sparsity"
+            )
+
     def check_schedule(self, max_steps: int, batches_per_epoch: int | None = None) -> None:
         """Raise ``PlanError`` unless every round runs, with all its scoring batches, in ``max_steps`` steps.
 
@@ -494,6 +500,7 @@ class GradPruneConfig(TrainingArguments):
             start, end = self.step_at(self.prune_start_step, max_steps), self._end_step(max_steps)
             if end < start:
                 _fail(f"the last round comes before the first: {self._steps_text(max_steps)}")
+        self.check_gradual_method()
         self._check_sparsity_schedule(max_steps)
         rounds = self.round_schedule(max_steps)
         if not rounds:

@@ -77,6 +77,7 @@ class GradualSparsity:
     def check(self) -> None:
         """Refuse, before training, targets the pattern cannot hold (now, and after the unit prune of a hybrid)."""
         args = self.trainer.args
+        args.check_gradual_method()
         check_targets(self.targets(), self.pattern)  # extra module names, N:M widths
         if self.pattern.is_nm and args.prunes_units:
             head_dim = current_plan(self.trainer.model).geometry.head_dim
