@@ -70,8 +70,9 @@ def fitted_scales(before, after, kind):
 
 # ---------------------------------------------------------------------- an explicit reference
 @torch.no_grad()
-def _explicit_rows(model, dense, batches, index, kind):
-    """A (tokens*hidden x units) and b, built token by token from each unit's own contribution."""
+def _explicit_rows(model, dense, batches, index, kind, first_only=False):
+    """A (tokens*hidden x units) and b, built token by token from each unit's own contribution; ``first_only``:
+    the first token of each sequence only (what BERT's pooler reads)."""
     state, t_state = pruning_state(model), pruning_state(dense)
     adapter, d = state.adapter, state.geometry.head_dim
     layer, t_layer = state.layers[index], t_state.layers[index]
@@ -106,7 +107,10 @@ def _explicit_rows(model, dense, batches, index, kind):
             dense(**x)
         for h in handles:
             h.remove()
-        mask = x["attention_mask"].bool().reshape(-1)
+        mask = x["attention_mask"].bool()
+        if first_only:
+            mask = mask & (torch.arange(mask.shape[1]) == 0)[None, :]
+        mask = mask.reshape(-1)
         z = got["z"].reshape(-1, got["z"].shape[-1])[mask]
         units = z.shape[1] // group
         contrib = torch.stack(
@@ -135,7 +139,9 @@ def test_scales_equal_a_closed_form_solve_of_explicit_matrices_layer_by_layer(ki
             entry = [r for r in report.sublayers if r.layer == index and r.kind == kind_][0]
             if entry.units == 0:
                 continue
-            a, b = _explicit_rows(reference, dense, batches, index, kind_)
+            # a sequence classifier's last layer is fitted on what its head reads: BERT's pooler reads [CLS]
+            last = kind == "bert" and index == state.geometry.num_layers - 1
+            a, b = _explicit_rows(reference, dense, batches, index, kind_, first_only=last)
             lam = ridge * float((a * a).sum(0).mean())
             eye = torch.eye(a.shape[1], dtype=torch.float64)
             s = torch.linalg.solve(a.t() @ a + lam * eye, a.t() @ b + lam * torch.ones(a.shape[1], dtype=a.dtype))
@@ -173,7 +179,7 @@ def test_reconstruction_never_raises_a_sublayer_error_and_reports_it_honestly(ki
     assert report.error_after < report.error_before  # summed over the sub-layers with units (no NaN)
     # the error of the last sub-layer, measured independently, is the reported one
     last = done[-1]
-    a, b = _explicit_rows(model, dense, batches, last.layer, last.kind)
+    a, b = _explicit_rows(model, dense, batches, last.layer, last.kind, first_only=last.read_tokens == "head")
     assert float((a.sum(1) - b).pow(2).mean()) == pytest.approx(last.error_after, rel=1e-3)
     assert report.tokens == sum(int(x["attention_mask"].sum()) for x in batches)
     assert "calibration tokens" in report.summary()
@@ -328,3 +334,83 @@ def test_inputs_embeds_without_a_mask_count_every_position():
             data.append({"inputs_embeds": dense.get_input_embeddings()(b["input_ids"])})
     report = reconstruct(model, dense, data)
     assert report.tokens == 2 * 4 * 12 and report.error_after <= report.error_before
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_the_tokens_a_classifier_head_reads_are_those_its_logits_come_from(family):
+    """``head_read_tokens`` against the head itself: the logits are the head applied to the last layer's output at
+    exactly the marked tokens (one per sequence), with left and right padding."""
+    from transformers import GPT2ForSequenceClassification, LlamaForSequenceClassification
+
+    if family == "bert":
+        model = make_bert()
+    elif family == "gpt2":
+        torch.manual_seed(0)
+        from conftest import tiny_gpt2_config
+
+        model = GPT2ForSequenceClassification(tiny_gpt2_config(pad_token_id=0, num_labels=3)).eval()
+    else:
+        torch.manual_seed(0)
+        model = LlamaForSequenceClassification(
+            make_decoder().config.__class__(**{**make_decoder().config.to_dict(), "num_labels": 3})
+        ).eval()
+    state = pruning_state(model)
+    b = batch("bert" if family == "bert" else "gpt2", seed=3, size=4, length=10)
+    if family == "llama":  # left padding too: the rightmost non-pad token is read
+        b["input_ids"][0] = torch.cat([torch.zeros(3, dtype=torch.long), b["input_ids"][0, :7]])
+        b["attention_mask"][0] = (b["input_ids"][0] != 0).long()
+    read = state.adapter.head_read_tokens(model, b)
+    assert read.shape == b["input_ids"].shape and read.sum(1).tolist() == [1] * 4
+    assert (read & b["attention_mask"].bool()).sum() == 4  # never a padding position
+    grabbed = {}
+    last = state.layers[-1]
+    handle = last.register_forward_hook(lambda m, a, o: grabbed.update(h=o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        handle.remove()
+        hidden = grabbed["h"][read]  # [4, hidden]
+        if family == "bert":
+            expected = model.classifier(model.bert.pooler(hidden[:, None, :]))
+        elif family == "gpt2":
+            expected = model.score(model.transformer.ln_f(hidden))
+        else:
+            expected = model.score(model.model.norm(hidden))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # a language model reads every token
+    assert state.adapter.head_read_tokens(make_gpt2(), b) is None
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_a_plan_fitted_under_gates_then_cut_equals_the_cut_model_fitted(kind):
+    """``reconstruct(model, dense, batches, plan=plan)`` on the uncut model, then the cut, gives the weights of cutting
+    first and reconstructing the cut model (the same normal equations; the gated units read 0)."""
+    _, dense = pruned_pair(kind, dtype=torch.float64)
+    if kind == "bert":
+        plan = uneven_plan(dense, zero_layer=0)
+    elif kind == "gpt2":
+        plan = uneven_plan(dense, zero_layer=1)
+    else:
+        plan = llama_uneven_plan(dense, zero_layer=0)
+    batches = loader(kind, left_pad=False)
+    cut_first = copy.deepcopy(dense)
+    prune_model(cut_first, plan)
+    first = reconstruct(cut_first, dense, batches, max_scale=1e9)
+    gated = copy.deepcopy(dense)
+    second = reconstruct(gated, dense, batches, max_scale=1e9, plan=plan)
+    prune_model(gated, plan)
+    fitted = [(r.layer, r.kind, r.units, r.skipped) for r in first.sublayers]
+    assert fitted == [(r.layer, r.kind, r.units, r.skipped) for r in second.sublayers]
+    assert sum(r.skipped is None for r in first.sublayers) >= 3
+    for (name, a), (_, b) in zip(cut_first.state_dict().items(), gated.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=name)
+    for a, b in zip(first.sublayers, second.sublayers):
+        assert a.error_before == pytest.approx(b.error_before, rel=1e-9, abs=1e-15, nan_ok=True)
+        assert a.error_after == pytest.approx(b.error_after, rel=1e-9, abs=1e-15, nan_ok=True)
+
+
+def test_a_plan_keeping_a_unit_the_model_lacks_is_refused_before_any_change():
+    model, dense = pruned_pair("bert")
+    snapshot = copy.deepcopy(model.state_dict())
+    with pytest.raises(ReconstructionError, match="plan: layer 0"):
+        reconstruct(model, dense, loader("bert"), plan=uneven_plan(dense, zero_layer=1))
+    assert _unchanged(model, snapshot)

@@ -137,6 +137,30 @@ class FamilyAdapter(abc.ABC):
             "(FamilyAdapter.residual_output), so its models cannot be reconstructed"
         )
 
+    def head_read_tokens(self, model: nn.Module, batch: dict) -> torch.Tensor | None:
+        """``[batch, seq]`` bool mask of the tokens whose last-layer output a sequence-classification head reads, or
+        None when every token's output is read (language models, token classifiers). Here, as transformers' decoder
+        classifiers pool: the rightmost token that is not the pad token (the last one when the config has no pad
+        id). Reconstruction fits the last layer on these tokens only: nothing else of that layer reaches the head."""
+        if not type(model).__name__.endswith("ForSequenceClassification"):
+            return None
+        ids = batch.get("input_ids")
+        mask = batch.get("attention_mask")
+        if ids is None and mask is None:
+            return None  # inputs_embeds alone: no way to tell padding apart, so every token counts
+        shape = (ids if ids is not None else mask).shape
+        pad = getattr(model.config.get_text_config(), "pad_token_id", None)
+        if ids is None or pad is None:
+            last = torch.full(
+                (shape[0],), shape[1] - 1, dtype=torch.long, device=(ids if ids is not None else mask).device
+            )
+        else:
+            positions = torch.arange(shape[1], device=ids.device)
+            last = (positions * (ids != pad).to(torch.long)).argmax(-1)
+        read = torch.zeros(shape, dtype=torch.bool, device=last.device)
+        read[torch.arange(shape[0], device=last.device), last] = True
+        return read
+
     def output_weight(self, module: nn.Module) -> torch.Tensor:
         """The output projection's weight as an ``[out, in]`` view (one column per input feature), so that
         scaling a column in place scales that feature's contribution. ``nn.Linear`` is already so."""

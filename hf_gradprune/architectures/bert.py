@@ -53,6 +53,17 @@ class BertFamilyAdapter(FamilyAdapter):
         # post-norm: BertSelfOutput / BertOutput compute LayerNorm(dense(x) + residual)
         return (layer.attention.output.LayerNorm if kind == HEAD else layer.output.LayerNorm), "input"
 
+    def head_read_tokens(self, model, batch: dict):
+        # BertForSequenceClassification's pooler reads the first token ([CLS]) of the last layer's output only
+        if not type(model).__name__.endswith("ForSequenceClassification"):
+            return None
+        ref = batch.get("input_ids", batch.get("attention_mask"))
+        if ref is None:
+            ref = batch["inputs_embeds"][..., 0]
+        read = torch.zeros(ref.shape[:2], dtype=torch.bool, device=ref.device)
+        read[:, 0] = True
+        return read
+
     def num_heads(self, layer) -> int:
         return layer.attention.self.num_attention_heads
 

@@ -50,8 +50,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..planning.plan import PlanError, PruningPlan
 from ..state import pruning_state, unwrap_model
 from ..units import HEAD, NEURON
+from .budget_search import plan_gates, unit_gates
 from .calibration import calibration_batches, check_count, token_mask
 from .reference import DenseLayers, DenseTargets
 from .stream import LayerStream, StreamError, block_of, first, like, replaying
@@ -78,6 +80,9 @@ class SubLayerReport:
     max_scale: float = 1.0
     bias_compensated: bool = False
     note: str | None = None  # e.g. why the scales were left at 1 while the bias still moved
+    read_tokens: str = "all"  # "head": fitted on the tokens a classifier head reads (the last layer)
+    tokens: int = 0  # the tokens fitted on
+    tokens_needed: int | None = None  # skipped for lack of data: about how many tokens would have been enough
 
 
 @dataclass
@@ -138,6 +143,8 @@ def reconstruct(
     raise_ridge: int = 3,
     max_batches: int | None = None,
     reuse_ffn_inputs: bool | None = None,
+    plan: PruningPlan | None = None,
+    classifier_tokens: bool = True,
 ) -> ReconstructionReport:
     """Rescale the kept units of every pruned sub-layer of ``model`` to reproduce ``dense``, in place.
 
@@ -160,6 +167,14 @@ def reconstruct(
         reuse_ffn_inputs: keep each batch's attention output and FFN inputs to replay the attention in the
             FFN's pass and update the layer's output after the fold, instead of running them again. None
             (default): on the CPU, where a pass costs more than the memory; not on an accelerator.
+        plan: fit only the units this plan keeps (original ids, a subset of the model's live units), with the
+            model's other live units gated off (``unit_gates``) for the whole call: the model keeps its shape,
+            and cutting it to ``plan`` afterwards (``prune_model``) keeps the fit. ``prune_oneshot`` tries
+            candidate plans this way before its one cut. None: the units the model has.
+        classifier_tokens: for a sequence classifier, fit the last layer on the tokens its head reads
+            (``FamilyAdapter.head_read_tokens``: BERT's [CLS], a decoder's last non-pad token) instead of every
+            token: nothing else of that layer reaches the head. Earlier layers still fit every token (their
+            outputs feed the attention of the layers after).
 
     Returns a ``ReconstructionReport`` (per sub-layer error before and after, and what was skipped).
     """
@@ -197,6 +212,14 @@ def reconstruct(
 
     s_state = pruning_state(student)
     adapter = s_state.adapter
+    kept_ids, gates = _kept_and_gates(student, s_state, plan)
+    last_masks = None
+    if classifier_tokens:
+        reads = [adapter.head_read_tokens(student, b) for b in batches]
+        if all(r is not None for r in reads):
+            last_masks = [m & r.to(m.device) for m, r in zip(masks, reads)]
+            if not any(bool(m.any()) for m in last_masks):
+                last_masks = None  # the head reads only padding: fit every token rather than none
     device = next(student.parameters()).device
     if reuse_ffn_inputs is None:
         reuse_ffn_inputs = device.type == "cpu"
@@ -206,7 +229,7 @@ def reconstruct(
     if teacher is not None:
         teacher.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), unit_gates(student, *gates):
             s_stream = LayerStream(student, s_state.layers, batches)
             # The layers get the same inputs and arguments in both models (embeddings are never pruned), so the
             # dense stream starts from the pruned one's record; a resident dense model that attends another way
@@ -217,7 +240,10 @@ def reconstruct(
                 t_stream = None
             dtype = _compute_dtype(student)
             for index, s_layer in enumerate(s_state.layers):
-                kept = {HEAD: s_state.head_ids[index], NEURON: s_state.neuron_ids[index]}
+                kept = {HEAD: kept_ids[0][index], NEURON: kept_ids[1][index]}
+                live = {HEAD: s_state.head_ids[index], NEURON: s_state.neuron_ids[index]}
+                last = last_masks is not None and index == len(s_state.layers) - 1
+                fit_masks = last_masks if last else masks
                 have = {HEAD: reference.head_ids[index], NEURON: reference.neuron_ids[index]}
                 removed = {}
                 for k in (HEAD, NEURON):
@@ -236,7 +262,11 @@ def reconstruct(
                     if not kept[kind]:
                         report.sublayers.append(SubLayerReport(index, kind, 0, math.nan, math.nan, "no units left"))
                         continue
-                    entry = _SubLayer(adapter, index, kind, s_layer, len(kept[kind]), s_state.geometry, dtype)
+                    keeps = set(kept[kind])
+                    positions = [p for p, i in enumerate(live[kind]) if i in keeps]
+                    entry = _SubLayer(
+                        adapter, index, kind, s_layer, positions, len(live[kind]), s_state.geometry, dtype
+                    )
                     point = adapter.residual_output(s_layer, kind)
                     # the FFN's pass runs to the layer's end when its output is the layer's (pre-norm families)
                     through = kind == NEURON and reuse_ffn_inputs and point == (s_layer, "output")
@@ -249,7 +279,7 @@ def reconstruct(
                         entry,
                         point,
                         targets[kind],
-                        masks,
+                        fit_masks,
                         through,
                         block,
                         (attention, replay),
@@ -257,6 +287,7 @@ def reconstruct(
                     result, change = entry.fit(
                         targets.get(("removed", kind)), least_squares, bias_compensation, ridge, max_scale, raise_ridge
                     )
+                    result.read_tokens = "head" if last else "all"
                     _log(result)
                     report.sublayers.append(result)
                     if block is not None and all(o is not None and torch.equal(first(o), p) for _, p, _, o in rows):
@@ -345,6 +376,19 @@ def _check_pair(model, dense) -> tuple[nn.Module, DenseLayers, nn.Module | None]
     return student, reference, teacher
 
 
+def _kept_and_gates(student, s_state, plan) -> tuple[tuple[list, list], tuple]:
+    """Per kind and layer the original ids of the units to fit, and ``unit_gates``' factors (None, None: no gates)."""
+    if plan is None:
+        return (s_state.head_ids, s_state.neuron_ids), (None, None)
+    if not isinstance(plan, PruningPlan):
+        raise ReconstructionError(f"plan must be a PruningPlan, got {type(plan).__name__}")
+    try:
+        gates = plan_gates(student, plan)
+    except PlanError as err:
+        raise ReconstructionError(f"plan: {err}") from None
+    return (plan.heads, plan.neurons), gates
+
+
 def calibration_tokens(batches: list[dict]) -> tuple[list[torch.Tensor], int]:
     """Per batch the [batch, seq] mask of its real tokens, and their count; ``CalibrationError`` /
     ``ReconstructionError`` when a batch has no tokens to read or all of them are padding."""
@@ -430,6 +474,10 @@ def _ids(adapter, layer, kind) -> range:
     return range(adapter.num_heads(layer) if kind == HEAD else adapter.ffn_width(layer))
 
 
+# Skipped for lack of data: the tokens per kept unit that the report says would be enough (measured on
+# SmolLM2-135M at 20% of block parameters, benchmarks/README.md §10).
+TOKENS_PER_UNIT = 8
+
 # Tokens whose Z^T Z products are summed in the compute dtype before they join the float64 sum.
 _FLUSH_TOKENS = 16384
 
@@ -438,11 +486,16 @@ class _SubLayer:
     """One pruned sub-layer: its normal equations over the calibration tokens, accumulated on the device where
     the activations are, the fit, and the fold."""
 
-    def __init__(self, adapter, index, kind, s_layer, units, geometry, dtype):
-        self.adapter, self.index, self.kind, self.units, self.dtype = adapter, index, kind, units, dtype
+    def __init__(self, adapter, index, kind, s_layer, positions, live, geometry, dtype):
+        self.adapter, self.index, self.kind, self.units, self.dtype = adapter, index, kind, len(positions), dtype
         self.group = geometry.head_dim if kind == HEAD else 1  # input features per unit
         self.proj = (adapter.attention_output if kind == HEAD else adapter.ffn_output)(s_layer)
-        self.weight = adapter.output_weight(self.proj).detach().to(dtype)  # [hidden, units * group], before the fold
+        # the input features of the units fitted (all of the projection's unless a plan gates some off)
+        self.cols = None
+        if len(positions) != live:
+            self.cols = (torch.tensor(positions)[:, None] * self.group + torch.arange(self.group)[None, :]).reshape(-1)
+        weight = adapter.output_weight(self.proj).detach().to(dtype)
+        self.weight = weight if self.cols is None else weight[:, self.cols.to(weight.device)]  # [hidden, units * group]
         self.bias = getattr(self.proj, "bias", None)
         self.n = 0
         self.sums = None
@@ -476,6 +529,8 @@ class _SubLayer:
         keep = mask.reshape(-1).to(device)
         z_all = z.reshape(-1, z.shape[-1]).to(dtype)
         z = z_all[keep]
+        if self.cols is not None:  # gated-off units read 0 and are not fitted
+            z = z[:, self.cols.to(device)]
         w = self.weight.to(device)
         contribution = proj_out.reshape(-1, hidden)[keep].to(dtype)  # z @ w.t() + bias, as the model computed it
         if self.bias is not None:
@@ -539,8 +594,12 @@ class _SubLayer:
             report.skipped = "no bias to compensate" if not has_bias else "no unit was removed here"
             return report, None
         scales = ones
+        report.tokens = n
         if least_squares:
             scales, why, used = _solve(gram, atb, ridge, max_scale, raise_ridge)
+            if why and ("max_scale" in why or "ill-conditioned" in why):
+                report.tokens_needed = max(n + 1, TOKENS_PER_UNIT * u)
+                why += f" ({n} tokens for {u} units; about {report.tokens_needed} would be enough)"
             if used != ridge and not why:
                 report.note = f"ridge raised to {used:g} to keep every scale within max_scale"
             if why and not compensate:
@@ -566,6 +625,10 @@ class _SubLayer:
         dtype = torch.promote_types(weight.dtype, torch.float32)
         before = weight.detach().to(self.dtype, copy=True)  # not a view: the parameter changes below
         per_column = scales.repeat_interleave(self.group).to(weight.device, dtype)
+        if self.cols is not None:  # the gated-off units' columns stay (a cut to the plan drops them)
+            full = torch.ones(weight.shape[1], dtype=dtype, device=weight.device)
+            full[self.cols.to(weight.device)] = per_column
+            per_column = full
         weight.copy_((weight.to(dtype) * per_column[None, :]).to(weight.dtype))
         moved = None
         if delta is not None:
