@@ -381,7 +381,6 @@ def test_normalized_split_compares_each_unit_with_its_own_kind():
         (dict(flops_budget=0.5, budget_split="even"), "budget_split must be one of"),
         (dict(head_sparsity=0.5, budget_split="normalized"), "give one"),
         (dict(flops_budget=0.5, heads_kept=3, uniform=True), "uniform=True"),
-        (dict(flops_budget=0.5, budget_split="normalized", uniform=True), "uniform=True"),
         (dict(flops_budget=0.5, heads_kept=3, budget_split="normalized"), "leave budget_split"),
     ],
 )

@@ -38,7 +38,9 @@ def check_latency_reachable(g: Geometry, table, dense_ms: float, fraction: float
         )
 
 
-def remove_by_latency(atoms, g: Geometry, table, dense_ms: float, fraction: float, min_heads: int, normalize: bool):
+def remove_by_latency(
+    atoms, g: Geometry, table, dense_ms: float, fraction: float, min_heads: int, normalize: bool, min_ffn: int = 0
+):
     """Kwon et al.'s lookup-table allocation: remove, across all layers, the atom of least importance per
     millisecond it saves, where what it saves is read from the table at its layer's current count, until the
     predicted time is at most ``1 - fraction`` of ``dense_ms`` (or nothing more may go).
@@ -47,7 +49,8 @@ def remove_by_latency(atoms, g: Geometry, table, dense_ms: float, fraction: floa
     the first samples), they are priced so, and a nearly empty layer is emptied sooner than FLOPs would say.
     The choice is greedy, one step at a time (no lookahead past the next unit). A layer's part
     is its share of the uniform shapes' prediction (a ``LatencyTable`` is per layer already). Importance is on
-    the scale of ``kind_scales`` (priced at the table's mean ms per unit).
+    the scale of ``kind_scales`` (priced at the table's mean ms per unit). Every layer keeps ``min_heads`` heads
+    and ``min_ffn`` neurons (or all it has).
     """
     L, H, N = g.num_layers, g.num_heads, g.intermediate_size
     floor = _uniform_ms(g, table, 0, 0)
@@ -71,7 +74,7 @@ def remove_by_latency(atoms, g: Geometry, table, dense_ms: float, fraction: floa
         if i >= len(rows[kind][layer]):
             return
         a, left = rows[kind][layer][i], count[kind][layer]
-        if kind == HEAD and left - a.size < min(min_heads, left):
+        if left - a.size < min(min_heads if kind == HEAD else min_ffn, left):
             return
         saving = curve[kind][left] - curve[kind][left - a.size]
         heapq.heappush(heap, (a.score / scale[kind] / max(saving, tiny), layer, kind, i))

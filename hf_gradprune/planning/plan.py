@@ -30,6 +30,7 @@ from .validation import (
     DEFAULT_FFN_MULTIPLE_OF,
     TARGET_NAMES,
     PlanError,
+    ffn_floor,
     plain_json,
     validate_options,
     validate_targets,
@@ -97,6 +98,7 @@ class PruningPlan:
         heads_kept: int | None = None,
         budget_split: str | None = None,
         balanced: bool = False,
+        min_ffn_per_layer: float = 0.0,
     ) -> PruningPlan:
         """Remove the least important units.
 
@@ -139,8 +141,12 @@ class PruningPlan:
         ``uniform=True`` keeps the same number of query heads per group, key/value heads and FFN neurons in
         every layer (which ones still follow the scores), so that families whose config can say it (the
         Llama family) save a stock checkpoint. Under a budget it picks, among the per-layer head counts, the
-        one that keeps the most importance once the FFN widths fill the rest of the budget (Kwon et al.);
-        every layer keeps at least one head (or group) there.
+        one that keeps the most importance once the FFN widths fill the rest of the budget (Kwon et al.), with
+        the same scale-free rule as the budget split below: each kind's kept importance is divided by that
+        kind's mean score per unit cost (``budget_split="normalized"``, the default; ``"ratio"`` sums raw
+        scores), so multiplying the head scores by any factor picks the same plan (raw sums let Taylor's small
+        head scores collapse SmolLM2 to perplexity 1,277 at 20% of its parameters). Every layer keeps at least
+        one head (or group) there.
 
         How a budget is split between heads and neurons (their scores are on different scales, e.g. Taylor's
         ``|sum a*g|`` makes heads look cheap per FLOP): ``budget_split="normalized"`` (the default for a budget,
@@ -161,9 +167,17 @@ class PruningPlan:
         the one keeping the most importance (each kind's scores divided by its mean score per unit cost, unless
         ``budget_split="ratio"``); every layer keeps some attention, as under ``uniform``.
 
+        ``min_ffn_per_layer`` (a fraction in [0, 1) of ``geometry.intermediate_size``; 0, the default, is off):
+        every layer keeps at least that many FFN neurons (its most important; rounded up, then up to a multiple of
+        ``ffn_multiple_of``), under every target, ranking and shape, so that global ranking cannot leave the last
+        FFNs with a handful of neurons; rounding never steps a layer below it, and a layer whose live width is
+        below it keeps all it has. Heads then pay for what the floor keeps; when nothing can, ``budget_met`` is
+        False (as for ``min_heads_per_layer``). Recorded in ``meta``.
+
         ``meta["budget_met"]`` (budgets only) says whether the plan removes at least the budget; it is False
         when the heads kept (or ``min_heads_per_layer``) cost more than the budget leaves even with every
-        neuron removed (or, under a latency budget, when the shapes the options allow cannot reach it).
+        neuron removed (every neuron above ``min_ffn_per_layer``), or, under a latency budget, when the shapes the
+        options allow cannot reach it.
         """
         targets = {"head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity}
         budgets = {"flops_budget": flops_budget, "params_budget": params_budget, "latency_budget": latency_budget}
@@ -181,6 +195,7 @@ class PruningPlan:
             budget_split=budget_split,
             has_budget=has_budget,
             balanced=balanced,
+            min_ffn_per_layer=min_ffn_per_layer,
         )
         g = scores.geometry
         scores.validate()
@@ -209,23 +224,25 @@ class PruningPlan:
         atoms = score_atoms(scores, attention_unit, normalize_heads)
 
         normalize = (budget_split or "normalized") == "normalized"
+        # neurons every layer keeps (rounded up to an allowed width; a layer with fewer keeps all it has)
+        min_ffn = ffn_floor(g.intermediate_size, min_ffn_per_layer, ffn_multiple_of)
 
         def allocate(per_unit, per_kv, fixed, fraction):
             args = (atoms, g, per_unit, per_kv, fixed, fraction, ranking, min_heads_per_layer)
             if uniform:
-                return uniform_by_budget(*args, ffn_multiple_of)
+                return uniform_by_budget(*args, ffn_multiple_of, normalize, min_ffn)
             if balanced:
-                return balanced_by_budget(*args, ffn_multiple_of, normalize)
+                return balanced_by_budget(*args, ffn_multiple_of, normalize, min_ffn)
             if heads_kept is not None:
-                removed = keep_heads_then_neurons(*args, heads_kept)
+                removed = keep_heads_then_neurons(*args, heads_kept, min_ffn)
             else:
-                removed = remove_by_budget(*args, normalize=normalize)
+                removed = remove_by_budget(*args, normalize=normalize, min_ffn=min_ffn)
             if ffn_multiple_of == 1:
                 return removed
             # the heads stay as chosen; the neurons are rounded within what the budget leaves them
             head_cost = sum(a.cost(per_unit, per_kv) for a in atoms if a.kind == HEAD and a.key not in removed)
             room = neuron_room(g, per_unit, per_kv, fixed, fraction, head_cost)
-            return round_neurons(atoms, g, removed, ffn_multiple_of, ranking, room)
+            return round_neurons(atoms, g, removed, ffn_multiple_of, ranking, room, min_ffn)
 
         kept = functools.partial(kept_ids, atoms, g.num_layers)
 
@@ -236,7 +253,7 @@ class PruningPlan:
                 heads, neurons = search_latency(g, latency_table, latency_dense, latency_budget, allocate, kept)
             else:
                 removed = remove_by_latency(
-                    atoms, g, latency_table, latency_dense, latency_budget, min_heads_per_layer, normalize
+                    atoms, g, latency_table, latency_dense, latency_budget, min_heads_per_layer, normalize, min_ffn
                 )
                 heads, neurons = kept(removed)
         elif budgets_given:
@@ -253,12 +270,12 @@ class PruningPlan:
                 (NEURON, ffn_sparsity, g.intermediate_size),
             ):
                 if sparsity is not None:
-                    min_keep = min_heads_per_layer if kind == HEAD else 0
+                    min_keep = min_heads_per_layer if kind == HEAD else min_ffn
                     even = uniform or (balanced and kind == HEAD)
                     rank = "per_layer" if even else ranking
                     removed |= remove_by_count(atoms, g, kind, sparsity, total, rank, min_keep, even, ffn_multiple_of)
             if ffn_sparsity is not None and ffn_multiple_of > 1 and not uniform:  # uniform rounds in remove_by_count
-                removed = round_neurons(atoms, g, removed, ffn_multiple_of, ranking)
+                removed = round_neurons(atoms, g, removed, ffn_multiple_of, ranking, min_ffn=min_ffn)
             heads, neurons = kept(removed)
         meta = {
             "method": scores.method,
@@ -266,6 +283,7 @@ class PruningPlan:
             "ranking": ranking,
             "normalize_heads": normalize_heads,
             "min_heads_per_layer": min_heads_per_layer,
+            "min_ffn_per_layer": min_ffn_per_layer,
             "ffn_multiple_of": ffn_multiple_of,
             "seq_len": seq_len,
             "attention_unit": attention_unit,
@@ -275,9 +293,7 @@ class PruningPlan:
         if balanced:
             meta["balanced"] = True
         if budgets_given:
-            meta["budget_split"] = (
-                "heads_kept" if heads_kept is not None else "uniform" if uniform else budget_split or "normalized"
-            )
+            meta["budget_split"] = "heads_kept" if heads_kept is not None else budget_split or "normalized"
             if heads_kept is not None:
                 meta["heads_kept"] = int(heads_kept)
         plan = cls(g, heads, neurons, meta)

@@ -45,15 +45,16 @@ def remove_by_count(atoms, g, kind, sparsity, per_layer_total, ranking, min_keep
     return removed
 
 
-def remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, normalize=False):
+def remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, normalize=False, min_ffn=0):
     """Greedy by importance per unit of cost until ``fraction`` of the original block cost is gone.
 
     ``fixed`` is each layer's cost that no pruning removes (biases, norms); it counts in the total.
     ``normalize`` divides each kind's importance per cost by the kind's mean (over all live atoms of the
-    kind), so scaling one kind's scores changes nothing.
+    kind), so scaling one kind's scores changes nothing. ``min_ffn``: neurons every layer keeps (or all it has).
     """
     full_cost = dense_cost(g, cost, kv_cost, fixed)
     removed, heads_left = set(), units_per_layer([a for a in atoms if a.kind == HEAD], g)
+    neurons_left = units_per_layer([a for a in atoms if a.kind == NEURON], g)
 
     scale = kind_scales(atoms, cost, kv_cost, normalize)
 
@@ -71,13 +72,15 @@ def remove_by_budget(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_head
                 break
             if a.kind == HEAD and heads_left[a.layer] - a.size < min_heads:
                 continue
+            if a.kind == NEURON and neurons_left[a.layer] - a.size < min_ffn:
+                continue
             removed.add(a.key)
             current -= a.cost(cost, kv_cost)
-            heads_left[a.layer] -= a.size if a.kind == HEAD else 0
+            (heads_left if a.kind == HEAD else neurons_left)[a.layer] -= a.size
     return removed
 
 
-def keep_heads_then_neurons(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, heads_kept):
+def keep_heads_then_neurons(atoms, g, cost, kv_cost, fixed, fraction, ranking, min_heads, heads_kept, min_ffn=0):
     """Keep the ``heads_kept`` most important (query) heads, then remove the least important neurons until
     ``fraction`` of the original block cost is gone (or no neuron is left).
 
@@ -85,6 +88,7 @@ def keep_heads_then_neurons(atoms, g, cost, kv_cost, fixed, fraction, ranking, m
     in atoms; an atom is kept while that brings the count no farther from ``heads_kept`` (ties keep it).
     Under ``"per_layer"`` ranking each next atom goes to the layer keeping the fewest heads so far, and
     neurons are removed from the layer with the most left, so layers stay as even as their live units allow.
+    ``min_ffn``: neurons every layer keeps (or all it has).
     """
     head_atoms = [a for a in atoms if a.kind == HEAD]
     live = units_per_layer(head_atoms, g)
@@ -143,9 +147,13 @@ def keep_heads_then_neurons(atoms, g, cost, kv_cost, fixed, fraction, ranking, m
             order.append(neuron_rows[layer][pos[layer]])
             pos[layer] += 1
             left[layer] -= 1
+    neurons_left = [len(row) for row in neuron_rows]
     for a in order:
         if current <= target + 1e-9:
             break
+        if neurons_left[a.layer] - a.size < min_ffn:
+            continue
         removed.add(a.key)
         current -= a.cost(cost, kv_cost)
+        neurons_left[a.layer] -= a.size
     return removed

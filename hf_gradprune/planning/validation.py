@@ -4,6 +4,7 @@ or config's values as plain JSON). The bottom of ``planning``: every other modul
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from ..units import ATTENTION_UNITS, HEAD
@@ -84,6 +85,7 @@ def validate_options(
     budget_split: str | None = None,
     has_budget: bool | None = None,
     balanced: bool = False,
+    min_ffn_per_layer: float = 0.0,
 ) -> None:
     """The one check of plan options; ``num_heads`` (heads per layer of the original model) when known;
     ``has_budget`` whether a FLOPs/parameter/latency budget is given (None: not known here)."""
@@ -109,6 +111,15 @@ def validate_options(
         raise PlanError(f"min_heads_per_layer must be an integer >= 0, got {min_heads_per_layer!r}")
     if num_heads is not None and min_heads_per_layer > num_heads:
         raise PlanError(f"min_heads_per_layer={min_heads_per_layer} is more than the {num_heads} heads each layer has")
+    if (
+        isinstance(min_ffn_per_layer, bool)
+        or not isinstance(min_ffn_per_layer, numbers.Real)
+        or not 0.0 <= min_ffn_per_layer < 1.0
+    ):
+        raise PlanError(
+            "min_ffn_per_layer must be a fraction in [0, 1) of each layer's original FFN width (the neurons every "
+            f"layer keeps at least; 0 turns the floor off), got {min_ffn_per_layer!r}"
+        )
     if not _is_int(ffn_multiple_of) or ffn_multiple_of < 1:
         raise PlanError(f"ffn_multiple_of must be an integer >= 1, got {ffn_multiple_of!r}")
     if not _is_int(seq_len) or seq_len < 1:
@@ -125,11 +136,6 @@ def validate_options(
         raise PlanError(
             f"budget_split={budget_split!r} splits a flops_budget or params_budget between heads and neurons: "
             "give one, or leave budget_split unset"
-        )
-    if budget_split is not None and uniform:
-        raise PlanError(
-            f"budget_split={budget_split!r} cannot be combined with uniform=True, which sweeps the per-layer head "
-            "count itself; leave budget_split unset"
         )
     if heads_kept is None:
         return
@@ -166,3 +172,13 @@ def plain_json(value, name: str):
     if getattr(value, "shape", None) == () and hasattr(value, "item"):  # NumPy bool_, 0-d arrays and tensors
         return plain_json(value.item(), name)
     raise PlanError(f"{name} is a {type(value).__name__} ({value!r:.60}), which JSON cannot hold; give a plain value")
+
+
+def ffn_floor(intermediate_size: int, fraction: float, multiple: int = 1) -> int:
+    """Neurons every layer keeps under ``min_ffn_per_layer=fraction``: ``fraction`` of the original width
+    ``intermediate_size``, rounded up, then up to a ``multiple`` (a layer whose live width is below it keeps all it
+    has: callers take ``min(floor, live)``). 0 when the floor is off."""
+    if not fraction:
+        return 0
+    count = math.ceil(fraction * intermediate_size - 1e-9)
+    return -(-count // multiple) * multiple

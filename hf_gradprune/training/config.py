@@ -92,6 +92,14 @@ class GradPruneConfig(TrainingArguments):
     min_heads_per_layer: int = field(
         default=0, metadata={"help": "Heads every layer keeps; 0 lets a layer lose all of its heads."}
     )
+    min_ffn_per_layer: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction in [0, 1) of each layer's original FFN width that every layer keeps at least (rounded "
+            "up to a multiple of ffn_multiple_of; a layer already narrower keeps all it has), so that global "
+            "ranking under a budget cannot empty the last FFNs; 0 turns the floor off."
+        },
+    )
     ffn_multiple_of: int = field(
         default=DEFAULT_FFN_MULTIPLE_OF,
         metadata={
@@ -273,6 +281,7 @@ class GradPruneConfig(TrainingArguments):
             validate_options(
                 ranking=self.ranking,
                 min_heads_per_layer=self.min_heads_per_layer,
+                min_ffn_per_layer=self.min_ffn_per_layer,
                 ffn_multiple_of=self.ffn_multiple_of,
                 seq_len=self.flops_seq_len,
                 attention_unit=self.attention_unit,
