@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 
 import pytest
@@ -16,7 +17,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from hf_gradprune import PruningPlan, current_plan, load_pruned, prune_model
 from hf_gradprune.dispatch import OffloadedModelError, check_in_memory, offloaded_modules
-from hf_gradprune.oneshot.prune import prune_oneshot
+from hf_gradprune.oneshot.prune import prune_oneshot as _prune_oneshot
+
+# These tests pin the two steps as they were before the held-out choice (reconstruction on, rearrangement off) to test
+# what they test on a few batches; the choice has its own tests (tests/test_oneshot_select.py). A call may override.
+prune_oneshot = functools.partial(_prune_oneshot, reconstruct=True, rearrange=False)
+
 
 AUTO = {"llama": AutoModelForCausalLM, "bert": AutoModelForSequenceClassification}
 # layers 1 and 2 (of 3) on disk, the rest in memory: the map a user writes to fit a model that is too big

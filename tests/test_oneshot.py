@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -12,8 +13,12 @@ from test_llama import make_decoder
 
 from hf_gradprune import ImportanceScorer, PlanError, PruningPlan, current_plan, prune_model
 from hf_gradprune.oneshot.calibration import CalibrationError
-from hf_gradprune.oneshot.prune import prune_oneshot
+from hf_gradprune.oneshot.prune import prune_oneshot as _prune_oneshot
 from hf_gradprune.state import pruning_state
+
+# These tests pin the two steps as they were before the held-out choice (reconstruction on, rearrangement off) to test
+# what they test on a few batches; the choice has its own tests (tests/test_oneshot_select.py). A call may override.
+prune_oneshot = functools.partial(_prune_oneshot, reconstruct=True, rearrange=False)
 
 
 def calib(kind, n=4, labels=True):

@@ -167,7 +167,7 @@ def test_the_report_records_the_meter_and_its_dict_is_json():
     assert report.tokens == {"score": 4096, "prune": 0} and report.memory_kind == CPU_MEMORY
     got = json.loads(json.dumps(report.to_dict()))
     expected = {"plan", "split", "batches", "rearrangement", "reconstruction", "seconds"}  # the keys before issue 22
-    assert set(got) == expected | {"peak_memory", "memory_kind", "tokens", "reference"}
+    assert set(got) == expected | {"peak_memory", "memory_kind", "tokens", "reference", "selection"}
     assert got["peak_memory"] == report.peak_memory and got["reference"]["where"] == "cpu"
     table = report.steps_table()
     lines = table.splitlines()

@@ -3,6 +3,7 @@ against full-model computations on the same data, exact sparsity and N:M on ever
 ``prune_oneshot`` call, refusals before any change, and the benchmark's quick mode."""
 
 import copy
+import functools
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 from conftest import batch, make
 from test_llama import make_decoder
 
-from hf_gradprune import PruningPlan, prune_oneshot
+from hf_gradprune import PruningPlan
+from hf_gradprune import prune_oneshot as _prune_oneshot
 from hf_gradprune.oneshot import prune_weights_oneshot
 from hf_gradprune.oneshot.calibration import CalibrationError
 from hf_gradprune.sparsity import (
@@ -24,6 +26,11 @@ from hf_gradprune.sparsity import (
 )
 from hf_gradprune.sparsity.obs import sparsegpt_prune_
 from hf_gradprune.state import pruning_state
+
+# These tests pin the two steps as they were before the held-out choice (reconstruction on, rearrangement off) to test
+# what they test on a few batches; the choice has its own tests (tests/test_oneshot_select.py). A call may override.
+prune_oneshot = functools.partial(_prune_oneshot, reconstruct=True, rearrange=False)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

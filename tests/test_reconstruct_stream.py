@@ -4,6 +4,7 @@ layer, and keeps its work where the activations are."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -11,10 +12,14 @@ from test_oneshot import calib, make, snapshot, unchanged
 from test_reconstruct import loader, pruned_pair
 
 from hf_gradprune.oneshot import reference as reference_module
-from hf_gradprune.oneshot.prune import prune_oneshot
+from hf_gradprune.oneshot.prune import prune_oneshot as _prune_oneshot
 from hf_gradprune.oneshot.reconstruct import ReconstructionError, reconstruct
 from hf_gradprune.oneshot.reference import DenseLayers, DenseReferenceError
 from hf_gradprune.state import pruning_state
+
+# These tests pin the two steps as they were before the held-out choice (reconstruction on, rearrangement off) to test
+# what they test on a few batches; the choice has its own tests (tests/test_oneshot_select.py). A call may override.
+prune_oneshot = functools.partial(_prune_oneshot, reconstruct=True, rearrange=False)
 
 
 def same_parameters(a, b):

@@ -17,7 +17,8 @@ from hf_gradprune.planning.plan import PlanError
 from hf_gradprune.state import pruning_state
 
 # learning_rate=0: AdamW then changes no weight, so the model after train() is the model right after the
-# prune (and its reconstruction). prune_step=0 scores the untouched model before training.
+# prune (and its reconstruction). prune_step=0 scores the untouched model before training. selection_batches=0: these
+# tests check the reconstruction itself, kept whatever it does (the held-out rule: tests/test_oneshot_select.py).
 ONE_SHOT = dict(max_steps=2, learning_rate=0.0, prune_step=0)
 
 
@@ -68,7 +69,7 @@ def output_error(model, reference, batches) -> float:
 def test_one_shot_reconstruction_rescales_output_projections_and_lowers_the_error(tmp_path, calls):
     off = make_trainer(tmp_path / "off", **ONE_SHOT)
     off.train()
-    on = make_trainer(tmp_path / "on", reconstruct=True, reconstruct_batches=3, **ONE_SHOT)
+    on = make_trainer(tmp_path / "on", reconstruct=True, selection_batches=0, reconstruct_batches=3, **ONE_SHOT)
     on.train()
     assert len(calls) == 1 and len(calls[0]["calibration"]) == 3  # reconstruct_batches training batches
     assert calls[0]["kwargs"] == {"bias_compensation": False}
@@ -94,7 +95,7 @@ def test_one_shot_reconstruction_rescales_output_projections_and_lowers_the_erro
 
 def test_gpt2_one_shot_reconstruction(tmp_path):
     """The causal-LM family through the trainer: calibration batches with token labels, a pre-norm block."""
-    trainer = make_trainer(tmp_path, kind="gpt2", reconstruct=True, reconstruct_batches=2, **ONE_SHOT)
+    trainer = make_trainer(tmp_path, kind="gpt2", reconstruct=True, selection_batches=0, reconstruct_batches=2, **ONE_SHOT)
     trainer.train()
     (report,) = trainer.reconstruction_reports
     fitted = [r for r in report["sublayers"] if not r["skipped"]]
@@ -103,7 +104,7 @@ def test_gpt2_one_shot_reconstruction(tmp_path):
 
 
 def test_round_files_hold_the_reconstruction_report(tmp_path):
-    trainer = make_trainer(tmp_path, reconstruct=True, reconstruct_batches=2, save_strategy="steps", **ONE_SHOT)
+    trainer = make_trainer(tmp_path, reconstruct=True, selection_batches=0, reconstruct_batches=2, save_strategy="steps", **ONE_SHOT)
     trainer.train()
     (folder,) = (tmp_path / "pruning").iterdir()
     saved = json.loads((folder / "reconstruction.json").read_text())
@@ -123,7 +124,7 @@ def test_iterative_rounds_reconstruct_against_the_previous_round(tmp_path, calls
     monkeypatch.setattr(gradprune_trainer, "prune_model", spy_prune)
     trainer = make_trainer(
         tmp_path,
-        reconstruct=True,
+        reconstruct=True, selection_batches=0,
         reconstruct_batches=2,
         pruning_schedule="iterative",
         num_rounds=2,
@@ -153,7 +154,7 @@ def test_evaluate_after_prune_reports_pruned_and_reconstructed(tmp_path):
     # a prune during training: Trainer.train() starts a fresh log history, so one before it is not logged there
     trainer = make_trainer(
         tmp_path,
-        reconstruct=True,
+        reconstruct=True, selection_batches=0,
         reconstruct_batches=2,
         evaluate_after_prune=True,
         prune_step=2,
@@ -179,9 +180,9 @@ def test_without_reconstruct_only_pruned_metrics(tmp_path, calls):
 
 
 def test_bias_compensation_moves_output_biases(tmp_path, calls):
-    off = make_trainer(tmp_path / "off", reconstruct=True, reconstruct_batches=2, **ONE_SHOT)
+    off = make_trainer(tmp_path / "off", reconstruct=True, selection_batches=0, reconstruct_batches=2, **ONE_SHOT)
     off.train()
-    on = make_trainer(tmp_path / "on", reconstruct=True, reconstruct_batches=2, bias_compensation=True, **ONE_SHOT)
+    on = make_trainer(tmp_path / "on", reconstruct=True, selection_batches=0, reconstruct_batches=2, bias_compensation=True, **ONE_SHOT)
     on.train()
     assert calls[1]["kwargs"] == {"bias_compensation": True}
     a, b = snapshot(off.model), snapshot(on.model)
@@ -194,7 +195,7 @@ def test_rescaled_projections_get_fresh_adam_moments(tmp_path, calls):
     Only heads are cut, so the FFN output projections keep their parameter objects (and had moments) while
     reconstruction rescales them in place: they must start fresh, the untouched rest must not."""
     trainer = make_trainer(
-        tmp_path, reconstruct=True, reconstruct_batches=2, prune_step=6, max_steps=8, ffn_sparsity=None
+        tmp_path, reconstruct=True, selection_batches=0, reconstruct_batches=2, prune_step=6, max_steps=8, ffn_sparsity=None
     )
     seen = {}
     real_rebuild = trainer._rebuild_optimizer
@@ -223,11 +224,11 @@ def test_rescaled_projections_get_fresh_adam_moments(tmp_path, calls):
     [
         (dict(reconstruct_batches=0), "reconstruct_batches must be an integer >= 1"),
         (dict(reconstruct_batches=True), "reconstruct_batches must be an integer >= 1"),
-        (dict(reconstruct=True, reconstruct_batches=2.5), "reconstruct_batches must be an integer >= 1"),
+        (dict(reconstruct=True, selection_batches=0, reconstruct_batches=2.5), "reconstruct_batches must be an integer >= 1"),
         (dict(bias_compensation=True), "set reconstruct=True too"),
         (dict(reconstruct="yes"), "reconstruct must be True or False"),
         (
-            dict(reconstruct=True, pruning_schedule="none", head_sparsity=None, ffn_sparsity=None),
+            dict(reconstruct=True, selection_batches=0, pruning_schedule="none", head_sparsity=None, ffn_sparsity=None),
             "pruning_schedule='none' prunes nothing",
         ),
     ],
@@ -267,7 +268,7 @@ def test_grouped_query_llama_one_shot_reconstruction(tmp_path):
         tmp_path,
         model=make_decoder("llama"),
         data=ParityData(kind="gpt2"),
-        reconstruct=True,
+        reconstruct=True, selection_batches=0,
         reconstruct_batches=2,
         **ONE_SHOT,
     )

@@ -240,6 +240,7 @@ def oneshot_options(training_args, given: set[str], model=None) -> dict:
         ranking=training_args.ranking,
         normalize_heads=training_args.normalize_head_scores,
         min_heads_per_layer=training_args.min_heads_per_layer,
+        min_ffn_per_layer=training_args.min_ffn_per_layer,
         ffn_multiple_of=training_args.ffn_multiple_of,
         attention_unit=training_args.attention_unit,
         uniform=training_args.uniform,
@@ -262,6 +263,10 @@ def oneshot_options(training_args, given: set[str], model=None) -> dict:
         options["method"] = training_args.importance
     if "reconstruct" in given:
         options["reconstruct"] = training_args.reconstruct
+    if training_args.selection_batches >= 1:
+        options["selection_batches"] = training_args.selection_batches
+    elif "reconstruct" not in given:  # 0 held out: nothing to choose by, so the one-shot default steps are done
+        options.update(reconstruct=True, rearrange=False)
     if training_args.budget_split is not None:
         options["split"] = training_args.budget_split
     if training_args.gradient_checkpointing:  # TrainingArguments' flag: scoring recomputes activations (non-reentrant)

@@ -24,7 +24,9 @@ from ..sparsity import check_targets, weight_targets
 from ..state import pruning_state, unwrap_model
 from ..surgery import current_plan, prune_model
 from ..units import HEAD
+from .budget_search import _with_dense_labels
 from .calibration import CalibrationError, LossFn, calibration_batches, check_count, check_loss_inputs
+from .candidates import ProjectionSnapshot, best, candidates, check_step, held_out_loss
 from .reconstruct import calibration_tokens
 from .reconstruct import reconstruct as reconstruct_layers  # the keyword below is `reconstruct`
 from .reference import WHERE, DenseLayers, DenseReferenceError, DenseTargets, fits_in_host
@@ -64,12 +66,13 @@ def prune_oneshot(
     method: str = "fisher",
     plan: PruningPlan | None = None,
     split: str = "search",
-    rearrange: bool = False,
-    reconstruct: bool = True,
+    rearrange: bool | str = "auto",
+    reconstruct: bool | str = "auto",
     bias_compensation: bool = False,
     scoring_batches: int | None = None,
     search_batches: int | None = 4,
     reconstruct_batches: int | None = 16,
+    selection_batches: int = 4,
     loss_fn: LossFn | None = None,
     seq_len: int = 128,
     reference: str = "auto",
@@ -103,11 +106,21 @@ def prune_oneshot(
             that sweep their own head count (``uniform`` / ``balanced`` in ``plan_options``) and a
             ``latency_budget`` (units priced by the table) are not searched: ``report.split`` says so, and
             ``"search"`` then plans with the default ``"normalized"`` split.
-        rearrange: Kwon's greedy swap within each layer (gradient methods only). Off by default: on the
-            quickstart model it lowered its objective yet cost 3-9 points of one-shot accuracy
-            (benchmarks/README.md).
+        rearrange: Kwon's greedy swap within each layer (gradient methods only; with others it is never done).
         reconstruct: least-squares rescaling of every pruned layer against the model's layers as they were
             before the prune (``oneshot.reconstruct``), on the model's device.
+            Each of the two is True (done), False (not done) or ``"auto"`` (the default: tried, and kept only if
+            it lowers the held-out loss). Each step lowers its own objective yet either can cost accuracy
+            (benchmarks/README.md §6), so with any ``"auto"`` the call measures every candidate the settings allow
+            (one-shot; + reconstruction; + rearrangement; + both) by its mean loss on the last
+            ``selection_batches`` calibration batches, which no step fits on (they are left out of scoring, the
+            search and reconstruction), and keeps the lowest (the simpler one on a tie). The candidates' units
+            are gated off rather than cut (a factor 0 is exactly the cut); the model is cut once, to the winner.
+            Cost: ``selection_batches`` forwards per candidate (``report.selection["forwards"]``, plus one
+            labelling forward per batch for an unlabelled classifier) and one reconstruction per reconstructed
+            candidate; ``report.selection`` gives every candidate's loss and the choice.
+        selection_batches: how many calibration batches (the last ones) are held out to choose (an integer >= 1;
+            at least one batch must be left to fit on). Unused when no step is ``"auto"``.
         reference: what reconstruction reads the dense model's targets from (``oneshot.reference``):
             ``"activations"`` (the scoring pass records each layer's dense residual stream on the reconstruction
             batches: no dense layer runs again and no weights are copied; two hidden vectors per layer and token),
@@ -154,6 +167,11 @@ def prune_oneshot(
         "reconstruct_batches", reconstruct_batches, hint="; to skip reconstruction pass reconstruct=False"
     )
     micro_batch_size = check_options(micro_batch_size, gradient_checkpointing, loss_fn)
+    check_step("rearrange", rearrange)
+    check_step("reconstruct", reconstruct)
+    selection_batches = check_count("selection_batches", selection_batches)
+    if selection_batches is None:
+        raise CalibrationError("selection_batches must be an integer >= 1 (the held-out batches that choose the steps)")
     sparsify = weight_sparsity is not None or sparsity_pattern != "unstructured"
     if sparsify:
         weight_options = check_weight_options(weight_sparsity, sparsity_pattern, weight_method, sparsity_scope)
@@ -201,13 +219,28 @@ def prune_oneshot(
                 "latency_budget needs latency_table= (hf_gradprune.deploy.latency: cached_latency_table, "
                 "measure_latency_table or LatencyTable.load)"
             )
-    rearrange = rearrange and method in GRADIENT_METHODS
+    if method not in GRADIENT_METHODS:
+        rearrange = False  # it swaps units by their per-batch gate gradients, which only gradient methods have
+    options = candidates(rearrange, reconstruct)
+    selecting = len(options) > 1
+    rearrange = any(c.rearrange for c in options)  # from here: whether any candidate rearranges, or reconstructs
+    reconstruct = any(c.reconstruct for c in options)
     budget = flops_budget is not None or params_budget is not None or latency_budget is not None
     sweeps = plan_options.get("uniform") or plan_options.get("balanced")
     searching = plan is None and budget and split == "search" and not sweeps and latency_budget is None
     _check_plan_options(plan_options, searching=searching, given_plan=plan is not None)
     needs_scores = plan is None or rearrange
     batches = list(calibration_batches(calibration, inner))
+    held = []
+    if selecting:
+        if len(batches) <= selection_batches:
+            raise CalibrationError(
+                f"prune_oneshot holds out the last {selection_batches} calibration batches to choose between "
+                f"{', '.join(c.name for c in options)}, and needs at least one more to fit on: it got {len(batches)}. "
+                "Give more batches, lower selection_batches, or choose the steps yourself (rearrange= and "
+                "reconstruct= True or False)"
+            )
+        batches, held = batches[:-selection_batches], batches[-selection_batches:]
     used = {
         "score": batches[:scoring_batches] if needs_scores and method in GRADIENT_METHODS else [],
         "search": batches[:search_batches] if searching else [],
@@ -215,7 +248,7 @@ def prune_oneshot(
         "weights": batches[:weight_batches] if sparsify and weight_options[2] != "magnitude" else [],
     }
     weight_grads = sparsify and weight_options[2] in GRADIENT_PASS_METHODS
-    for b in used["score"] + used["search"] + (used["weights"] if weight_grads else []):
+    for b in used["score"] + used["search"] + held + (used["weights"] if weight_grads else []):
         check_loss_inputs(inner, b, loss_fn)
     if used["weights"]:
         count_tokens(used["weights"])
@@ -229,6 +262,15 @@ def prune_oneshot(
     recorder = None
     if reconstruct:
         recorder = _recorder(inner, reference, used, bias_compensation)
+    labelling = 0
+    if held:  # an unlabelled classifier's held-out batches: labelled by the unpruned model, as the search's
+        was_training = inner.training
+        inner.eval()
+        try:
+            held, dense_held = _with_dense_labels(inner, held, loss_fn)
+        finally:
+            inner.train(was_training)
+        labelling = len(held) if dense_held else 0
 
     scores, scorer, scored = None, None, None
     if needs_scores:
@@ -268,13 +310,15 @@ def prune_oneshot(
     plan = plan.intersect(current_plan(inner))
     if sparsify:
         _check_cut_widths(plan, state.geometry, weight_options[1])
+    plans = {False: plan}
     rearrangement = None
     if rearrange:
         from ..planning.rearrange import rearrange_plan
 
         with meter.step("rearrange"):
-            plan, rearrangement = rearrange_plan(plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids)
-
+            plans[True], rearrangement = rearrange_plan(
+                plan, scorer.batch_gradients, scores.head_ids, scores.neuron_ids
+            )
     dense = None
     if recorder is not None and not recorder.complete:
         if reference == "activations":
@@ -290,21 +334,48 @@ def prune_oneshot(
             dense = DenseLayers.capture(
                 inner, "auto" if reference == "activations" else reference, folder=reference_folder
             )
+    counts = {step: len(b) for step, b in used.items() if b}
+    if held:
+        counts["selection"] = len(held)
+    if scored is not None and micro_batch_size is not None:
+        counts["score_forwards"] = scored.micro_batches  # the micro-batches the score batches were split into
+    if split_report is not None and "batches" in split_report:
+        counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
     try:
-        with meter.step("prune"):
-            prune_model(inner, plan)
-        counts = {step: len(b) for step, b in used.items() if b}
-        if scored is not None and micro_batch_size is not None:
-            counts["score_forwards"] = scored.micro_batches  # the micro-batches the score batches were split into
-        if split_report is not None and "batches" in split_report:
-            counts["search"] = split_report["batches"]  # those the unpruned model's loss is finite on
-        report = HybridReport(plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts)
+        if selecting:
+            chosen, selection = _select(
+                inner,
+                plans,
+                options,
+                dense,
+                used["reconstruct"],
+                held,
+                labelling,
+                loss_fn,
+                micro_batch_size,
+                bias_compensation,
+                meter,
+            )
+            plan = plans[chosen.rearrange]
+            report = HybridReport(
+                plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts
+            )
+            report.selection = selection
+            report.reconstruction = chosen.reconstruction
+        else:
+            plan = plans[options[0].rearrange]
+            with meter.step("prune"):
+                prune_model(inner, plan)
+            report = HybridReport(
+                plan=plan, scores=scores, split=split_report, rearrangement=rearrangement, batches=counts
+            )
+            if reconstruct:
+                with meter.step("reconstruct", tokens=batch_tokens(used["reconstruct"])):
+                    report.reconstruction = reconstruct_layers(
+                        inner, dense, used["reconstruct"], bias_compensation=bias_compensation
+                    )
         if reconstruct:
             report.reference = dense.to_dict()
-            with meter.step("reconstruct", tokens=batch_tokens(used["reconstruct"])):
-                report.reconstruction = reconstruct_layers(
-                    inner, dense, used["reconstruct"], bias_compensation=bias_compensation
-                )
     finally:
         if dense is not None:
             dense.close()  # drops the copy; removes the files it wrote
@@ -328,6 +399,76 @@ def prune_oneshot(
             )
     report.record(meter)
     return model, report
+
+
+def _select(inner, plans, options, dense, fit, held, labelling, loss_fn, micro_batch_size, bias_compensation, meter):
+    """Measure every candidate's mean loss on the ``held`` batches and leave the model cut to the best one, with its
+    reconstruction. One plan (no rearrangement, or one that changed nothing): the model is cut first and the
+    candidates differ only by reconstruction; two plans: each is gated on the uncut model, then one cut. Returns the
+    chosen ``Candidate`` and ``report.selection``."""
+    same = True in plans and _same_units(plans[True], plans[False])
+    single = len(plans) == 1 or same
+
+    def gate(c):  # what a candidate's units are: the model as it is once cut, or its plan's gates
+        return None if single else plans[c.rearrange]
+
+    def twin(c):  # the candidate without rearrangement, when rearranging changed nothing
+        return next(o for o in options if not o.rearrange and o.reconstruct == c.reconstruct)
+
+    measure = dict(loss_fn=loss_fn, micro_batch_size=micro_batch_size)
+    forwards, reconstructions = labelling, 0
+    if single:
+        with meter.step("prune"):
+            prune_model(inner, plans[False])
+    with meter.step("select", tokens=batch_tokens(held)):
+        for c in options:
+            if c.reconstruct:
+                continue
+            if same and c.rearrange:
+                c.loss, c.note = twin(c).loss, "rearrangement kept the same units"
+                continue
+            c.loss = held_out_loss(inner, held, plan=gate(c), **measure)
+            forwards += len(held)
+    fitted = [c for c in options if c.reconstruct]
+    chosen_weights = None
+    if fitted:
+        original = ProjectionSnapshot(inner)
+        with meter.step("reconstruct", tokens=batch_tokens(fit)):
+            for c in fitted:
+                if same and c.rearrange:
+                    c.loss, c.reconstruction = twin(c).loss, twin(c).reconstruction
+                    c.note = "rearrangement kept the same units"
+                    continue
+                c.reconstruction = reconstruct_layers(
+                    inner, dense, fit, bias_compensation=bias_compensation, plan=gate(c)
+                )
+                reconstructions += 1
+                c.loss = held_out_loss(inner, held, plan=gate(c), **measure)
+                forwards += len(held)
+                if best([o for o in fitted if o.loss is not None]) is c:
+                    chosen_weights = ProjectionSnapshot(inner)
+                original.restore()
+    chosen = best(options)
+    if chosen.reconstruct:
+        chosen_weights.restore()
+    if not single:
+        with meter.step("prune"):
+            prune_model(inner, plans[chosen.rearrange])
+    selection = {
+        "chosen": chosen.name,
+        "rule": "the lowest mean loss on the held-out batches (the simpler candidate on a tie)",
+        "held_out_batches": len(held),
+        "held_out_tokens": batch_tokens(held),
+        "forwards": forwards,
+        "labelling_forwards": labelling,
+        "reconstructions": reconstructions,
+        "candidates": [c.to_dict() for c in options],
+    }
+    return chosen, selection
+
+
+def _same_units(a: PruningPlan, b: PruningPlan) -> bool:
+    return a.heads == b.heads and a.neurons == b.neurons
 
 
 def _check_cut_widths(plan: PruningPlan, geometry, pattern) -> None:
@@ -411,7 +552,7 @@ def _plan(
             **options,
         )
     else:
-        if budget and split != "search" and not plan_options.get("uniform"):
+        if budget and split != "search":
             options["budget_split"] = split
         if budget and split == "search":
             why = "latency_budget: units priced by the latency table" if targets["latency_budget"] is not None else None
@@ -422,7 +563,7 @@ def _plan(
 
 # What ``plan_options`` may hold: ``PruningPlan.from_scores``'s shape options, and the budget search's own.
 PLAN_OPTIONS = ("ranking", "normalize_heads", "min_heads_per_layer", "ffn_multiple_of", "attention_unit", "uniform")
-PLAN_OPTIONS += ("balanced", "heads_kept")
+PLAN_OPTIONS += ("balanced", "heads_kept", "min_ffn_per_layer")
 SEARCH_OPTIONS = ("criterion", "num_candidates")
 
 

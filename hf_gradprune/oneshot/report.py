@@ -173,6 +173,8 @@ class OneShotReport:
     memory_kind: str = ""
     tokens: dict = field(default_factory=dict)  # real calibration tokens each step processed
     reference: dict | None = None
+    # the candidates measured on held-out batches and the one kept (``oneshot.candidates``); None when none was
+    selection: dict | None = None
 
     def record(self, meter: StepMeter) -> None:
         """Copy a meter's steps into the report (finishing it: its ``"total"`` row is the call's)."""
@@ -194,6 +196,7 @@ class OneShotReport:
             "memory_kind": self.memory_kind,
             "tokens": self.tokens,
             "reference": self.reference,
+            "selection": self.selection,
         }
 
     def steps_table(self) -> str:

@@ -199,6 +199,13 @@ class GradPruneConfig(TrainingArguments):
         default=16,
         metadata={"help": "reconstruct: training batches used as calibration data (labels are ignored)."},
     )
+    selection_batches: int = field(
+        default=4,
+        metadata={
+            "help": "reconstruct: the training batches after the reconstruct_batches, held out: the reconstruction is "
+            "kept only when it lowers their loss (as prune_oneshot's default chooses); 0 keeps it whatever it does."
+        },
+    )
     bias_compensation: bool = field(
         default=False,
         metadata={
@@ -322,6 +329,9 @@ class GradPruneConfig(TrainingArguments):
         batches = self.reconstruct_batches
         if isinstance(batches, bool) or not (isinstance(batches, int) and batches >= 1):
             _fail(f"reconstruct_batches must be an integer >= 1, got {batches!r}")
+        held = self.selection_batches
+        if isinstance(held, bool) or not (isinstance(held, int) and held >= 0):
+            _fail(f"selection_batches must be an integer >= 0 (0: keep every reconstruction), got {held!r}")
         if self.bias_compensation and not self.reconstruct:
             _fail("bias_compensation is part of the reconstruction after each prune: set reconstruct=True too")
         if self.reconstruct and self.pruning_schedule == "none":

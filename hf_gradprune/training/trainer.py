@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 
 import torch
@@ -41,6 +42,7 @@ from transformers.utils import logging
 from ..architectures import get_adapter
 from ..deploy.latency import LatencyTable, latency_table_for
 from ..modeling_gradprune import CONFIG_KEY
+from ..oneshot.candidates import ProjectionSnapshot, held_out_loss
 from ..oneshot.reconstruct import ReconstructionReport, reconstruct
 from ..planning.plan import PruningPlan, validate_options
 from ..reports.model_card import write_model_card
@@ -331,6 +333,7 @@ class GradPruneTrainer(Trainer):
             ranking=args.ranking,
             normalize_heads=args.normalize_head_scores,
             min_heads_per_layer=args.min_heads_per_layer,
+            min_ffn_per_layer=args.min_ffn_per_layer,
             ffn_multiple_of=args.ffn_multiple_of,
             seq_len=args.flops_seq_len,
             attention_unit=args.attention_unit,
@@ -380,11 +383,12 @@ class GradPruneTrainer(Trainer):
         return self.teacher
 
     def _calibration_batches(self) -> list[dict]:
-        """The first ``reconstruct_batches`` training batches, prepared as the training loop prepares them."""
+        """The first ``reconstruct_batches`` + ``selection_batches`` training batches, prepared as the training loop
+        prepares them."""
         loader = self.get_train_dataloader()
         batches = []
         for inputs in loader:
-            if len(batches) >= self.args.reconstruct_batches:
+            if len(batches) >= self.args.reconstruct_batches + self.args.selection_batches:
                 break
             batches.append(self._prepare_inputs(inputs))
         forget_prepared(self.accelerator, loader)  # a one-off pass: the training loop prepares its own loader
@@ -394,9 +398,18 @@ class GradPruneTrainer(Trainer):
         """Reconstruct the just-pruned model against ``reference``; log and keep the report. Returns it and
         the ids of the parameters it changed in place."""
         args = self.args
-        report = reconstruct(
-            self.model, reference, self._calibration_batches(), bias_compensation=args.bias_compensation
-        )
+        batches = self._calibration_batches()
+        fit, held = batches[: args.reconstruct_batches], batches[args.reconstruct_batches :]
+        if args.selection_batches and not held:
+            logger.warning(
+                "hf_gradprune: no training batch is left after the %d reconstruction batches to check the "
+                "reconstruction on: it is kept unchecked (lower reconstruct_batches)",
+                args.reconstruct_batches,
+            )
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        snapshot = ProjectionSnapshot(unwrapped) if held else None
+        before = held_out_loss(unwrapped, held, None) if held else None
+        report = reconstruct(self.model, reference, fit, bias_compensation=args.bias_compensation)
         distributed = self.accelerator.num_processes > 1
         if distributed:
             # Each process calibrated on its own shard of the data, so scales (and which sub-layers were
@@ -420,6 +433,34 @@ class GradPruneTrainer(Trainer):
         if distributed:
             for p in changed:  # the same list on every process: it follows the main process's report
                 dist.broadcast(p.data, src=0)
+        selection = None
+        if held:
+            # the rule prune_oneshot's default chooses by: kept only when it lowers the held-out loss (averaged
+            # over the processes, so that all of them decide alike)
+            after = held_out_loss(unwrapped, held, None)
+            losses = torch.tensor([before, after], dtype=torch.float64, device=self.args.device)
+            if distributed:
+                losses = self.accelerator.reduce(losses, reduction="mean")
+            before, after = (float(v) for v in losses)
+            kept = math.isfinite(after) and (not math.isfinite(before) or after < before)
+            if not kept:
+                snapshot.restore()
+                changed = []
+            selection = {
+                "held_out_batches": len(held),
+                "loss_before": before,
+                "loss_after": after,
+                "kept": kept,
+                "forwards": 2 * len(held),
+            }
+            logger.info(
+                "hf_gradprune round %d: reconstruction %s (held-out loss %.4g -> %.4g on %d batches)",
+                self._rounds_done,
+                "kept" if kept else "undone",
+                before,
+                after,
+                len(held),
+            )
         logger.info(
             "hf_gradprune round %d: reconstruction on %d tokens in %.1f s, error summed over sub-layers %.4g -> "
             "%.4g, %d of %d sub-layers skipped",
@@ -432,7 +473,7 @@ class GradPruneTrainer(Trainer):
             len(report.sublayers),
         )
         self.reconstruction_reports.append(
-            {"round": self._rounds_done, "step": self.state.global_step, **report.to_dict()}
+            {"round": self._rounds_done, "step": self.state.global_step, **report.to_dict(), "selection": selection}
         )
         return report, {id(p) for p in changed}
 
