@@ -176,15 +176,18 @@ def test_a_classifier_on_unlabelled_text_is_pruned_one_shot(assets, data, capsys
     args = ["prune", "--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / data)]
     args += ["--text_column", "sentence"] if data.endswith(".csv") else []
     args += ["--flops_budget", "0.4", "--budget_split", "ratio", "--max_seq_length", "16"]
-    args += ["--calibration_samples", "32", "--output_dir", str(out), *QUIET]
+    args += ["--calibration_samples", "32", "--selection_batches", "1", "--output_dir", str(out), *QUIET]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "no label column 'label'" in captured.err and f"saved {out}" in captured.out
+    assert "kept by held-out loss (1 batches, " in captured.out
     assert not (out / "all_results.json").exists()  # no training, no evaluation
     report = json.loads((out / "oneshot_report.json").read_text())
     assert report["calibration_samples"] == 32 and report["options"]["flops_budget"] == 0.4
     assert report["plan"]["meta"]["method"] == "fisher"  # prune_oneshot's default, not the trainer's taylor
-    assert report["reconstruction"] is not None  # prune_oneshot's default, reconstruct on
+    # prune_oneshot's default: the steps chosen on the last batch (held out), reconstruction only if it won there
+    assert report["batches"]["selection"] == 1 and len(report["selection"]["candidates"]) == 4
+    assert (report["reconstruction"] is not None) == ("reconstruction" in report["selection"]["chosen"])
     assert report["metrics"] == {}  # no labels, nothing to evaluate against
     plan = current_plan(load_pruned(out))
     assert plan.flops_removed() >= 0.4 - 1e-9 and plan.meta["budget_met"]
@@ -226,7 +229,8 @@ def test_oneshot_latency_budget_plans_by_a_saved_table(assets, tmp_path, capsys)
     args = ["prune", "--model_name_or_path", str(assets / "bert"), "--train_file", str(assets / "texts.txt")]
     args += ["--oneshot", "--latency_budget", "0.3", "--latency_table", str(path)]
     args += ["--latency_table_batch_size", "1", "--latency_table_seq_len", "8"]
-    args += ["--max_seq_length", "16", "--calibration_samples", "16", "--output_dir", str(out), *QUIET]
+    args += ["--max_seq_length", "16", "--calibration_samples", "16", "--selection_batches", "0"]
+    args += ["--output_dir", str(out), *QUIET]
     assert main(args) == 0
     capsys.readouterr()
     meta = json.loads((out / "oneshot_report.json").read_text())["plan"]["meta"]

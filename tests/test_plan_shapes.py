@@ -123,8 +123,10 @@ def test_uniform_ratio_split_sums_raw_scores():
 @pytest.mark.parametrize("method", METHODS)
 def test_prune_oneshot_uniform_with_a_budget_works_for_every_method(method):
     model = make_decoder()
-    data = [llama_batch(seed=20 + i, size=4) for i in range(4)]
-    model, report = prune_oneshot(model, data, params_budget=0.2, uniform=True, method=method, reconstruct=False)
+    data = [llama_batch(seed=20 + i, size=4) for i in range(8)]
+    model, report = prune_oneshot(
+        model, data, params_budget=0.2, uniform=True, method=method
+    )  # the default path: the steps chosen on 4 held-out batches
     plan = current_plan(model)
     assert plan.is_uniform() and plan.params_removed() >= 0.2 - 1e-9 and all(plan.heads)
     logits = model(**data[0]).logits

@@ -336,6 +336,13 @@ def _prune_oneshot(run, training_args, prune_args: PruneArguments, given: set[st
     print(f"one-shot on {len(calibration)} calibration examples:")
     if options:
         print(steps_table(report))
+        selection = getattr(report, "selection", None)
+        if selection:
+            losses = ", ".join(f"{c['name']} {c['loss']:.4g}" for c in selection["candidates"])
+            print(
+                f"kept by held-out loss ({selection['held_out_batches']} batches, {selection['forwards']} forwards): "
+                f"{selection['chosen']} ({losses})"
+            )
     if weight_report is not None:
         print(weight_report.summary())
     print(f"saved {out}")

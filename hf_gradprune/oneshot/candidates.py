@@ -4,7 +4,7 @@ Reconstruction and rearrangement each lower their own objective (a sub-layer's r
 gradients of the removed units) and still can cost accuracy (benchmarks/README.md §6: reconstruction 0.9-5.3
 points on MiniLM, rearrangement 0.6-9). So ``prune_oneshot`` measures the candidates (one-shot; + reconstruction;
 + rearrangement; + both) on calibration batches that none of the steps fitted on, and keeps the lowest loss; the
-trainer's ``reconstruct=True`` keeps its reconstruction by the same rule (``keep_if_better``). A candidate's units
+trainer's ``reconstruct=True`` keeps its reconstruction by the same rule (``improves``). A candidate's units
 are gated off (``unit_gates``: a factor 0 is exactly the cut), so no candidate needs its own copy of the model;
 reconstruction's changes (the output projections) are saved and put back between candidates (``ProjectionSnapshot``).
 """
@@ -122,11 +122,7 @@ class ProjectionSnapshot:
             p.copy_(saved.to(p.device))
 
 
-def keep_if_better(model: nn.Module, snapshot: ProjectionSnapshot, batches, loss_fn, before: float, **kw) -> dict:
-    """After a reconstruction: its held-out loss against ``before`` (the model's before it); put the snapshot back
-    when it is not lower. Returns ``{"loss_before", "loss_after", "kept"}``."""
-    after = held_out_loss(model, batches, loss_fn, **kw)
-    kept = math.isfinite(after) and (not math.isfinite(before) or after < before)
-    if not kept:
-        snapshot.restore()
-    return {"loss_before": before, "loss_after": after, "kept": kept}
+def improves(before: float, after: float) -> bool:
+    """Whether a step that moved the held-out loss from ``before`` to ``after`` is kept: a finite, strictly lower loss
+    (or any finite one where the loss before was not)."""
+    return math.isfinite(after) and (not math.isfinite(before) or after < before)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 
 import torch
@@ -42,7 +41,7 @@ from transformers.utils import logging
 from ..architectures import get_adapter
 from ..deploy.latency import LatencyTable, latency_table_for
 from ..modeling_gradprune import CONFIG_KEY
-from ..oneshot.candidates import ProjectionSnapshot, held_out_loss
+from ..oneshot.candidates import ProjectionSnapshot, held_out_loss, improves
 from ..oneshot.reconstruct import ReconstructionReport, reconstruct
 from ..planning.plan import PruningPlan, validate_options
 from ..reports.model_card import write_model_card
@@ -442,7 +441,7 @@ class GradPruneTrainer(Trainer):
             if distributed:
                 losses = self.accelerator.reduce(losses, reduction="mean")
             before, after = (float(v) for v in losses)
-            kept = math.isfinite(after) and (not math.isfinite(before) or after < before)
+            kept = improves(before, after)
             if not kept:
                 snapshot.restore()
                 changed = []
