@@ -37,7 +37,9 @@ class PruneArguments:
         metadata={
             "help": "Prune without training: hf_gradprune.prune_oneshot on calibration batches of the training data "
             "(score, split the budget, prune, reconstruct), then save. A classifier whose data has no label column "
-            "is always pruned this way. Its defaults are prune_oneshot's: --importance fisher, --reconstruct true, "
+            "is always pruned this way. Its defaults are prune_oneshot's: --importance fisher, reconstruction and "
+            "rearrangement each kept only when it lowers the loss of the last --selection_batches calibration batches "
+            "(--reconstruct true|false fixes it; --selection_batches 0: reconstruction on, no rearrangement), "
             "a flops/params budget split by calibration-loss search (--budget_split ratio|normalized instead); "
             "options given explicitly win."
         },
