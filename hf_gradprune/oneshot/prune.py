@@ -159,6 +159,9 @@ def prune_oneshot(
     - reconstruction: the pruned model's weights + one dense layer + per calibration token three hidden
       vectors (pruned and dense stream, the dense attention output) in the model's dtype + one sub-layer's
       normal equations (kept units^2 float64) and one batch's layer activations.
+    The held-out choice adds, in host memory, two copies of the layers' output projections (those before
+    reconstruction, and the best reconstructed ones so far), and runs each reconstruction on the uncut model when
+    the candidates have two plans (rearrangement changed the units), else on the cut one.
     ``report.peak_memory`` gives the measured peak of each step (``report.memory_kind`` says how it was measured).
     """
     scoring_batches = check_count("scoring_batches", scoring_batches)
