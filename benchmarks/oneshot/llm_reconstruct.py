@@ -3,7 +3,7 @@ tiny random Llama), Fisher scores on 64 x 128 training tokens, plans at 20% of b
 and non-uniform), held-out perplexity one-shot and after ``reconstruct`` on 16 x 128 calibration tokens.
 
 ``--part tokens`` (issue 24): how many calibration tokens reconstruction needs. The same scores and plans (default FFN
-rounding), ``reconstruct`` on 2,048 to 32,768 further training tokens (blocks of 128, batches of 4); per row the
+rounding), ``reconstruct`` on 256 to 8,192 further training tokens (blocks of 128, batches of 2); per row the
 sub-layers skipped for lack of data (a scale beyond ``max_scale`` even at the raised ridge), the tokens the report
 said would be enough, and held-out perplexity. It sets ``TOKENS_PER_UNIT`` (the rule the report's ``tokens_needed``
 follows) and checks that the CLM script's defaults give enough tokens. Writes ``reconstruct_tokens.json``.
@@ -36,11 +36,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_gradprune import ImportanceScorer, PruningPlan, prune_model, reconstruct
 
-TOKENS = (2048, 4096, 8192, 16384, 32768)
+TOKENS = (256, 512, 1024, 2048, 8192)
 QUICK_TOKENS = (128, 512)
 
 
-def setup(quick: bool, n_calib: int, length: int):
+def setup(quick: bool, n_calib: int, length: int, per_batch: int = 4):
     """The dense model, its Fisher scorer (on the first ``n_score`` blocks), the blocks after them for calibration,
     the held-out blocks and their dense perplexity, and the run's fixed facts."""
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def setup(quick: bool, n_calib: int, length: int):
         "score_seconds": round(time.perf_counter() - t, 1),
         "eval_tokens": int(eval_blocks.numel()),
     }
-    calib = [{"input_ids": blocks[i : i + 4]} for i in range(n_score, n_score + n_calib, 4)]
+    calib = [{"input_ids": blocks[i : i + per_batch]} for i in range(n_score, n_score + n_calib, per_batch)]
     return dense, scorer, calib, eval_blocks, facts
 
 
@@ -101,7 +101,7 @@ def run(quick: bool, out) -> dict:
 def run_tokens(quick: bool, out) -> dict:
     length = 32 if quick else 128
     sizes = QUICK_TOKENS if quick else TOKENS
-    dense, scorer, calib, eval_blocks, facts = setup(quick, max(sizes) // length, length)
+    dense, scorer, calib, eval_blocks, facts = setup(quick, max(sizes) // length, length, per_batch=2)
     rows = []
     for uniform in (False, True):
         plan = PruningPlan.from_scores(scorer.scores, params_budget=0.2, uniform=uniform)
@@ -111,7 +111,7 @@ def run_tokens(quick: bool, out) -> dict:
         for tokens in sizes:
             fitted = copy_model(model)
             t = time.perf_counter()
-            report = reconstruct(fitted, dense, calib[: tokens // (4 * length)])
+            report = reconstruct(fitted, dense, calib[: tokens // (2 * length)])
             seconds = time.perf_counter() - t
             needed = [r.tokens_needed for r in report.sublayers if r.tokens_needed]
             row = {
