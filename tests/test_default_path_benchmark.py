@@ -84,10 +84,13 @@ def test_sweep_covers_every_plan_and_setting(quick):
     sweep = result["sweep"]
     assert len(sweep["minilm"]) == len(result["minilm"]["rows"])
     assert len(sweep["smollm2"]) == len(result["smollm2"]["rows"])
-    for row in sweep["minilm"] + sweep["smollm2"]:
-        assert [(s["max_scale"], s["ridge"]) for s in row["settings"]] == list(default_path.QUICK_SWEEP)
-    assert len(sweep["summary"]) == len(default_path.QUICK_SWEEP)
-    assert all("minilm_mean_accuracy_gap" in s and "smollm2_mean_perplexity_ratio" in s for s in sweep["summary"])
+    for rows, classifier in ((sweep["minilm"], True), (sweep["smollm2"], False)):
+        for row in rows:
+            got = [(s["max_scale"], s["ridge"], s["classifier_tokens"]) for s in row["settings"]]
+            assert got == default_path.sweep_settings(True, classifier)
+    assert len(sweep["summary"]) == len(default_path.sweep_settings(True, True))
+    assert all("minilm_mean_accuracy_gap" in s for s in sweep["summary"])
+    assert sum("smollm2_mean_perplexity_ratio" in s for s in sweep["summary"]) == len(default_path.QUICK_SWEEP)
 
 
 def test_timing_and_markdown(quick):

@@ -83,11 +83,11 @@ TAYLOR_WITHIN = 0.25  # Taylor's perplexity ratio at most 1.25x Fisher's, per sh
 TIME_GOAL_S = 120.0
 
 
-def commit() -> str:
+def commit(path: str | None = None) -> str:
+    """The checkout's commit (``path``: the last commit that changed it), ``+dirty`` when the package has changes."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        where = ["log", "-1", "--format=%h", "--", path] if path else ["rev-parse", "--short", "HEAD"]
+        sha = subprocess.run(["git", *where], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "hf_gradprune"], cwd=ROOT, capture_output=True, text=True
         )
@@ -166,13 +166,20 @@ def goals_for(target: float, acc: float, best: float, dense_acc: float, se: floa
     return goals
 
 
-def run_minilm(quick: bool, out: Path, result: dict) -> dict:
+def run_minilm(quick: bool, out: Path, result: dict, resume: bool = False) -> dict:
+    """``resume``: keep the rows an earlier (stopped) run wrote on the same dense model, and run the rest (each row
+    records ``package_commit``: the last commit of ``hf_gradprune/`` it ran with)."""
     task, dense, score_batches, held_out = minilm_data(quick)
     seq = task.max_len
     dense_acc = accuracy(dense, task)
     n_dev = len(task.dev)
     se = math.sqrt(dense_acc * (1 - dense_acc) / n_dev)
     print(f"dense accuracy {dense_acc:.4f} (1 SE {se:.4f} on {n_dev})", flush=True)
+    old = result.get("minilm") or {}
+    kept = []
+    if resume and old.get("dense_accuracy") == dense_acc:
+        kept = old.get("rows", [])
+    done = {(r["method"], r["target"]) for r in kept}
     part = result["minilm"] = {
         "task": task.name,
         "dense_accuracy": dense_acc,
@@ -182,7 +189,7 @@ def run_minilm(quick: bool, out: Path, result: dict) -> dict:
         "held_out_examples": sum(len(b["labels"]) for b in held_out),
         "flops_seq_len": seq,
         "candidates_by": "rebuilt: search_budget_split, rearrange_plan, prune_model, reconstruct",
-        "rows": [],
+        "rows": kept,
     }
     t = time.perf_counter()
     by_method = scorers(dense, task, METHODS, n_examples=len(score_batches) * 32, record_batches=True)
@@ -191,7 +198,9 @@ def run_minilm(quick: bool, out: Path, result: dict) -> dict:
     for method in METHODS:
         scorer = by_method[method]
         for target in QUICK_TARGETS if quick else TARGETS:
-            row = {"method": method, "target": target}
+            if (method, target) in done:
+                continue
+            row = {"method": method, "target": target, "package_commit": commit("hf_gradprune")}
             # the default path
             model = copy_model(dense)
             t = time.perf_counter()
@@ -377,14 +386,47 @@ def run_smollm2(quick: bool, out: Path, result: dict) -> dict:
 # ------------------------------------------------------------------------------------------------------- sweep
 
 
+def sweep_settings(quick: bool, classifier: bool) -> list[tuple[float, float, bool]]:
+    """(max_scale, ridge, classifier_tokens): the grid with the default classifier fit, and for a classifier the
+    last layer fitted on every token (``classifier_tokens=False``) at the default ridge."""
+    grid = QUICK_SWEEP if quick else SWEEP
+    out = [(m, r, True) for m, r in grid]
+    if classifier:
+        out += [(m, r, False) for m, r in grid if r == 1e-4]
+    return out
+
+
+def sweep_summary(part: dict) -> list[dict]:
+    """Per setting: MiniLM's mean accuracy change against one-shot (and how many plans it improved), SmolLM2's mean
+    perplexity ratio to one-shot, over the plans measured so far."""
+    keys = []
+    for row in part["minilm"] + part["smollm2"]:
+        for s in row["settings"]:
+            k = (s["max_scale"], s["ridge"], s["classifier_tokens"])
+            if k not in keys:
+                keys.append(k)
+    summary = []
+    for max_scale, ridge, ct in keys:
+        s = {"max_scale": max_scale, "ridge": ridge, "classifier_tokens": ct}
+
+        def pick(row, k=(max_scale, ridge, ct)):
+            return next((x for x in row["settings"] if (x["max_scale"], x["ridge"], x["classifier_tokens"]) == k), None)
+
+        gaps = [x["value"] - r["one_shot"] for r in part["minilm"] if (x := pick(r)) is not None]
+        if gaps:
+            s["minilm_plans"] = len(gaps)
+            s["minilm_mean_accuracy_gap"] = sum(gaps) / len(gaps)
+            s["minilm_better_than_one_shot"] = sum(g > 0 for g in gaps)
+        ratios = [x["value"] / r["one_shot"] for r in part["smollm2"] if (x := pick(r)) is not None]
+        if ratios:
+            s["smollm2_plans"] = len(ratios)
+            s["smollm2_mean_perplexity_ratio"] = sum(ratios) / len(ratios)
+        summary.append(s)
+    return summary
+
+
 def run_sweep(quick: bool, out: Path, result: dict) -> dict:
-    settings = QUICK_SWEEP if quick else SWEEP
-    part = result["sweep"] = {
-        "settings": [{"max_scale": m, "ridge": r} for m, r in settings],
-        "minilm": [],
-        "smollm2": [],
-        "summary": [],
-    }
+    part = result["sweep"] = {"minilm": [], "smollm2": [], "summary": []}
     if result.get("minilm", {}).get("rows"):
         task, dense, score_batches, _ = minilm_data(quick)
         calib = score_batches[:RECONSTRUCT_BATCHES]
@@ -393,14 +435,21 @@ def run_sweep(quick: bool, out: Path, result: dict) -> dict:
             model = copy_model(dense)
             prune_model(model, plan)
             row = {"method": r["method"], "target": r["target"], "one_shot": accuracy(model, task), "settings": []}
-            for max_scale, ridge in settings:
+            for max_scale, ridge, ct in sweep_settings(quick, True):
                 m = copy_model(model)
-                rec = reconstruct(m, dense, calib, ridge=ridge, max_scale=max_scale)
+                rec = reconstruct(m, dense, calib, ridge=ridge, max_scale=max_scale, classifier_tokens=ct)
                 row["settings"].append(
-                    {"max_scale": max_scale, "ridge": ridge, "value": accuracy(m, task), "skipped": len(rec.skipped)}
+                    {
+                        "max_scale": max_scale,
+                        "ridge": ridge,
+                        "classifier_tokens": ct,
+                        "value": accuracy(m, task),
+                        "skipped": len(rec.skipped),
+                    }
                 )
                 del m
             part["minilm"].append(row)
+            part["summary"] = sweep_summary(part)
             save(out, result)
             print(row, flush=True)
             del model
@@ -418,13 +467,14 @@ def run_sweep(quick: bool, out: Path, result: dict) -> dict:
                 "one_shot": perplexity(model, eval_blocks),
                 "settings": [],
             }
-            for max_scale, ridge in settings:
+            for max_scale, ridge, ct in sweep_settings(quick, False):
                 m = copy_model(model)
                 rec = reconstruct(m, dense, calib, ridge=ridge, max_scale=max_scale)
                 row["settings"].append(
                     {
                         "max_scale": max_scale,
                         "ridge": ridge,
+                        "classifier_tokens": ct,
                         "value": perplexity(m, eval_blocks),
                         "skipped": len(rec.skipped),
                         "skips": [f"layer {x.layer} {x.kind}: {x.skipped}" for x in rec.skipped],
@@ -432,19 +482,11 @@ def run_sweep(quick: bool, out: Path, result: dict) -> dict:
                 )
                 del m
             part["smollm2"].append(row)
+            part["summary"] = sweep_summary(part)
             save(out, result)
             print(row, flush=True)
             del model
-    for i, (max_scale, ridge) in enumerate(settings):
-        s = {"max_scale": max_scale, "ridge": ridge}
-        if part["minilm"]:
-            gaps = [r["settings"][i]["value"] - r["one_shot"] for r in part["minilm"]]
-            s["minilm_mean_accuracy_gap"] = sum(gaps) / len(gaps)
-            s["minilm_better_than_one_shot"] = sum(g > 0 for g in gaps)
-        if part["smollm2"]:
-            ratios = [r["settings"][i]["value"] / r["one_shot"] for r in part["smollm2"]]
-            s["smollm2_mean_perplexity_ratio"] = sum(ratios) / len(ratios)
-        part["summary"].append(s)
+    part["summary"] = sweep_summary(part)
     save(out, result)
     return part
 
@@ -524,17 +566,18 @@ def markdown(result: dict) -> str:
     sweep = result.get("sweep")
     if sweep and sweep.get("summary"):
         lines += [
-            "| max_scale | ridge | MiniLM: mean accuracy change vs one-shot | MiniLM plans improved "
-            "| SmolLM2: mean perplexity vs one-shot |",
-            "|---|---|---|---|---|",
+            "| max_scale | ridge | classifier's last layer fitted on | MiniLM: mean accuracy change vs one-shot "
+            "| MiniLM plans improved | SmolLM2: mean perplexity vs one-shot |",
+            "|---|---|---|---|---|---|",
         ]
-        n = len(sweep["minilm"])
         for s in sweep["summary"]:
             mg = s.get("minilm_mean_accuracy_gap")
             sp = s.get("smollm2_mean_perplexity_ratio")
+            improved = "" if mg is None else f"{s['minilm_better_than_one_shot']} of {s['minilm_plans']}"
+            fit = "the tokens its head reads" if s["classifier_tokens"] else "every token"
             lines.append(
-                f"| {s['max_scale']:g} | {s['ridge']:g} | {'' if mg is None else f'{mg * 100:+.2f} points'} "
-                f"| {'' if mg is None else str(s['minilm_better_than_one_shot']) + ' of ' + str(n)} "
+                f"| {s['max_scale']:g} | {s['ridge']:g} | {fit} "
+                f"| {'' if mg is None else f'{mg * 100:+.2f} points'} | {improved} "
                 f"| {'' if sp is None else f'{sp:.3f}×'} |"
             )
         lines.append("")
@@ -548,15 +591,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool, out: Path, part: str = "all") -> dict:
+def run(quick: bool, out: Path, part: str = "all", resume: bool = False) -> dict:
     out = Path(out)
     result = load(out)
     result.setdefault("file", FILE)
     result["held_out_batches"] = HELD_OUT
     for name in PARTS if part == "all" else (part,):
-        {"minilm": run_minilm, "smollm2": run_smollm2, "sweep": run_sweep, "timing": run_timing}[name](
-            quick, out, result
-        )
+        if name == "minilm":
+            run_minilm(quick, out, result, resume)
+        else:
+            {"smollm2": run_smollm2, "sweep": run_sweep, "timing": run_timing}[name](quick, out, result)
     print(markdown(result), flush=True)
     return result
 
@@ -564,9 +608,12 @@ def run(quick: bool, out: Path, part: str = "all") -> dict:
 def main(argv=None):
     def extra(parser):
         parser.add_argument("--part", choices=("all", *PARTS), default="all")
+        parser.add_argument(
+            "--resume", action="store_true", help="minilm: keep a stopped run's rows (same commit and dense model)"
+        )
 
     args = bench_args(argv, __doc__, extra)
-    return run(args.quick, args.out, args.part)
+    return run(args.quick, args.out, args.part, args.resume)
 
 
 if __name__ == "__main__":
