@@ -426,33 +426,8 @@ def sweep_summary(part: dict) -> list[dict]:
 
 
 def run_sweep(quick: bool, out: Path, result: dict) -> dict:
+    """The SmolLM2 plans first (the fewer and cheaper), then the MiniLM ones; the summary after every plan."""
     part = result["sweep"] = {"minilm": [], "smollm2": [], "summary": []}
-    if result.get("minilm", {}).get("rows"):
-        task, dense, score_batches, _ = minilm_data(quick)
-        calib = score_batches[:RECONSTRUCT_BATCHES]
-        for r in result["minilm"]["rows"]:
-            plan = PruningPlan.from_dict(r["plan"])
-            model = copy_model(dense)
-            prune_model(model, plan)
-            row = {"method": r["method"], "target": r["target"], "one_shot": accuracy(model, task), "settings": []}
-            for max_scale, ridge, ct in sweep_settings(quick, True):
-                m = copy_model(model)
-                rec = reconstruct(m, dense, calib, ridge=ridge, max_scale=max_scale, classifier_tokens=ct)
-                row["settings"].append(
-                    {
-                        "max_scale": max_scale,
-                        "ridge": ridge,
-                        "classifier_tokens": ct,
-                        "value": accuracy(m, task),
-                        "skipped": len(rec.skipped),
-                    }
-                )
-                del m
-            part["minilm"].append(row)
-            part["summary"] = sweep_summary(part)
-            save(out, result)
-            print(row, flush=True)
-            del model
     if result.get("smollm2", {}).get("rows"):
         _, dense, blocks, eval_blocks, n_calib, _ = llm_data(quick)
         for r in result["smollm2"]["rows"]:
@@ -482,6 +457,32 @@ def run_sweep(quick: bool, out: Path, result: dict) -> dict:
                 )
                 del m
             part["smollm2"].append(row)
+            part["summary"] = sweep_summary(part)
+            save(out, result)
+            print(row, flush=True)
+            del model
+    if result.get("minilm", {}).get("rows"):
+        task, dense, score_batches, _ = minilm_data(quick)
+        calib = score_batches[:RECONSTRUCT_BATCHES]
+        for r in result["minilm"]["rows"]:
+            plan = PruningPlan.from_dict(r["plan"])
+            model = copy_model(dense)
+            prune_model(model, plan)
+            row = {"method": r["method"], "target": r["target"], "one_shot": accuracy(model, task), "settings": []}
+            for max_scale, ridge, ct in sweep_settings(quick, True):
+                m = copy_model(model)
+                rec = reconstruct(m, dense, calib, ridge=ridge, max_scale=max_scale, classifier_tokens=ct)
+                row["settings"].append(
+                    {
+                        "max_scale": max_scale,
+                        "ridge": ridge,
+                        "classifier_tokens": ct,
+                        "value": accuracy(m, task),
+                        "skipped": len(rec.skipped),
+                    }
+                )
+                del m
+            part["minilm"].append(row)
             part["summary"] = sweep_summary(part)
             save(out, result)
             print(row, flush=True)
