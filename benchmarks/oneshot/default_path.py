@@ -425,10 +425,16 @@ def sweep_summary(part: dict) -> list[dict]:
     return summary
 
 
-def run_sweep(quick: bool, out: Path, result: dict) -> dict:
-    """The SmolLM2 plans first (the fewer and cheaper), then the MiniLM ones; the summary after every plan."""
-    part = result["sweep"] = {"minilm": [], "smollm2": [], "summary": []}
-    if result.get("smollm2", {}).get("rows"):
+def run_sweep(quick: bool, out: Path, result: dict, only: str | None = None) -> dict:
+    """The SmolLM2 plans first, then the MiniLM ones; the summary after every plan. ``only``: "minilm" or "smollm2"
+    measures that model's plans again and keeps the other's rows from the results file."""
+    old = result.get("sweep") or {}
+    part = result["sweep"] = {
+        "minilm": old.get("minilm", []) if only == "smollm2" else [],
+        "smollm2": old.get("smollm2", []) if only == "minilm" else [],
+        "summary": [],
+    }
+    if only != "minilm" and result.get("smollm2", {}).get("rows"):
         _, dense, blocks, eval_blocks, n_calib, _ = llm_data(quick)
         for r in result["smollm2"]["rows"]:
             calib = llm_batches(blocks, r["calibration_blocks"])[:-HELD_OUT][:RECONSTRUCT_BATCHES]
@@ -461,7 +467,7 @@ def run_sweep(quick: bool, out: Path, result: dict) -> dict:
             save(out, result)
             print(row, flush=True)
             del model
-    if result.get("minilm", {}).get("rows"):
+    if only != "smollm2" and result.get("minilm", {}).get("rows"):
         task, dense, score_batches, _ = minilm_data(quick)
         calib = score_batches[:RECONSTRUCT_BATCHES]
         for r in result["minilm"]["rows"]:
@@ -592,7 +598,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool, out: Path, part: str = "all", resume: bool = False) -> dict:
+def run(quick: bool, out: Path, part: str = "all", resume: bool = False, sweep_only: str | None = None) -> dict:
     out = Path(out)
     result = load(out)
     result.setdefault("file", FILE)
@@ -600,6 +606,8 @@ def run(quick: bool, out: Path, part: str = "all", resume: bool = False) -> dict
     for name in PARTS if part == "all" else (part,):
         if name == "minilm":
             run_minilm(quick, out, result, resume)
+        elif name == "sweep":
+            run_sweep(quick, out, result, sweep_only)
         else:
             {"smollm2": run_smollm2, "sweep": run_sweep, "timing": run_timing}[name](quick, out, result)
     print(markdown(result), flush=True)
@@ -610,11 +618,17 @@ def main(argv=None):
     def extra(parser):
         parser.add_argument("--part", choices=("all", *PARTS), default="all")
         parser.add_argument(
-            "--resume", action="store_true", help="minilm: keep a stopped run's rows (same commit and dense model)"
+            "--resume", action="store_true", help="minilm: keep a stopped run's rows (same dense model)"
+        )
+        parser.add_argument(
+            "--sweep_only",
+            choices=("minilm", "smollm2"),
+            default=None,
+            help="sweep one model's plans, keep the other's",
         )
 
     args = bench_args(argv, __doc__, extra)
-    return run(args.quick, args.out, args.part, args.resume)
+    return run(args.quick, args.out, args.part, args.resume, args.sweep_only)
 
 
 if __name__ == "__main__":
