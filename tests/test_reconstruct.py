@@ -414,3 +414,28 @@ def test_a_plan_keeping_a_unit_the_model_lacks_is_refused_before_any_change():
     with pytest.raises(ReconstructionError, match="plan: layer 0"):
         reconstruct(model, dense, loader("bert"), plan=uneven_plan(dense, zero_layer=1))
     assert _unchanged(model, snapshot)
+
+
+def test_a_fit_on_too_few_tokens_per_unit_says_how_many_would_be_enough(caplog):
+    from hf_gradprune.oneshot.reconstruct import TOKENS_PER_UNIT
+
+    model, dense = pruned_pair("gpt2")
+    batches = loader("gpt2", n=1)
+    tokens = int(sum(b["attention_mask"].sum() for b in batches))
+    with caplog.at_level("WARNING", logger="hf_gradprune.oneshot.reconstruct"):
+        report = reconstruct(model, dense, batches)
+    for r in report.sublayers:
+        if r.units == 0:
+            continue
+        assert r.tokens == tokens
+        if tokens < TOKENS_PER_UNIT * r.units:
+            assert r.tokens_needed == TOKENS_PER_UNIT * r.units or (r.skipped and r.tokens_needed > tokens)
+        else:
+            assert r.tokens_needed is None
+    few = [r for r in report.sublayers if r.tokens_needed and not r.skipped]
+    assert few and any("fewer than 8 tokens per kept unit" in m for m in caplog.messages)
+    # with enough tokens nothing is flagged
+    plenty = reconstruct(copy.deepcopy(model), dense, loader("gpt2", n=4) * 8)
+    assert all(
+        r.tokens_needed is None for r in plenty.sublayers if r.units and r.units * TOKENS_PER_UNIT <= plenty.tokens
+    )

@@ -13,7 +13,7 @@ too (fitting only the removed units' contribution barely moves the error). The s
 the output projection's columns: the model keeps its shape, and saves and reloads as any pruned model.
 Optionally the bias also takes the removed units' mean dense contribution (FLAP, An et al. 2024).
 
-One module of about 620 lines because the layer loop, the normal equations and the fold share one sub-layer's
+One module of about 700 lines because the layer loop, the normal equations and the fold share one sub-layer's
 state; the calibration stream (``stream.py``) and the dense reference (``reference.py``) are their own modules.
 
 Where the work happens: on the model's device. Per sub-layer, ``Z^T Z`` of the output projection's input and
@@ -82,7 +82,8 @@ class SubLayerReport:
     note: str | None = None  # e.g. why the scales were left at 1 while the bias still moved
     read_tokens: str = "all"  # "head": fitted on the tokens a classifier head reads (the last layer)
     tokens: int = 0  # the tokens fitted on
-    tokens_needed: int | None = None  # skipped for lack of data: about how many tokens would have been enough
+    # fitted (or skipped) on fewer than TOKENS_PER_UNIT tokens per kept unit: about how many tokens would be enough
+    tokens_needed: int | None = None
 
 
 @dataclass
@@ -310,6 +311,16 @@ def reconstruct(
         student.train(modes[0])
         if teacher is not None:
             teacher.train(modes[1])
+    short = [r for r in report.sublayers if r.tokens_needed and not r.skipped]
+    if short:
+        logger.warning(
+            "reconstruction: %d sub-layers were fitted on fewer than %d tokens per kept unit (up to %d tokens would be "
+            "enough): with too few tokens a fit lowers its own error and can still make the model worse "
+            "(prune_oneshot's default measures that on held-out batches)",
+            len(short),
+            TOKENS_PER_UNIT,
+            max(r.tokens_needed for r in short),
+        )
     report.seconds = time.perf_counter() - started
     return report
 
@@ -474,8 +485,10 @@ def _ids(adapter, layer, kind) -> range:
     return range(adapter.num_heads(layer) if kind == HEAD else adapter.ffn_width(layer))
 
 
-# Skipped for lack of data: the tokens per kept unit that the report says would be enough (measured on
-# SmolLM2-135M at 20% of block parameters, benchmarks/README.md §10).
+# The tokens per kept unit below which the report says a fit had too few (``tokens_needed``) and how many would be
+# enough. Measured on SmolLM2-135M at 20% of block parameters (about 1,200 FFN units per layer; benchmarks/README.md
+# §10.4): reconstruction on 256 or 512 tokens made perplexity worse than none, and it kept improving up to the most
+# tokens measured.
 TOKENS_PER_UNIT = 8
 
 # Tokens whose Z^T Z products are summed in the compute dtype before they join the float64 sum.
@@ -595,6 +608,8 @@ class _SubLayer:
             return report, None
         scales = ones
         report.tokens = n
+        if n < TOKENS_PER_UNIT * u:
+            report.tokens_needed = TOKENS_PER_UNIT * u
         if least_squares:
             scales, why, used = _solve(gram, atb, ridge, max_scale, raise_ridge)
             if why and ("max_scale" in why or "ill-conditioned" in why):
