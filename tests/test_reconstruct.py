@@ -433,7 +433,7 @@ def test_a_fit_on_too_few_tokens_per_unit_says_how_many_would_be_enough(caplog):
         else:
             assert r.tokens_needed is None
     few = [r for r in report.sublayers if r.tokens_needed and not r.skipped]
-    assert few and any("fewer than 8 tokens per kept unit" in m for m in caplog.messages)
+    assert few and any(f"fewer than {TOKENS_PER_UNIT} tokens per kept unit" in m for m in caplog.messages)
     # with enough tokens nothing is flagged
     plenty = reconstruct(copy.deepcopy(model), dense, loader("gpt2", n=4) * 8)
     assert all(

@@ -486,10 +486,10 @@ def _ids(adapter, layer, kind) -> range:
 
 
 # The tokens per kept unit below which the report says a fit had too few (``tokens_needed``) and how many would be
-# enough. Measured on SmolLM2-135M at 20% of block parameters (about 1,200 FFN units per layer; benchmarks/README.md
-# §10.4): reconstruction on 256 or 512 tokens made perplexity worse than none, and it kept improving up to the most
-# tokens measured.
-TOKENS_PER_UNIT = 8
+# enough. Measured on SmolLM2-135M at 20% of block parameters (up to 1,536 FFN units per layer; benchmarks/README.md
+# §10.4): perplexity 40.0 one-shot; reconstructed on 256 / 512 / 1,024 / 2,048 / 8,192 tokens 48.6 / 41.7 / 38.0 /
+# 36.5 / 36.2: worse than none below one token per unit, within 1% of the most measured from about two.
+TOKENS_PER_UNIT = 2
 
 # Tokens whose Z^T Z products are summed in the compute dtype before they join the float64 sum.
 _FLUSH_TOKENS = 16384
