@@ -487,7 +487,7 @@ def _ids(adapter, layer, kind) -> range:
 
 # The tokens per kept unit below which the report says a fit had too few (``tokens_needed``) and how many would be
 # enough. Measured on SmolLM2-135M at 20% of block parameters (up to 1,536 FFN units per layer; benchmarks/README.md
-# §10.4): perplexity 40.0 one-shot; reconstructed on 256 / 512 / 1,024 / 2,048 / 8,192 tokens 48.6 / 41.7 / 38.0 /
+# §10.2): perplexity 40.0 one-shot; reconstructed on 256 / 512 / 1,024 / 2,048 / 8,192 tokens 48.6 / 41.7 / 38.0 /
 # 36.5 / 36.2: worse than none below one token per unit, within 1% of the most measured from about two.
 TOKENS_PER_UNIT = 2
 
