@@ -259,6 +259,15 @@ def test_absurd_scales_are_skipped_and_leave_the_layer_unchanged():
     assert all(r.skipped for r in report.sublayers)
     assert any("max_scale" in r.skipped for r in report.sublayers)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a skip is put down to the data only when the fit had fewer than TOKENS_PER_UNIT tokens per unit
+    from hf_gradprune.oneshot.reconstruct import TOKENS_PER_UNIT
+
+    for r in (r for r in report.sublayers if r.units and "max_scale" in r.skipped):
+        few = r.tokens < TOKENS_PER_UNIT * r.units
+        assert ("too little calibration data" in r.skipped) == few == (r.tokens_needed is not None), r
+        assert few or "not for lack of data" in r.skipped
+    kinds = {"too little calibration data" in r.skipped for r in report.sublayers if r.units}
+    assert kinds == {True, False}  # the [CLS]-only last layer lacks data, the others do not
 
 
 def _unchanged(model, snapshot):

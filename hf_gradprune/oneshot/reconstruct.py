@@ -613,8 +613,11 @@ class _SubLayer:
         if least_squares:
             scales, why, used = _solve(gram, atb, ridge, max_scale, raise_ridge)
             if why and ("max_scale" in why or "ill-conditioned" in why):
-                report.tokens_needed = max(n + 1, TOKENS_PER_UNIT * u)
-                why += f" ({n} tokens for {u} units; about {report.tokens_needed} would be enough)"
+                if report.tokens_needed:
+                    needed = report.tokens_needed
+                    why += f": too little calibration data ({n} tokens for {u} units; about {needed} would be enough)"
+                else:
+                    why += f" ({n} tokens for {u} units: not for lack of data)"
             if used != ridge and not why:
                 report.note = f"ridge raised to {used:g} to keep every scale within max_scale"
             if why and not compensate:
@@ -695,7 +698,6 @@ def _solve(gram, atb, ridge, max_scale, raises: int = 0) -> tuple[torch.Tensor, 
         return ones, "the least-squares system is ill-conditioned (raise ridge to regularise it)", ridge
     return (
         ones,
-        f"a scale of {worst:.3g} exceeds max_scale={max_scale:g} even at ridge {used:g}: too little "
-        "calibration data for this layer",
+        f"a scale of {worst:.3g} exceeds max_scale={max_scale:g} even at ridge {used:g}",
         ridge,
     )
