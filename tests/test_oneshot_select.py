@@ -167,3 +167,23 @@ def test_the_trainer_keeps_a_reconstruction_only_when_it_lowers_the_held_out_los
     assert undone.reconstruction_reports[0]["selection"]["kept"] is False and len(calls) == 2
     a, b = plain.model.state_dict(), undone.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("rearrange", ["auto", True])
+def test_a_rearrangement_that_keeps_the_same_units_is_not_measured_twice(rearrange, monkeypatch):
+    import hf_gradprune.planning.rearrange as rearrange_module
+
+    monkeypatch.setattr(rearrange_module, "rearrange_plan", lambda plan, *a, **k: (plan, []))
+    dense = make("bert")
+    fit, held = data("bert", FIT), data("bert", HELD, seed=90)
+    model = copy.deepcopy(dense)
+    _, report = prune_oneshot(model, fit + held, flops_budget=0.5, seq_len=12, rearrange=rearrange)
+    found = {c["name"]: c for c in report.selection["candidates"]}
+    measured = [c for c in found.values() if c["note"] is None]
+    assert report.selection["forwards"] == HELD * len(measured)
+    if rearrange == "auto":  # the rearranged ones copy their twins
+        assert len(measured) == 2 and found["rearrangement"]["loss"] == found["one-shot"]["loss"]
+        assert found["rearrangement + reconstruction"]["loss"] == found["reconstruction"]["loss"]
+    else:  # no twin to copy: both rearranged candidates are measured on the one cut
+        assert set(found) == {"rearrangement", "rearrangement + reconstruction"} and len(measured) == 2
+    assert mean_loss(model, held) == pytest.approx(found[report.selection["chosen"]]["loss"], rel=1e-5)

@@ -21,9 +21,8 @@ from ..state import pruning_state
 from .budget_search import _mean_loss, plan_gates
 from .reconstruct import ReconstructionReport
 
-# What a step may be told: done, not done, or tried both ways and kept by held-out loss.
+# A step's setting besides True (done) and False (not done): tried both ways and kept by held-out loss.
 AUTO = "auto"
-STEP_CHOICES = (True, False, AUTO)
 
 
 @dataclass

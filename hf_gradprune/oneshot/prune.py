@@ -415,19 +415,21 @@ def _select(inner, plans, options, dense, fit, held, labelling, loss_fn, micro_b
     def gate(c):  # what a candidate's units are: the model as it is once cut, or its plan's gates
         return None if single else plans[c.rearrange]
 
-    def twin(c):  # the candidate without rearrangement, when rearranging changed nothing
-        return next(o for o in options if not o.rearrange and o.reconstruct == c.reconstruct)
+    def twin(c):  # when rearranging changed nothing: the candidate without it, if it is one (else None)
+        if not (same and c.rearrange):
+            return None
+        return next((o for o in options if not o.rearrange and o.reconstruct == c.reconstruct), None)
 
     measure = dict(loss_fn=loss_fn, micro_batch_size=micro_batch_size)
     forwards, reconstructions = labelling, 0
     if single:
         with meter.step("prune"):
-            prune_model(inner, plans[False])
+            prune_model(inner, plans[options[0].rearrange])
     with meter.step("select", tokens=batch_tokens(held)):
         for c in options:
             if c.reconstruct:
                 continue
-            if same and c.rearrange:
+            if twin(c) is not None:
                 c.loss, c.note = twin(c).loss, "rearrangement kept the same units"
                 continue
             c.loss = held_out_loss(inner, held, plan=gate(c), **measure)
@@ -438,7 +440,7 @@ def _select(inner, plans, options, dense, fit, held, labelling, loss_fn, micro_b
         original = ProjectionSnapshot(inner)
         with meter.step("reconstruct", tokens=batch_tokens(fit)):
             for c in fitted:
-                if same and c.rearrange:
+                if twin(c) is not None:
                     c.loss, c.reconstruction = twin(c).loss, twin(c).reconstruction
                     c.note = "rearrangement kept the same units"
                     continue
